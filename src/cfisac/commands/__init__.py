@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cfisac`` CLI, one module each (see ``cfisac.cli``)."""
