@@ -1,0 +1,191 @@
+"""Reproducible datasets of (X, Y, psi): simulated on the fly, or cached to disk in HDF5.
+
+Sample d of a dataset is a pure function of ``(cfg, seed, d)`` (see :mod:`cfisac.seeding`): the same whatever the
+batch size, DataLoader worker count or machine. :class:`SensingDataset` simulates on the fly (DataLoader workers
+parallelise it; ``__getitems__`` simulates a whole batch at once). :func:`write_hdf5` caches a dataset to disk:
+written to a temporary file and renamed atomically, with the config stored inside and a SHA-256 per chunk of rows
+and array, so that a truncated or corrupted file raises a clear error (:func:`open_hdf5`) instead of being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from .config import SystemConfig
+from .scene import labels_from_scene, sample_scenes
+from .sensing import sensing_echoes
+from .waveform import transmit_signals
+
+__all__ = ["CachedDataset", "SensingDataset", "open_hdf5", "simulate_batch", "write_hdf5"]
+
+ARRAYS = ("y", "x", "labels")
+FORMAT_VERSION = 1
+
+
+def simulate_batch(
+    cfg: SystemConfig, seed: int, indices: Sequence[int] | torch.Tensor, *, dtype: torch.dtype = torch.complex64,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Simulate dataset samples ``indices``: ``y`` [B,M,Mr,Ns,Ts], ``x`` [B,N,Nt,Ns,Ts] (complex ``dtype``),
+    ``labels`` psi = [g; v] [B,4Q] float32 in the canonical target order, ``positions`` / ``velocities`` f64."""
+    idx = torch.as_tensor(list(indices) if not isinstance(indices, torch.Tensor) else indices, dtype=torch.int64)
+    if idx.dim() != 1 or len(idx) == 0:
+        raise ValueError("indices must be a non-empty 1-D sequence of sample indices")
+    if bool((idx < 0).any()):
+        raise ValueError("sample indices must be non-negative")
+    scenes = sample_scenes(cfg, len(idx), seed, indices=idx)
+    x = transmit_signals(cfg, scenes, seed, dtype=dtype, device=device)
+    y = sensing_echoes(cfg, scenes, x, noise=True, seed=seed)
+    return {"y": y, "x": x, "labels": labels_from_scene(scenes).float(), "positions": scenes.positions,
+            "velocities": scenes.velocities, "indices": idx}
+
+
+class SensingDataset(torch.utils.data.Dataset):
+    """On-the-fly dataset: item k is sample ``start + k`` of ``(cfg, seed)`` as a dict of tensors (no batch dim)."""
+
+    def __init__(self, cfg: SystemConfig, seed: int, size: int, *, start: int = 0) -> None:
+        if size <= 0 or start < 0:
+            raise ValueError(f"size must be positive and start non-negative, got size={size}, start={start}")
+        self.cfg, self.seed, self.size, self.start = cfg, seed, size, start
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _check(self, k: int) -> int:
+        if not 0 <= k < self.size:
+            raise IndexError(f"index {k} out of range for a dataset of {self.size} samples")
+        return self.start + k
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return {n: v[0] for n, v in simulate_batch(self.cfg, self.seed, [self._check(k)]).items()}
+
+    def __getitems__(self, ks: list[int]) -> list[dict[str, torch.Tensor]]:
+        batch = simulate_batch(self.cfg, self.seed, [self._check(k) for k in ks])
+        return [{n: v[j] for n, v in batch.items()} for j in range(len(ks))]
+
+
+# ---------------------------------------------------------------------------------------------------- HDF5 cache
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def write_hdf5(
+    path: str | Path, cfg: SystemConfig, n: int, seed: int, *, chunk: int = 64, start: int = 0,
+    progress: Callable[[int], Any] | None = None,
+) -> Path:
+    """Simulate samples ``start .. start+n-1`` and write them to ``path`` atomically.
+
+    Layout: datasets ``y``, ``x`` (complex64), ``labels`` (float32), ``indices`` (int64); attributes ``config``
+    (JSON), ``seed``, ``start``, ``n``, ``chunk``, ``format_version``; dataset ``sha256`` [n_chunks, 3] with the
+    digest of each chunk of rows of y, x and labels. ``progress(k)`` is called with the rows written so far.
+    """
+    if n <= 0 or chunk <= 0:
+        raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shapes = {
+        "y": (cfg.n_rx, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols),
+        "x": (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols),
+        "labels": (4 * cfg.n_targets,),
+    }
+    dtypes = {"y": np.complex64, "x": np.complex64, "labels": np.float32}
+    try:
+        with h5py.File(tmp, "w") as f:
+            ds = {k: f.create_dataset(k, (n, *shapes[k]), dtype=dtypes[k], chunks=(min(chunk, n), *shapes[k]))
+                  for k in ARRAYS}
+            f.create_dataset("indices", data=np.arange(start, start + n, dtype=np.int64))
+            digests = []
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                batch = simulate_batch(cfg, seed, range(start + lo, start + hi))
+                row = []
+                for k in ARRAYS:
+                    a = batch[k].numpy()
+                    ds[k][lo:hi] = a
+                    row.append(_digest(a))
+                digests.append(row)
+                if progress is not None:
+                    progress(hi)
+            f.create_dataset("sha256", data=np.array(digests, dtype="S64"))
+            f.attrs.update(config=cfg.to_json(), seed=seed, start=start, n=n, chunk=chunk,
+                           format_version=FORMAT_VERSION)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """A verified HDF5 cache (see :func:`open_hdf5`); items are dicts like :class:`SensingDataset`'s."""
+
+    def __init__(self, path: Path, cfg: SystemConfig, seed: int, n: int) -> None:
+        self.path, self.cfg, self.seed, self.n = path, cfg, seed, n
+        self._file: h5py.File | None = None  # opened lazily, once per DataLoader worker
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _f(self) -> h5py.File:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([k])[0]
+
+    def __getitems__(self, ks: list[int]) -> list[dict[str, torch.Tensor]]:
+        if any(not 0 <= k < self.n for k in ks):
+            raise IndexError(f"indices {ks} out of range for a cache of {self.n} samples")
+        f = self._f()
+        order = np.argsort(ks)
+        sorted_ks = np.asarray(ks)[order]
+        arrays = {k: torch.from_numpy(f[k][sorted_ks]) for k in (*ARRAYS, "indices")}
+        inverse = np.argsort(order)
+        return [{k: v[int(j)] for k, v in arrays.items()} for j in inverse]
+
+
+def open_hdf5(path: str | Path, *, verify: bool = True) -> CachedDataset:
+    """Open a cache written by :func:`write_hdf5`, checking its format and (with ``verify``) every checksum.
+
+    Raises ``ValueError`` naming the problem for a missing, truncated, corrupted or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"dataset file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"dataset file {path} is not a readable HDF5 file (truncated or corrupted?): {err}") from err
+    with f:
+        missing = [k for k in (*ARRAYS, "indices", "sha256") if k not in f]
+        if missing or "config" not in f.attrs:
+            raise ValueError(f"dataset file {path} is not a cfisac cache (missing {missing or ['config']})")
+        if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+            raise ValueError(f"dataset file {path} has format version {f.attrs.get('format_version')}, "
+                             f"expected {FORMAT_VERSION}")
+        cfg = SystemConfig.from_dict(json.loads(f.attrs["config"]))
+        n, chunk = int(f.attrs["n"]), int(f.attrs["chunk"])
+        if verify:
+            digests = f["sha256"][()]
+            try:
+                for c, lo in enumerate(range(0, n, chunk)):
+                    hi = min(n, lo + chunk)
+                    for j, k in enumerate(ARRAYS):
+                        if _digest(f[k][lo:hi]) != digests[c, j].decode():
+                            raise ValueError(f"dataset file {path} is corrupted: checksum mismatch in '{k}' "
+                                             f"rows {lo}..{hi - 1}")
+            except OSError as err:
+                raise ValueError(f"dataset file {path} could not be read (truncated or corrupted?): {err}") from err
+        seed = int(f.attrs["seed"])
+    return CachedDataset(path, cfg, seed, n)
