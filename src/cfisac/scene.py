@@ -81,7 +81,7 @@ class Scene:
                 continue
             if not isinstance(v, torch.Tensor):
                 raise ValueError(f"Scene.{name} must be a torch.Tensor, got {type(v).__name__}")
-            if v.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, v.shape)):
+            if v.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, v.shape, strict=True)):
                 raise ValueError(f"Scene.{name} has shape {tuple(v.shape)}, expected {shape} (None: any)")
             if v.is_floating_point() or v.is_complex():
                 if not bool(torch.isfinite(v).all()):
