@@ -31,6 +31,4 @@ def sample_generator(seed: int, index: int, stream: str) -> torch.Generator:
 
 def complex_normal(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     """CN(0, 1) draws of ``shape`` (real and imaginary parts N(0, 1/2)) in complex ``dtype``."""
-    real_dtype = torch.float64 if dtype == torch.complex128 else torch.float32
-    z = torch.randn((*shape, 2), generator=generator, dtype=real_dtype)
-    return torch.view_as_complex(z) * (0.5**0.5)
+    return torch.randn(shape, generator=generator, dtype=dtype)  # complex randn: Re, Im ~ N(0, 1/2)

@@ -88,13 +88,14 @@ def _echo_chunk(cfg: SystemConfig, scenes: Scene, x: torch.Tensor) -> torch.Tens
         fo = zeros if scenes.frequency_offsets is None else scenes.frequency_offsets.to(dev, torch.float64)
         phase = -2 * math.pi * df * to[:, :, :, None, :] * i_idx[:, None] + 2 * math.pi * dT * fo[:, :, :, None, :]
         clock = torch.polar(torch.ones((), dtype=torch.float64, device=dev), phase).to(cdt)  # [B, N, M, Ns, Ts]
-    u = None  # sum over n of the per-(m, p) delay-Doppler-scaled beams: [B, M, P, Ns, Ts]
+    gain_delay = gain[..., None] * delay_phase  # [B, N, M, P, Ns]
+    B, P = pos.shape[:2]
+    u = torch.zeros(B, cfg.n_rx, P, cfg.n_subcarriers, cfg.n_symbols, dtype=cdt, device=dev)  # sum over n
     for n in range(cfg.n_tx):
-        term = (gain[:, n, :, :, None, None] * delay_phase[:, n, :, :, :, None]
-                * doppler_phase[:, n, :, :, None, :] * beams[:, n, None])
+        term = doppler_phase[:, n, :, :, None, :] * beams[:, n, None]  # [B, M, P, Ns, Ts]
         if clock is not None:
-            term = term * clock[:, n, :, None]
-        u = term if u is None else u + term
+            term.mul_(clock[:, n, :, None])
+        u.addcmul_(term, gain_delay[:, n, :, :, :, None])
     return torch.einsum("bmpr,bmpit->bmrit", a_r, u)
 
 
@@ -120,9 +121,10 @@ def noiseless_echoes(
 def sensing_noise(cfg: SystemConfig, indices: torch.Tensor, seed: int, dtype: torch.dtype) -> torch.Tensor:
     """z ~ CN(0, xi^2 I) per antenna, subcarrier and symbol, from each sample's ``noise`` stream (CPU tensor)."""
     shape = (cfg.n_rx, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
-    std = math.sqrt(cfg.noise_watt)
-    return torch.stack([complex_normal(shape, sample_generator(seed, d, "noise"), dtype) * std
-                        for d in indices.tolist()])
+    z = torch.empty((len(indices), *shape), dtype=dtype)
+    for b, d in enumerate(indices.tolist()):
+        z[b] = complex_normal(shape, sample_generator(seed, d, "noise"), dtype)
+    return z.mul_(math.sqrt(cfg.noise_watt))
 
 
 def sensing_echoes(

@@ -131,7 +131,7 @@ def transmit_signals(
         qam16((cfg.n_subcarriers, cfg.n_symbols, cfg.n_users), sample_generator(seed, d, "symbols"))
         for d in scenes.indices.tolist()
     ])  # [B, Ns, Ts, K]
-    x = torch.einsum("bipk,bitk->bpit", links.precoders, s)  # [B, NNt, Ns, Ts]
+    x = torch.einsum("bipk,bitk->bpit", links.precoders.to(dtype), s.to(dtype))  # [B, NNt, Ns, Ts]
     B = x.shape[0]
-    x = x.reshape(B, cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols).to(dtype)
+    x = x.reshape(B, cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols)
     return x if device is None else x.to(device)
