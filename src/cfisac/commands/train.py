@@ -1,0 +1,108 @@
+"""``cfisac train``: collaborative training (Algorithm 1) of the D-VQVAE, the D-VAE or the CNN centralized scheme.
+
+Example: ``cfisac train --model dvqvae --preset quick --out runs/quick/dvqvae --minutes 10``; continue a killed
+run with the same command plus ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import SystemConfig
+
+MODEL_PRESETS = ("paper", "quick", "tiny")
+
+
+def add_system_arguments(p: argparse.ArgumentParser, *, default_preset: str | None = "quick") -> None:
+    """``--preset``, ``--config`` (SystemConfig JSON) and common overrides."""
+    p.add_argument("--preset", default=default_preset,
+                   help=f"system preset: paper | quick | tiny | monostatic (default: {default_preset})")
+    p.add_argument("--config", type=Path, help="a SystemConfig JSON file (overrides --preset)")
+    p.add_argument("--power-dbm", type=float, help="override the transmit power P (dBm)")
+    p.add_argument("--n-targets", type=int, help="override Q")
+
+
+def system_from_args(args: argparse.Namespace, base: SystemConfig | None = None) -> SystemConfig:
+    if args.config:
+        cfg = SystemConfig.from_json(args.config)
+    elif base is not None and args.preset is None:
+        cfg = base
+    else:
+        cfg = SystemConfig.preset(args.preset or "quick")
+    over = {k: v for k, v in (("power_dbm", args.power_dbm), ("n_targets", args.n_targets)) if v is not None}
+    return cfg.replace(**over) if over else cfg
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a learned scheme (D-VQVAE, D-VAE, CNN centralized): Algorithm 1",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="dvqvae", choices=("dvqvae", "dvae", "cnn"))
+    add_system_arguments(p)
+    p.add_argument("--model-preset", choices=MODEL_PRESETS,
+                   help="hyper-parameters (default: the system preset's name, else quick)")
+    p.add_argument("--front-end", help="AP input front end (default: raw, the paper's)")
+    p.add_argument("--input-norm", choices=("rms", "noise", "none"), help="input normalisation (default: rms)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ModelConfig field, e.g. --set num_codes=64 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history.csv, loss.png)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-train", type=int, default=16_000, help="training samples (paper: 16000)")
+    p.add_argument("--n-val", type=int, default=500, help="validation samples")
+    p.add_argument("--seed", type=int, default=0, help="dataset / initialisation seed")
+    p.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this much training time")
+    p.add_argument("--data", type=Path, help="HDF5 training set from `cfisac simulate` instead of on-the-fly data")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes simulating batches")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (the quantizer stays float32)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models import ModelConfig
+    from ..train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = system_from_args(args)
+    preset = args.model_preset or (args.preset if args.preset in MODEL_PRESETS else "quick")
+    over = _parse_set(args.set)
+    if args.front_end:
+        over["front_end"] = args.front_end
+    if args.input_norm:
+        over["input_norm"] = args.input_norm
+    mcfg = ModelConfig.preset(preset, **over)
+    tcfg = TrainConfig(kind=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
+                       workers=args.workers, device=args.device, amp=args.amp,
+                       data=str(args.data) if args.data else None)
+    res = train(cfg, mcfg, tcfg, args.out, resume=args.resume, progress=not args.no_progress)
+    last = res.history[-1] if res.history else None
+    status = "finished" if res.finished else "stopped by the time budget (continue with --resume)"
+    print(f"{status}; checkpoint {res.checkpoint}")
+    if last:
+        print(f"validation RMSE: {last['val_position_rmse']:.3f} m, {last['val_velocity_rmse']:.3f} m/s; "
+              f"loss curve {args.out / 'loss.png'}")
+    return 0

@@ -1,0 +1,660 @@
+"""Collaborative training of the learned schemes (paper Algorithm 1, Section IV) with resumable checkpoints.
+
+The AP side and the CPU side are separate objects that exchange only what Algorithm 1 says:
+
+- forward, AP m -> CPU (line 9): the payload [B, D, d1, d2, d3] float32 (the quantized features for the D-VQVAE,
+  footnote 4: the codebook is updated locally and not shared during training; the continuous features for the
+  D-VAE; the normalised echoes for the CNN centralized scheme);
+- backward, CPU -> AP m (line 14): the gradient of the loss w.r.t. that payload, same shape and dtype, which the AP
+  copies to its encoder output (straight-through estimator) and back-propagates together with its local commitment
+  loss (Eq. 21) before updating its encoder with its own Adam optimizer (line 16).
+
+Both sides draw the same batch because the sampling is predefined (Section IV): the batch indices of step r of
+epoch e are a pure function of ``(seed, e)`` (:func:`epoch_batches`); the AP simulates / reads only Y_m of those
+samples, the CPU only X and the labels. :class:`ApTrainer` and :class:`CpuTrainer` are written so that a process per
+side (issue 7) runs the same code with ``torch.distributed`` send / recv in place of the in-process hand-over of
+:func:`train_step`, and ends with the same parameters.
+
+Loss: ``L_est`` = mean squared error of the min-max normalised labels (Eq. 17, a mean instead of a sum) plus the
+commitment loss of every AP (Eq. 21, omega applied in the quantizer); codebooks by EMA (Eq. 18-20). Adam, learning
+rate 1e-4 by default (paper Section V).
+
+Checkpoints (every epoch, and when a ``minutes`` budget stops the run) go to ``out/ckpt-eEEEE-sSSSSSS/``:
+``model.safetensors`` (all weights and buffers, codebooks included), ``optim.safetensors`` (Adam moments and the
+torch RNG state) and ``state.json`` (configs, label normaliser, epoch / step reached, history, optimizer
+hyper-parameters). A checkpoint is written to a temporary directory and renamed; ``out/latest.json`` (and
+``out/best.json``, the lowest validation loss) then point to it atomically; older checkpoints are removed.
+``resume=True`` continues from ``latest.json`` and ends with the same parameters as an uninterrupted run with the
+same seed (data order, initialisation and every random draw are functions of the seed, epoch and step).
+``history.csv`` (per epoch), ``steps.csv`` (per step) and ``loss.png`` (paper Fig. 11) are rewritten at every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import SystemConfig
+from .metrics import accuracy
+from .models import ApSide, CpuSide, LabelNormaliser, ModelConfig, SplitModel, build_model
+from .models.config import MODEL_KINDS
+from .scene import labels_from_scene, sample_scenes
+
+__all__ = [
+    "ApTrainer", "Checkpoint", "CpuTrainer", "TrainConfig", "TrainResult", "epoch_batches", "find_checkpoint",
+    "load_checkpoint", "predict", "train", "train_step",
+]
+
+FORMAT_VERSION = 1
+NORMALISER_MAX_SAMPLES = 20_000
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options. ``seed`` selects the training / validation data (dataset seed: training samples
+    ``0 .. n_train-1``, validation samples ``n_train .. n_train+n_val-1``), the initial parameters and the data
+    order. ``minutes`` stops the run (with a checkpoint) when that much training time has passed. ``data`` is an
+    HDF5 cache (:func:`cfisac.data.write_hdf5`) used instead of on-the-fly simulation for training."""
+
+    kind: str = "dvqvae"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    n_train: int = 16_000
+    n_val: int = 500
+    seed: int = 0
+    minutes: float | None = None
+    workers: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {list(MODEL_KINDS)}")
+        for name in ("epochs", "batch_size", "n_train"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.n_val, int) or self.n_val < 0:
+            raise ValueError(f"n_val must be a non-negative integer, got {self.n_val!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+# Options that may change when a run is resumed (they do not change what the steps compute).
+RESUMABLE_CHANGES = ("epochs", "minutes", "workers")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[list[int]]:
+    """Dataset positions of every batch of ``epoch``: a permutation of 0..n-1 drawn from (seed, epoch), cut into
+    batches (the last may be smaller). Both sides of Algorithm 1 compute it, so they draw the same samples."""
+    state = np.random.SeedSequence([int(seed), 104729, int(epoch)]).generate_state(1, np.uint64)[0]
+    g = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+    perm = torch.randperm(n, generator=g).tolist()
+    return [perm[k: k + batch_size] for k in range(0, n, batch_size)]
+
+
+class DataSource:
+    """Samples of one dataset: simulated on the fly from ``(cfg, seed)`` with an index offset, or rows of an HDF5
+    cache. ``batch(positions)`` -> dict(y, x, labels, positions, velocities)."""
+
+    def __init__(self, cfg: SystemConfig, seed: int, n: int, *, offset: int = 0, cache: str | None = None) -> None:
+        self.cfg, self.seed, self.n, self.offset, self.cache = cfg, seed, n, offset, None
+        if cache is not None:
+            from .data import open_hdf5
+
+            self.cache = open_hdf5(cache)
+            if self.cache.cfg != cfg:
+                raise ValueError(f"dataset {cache} was simulated with another system configuration")
+            if n > len(self.cache):
+                raise ValueError(f"dataset {cache} holds {len(self.cache)} samples, {n} requested")
+
+    def labels(self, limit: int | None = None) -> torch.Tensor:
+        """psi [k, 4Q] float64 of the first ``limit`` samples (all by default)."""
+        k = self.n if limit is None else min(self.n, limit)
+        if self.cache is not None:
+            return torch.stack([r["labels"] for r in self.cache.__getitems__(list(range(k)))]).double()
+        return labels_from_scene(sample_scenes(self.cfg, k, self.seed, start_index=self.offset))
+
+    def batch(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        if self.cache is not None:
+            rows = self.cache.__getitems__(list(positions))
+            out = {k: torch.stack([r[k] for r in rows]) for k in ("y", "x", "labels")}
+            Q = self.cfg.n_targets
+            lab = out["labels"].double()
+            out["positions"] = lab[:, : 2 * Q].reshape(-1, Q, 2)
+            out["velocities"] = lab[:, 2 * Q:].reshape(-1, Q, 2)
+            return out
+        from .data import simulate_batch
+
+        return simulate_batch(self.cfg, self.seed, [self.offset + p for p in positions])
+
+
+def _prefetch(source: DataSource, batches: list[list[int]], workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    if workers <= 0:
+        for b in batches:
+            yield source.batch(b)
+        return
+
+    class _Batches(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+            return source.batch(batches[k])
+
+    loader = torch.utils.data.DataLoader(_Batches(), batch_size=None, shuffle=False, num_workers=workers)
+    yield from loader
+
+
+# ---------------------------------------------------------------------------------------------------- Algorithm 1
+def _adam(module: nn.Module, lr: float) -> torch.optim.Adam | None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr) if params else None
+
+
+class ApTrainer:
+    """Receive AP m's part of Algorithm 1: local encoding, quantization and EMA codebook update (lines 7-10), then
+    the encoder update from the gradient the CPU returns (line 16). Holds its own Adam optimizer."""
+
+    def __init__(self, ap: ApSide, *, lr: float, amp: bool = False) -> None:
+        self.ap, self.amp = ap, amp
+        self.optimizer = _adam(ap, lr)
+        self._out = None
+
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Lines 7-10: the payload to send to the CPU (detached float32 [B, D, d1, d2, d3])."""
+        self.ap.train()
+        with torch.autocast(y_m.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            self._out = self.ap(y_m, x if self.ap.needs_x else None)
+        return self._out.payload.detach()
+
+    def backward(self, grad: torch.Tensor | None) -> dict[str, float]:
+        """Line 16: copy the CPU's gradient to the encoder output (straight through), add the commitment loss,
+        update the encoder. Returns the AP's local statistics (commitment, perplexity, usage)."""
+        out, self._out = self._out, None
+        if out is None:
+            raise ValueError("backward called before forward")
+        stats = {"commitment": float(out.commitment.detach()), "perplexity": out.perplexity, "usage": out.usage}
+        if self.optimizer is None:
+            return stats
+        if grad is None or tuple(grad.shape) != tuple(out.payload.shape):
+            raise ValueError(f"gradient for AP {self.ap.index} must have shape {tuple(out.payload.shape)}, got "
+                             f"{None if grad is None else tuple(grad.shape)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        tensors, grads = [out.payload], [grad.to(out.payload.dtype)]
+        if out.commitment.requires_grad:
+            tensors.append(out.commitment)
+            grads.append(torch.ones_like(out.commitment))
+        torch.autograd.backward(tensors, grads)
+        self.optimizer.step()
+        return stats
+
+
+class CpuTrainer:
+    """The CPU's part of Algorithm 1: decoding (line 12), decoder update (line 13) and the gradients w.r.t. the
+    received payloads (line 14). Holds its own Adam optimizer."""
+
+    def __init__(self, cpu: CpuSide, *, lr: float, amp: bool = False) -> None:
+        self.cpu, self.amp = cpu, amp
+        self.optimizer = _adam(cpu, lr)
+
+    def step(self, payloads: Sequence[torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+             *, need_grads: bool = True) -> tuple[float, list[torch.Tensor | None], torch.Tensor]:
+        """Returns (estimation loss, gradient per payload, prediction [B, 4Q] detached)."""
+        self.cpu.train()
+        inputs = [p.detach().requires_grad_(need_grads) for p in payloads]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            pred = self.cpu(inputs, x)
+        loss = F.mse_loss(pred.float(), target)  # Eq. (17), mean over batch and 4Q
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), [i.grad if need_grads else None for i in inputs], pred.detach().float()
+
+
+def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor, x: torch.Tensor,
+               target: torch.Tensor) -> dict[str, Any]:
+    """One step of Algorithm 1 in one process: every AP's forward, the CPU's step, every AP's backward."""
+    payloads = [ap.forward(y[:, m], x) for m, ap in enumerate(aps)]
+    need = any(ap.optimizer is not None for ap in aps)
+    loss, grads, pred = cpu.step(payloads, x, target, need_grads=need)
+    ap_stats = [ap.backward(g) for ap, g in zip(aps, grads, strict=True)]
+    commitment = sum(s["commitment"] for s in ap_stats)
+    return {"mse": loss, "commitment": commitment, "loss": loss + commitment, "prediction": pred,
+            "perplexity": [s["perplexity"] for s in ap_stats], "usage": [s["usage"] for s in ap_stats]}
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (codebooks synchronised to the CPU side), configs, normaliser and state."""
+
+    path: Path
+    kind: str
+    cfg: SystemConfig
+    mcfg: ModelConfig
+    tcfg: TrainConfig
+    normaliser: LabelNormaliser
+    model: SplitModel
+    state: dict[str, Any]
+
+
+def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """The checkpoint directory of a run directory (via ``latest.json`` / ``best.json``) or the directory itself."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    if which not in ("latest", "best"):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    pointer = path / f"{which}.json"
+    if not pointer.is_file():
+        raise ValueError(f"{path} holds no checkpoint (no state.json and no {which}.json)")
+    target = path / json.loads(pointer.read_text())["checkpoint"]
+    if not (target / "state.json").is_file():
+        raise ValueError(f"{pointer} points to {target}, which is not a complete checkpoint")
+    return target
+
+
+def _model_from_state(state: dict[str, Any]) -> tuple[str, SystemConfig, ModelConfig, TrainConfig, LabelNormaliser]:
+    if state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})")
+    return (state["kind"], SystemConfig.from_dict(state["system"]), ModelConfig.from_dict(state["model"]),
+            TrainConfig.from_dict(state["train"]), LabelNormaliser.from_dict(state["normaliser"]))
+
+
+def load_checkpoint(path: str | Path, *, which: str = "latest", device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`train` (a run directory or one checkpoint directory)."""
+    ckpt = find_checkpoint(path, which)
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ckpt / 'state.json'} is not valid JSON: {err}") from err
+    kind, cfg, mcfg, tcfg, normaliser = _model_from_state(state)
+    model = build_model(kind, cfg, mcfg, seed=tcfg.seed)
+    weights = load_file(str(ckpt / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
+    model.to(device)
+    model.sync_codebooks()
+    model.eval()
+    return Checkpoint(ckpt, kind, cfg, mcfg, tcfg, normaliser, model, state)
+
+
+def _optim_tensors(trainers: dict[str, torch.optim.Optimizer | None]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    groups: dict[str, Any] = {}
+    for name, opt in trainers.items():
+        if opt is None:
+            continue
+        sd = opt.state_dict()
+        groups[name] = sd["param_groups"]
+        for pid, st in sd["state"].items():
+            for key, val in st.items():
+                t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+                tensors[f"{name}.{pid}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, groups
+
+
+def _load_optim(trainers: dict[str, torch.optim.Optimizer | None], tensors: dict[str, torch.Tensor],
+                groups: dict[str, Any]) -> None:
+    for name, opt in trainers.items():
+        if opt is None:
+            continue
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, val in tensors.items():
+            owner, pid, field_ = key.split(".", 2)
+            if owner == name:
+                state.setdefault(int(pid), {})[field_] = val
+        opt.load_state_dict({"state": state, "param_groups": groups[name]})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+@dataclass
+class TrainResult:
+    """``history`` one dict per epoch (see ``history.csv``), ``checkpoint`` the last checkpoint directory,
+    ``finished`` False when the ``minutes`` budget stopped the run early."""
+
+    out: Path
+    checkpoint: Path
+    history: list[dict[str, Any]]
+    finished: bool
+    model: SplitModel
+    normaliser: LabelNormaliser
+
+
+HISTORY_FIELDS = ("epoch", "steps", "samples", "train_loss", "train_mse", "train_commitment", "val_loss",
+                  "val_position_rmse", "val_velocity_rmse", "perplexity", "usage", "elapsed_s")
+STEP_FIELDS = ("step", "epoch", "loss", "mse", "commitment", "perplexity")
+
+
+def predict(model: SplitModel, normaliser: LabelNormaliser, y: torch.Tensor, x: torch.Tensor,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-graph prediction (eval mode, no codebook update) -> positions, velocities [B, Q, 2] float64."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        psi = normaliser.denormalise(model(y, x).prediction)
+    model.train(was)
+    return _split_psi(psi, model.cfg.n_targets)
+
+
+def _split_psi(psi: torch.Tensor, Q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B = psi.shape[0]
+    return psi[:, : 2 * Q].reshape(B, Q, 2).cpu(), psi[:, 2 * Q:].reshape(B, Q, 2).cpu()
+
+
+def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource, *, batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Validation loss (normalised MSE) and Hungarian-assigned RMSEs (m, m/s) on every sample of ``source``."""
+    if source.n == 0:
+        return {"val_loss": float("nan"), "val_position_rmse": float("nan"), "val_velocity_rmse": float("nan")}
+    sq, count, pe, ve = 0.0, 0, [], []
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, source.n, batch_size):
+            b = source.batch(range(lo, min(source.n, lo + batch_size)))
+            y, x = b["y"].to(device), b["x"].to(device)
+            pred = model(y, x).prediction.float()
+            target = normaliser.normalise(b["labels"].to(device))
+            sq += float(F.mse_loss(pred, target, reduction="sum"))
+            count += target.numel()
+            pos, vel = _split_psi(normaliser.denormalise(pred), model.cfg.n_targets)
+            acc = accuracy(pos, vel, b["positions"], b["velocities"])
+            pe.append(acc.position_errors)
+            ve.append(acc.velocity_errors)
+    model.train()
+    pe_all, ve_all = torch.cat(pe), torch.cat(ve)
+    return {"val_loss": sq / count, "val_position_rmse": float(pe_all.pow(2).mean().sqrt()),
+            "val_velocity_rmse": float(ve_all.pow(2).mean().sqrt())}
+
+
+def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_loss(path: Path, history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], *,
+              title: str = "") -> None:
+    """Training loss per step (light) and per epoch, validation loss per epoch (log scale; paper Fig. 11)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if steps:
+        spe = max(1, max(int(s["step"]) for s in steps) / max(1, len(history) or 1))
+        ax.plot([int(s["step"]) / spe for s in steps], [float(s["loss"]) for s in steps], color="C0", alpha=0.25,
+                lw=0.7, label="train (per step)")
+    if history:
+        ep = [int(h["epoch"]) for h in history]
+        ax.plot(ep, [float(h["train_loss"]) for h in history], "o-", color="C0", label="train (epoch mean)")
+        ax.plot(ep, [float(h["val_loss"]) for h in history], "s-", color="C1", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (normalised MSE + commitment)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _read_steps(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def train(
+    cfg: SystemConfig, mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, *, resume: bool = False,
+    progress: bool = True, log: Callable[[str], Any] | None = print,
+) -> TrainResult:
+    """Train ``tcfg.kind`` on ``cfg`` with hyper-parameters ``mcfg`` (Algorithm 1); checkpoints in ``out``.
+
+    With ``resume`` the run continues from ``out/latest.json`` (``epochs``, ``minutes`` and ``workers`` may differ
+    from the original run, nothing else). Without it, ``out`` must not already hold a run.
+    """
+    out = Path(out)
+    device = torch.device(tcfg.device)
+    log = log or (lambda s: None)
+    if resume:
+        if not (out / "latest.json").is_file():
+            raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
+        ckpt = find_checkpoint(out)
+        state = json.loads((ckpt / "state.json").read_text())
+        kind, cfg0, mcfg0, tcfg0, normaliser = _model_from_state(state)
+        if cfg0 != cfg or mcfg0 != mcfg:
+            raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
+        diff = [k for k in tcfg.to_dict() if k not in RESUMABLE_CHANGES and getattr(tcfg, k) != getattr(tcfg0, k)]
+        if diff:
+            raise ValueError(f"--resume: training options {diff} differ from the checkpoint's "
+                             f"(only {list(RESUMABLE_CHANGES)} may change)")
+    elif (out / "latest.json").exists():
+        raise ValueError(f"{out} already holds a run; pass resume=True (--resume) or choose another output")
+
+    model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed).to(device)
+    ap_trainers = [ApTrainer(ap, lr=tcfg.lr, amp=tcfg.amp) for ap in model.aps]
+    cpu_trainer = CpuTrainer(model.cpu_side, lr=tcfg.lr, amp=tcfg.amp)
+    optimizers = {**{f"ap{m}": t.optimizer for m, t in enumerate(ap_trainers)}, "cpu": cpu_trainer.optimizer}
+    train_src = DataSource(cfg, tcfg.seed, tcfg.n_train, cache=tcfg.data)
+    val_seed = train_src.cache.seed if train_src.cache is not None else tcfg.seed
+    val_offset = (int(train_src.cache.__getitems__([0])[0]["indices"]) + len(train_src.cache)
+                  if train_src.cache is not None else tcfg.n_train)
+    val_src = DataSource(cfg, val_seed, tcfg.n_val, offset=val_offset)
+
+    if resume:
+        weights = load_file(str(ckpt / "model.safetensors"))
+        model.load_state_dict(weights)
+        opt_tensors = load_file(str(ckpt / "optim.safetensors"))
+        torch.set_rng_state(opt_tensors.pop("rng.torch"))
+        _load_optim(optimizers, {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()},
+                    state["optim"])
+        epoch, step_in_epoch, global_step = state["epoch"], state["step"], state["global_step"]
+        history, elapsed0, best = state["history"], state["elapsed_s"], state.get("best_val_loss")
+        steps = _read_steps(out / "steps.csv", global_step)
+        log(f"resuming {out} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        normaliser = LabelNormaliser.fit(train_src.labels(NORMALISER_MAX_SAMPLES))
+        epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
+    for line in _summary(tcfg.kind, cfg, mcfg):
+        log(line)
+
+    def save(finished: bool) -> Path:
+        nonlocal best
+        model.sync_codebooks()
+        name = f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}"
+        tmp = out / f".tmp-{name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        tensors, groups = _optim_tensors(optimizers)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        val_loss = history[-1]["val_loss"] if history else None
+        is_best = val_loss is not None and math.isfinite(val_loss) and (best is None or val_loss < best)
+        if is_best:
+            best = val_loss
+        st = {"format": FORMAT_VERSION, "kind": tcfg.kind, "system": cfg.to_dict(), "model": mcfg.to_dict(),
+              "train": tcfg.to_dict(), "normaliser": normaliser.to_dict(), "epoch": epoch, "step": step_in_epoch,
+              "global_step": global_step, "elapsed_s": elapsed, "history": history, "optim": groups,
+              "best_val_loss": best, "finished": finished,
+              "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap}
+        with open(tmp / "state.json", "w") as f:
+            json.dump(st, f, indent=1)
+        for p in tmp.iterdir():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        final = out / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(out)
+        pointer = {"checkpoint": name, "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
+        _write_json_atomic(out / "latest.json", pointer)
+        if is_best:
+            _write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
+        keep = {name}
+        if (out / "best.json").is_file():
+            keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
+        for old in out.glob("ckpt-e*"):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        _write_csv(out / "history.csv", HISTORY_FIELDS, history)
+        _write_csv(out / "steps.csv", STEP_FIELDS, steps)
+        try:
+            plot_loss(out / "loss.png", history, steps, title=f"{tcfg.kind}, lr {tcfg.lr:g}")
+        except Exception as err:  # plotting must never lose a checkpoint
+            log(f"warning: loss plot failed: {err}")
+        return final
+
+    t_start = time.monotonic()
+    elapsed = elapsed0
+    budget = None if tcfg.minutes is None else tcfg.minutes * 60.0
+    stopped = False
+    last_ckpt = find_checkpoint(out) if resume else None
+    while epoch < tcfg.epochs and not stopped:
+        batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
+        todo = batches[step_in_epoch:]
+        sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
+        bar = _bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
+        for b in _prefetch(train_src, todo, tcfg.workers):
+            y, x = b["y"].to(device), b["x"].to(device)
+            target = normaliser.normalise(b["labels"].to(device))
+            r = train_step(ap_trainers, cpu_trainer, y, x, target)
+            step_in_epoch += 1
+            global_step += 1
+            k = y.shape[0]
+            perp = float(np.nanmean(r["perplexity"])) if tcfg.kind == "dvqvae" else float("nan")
+            usage = float(np.nanmean(r["usage"])) if tcfg.kind == "dvqvae" else float("nan")
+            for key in ("loss", "mse", "commitment"):
+                sums[key] += r[key] * k
+            sums["perplexity"] += perp * k
+            sums["usage"] += usage * k
+            sums["n"] += k
+            steps.append({"step": global_step, "epoch": epoch + step_in_epoch / len(batches), "loss": r["loss"],
+                          "mse": r["mse"], "commitment": r["commitment"], "perplexity": perp})
+            elapsed = elapsed0 + time.monotonic() - t_start
+            if bar is not None:
+                pos, vel = _split_psi(normaliser.denormalise(r["prediction"]), cfg.n_targets)
+                acc = accuracy(pos, vel, b["positions"], b["velocities"])
+                post = {"loss": f"{r['loss']:.4f}", "rmse_pos": f"{acc.position_rmse:.1f}m",
+                        "rmse_vel": f"{acc.velocity_rmse:.1f}m/s"}
+                if tcfg.kind == "dvqvae":
+                    post["perplexity"] = f"{perp:.1f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            if budget is not None and elapsed >= budget:
+                stopped = step_in_epoch < len(batches) or epoch + 1 < tcfg.epochs
+                break
+        if bar is not None:
+            bar.close()
+        n = max(1, sums["n"])
+        row = {"epoch": epoch + step_in_epoch / len(batches), "steps": global_step,
+               "samples": epoch * tcfg.n_train + sum(len(bb) for bb in batches[:step_in_epoch]),
+               "train_loss": sums["loss"] / n, "train_mse": sums["mse"] / n,
+               "train_commitment": sums["commitment"] / n, "perplexity": sums["perplexity"] / n,
+               "usage": sums["usage"] / n}
+        row.update(validate(model, normaliser, val_src, batch_size=max(tcfg.batch_size, 64), device=device))
+        row["elapsed_s"] = elapsed
+        if step_in_epoch >= len(batches):
+            epoch, step_in_epoch = epoch + 1, 0
+        if sums["n"]:
+            history.append(row)
+            log(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.5f}, val loss {row['val_loss']:.5f}, "
+                f"val RMSE {row['val_position_rmse']:.2f} m / {row['val_velocity_rmse']:.2f} m/s"
+                + (f", perplexity {row['perplexity']:.1f}" if tcfg.kind == "dvqvae" else "")
+                + f" ({elapsed:.0f} s)")
+        last_ckpt = save(finished=epoch >= tcfg.epochs)
+    if last_ckpt is None:
+        last_ckpt = save(finished=True)
+    model.sync_codebooks()
+    model.eval()
+    return TrainResult(out, last_ckpt, history, not stopped, model, normaliser)
+
+
+def _bar(progress: bool, total: int, initial: int, desc: str):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _summary(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> list[str]:
+    from .fronthaul import format_bits, learned_bits
+    from .models import summary_lines
+
+    lines = summary_lines(kind, cfg, mcfg)
+    bits = learned_bits(kind, cfg, mcfg)
+    lines.append(f"  fronthaul per receive AP and update: {format_bits(bits)} ({bits:,} bit)")
+    return lines
