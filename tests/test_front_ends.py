@@ -1,0 +1,277 @@
+import math
+
+import pytest
+import torch
+
+import cfisac
+from cfisac import SystemConfig
+from cfisac.front_ends import CovarianceFrontEnd, MatchedFrontEnd, area_extent, create_front_end, front_end_output_shape
+from cfisac.geometry import bistatic_geometry
+from cfisac.models.front_end import make_front_end
+from cfisac.sensing import sensing_indices
+
+C = 299792458.0
+CFG = SystemConfig.preset("tiny")  # N = M = 2, Nt = Mr = 4, Ns = 16, Ts = 8, Q = 1
+
+
+def steer(c: float, n: int, d: float = 0.5) -> torch.Tensor:
+    """Eq. (1)-(2) element by element."""
+    return torch.tensor([complex(math.cos(-2 * math.pi * k * d * c), math.sin(-2 * math.pi * k * d * c))
+                         for k in range(n)], dtype=torch.complex128) / math.sqrt(n)
+
+
+def white_x(cfg: SystemConfig, B: int, seed: int) -> torch.Tensor:
+    """Independent QPSK symbols on every transmit antenna (a white, full-rank probing signal), complex128."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (B, cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols, 2), generator=g)
+    return torch.complex(2.0 * bits[..., 0] - 1, 2.0 * bits[..., 1] - 1).to(torch.complex128) / math.sqrt(2) * 1e-2
+
+
+def nearest(axis: torch.Tensor, v: float) -> int:
+    return int((axis - v).abs().argmin())
+
+
+def true_bins(fe: MatchedFrontEnd, cfg: SystemConfig, scenes: cfisac.Scene, b: int, n: int, m: int) -> tuple:
+    geo = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    g = fe.grid
+    return (nearest(g["cos_tx"], float(geo.tx.cos_angle[b, n, 0])),
+            nearest(g["cos_rx"], float(geo.rx.cos_angle[b, m, 0])),
+            nearest(g["bistatic_range"], float(geo.bistatic_range[b, n, m, 0])),
+            nearest(g["bistatic_velocity"], float(geo.doppler[b, n, m, 0]) * C / cfg.carrier_frequency))
+
+
+def argmax_bins(v: torch.Tensor) -> tuple:
+    return tuple(int(i) for i in torch.unravel_index(v.argmax(), v.shape))
+
+
+def only_tx(scenes: cfisac.Scene, n: int) -> cfisac.Scene:
+    """The same scenes with the echoes of every transmit AP but n switched off (beta = 0)."""
+    s = scenes.select(slice(None))
+    s.reflection = torch.zeros_like(scenes.reflection)
+    s.reflection[:, n] = scenes.reflection[:, n]
+    return s
+
+
+# ------------------------------------------------------------------------------------------- shapes and registry
+def test_shapes_dtypes_and_registry():
+    B = 3
+    scenes = cfisac.sample_scenes(CFG, B, 0)
+    x = cfisac.transmit_signals(CFG, scenes, 0)
+    y = cfisac.sensing_echoes(CFG, scenes, x, seed=0)
+    cases = [
+        ("matched", {}, (2 * 4, 4, 16, 8)),
+        ("matched", dict(tx_beams=2, angle_bins=8, delay_bins=8, doppler_bins=4), (2 * 2, 8, 8, 4)),
+        ("matched", dict(output="complex"), (2 * 2 * 4, 4, 16, 8)),
+        ("matched", dict(angle_transform=False, compress="log", norm="rms"), (8, 4, 16, 8)),
+        ("covariance", {}, (1, 4, 16, 8)),
+        ("covariance", dict(block=(4, 2), angle_bins=8), (1, 8, 4, 4)),
+    ]
+    for name, opts, shape in cases:
+        fe = make_front_end(name, CFG, **opts)  # the model's registry finds this module's front ends
+        assert fe.output_shape == shape == front_end_output_shape(name, CFG, **opts)
+        assert fe.needs_x == fe.needs_transmit_signals == (name == "matched")
+        out = fe(y[:, 1], x if fe.needs_x else None)
+        assert out.shape == (B, *shape) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+        assert fe.state_dict() == {}  # DFT matrices are not written to checkpoints
+    assert create_front_end("raw", CFG).output_shape == (2, 4, 16, 8)
+    assert isinstance(create_front_end("matched", CFG), MatchedFrontEnd)
+    assert isinstance(create_front_end("covariance", CFG), CovarianceFrontEnd)
+
+
+def test_default_grid_equals_raw_grid_so_fronthaul_bits_match():
+    for preset in ("tiny", "quick", "paper"):
+        cfg = SystemConfig.preset(preset)
+        raw = create_front_end("raw", cfg).spatial_shape
+        assert create_front_end("matched", cfg).spatial_shape == raw
+        assert create_front_end("covariance", cfg).spatial_shape == raw
+    assert create_front_end("matched", SystemConfig.preset("quick")).output_shape == (32, 16, 64, 16)
+
+
+def test_grid_covers_every_target_in_the_area():
+    cfg = SystemConfig.preset("quick")
+    fe = create_front_end("matched", cfg)
+    ext = area_extent(cfg)
+    # Paper layout: d_n + d_m >= |p_n - p_m| = 100 m on the segment between AP 0s; corner (100, 0) to the far AP pair.
+    assert ext["min_range"] == pytest.approx(100.0, abs=1e-6)
+    assert ext["max_range"] == pytest.approx(cfg.max_bistatic_range(), abs=1e-6)  # attained at a corner
+    scenes = cfisac.sample_scenes(cfg, 256, 1)
+    geo = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    r, v = fe.grid["bistatic_range"], fe.grid["bistatic_velocity"]
+    assert float(geo.bistatic_range.min()) > float(r[0]) and float(geo.bistatic_range.max()) < float(r[-1])
+    bv = geo.doppler * C / cfg.carrier_frequency
+    v_amb = cfg.resolution()["unambiguous_doppler_hz"] * C / cfg.carrier_frequency
+    assert float(bv.abs().max()) < float(v[-1]) <= v_amb
+    assert torch.allclose(v, -v.flip(0))  # symmetric about zero Doppler
+
+
+# ------------------------------------------------------------------------------------------- literal reference
+def literal_matched(cfg: SystemConfig, fe: MatchedFrontEnd, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The module docstring's F_{n,b}[a, k, l] (norm='none') summed literally over antennas, i and t."""
+    B, N, Nt = x.shape[0], cfg.n_tx, cfg.n_tx_antennas
+    i_idx, t_idx = sensing_indices(cfg)
+    df, dT, fc = cfg.subcarrier_spacing, cfg.symbol_duration, cfg.carrier_frequency
+    g = fe.grid
+    out = torch.zeros(B, N, fe.tx_beams, *fe.spatial_shape, dtype=torch.complex128)
+    for n in range(N):
+        for bb, cb in enumerate(g["cos_tx"].tolist()):
+            s = torch.einsum("k,bkit->bit", steer(cb, Nt).conj(), x[:, n])  # a_t(c_b)^H x
+            for a, ca in enumerate(g["cos_rx"].tolist()):
+                ya = torch.einsum("r,brit->bit", steer(ca, cfg.n_rx_antennas).conj(), y)  # a_r(c_a)^H y
+                prod = ya * s.conj()
+                for k, r in enumerate(g["bistatic_range"].tolist()):
+                    for lv, v in enumerate(g["bistatic_velocity"].tolist()):
+                        ph = 2 * math.pi * (i_idx[:, None] * df * r / C - t_idx[None, :] * (v * fc / C) * dT)
+                        w = torch.polar(torch.ones_like(ph), ph)
+                        out[:, n, bb, a, k, lv] = (prod * w).sum((1, 2)) / math.sqrt(cfg.n_subcarriers * cfg.n_symbols)
+    return out
+
+
+def test_matched_map_equals_literal_sums():
+    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
+    fe = MatchedFrontEnd(cfg, norm="none", tx_beams=3, angle_bins=3, delay_bins=5, doppler_bins=4, output="complex")
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
+    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    ref = literal_matched(cfg, fe, y, x)
+    got = fe.complex_map(y, x)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    # "complex" output: (Re, Im) of channel (n, b) at 2 (n Nb + b) + (0, 1).
+    out = fe(y, x)
+    torch.testing.assert_close(out[:, 2 * (1 * 3 + 2)], ref[:, 1, 2].real.float())
+    torch.testing.assert_close(out[:, 2 * (1 * 3 + 2) + 1], ref[:, 1, 2].imag.float())
+    mag = MatchedFrontEnd(cfg, norm="none", tx_beams=3, angle_bins=3, delay_bins=5, doppler_bins=4)(y, x)
+    torch.testing.assert_close(mag[:, 1 * 3 + 2], ref[:, 1, 2].abs().float())
+
+
+def test_chunking_does_not_change_the_result():
+    scenes = cfisac.sample_scenes(CFG, 5, 2)
+    x = cfisac.transmit_signals(CFG, scenes, 2)
+    y = cfisac.sensing_echoes(CFG, scenes, x, seed=2)[:, 0]
+    for name in ("matched", "covariance"):
+        a = create_front_end(name, CFG)(y, x)
+        b = create_front_end(name, CFG, chunk_cells=1)(y, x)  # one sample per chunk
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------------------- physics
+def test_on_grid_path_peaks_with_the_hand_computed_value():
+    """y = g a_r(c_a) e^{-j 2 pi (i tau df - t fD dT)} s_{n,b}: the peak sits at (n, b, a, k, l) and reads
+    |g| ||s_{n,b}|| / xi = sqrt(integrated SNR) with noise normalisation."""
+    cfg = CFG
+    fe = MatchedFrontEnd(cfg)
+    g = fe.grid
+    n, b, a, k, lv = 1, 2, 1, 9, 5
+    x = white_x(cfg, 1, 3)
+    i_idx, t_idx = sensing_indices(cfg)
+    s = torch.einsum("k,kit->it", steer(float(g["cos_tx"][b]), cfg.n_tx_antennas).conj(), x[0, n])
+    tau = float(g["bistatic_range"][k]) / C
+    fd = float(g["bistatic_velocity"][lv]) * cfg.carrier_frequency / C
+    ph = -2 * math.pi * (i_idx[:, None] * tau * cfg.subcarrier_spacing - t_idx[None] * fd * cfg.symbol_duration)
+    gain = 3e-5 * complex(math.cos(1.0), math.sin(1.0))
+    y = gain * steer(float(g["cos_rx"][a]), cfg.n_rx_antennas)[:, None, None] * torch.polar(torch.ones_like(ph), ph) * s
+    out = fe(y[None], x)
+    assert argmax_bins(out[0]) == (n * fe.tx_beams + b, a, k, lv)
+    expect = abs(gain) * float(s.abs().pow(2).sum().sqrt()) / math.sqrt(cfg.noise_watt)
+    assert float(out[0, n * fe.tx_beams + b, a, k, lv]) == pytest.approx(expect, rel=1e-4)
+    assert expect == pytest.approx(float(y.abs().pow(2).sum().sqrt()) / math.sqrt(cfg.noise_watt), rel=1e-9)
+
+
+def test_noiseless_single_target_peaks_at_its_true_bins_with_white_x():
+    """Eq. (6) echoes of one target (cfisac.noiseless_echoes), a white probing signal: in the block of transmit AP n
+    the map peaks at the nearest (transmit beam, AoA, bistatic delay, Doppler) bins of the (n, m) path."""
+    cfg = CFG.replace(n_subcarriers=32, n_symbols=16, symbol_stride=8)
+    fe = MatchedFrontEnd(cfg)
+    scenes = cfisac.sample_scenes(cfg, 6, 11)
+    x = white_x(cfg, 6, 4)
+    y = cfisac.noiseless_echoes(cfg, scenes, x)
+    hits, total = 0, 0
+    for m in range(cfg.n_rx):
+        out = fe(y[:, m], x).reshape(6, cfg.n_tx, fe.tx_beams, *fe.spatial_shape)
+        for b in range(6):
+            for n in range(cfg.n_tx):
+                got, want = argmax_bins(out[b, n]), true_bins(fe, cfg, scenes, b, n, m)
+                assert all(abs(u - v) <= 1 for u, v in zip(got, want, strict=True)), (b, n, m, got, want)
+                hits += got == want
+                total += 1
+    assert hits >= 0.75 * total
+
+
+def test_noiseless_single_target_peaks_at_true_delay_and_doppler_with_mmse_precoding():
+    """The paper's MMSE-precoded x (low rank: K users): with only transmit AP n echoing, block n of the map peaks
+    at the true delay and Doppler bins (+-1) and AoA (+-1); the peak magnitude is at most sqrt(integrated SNR)."""
+    cfg = CFG.replace(n_subcarriers=32, n_symbols=16, symbol_stride=8)
+    fe = MatchedFrontEnd(cfg)
+    scenes = cfisac.sample_scenes(cfg, 6, 5)
+    x = cfisac.transmit_signals(cfg, scenes, 5, dtype=torch.complex128)
+    for n in range(cfg.n_tx):
+        y = cfisac.noiseless_echoes(cfg, only_tx(scenes, n), x)[:, 0]
+        out = fe(y, x).reshape(6, cfg.n_tx, fe.tx_beams, *fe.spatial_shape)
+        snr = y.abs().pow(2).sum((1, 2, 3)) / cfg.noise_watt
+        for b in range(6):
+            got, want = argmax_bins(out[b, n]), true_bins(fe, cfg, scenes, b, n, 0)
+            assert all(abs(u - v) <= 1 for u, v in zip(got[1:], want[1:], strict=True)), (b, n, got, want)
+            assert float(out[b].max()) <= math.sqrt(float(snr[b])) * (1 + 1e-4)  # Cauchy-Schwarz
+
+
+def test_noise_only_bins_are_unit_variance():
+    cfg = CFG
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(64, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols, dtype=torch.complex64, generator=g)
+    y *= math.sqrt(cfg.noise_watt)
+    scenes = cfisac.sample_scenes(cfg, 64, 1)
+    x = cfisac.transmit_signals(cfg, scenes, 1)
+    out = MatchedFrontEnd(cfg)(y, x)
+    assert float(out.pow(2).mean()) == pytest.approx(1.0, abs=0.03)
+    cov = CovarianceFrontEnd(cfg)(y)
+    assert float(cov.mean()) == pytest.approx(1.0, abs=0.03)
+    rms = MatchedFrontEnd(cfg, norm="rms")(y, x)
+    torch.testing.assert_close(rms.pow(2).mean((1, 2, 3, 4)), torch.ones(64), rtol=1e-4, atol=1e-4)
+
+
+def test_covariance_is_x_free_and_peaks_at_the_aoa():
+    cfg = CFG.replace(n_rx_antennas=8)
+    fe = CovarianceFrontEnd(cfg, angle_bins=16, block=(16, 8))  # one block: the spatial covariance's beam energies
+    scenes = cfisac.sample_scenes(cfg, 8, 6)
+    x = cfisac.transmit_signals(cfg, scenes, 6)
+    y = cfisac.noiseless_echoes(cfg, scenes, x)
+    geo = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    for m in range(cfg.n_rx):
+        e = fe(y[:, m])  # no x
+        assert e.shape == (8, 1, 16, 1, 1)
+        for b in range(8):
+            assert int(e[b].flatten().argmax()) == nearest(fe.grid["cos_rx"], float(geo.rx.cos_angle[b, m, 0]))
+    # Literal: mean over the block of |a_r(c_a)^H y|^2 / xi^2.
+    fe2 = CovarianceFrontEnd(cfg, block=(4, 2))
+    a = 3
+    ya = torch.einsum("r,brit->bit", steer(float(fe2.grid["cos_rx"][a]), 8).conj(), y[:, 1].to(torch.complex128))
+    ref = ya.abs().pow(2).reshape(8, 4, 4, 4, 2).mean((2, 4)) / cfg.noise_watt
+    torch.testing.assert_close(fe2(y[:, 1])[:, 0, a], ref.float(), rtol=1e-4, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bad_input_raises_value_error():
+    fe = create_front_end("matched", CFG)
+    y = torch.zeros(2, 4, 16, 8, dtype=torch.complex64)
+    x = torch.zeros(2, 2, 4, 16, 8, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="needs the transmit signals"):
+        fe(y, None)
+    with pytest.raises(ValueError, match="complex"):
+        fe(y.real, x)
+    with pytest.raises(ValueError, match=r"\[B, Mr, Ns, Ts\]"):
+        fe(y[:, :3], x)
+    with pytest.raises(ValueError, match="x must be complex"):
+        fe(y, x[:1])
+    with pytest.raises(ValueError, match="x must be complex"):
+        fe(y, x[:, :, :3])
+    with pytest.raises(ValueError, match="complex"):
+        create_front_end("covariance", CFG)(y.abs())
+    for opts, msg in [(dict(tx_beams=0), "tx_beams"), (dict(output="phase"), "output"),
+                      (dict(norm="max"), "normalisation"), (dict(compress="sqrt"), "compress"),
+                      (dict(delay_bins=2.5), "delay_bins"),
+                      (dict(angle_transform=False, angle_bins=8), "angle_transform")]:
+        with pytest.raises(ValueError, match=msg):
+            MatchedFrontEnd(CFG, **opts)
+    with pytest.raises(ValueError, match="block"):
+        CovarianceFrontEnd(CFG, block=(3, 1))
+    with pytest.raises(ValueError, match="unknown front end"):
+        create_front_end("nope", CFG)
