@@ -1,0 +1,173 @@
+"""Collaborative training (Algorithm 1): split AP / CPU equals the joint gradient, learning works (overfit), resume
+matches an uninterrupted run, checkpoints are atomic and complete; the train / evaluate commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cfisac
+from cfisac.cli import main
+from cfisac.data import simulate_batch
+from cfisac.models import LabelNormaliser, ModelConfig, build_model
+from cfisac.train import ApTrainer, CpuTrainer, TrainConfig, epoch_batches, load_checkpoint, train, train_step
+
+TINY = cfisac.SystemConfig.preset("tiny")
+TINY_M = ModelConfig.preset("tiny")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP oversubscription on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch32():
+    b = simulate_batch(TINY, 0, range(32))
+    norm = LabelNormaliser.fit(b["labels"])
+    return b, norm.normalise(b["labels"]), norm
+
+
+@pytest.mark.parametrize("kind", ["dvqvae", "dvae", "cnn"])
+def test_split_training_equals_joint_loss_with_one_optimizer(kind, batch32):
+    b, target, _ = batch32
+    split = build_model(kind, TINY, TINY_M, seed=1)
+    joint = build_model(kind, TINY, TINY_M, seed=1)
+    aps = [ApTrainer(ap, lr=1e-3) for ap in split.aps]
+    cpu = CpuTrainer(split.cpu_side, lr=1e-3)
+    opt = torch.optim.Adam(joint.parameters(), lr=1e-3)
+    for step in range(3):
+        rows = slice(8 * step, 8 * step + 8)
+        y, x, t = b["y"][rows], b["x"][rows], target[rows]
+        r = train_step(aps, cpu, y, x, t)
+        out = joint(y, x)
+        loss = F.mse_loss(out.prediction, t) + out.commitment  # Eq. (17) + Eq. (21) in one graph
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert r["loss"] == pytest.approx(float(loss.detach()), rel=1e-5, abs=1e-8)
+    for (k, v), (k2, v2) in zip(split.state_dict().items(), joint.state_dict().items(), strict=True):
+        assert k == k2
+        assert torch.allclose(v.float(), v2.float(), rtol=1e-5, atol=1e-7), k
+
+
+def test_ap_receives_only_the_gradient_of_its_payload(batch32):
+    b, target, _ = batch32
+    model = build_model("dvqvae", TINY, TINY_M, seed=2)
+    ap = ApTrainer(model.aps[0], lr=1e-3)
+    payload = ap.forward(b["y"][:, 0])
+    assert not payload.requires_grad and payload.dtype == torch.float32
+    assert payload.shape == (32, *model.aps[0].payload_shape)
+    with pytest.raises(ValueError, match="gradient for AP 0"):
+        ap.backward(torch.zeros(3))
+    ap.forward(b["y"][:, 0])
+    before = [p.clone() for p in model.aps[0].parameters()]
+    stats = ap.backward(torch.zeros_like(payload))  # zero upstream gradient: only the commitment loss acts
+    assert stats["commitment"] > 0 and 1 <= stats["perplexity"] <= TINY_M.num_codes
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.aps[0].parameters(), strict=True))
+
+
+def test_overfits_32_scenes(batch32):
+    b, target, norm = batch32
+    torch.manual_seed(0)
+    model = build_model("dvqvae", TINY, TINY_M, seed=0)
+    aps = [ApTrainer(ap, lr=3e-3) for ap in model.aps]
+    cpu = CpuTrainer(model.cpu_side, lr=3e-3)
+    first = None
+    for _ in range(200):
+        r = train_step(aps, cpu, b["y"], b["x"], target)
+        first = first if first is not None else r["mse"]
+    model.eval()
+    with torch.no_grad():
+        mse = float(F.mse_loss(model(b["y"], b["x"]).prediction, target))
+    assert first > 0.1 and mse < 1e-3
+    psi = norm.denormalise(model(b["y"], b["x"]).prediction.detach())
+    assert float((psi[:, :2] - b["labels"][:, :2].double()).norm(dim=1).pow(2).mean().sqrt()) < 3.0  # metres
+
+
+def test_epoch_batches_are_a_seeded_permutation():
+    a = epoch_batches(0, 3, 10, 4)
+    assert [len(x) for x in a] == [4, 4, 2] and sorted(sum(a, [])) == list(range(10))
+    assert a == epoch_batches(0, 3, 10, 4) and a != epoch_batches(0, 4, 10, 4) and a != epoch_batches(1, 3, 10, 4)
+
+
+def _tcfg(**kw) -> TrainConfig:
+    base = dict(kind="dvqvae", epochs=2, batch_size=16, lr=3e-3, n_train=48, n_val=16, seed=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_after_an_epoch_and_mid_epoch_matches_uninterrupted_run(tmp_path):
+    full = train(TINY, TINY_M, _tcfg(), tmp_path / "full", progress=False, log=None)
+    part = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "part", progress=False, log=None)  # "killed" after e 1
+    assert part.finished and len(part.history) == 1
+    resumed = train(TINY, TINY_M, _tcfg(), tmp_path / "part", resume=True, progress=False, log=None)
+    wf, wr = _weights(full.model), _weights(resumed.model)
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    for key in ("train_loss", "val_loss", "val_position_rmse", "val_velocity_rmse"):
+        assert resumed.history[-1][key] == full.history[-1][key]
+    # a time budget stops the run after its first step (mid-epoch checkpoint); resuming ends at the same place
+    cut = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", progress=False, log=None)
+    assert not cut.finished
+    state = json.loads((cut.checkpoint / "state.json").read_text())
+    assert (state["epoch"], state["step"], state["global_step"]) == (0, 1, 1)
+    done = train(TINY, TINY_M, _tcfg(), tmp_path / "cut", resume=True, progress=False, log=None)
+    wd = _weights(done.model)
+    assert all(torch.equal(wf[k], wd[k]) for k in wf)
+    with open(tmp_path / "cut" / "steps.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
+
+
+def test_checkpoint_layout_is_complete_and_atomic(tmp_path):
+    out = tmp_path / "run"
+    res = train(TINY, TINY_M, _tcfg(kind="dvae"), out, progress=False, log=None)
+    latest = json.loads((out / "latest.json").read_text())
+    assert latest["checkpoint"] == res.checkpoint.name == "ckpt-e0002-s000000"
+    assert {p.name for p in res.checkpoint.iterdir()} == {"model.safetensors", "optim.safetensors", "state.json"}
+    assert len(list(out.glob("ckpt-e*"))) <= 2 and not list(out.glob(".tmp*"))
+    assert (out / "loss.png").stat().st_size > 0
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["epoch"]) for r in rows] == [1.0, 2.0] and all(float(r["val_loss"]) > 0 for r in rows)
+    ck = load_checkpoint(out)
+    assert ck.kind == "dvae" and ck.cfg == TINY and ck.mcfg == TINY_M and ck.state["finished"]
+    pairs = zip(ck.model.state_dict().values(), res.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    # a stale temporary directory (a crash while writing) is ignored; an existing run is not overwritten
+    (out / ".tmp-ckpt-e0009-s000000-1").mkdir()
+    assert load_checkpoint(out).path == res.checkpoint
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TINY, TINY_M, _tcfg(kind="dvae"), out, progress=False, log=None)
+    with pytest.raises(ValueError, match=r"\['lr'\] differ"):
+        train(TINY, TINY_M, _tcfg(kind="dvae", lr=1e-4), out, resume=True, progress=False, log=None)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(TINY, TINY_M, _tcfg(), tmp_path / "none", resume=True, progress=False, log=None)
+
+
+def test_train_and_evaluate_commands(tmp_path, capsys):
+    out = tmp_path / "cnn"
+    assert main(["train", "--model", "cnn", "--preset", "tiny", "--out", str(out), "--epochs", "1", "--n-train", "32",
+                 "--n-val", "8", "--lr", "1e-3", "--no-progress"]) == 0
+    assert main(["evaluate", "--checkpoint", str(out), "--n-test", "16", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "position RMSE" in text and "prior predictor" in text
+    res = json.loads((out / "eval-seed1-P30dBm.json").read_text())
+    assert res["estimator"] == "cnn" and len(res["position_errors"]) == 16 * TINY.n_targets
+    assert res["fronthaul_bits_per_ap"] == 64 * 4 * 16 * 8
+    assert res["prior"]["position_rmse"] > 0 and (out / "eval-seed1-P30dBm.png").is_file()
+    est = cfisac.estimators.create("cnn", TINY, checkpoint=str(out))
+    assert est(simulate_batch(TINY, 1, range(2))["y"], simulate_batch(TINY, 1, range(2))["x"]).positions.shape == (
+        2, 1, 2)
+    assert main(["train", "--model", "dvqvae", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
