@@ -1,0 +1,109 @@
+"""``cfisac reproduce``: run (resume) the experiments of Section V and write the report.
+
+    cfisac reproduce --preset quick                  # the demo: Fig. 6 power sweep + fronthaul table, report, summary
+    cfisac reproduce fig7 fig8 --preset quick        # chosen figures / tables
+    cfisac reproduce all --preset quick              # every figure and table (hours on a CPU; resumes)
+    cfisac reproduce fig6 --preset quick --list-points
+    cfisac reproduce fig6 --preset quick --point 4 --no-report   # one point (job arrays); --report-only collects
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _experiments(names: list[str]) -> list[str]:
+    from ..experiments import DEMO, EXPERIMENTS
+
+    if not names or names == ["demo"]:
+        return list(DEMO)
+    out: list[str] = []
+    for n in names:
+        for e in (EXPERIMENTS if n == "all" else DEMO if n == "demo" else (n,)):
+            if e not in EXPERIMENTS:
+                raise ValueError(f"unknown experiment {e!r}; choose from {['demo', 'all', *EXPERIMENTS]}")
+            if e not in out:
+                out.append(e)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import get, make_context, run_experiment, write_report
+    from ..experiments.report import format_summary
+
+    names = _experiments(args.experiments)
+    if args.point is not None and len(names) != 1:
+        raise ValueError("--point needs exactly one experiment (e.g. `cfisac reproduce fig6 --point 3`)")
+    overrides = {}
+    if args.n_test is not None:
+        overrides["n_test"] = args.n_test
+    if args.train_seconds is not None:
+        overrides["train_seconds"] = {"*": float(args.train_seconds)}
+    if args.schemes is not None:
+        from ..experiments.common import is_learned
+
+        wanted = [s for s in args.schemes.split(",") if s]
+        overrides["classical"] = tuple(s for s in wanted if not is_learned(s) and s not in ("prior", "crlb"))
+        overrides["learned"] = tuple(s for s in wanted if is_learned(s))
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.preset == "paper" else "cpu")
+    ctx = make_context(args.preset, root=args.out, seed=args.seed, device=device, force=args.force, **overrides)
+    ctx.force_training = args.retrain
+    ctx.progress = not args.no_progress
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.list_points:
+        for name in names:
+            for k, p in enumerate(get(name).points(ctx)):
+                print(f"{name} {k} {p.key}")
+        return 0
+    t0 = time.perf_counter()
+    failed = 0
+    if not args.report_only:
+        ctx.log(f"cfisac reproduce {' '.join(names)} --preset {args.preset} -> {ctx.root} (device {device}, "
+                f"{torch.get_num_threads()} threads)")
+        for name in names:
+            only = [args.point] if args.point is not None else None
+            counts = run_experiment(name, ctx, only=only, fail_fast=args.fail_fast)
+            failed += counts["failed"]
+            ctx.log(f"{name}: {counts['done']} computed, {counts['skipped']} already done, {counts['failed']} failed "
+                    f"({time.perf_counter() - t0:.0f} s so far)")
+    if args.report_only or (args.point is None and not args.no_report):
+        cmd = "cfisac reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
+            "reproduce"] else f"cfisac reproduce {' '.join(args.experiments)} --preset {args.preset}"
+        path = write_report(ctx, None if args.report_only else names, commands=[cmd])
+        ctx.log(f"report: {path} and {path.with_suffix('.html')}")
+    if args.point is None:
+        print(format_summary(ctx), flush=True)
+    ctx.log(f"done in {time.perf_counter() - t0:.0f} s" + (f"; {failed} point(s) failed or unavailable "
+                                                             "(see the report)" if failed else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run the experiments of Section V (resumable) and write the report",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                   help="demo (default) | all | fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig13 fig14 table3 fronthaul")
+    p.add_argument("--preset", default="quick", help="tiny | quick | paper (default: quick)")
+    p.add_argument("--out", type=Path, help="output directory (default: reports/<preset>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--point", type=int, help="run only point K of the (single) experiment's sweep")
+    p.add_argument("--list-points", action="store_true", help="list the sweep's points and exit")
+    p.add_argument("--force", action="store_true", help="recompute finished points")
+    p.add_argument("--retrain", action="store_true", help="retrain learned models even when trained before")
+    p.add_argument("--report-only", action="store_true", help="only collect the stored points into the report")
+    p.add_argument("--no-report", action="store_true", help="do not write the report")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing point")
+    p.add_argument("--device", help="cpu | cuda (default: cuda for --preset paper when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--n-test", type=int, help="override the number of test scenes per point")
+    p.add_argument("--train-seconds", type=float, help="override the training budget of every learned model (s)")
+    p.add_argument("--schemes", help="comma-separated schemes to evaluate (default: the preset's), e.g. music,dvqvae")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)

@@ -1,0 +1,376 @@
+"""What every experiment module shares: the run context, the per-preset budgets, the test scenes and the evaluation
+of a scheme (classical or learned estimator, the prior predictor, or the root-CRLB) on them.
+
+Test scenes
+-----------
+Every point of every experiment evaluates its schemes on the same test scenes: dataset indices
+``TEST_START .. TEST_START + n_test - 1`` of the run's seed (training uses indices from 0, so the sets never
+overlap). Scene geometry depends only on ``(area, Q, max_speed, seed, index)``, so the monostatic baseline (one
+full-duplex BS at (50, 0), :func:`monostatic_config`) sees exactly the same targets as the cooperative system; its
+echoes are simulated for its own config. Slow estimators may be evaluated on the first ``scheme_n_test[scheme]``
+test scenes only (their root-CRLB is then that of the same subset). The root-CRLB of a point is that of the same
+scenes and transmit signals (:func:`crlb_of_scenes`, averaged like the RMSE: ``sqrt(mean over scenes and targets of
+CRLB_xx + CRLB_yy)``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import SystemConfig
+from ..data import simulate_batch
+
+__all__ = [
+    "Budget", "Context", "SCHEMES", "TEST_START", "crlb_of_scenes", "evaluate_scheme", "make_context",
+    "monostatic_config", "scheme_label", "scheme_style", "test_data",
+]
+
+TEST_START = 1_000_000  # first dataset index of the test scenes (training uses 0 .. n_train - 1)
+PRESETS = ("tiny", "quick", "paper")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes and budgets of one experiment preset.
+
+    ``n_test``: test scenes per point; ``eval_batch``: scenes per estimator call; ``n_train``: training scenes of a
+    learned model (indices 0 .. n_train - 1, simulated on the fly); ``train_seconds``: wall clock budget per learned
+    model (by scheme or model name, ``"*"`` the default); ``max_epochs``: cap on epochs (None: only the time budget);
+    ``batch_size`` of training; ``model_preset``: :class:`cfisac.models.config.ModelConfig` preset;
+    ``classical``: classical schemes of the accuracy figures; ``learned``: learned schemes (``name`` or
+    ``name-frontend``); ``crlb_max_scenes``: scenes of the root-CRLB (the first ``n`` of the test set);
+    ``n_val``: validation scenes during training; ``scheme_n_test``: fewer test scenes for slow schemes.
+    """
+
+    n_test: int
+    eval_batch: int
+    n_train: int
+    train_seconds: dict[str, float]
+    max_epochs: int | None
+    batch_size: int
+    model_preset: str
+    classical: tuple[str, ...]
+    learned: tuple[str, ...]
+    learning_rate: float = 1e-4
+    crlb_max_scenes: int | None = None
+    n_val: int = 0
+    scheme_n_test: dict[str, int] = field(default_factory=dict)
+
+    def n_test_of(self, scheme: str) -> int:
+        """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
+        return min(self.n_test, int(self.scheme_n_test.get(scheme, self.n_test)))
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+    def train_budget(self, model: str) -> float:
+        base = model.split("-")[0]
+        return float(self.train_seconds.get(model, self.train_seconds.get(base, self.train_seconds.get("*", 60.0))))
+
+
+BUDGETS: dict[str, Budget] = {
+    # unit tests: a handful of scenes, a few training steps
+    "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
+                   batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
+                   learned=("dvqvae",), n_val=4),
+    # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md)
+    "quick": Budget(n_test=200, eval_batch=50, n_train=4000, train_seconds={"dvqvae": 150.0, "*": 60.0},
+                    max_epochs=None, batch_size=32, model_preset="quick",
+                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvae", "cnn"),
+                    crlb_max_scenes=200, n_val=200),
+    # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
+    "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
+                    batch_size=20, model_preset="paper",
+                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvae", "cnn"),
+                    crlb_max_scenes=400, n_val=400),
+}
+
+
+@dataclass
+class Context:
+    """Where an experiment run writes, what it runs on, and how it reports progress."""
+
+    preset: str
+    root: Path  # reports/<preset>
+    base_cfg: SystemConfig
+    budget: Budget
+    seed: int = 0
+    device: str = "cpu"
+    force: bool = False
+    force_training: bool = False  # retrain learned models even when a finished checkpoint exists
+    progress: bool = True  # progress bars (training)
+    log: Callable[[str], Any] = field(default=print)
+    overrides: dict[str, Any] = field(default_factory=dict)  # Budget overrides requested on the command line
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def cache_dir(self) -> Path:
+        """``reports/<preset>/cache`` (git-ignored): trained models, intermediate arrays."""
+        return self.root / "cache"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+
+def _printer(line: str) -> None:
+    print(time.strftime("%H:%M:%S ") + line, flush=True)
+    sys.stdout.flush()
+
+
+def make_context(preset: str, *, root: str | Path | None = None, seed: int = 0, device: str = "cpu",
+                 force: bool = False, log: Callable[[str], Any] | None = None, **budget_overrides: Any) -> Context:
+    """The context of ``cfisac reproduce --preset <preset>``; ``budget_overrides`` replace :class:`Budget` fields."""
+    if preset not in BUDGETS:
+        raise ValueError(f"unknown experiment preset {preset!r}; choose one of {list(BUDGETS)}")
+    import dataclasses
+
+    budget = dataclasses.replace(BUDGETS[preset], **budget_overrides) if budget_overrides else BUDGETS[preset]
+    if budget.n_test <= 0 or budget.eval_batch <= 0:
+        raise ValueError(f"n_test and eval_batch must be positive, got {budget.n_test}, {budget.eval_batch}")
+    root = Path(root) if root is not None else Path("reports") / preset
+    return Context(preset=preset, root=root, base_cfg=SystemConfig.preset(preset), budget=budget, seed=seed,
+                   device=device, force=force, log=log or _printer, overrides=dict(budget_overrides))
+
+
+# ---------------------------------------------------------------------------------------------------- schemes
+SCHEMES: dict[str, dict[str, Any]] = {
+    "crlb": dict(label="root-CRLB", color="black", linestyle="-", marker=None, linewidth=2.0),
+    "prior": dict(label="prior (area centre, v = 0)", color="0.55", linestyle=":", marker=None, linewidth=1.5),
+    "monostatic": dict(label="monostatic BS [13]", color="tab:brown", linestyle="--", marker="v"),
+    "music": dict(label="MUSIC distributed", color="tab:orange", linestyle="--", marker="s"),
+    "cs": dict(label="CS fully distributed [25]", color="tab:green", linestyle="--", marker="^"),
+    "ml": dict(label="ML fusion (beyond paper)", color="tab:purple", linestyle="-.", marker="D"),
+    "cnn": dict(label="CNN centralized [1]", color="tab:cyan", linestyle="-", marker="x"),
+    "dvae": dict(label="D-VAE", color="tab:blue", linestyle="-", marker="o"),
+    "dvqvae": dict(label="D-VQVAE (paper)", color="tab:red", linestyle="-", marker="*"),
+}
+_FRONT_END_COLORS = {"matched": "magenta", "covariance": "olive"}
+
+
+def scheme_style(scheme: str) -> dict[str, Any]:
+    """Matplotlib style of a scheme (a learned ``name-frontend`` gets its own colour)."""
+    if scheme in SCHEMES:
+        return {k: v for k, v in SCHEMES[scheme].items() if k != "label"}
+    base, _, fe = scheme.partition("-")
+    style = {k: v for k, v in SCHEMES.get(base, dict(color="tab:gray", linestyle="-", marker="o")).items()
+             if k != "label"}
+    if fe:
+        style.update(color=_FRONT_END_COLORS.get(fe, "tab:pink"), linestyle="-")
+    return style
+
+
+def scheme_label(scheme: str) -> str:
+    if scheme in SCHEMES:
+        return SCHEMES[scheme]["label"]
+    base, _, fe = scheme.partition("-")
+    if base in SCHEMES and fe:
+        return f"{SCHEMES[base]['label'].replace(' (paper)', '')} ({fe} front end)"
+    return scheme
+
+
+def is_learned(scheme: str) -> bool:
+    return scheme.split("-")[0] in ("dvqvae", "dvae", "cnn")
+
+
+# ---------------------------------------------------------------------------------------------------- test data
+def monostatic_config(cfg: SystemConfig) -> SystemConfig:
+    """The paper's monostatic baseline [13] for the system ``cfg``: one full-duplex BS at (50, 0) whose transmit
+    and receive ULAs are co-located (axes as the paper's transmit / receive arrays), everything else as ``cfg``."""
+    (x0, x1), (y0, _) = cfg.area
+    return cfg.replace(tx_positions=(((x0 + x1) / 2, y0),), rx_positions=(((x0 + x1) / 2, y0),),
+                       tx_axes=((-1.0, 0.0),), rx_axes=((1.0, 0.0),))
+
+
+def test_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
+    """The test scenes of ``cfg`` (indices ``TEST_START ..``, the run's seed), simulated once per process."""
+    key = ("test", cfg.to_json(), ctx.seed, ctx.budget.n_test)
+    if key not in ctx._cache:
+        if len([k for k in ctx._cache if k[0] == "test"]) >= 3:  # bound memory: keep the 3 most recent configs
+            del ctx._cache[next(k for k in ctx._cache if k[0] == "test")]
+        idx = range(TEST_START, TEST_START + ctx.budget.n_test)
+        parts = [simulate_batch(cfg, ctx.seed, list(idx)[lo:lo + ctx.budget.eval_batch])
+                 for lo in range(0, ctx.budget.n_test, ctx.budget.eval_batch)]
+        ctx._cache[key] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return ctx._cache[key]
+
+
+def test_scenes(ctx: Context, cfg: SystemConfig):
+    """The :class:`cfisac.Scene` batch of the test set (for the CRLB)."""
+    from ..scene import sample_scenes
+
+    idx = torch.arange(TEST_START, TEST_START + ctx.budget.n_test, dtype=torch.int64)
+    return sample_scenes(cfg, len(idx), ctx.seed, indices=idx)
+
+
+# ---------------------------------------------------------------------------------------------------- CRLB
+def _crlb_per_scene(ctx: Context, cfg: SystemConfig, n: int, crlb_options: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Root-CRLB per test scene (position m, velocity m/s) [n] float64 of the first ``n`` test scenes; NaN where
+    the Fisher information is singular. Cached per process."""
+    from .. import crlb as crlb_mod
+
+    key = ("crlb", cfg.to_json(), ctx.seed, ctx.budget.n_test, tuple(sorted(crlb_options.items())))
+    have = ctx._cache.get(key)
+    if have is not None and have[0].numel() >= n:
+        return have[0][:n], have[1][:n]
+    data = test_data(ctx, cfg)
+    scenes = test_scenes(ctx, cfg).select(slice(0, n))
+    x = data["x"][:n]
+    pos = torch.full((n,), math.nan, dtype=torch.float64)
+    vel = torch.full((n,), math.nan, dtype=torch.float64)
+    chunk = max(1, min(ctx.budget.eval_batch, 64))
+    for lo in range(0, n, chunk):
+        rows = list(range(lo, min(n, lo + chunk)))
+        while rows:
+            sel = torch.tensor(rows)
+            try:
+                bound = crlb_mod.crlb(cfg, scenes.select(sel), x[sel], **crlb_options)
+            except crlb_mod.SingularFisherError as err:
+                del rows[err.scene]
+                continue
+            p, v = crlb_mod.root_crlb(bound)
+            pos[sel], vel[sel] = p, v
+            break
+    ctx._cache[key] = (pos, vel)
+    return pos, vel
+
+
+def crlb_of_scenes(ctx: Context, cfg: SystemConfig, *, n: int | None = None, **crlb_options: Any) -> dict[str, Any]:
+    """Root-CRLB (position m, velocity m/s) of the first ``n`` test scenes of ``cfg`` (default: ``n_test`` capped
+    by ``crlb_max_scenes``), Eq. (24)-(28), averaged like the RMSE: ``sqrt(mean of CRLB_xx + CRLB_yy)``.
+
+    Scenes whose Fisher information is singular (e.g. a target on every array axis) are left out and counted in
+    ``metrics["crlb_singular"]``; medians are reported too (the mean of the bound is dominated by the few scenes
+    with near-singular geometry). ``crlb_options`` (``clutter``, ``clock``) go to :func:`cfisac.crlb.crlb`.
+    """
+    n = ctx.budget.n_test if n is None else min(n, ctx.budget.n_test)
+    if ctx.budget.crlb_max_scenes is not None:
+        n = min(n, ctx.budget.crlb_max_scenes)
+    pos, vel = _crlb_per_scene(ctx, cfg, n, crlb_options)
+    ok = torch.isfinite(pos) & torch.isfinite(vel)
+    if not bool(ok.any()):
+        raise ValueError(f"the Fisher information is singular for all {n} test scenes")
+    p, v = pos[ok], vel[ok]
+    return {
+        "root_crlb_position": float(p.pow(2).mean().sqrt()), "root_crlb_velocity": float(v.pow(2).mean().sqrt()),
+        "n_scenes": int(ok.sum()),
+        "metrics": {"crlb_position_median": float(p.median()), "crlb_velocity_median": float(v.median()),
+                    "crlb_singular": int((~ok).sum())},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- schemes
+def _accuracy_result(est_pos: torch.Tensor, est_vel: torch.Tensor, data: dict[str, torch.Tensor],
+                     bits: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from ..metrics import accuracy
+
+    rep = accuracy(est_pos, est_vel, data["positions"], data["velocities"])
+    pe, ve = rep.position_errors.flatten(), rep.velocity_errors.flatten()
+    vel_ok = bool(torch.isfinite(ve).all())
+    metrics = {
+        "position_median": float(pe.median()), "position_p90": float(pe.quantile(0.9)),
+        **({"velocity_median": float(ve.median()), "velocity_p90": float(ve.quantile(0.9))} if vel_ok else {}),
+        **(extra or {}),
+    }
+    return {
+        "position_rmse": rep.position_rmse, "velocity_rmse": rep.velocity_rmse if vel_ok else math.nan,
+        "fronthaul_bits_per_ap": bits, "n_scenes": int(data["positions"].shape[0]), "metrics": metrics,
+    }
+
+
+def run_estimator(est: Any, data: dict[str, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Call ``est(y, x)`` over the test set in batches: positions, velocities [B, Q, 2] float64, seconds/scene."""
+    pos, vel = [], []
+    t0 = time.perf_counter()
+    n = data["y"].shape[0]
+    with torch.no_grad():
+        for lo in range(0, n, batch):
+            out = est(data["y"][lo:lo + batch], data["x"][lo:lo + batch])
+            pos.append(out.positions.detach().double().cpu())
+            vel.append(out.velocities.detach().double().cpu())
+    return torch.cat(pos), torch.cat(vel), (time.perf_counter() - t0) / n
+
+
+def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs: list[SystemConfig] | None = None,
+                    train_options: dict[str, Any] | None = None,
+                    crlb_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Result columns of ``scheme`` on the test scenes of ``cfg`` (see :mod:`cfisac.experiments.store`).
+
+    ``crlb``: the root-CRLB only. ``prior`` and classical estimators: ``cfisac.estimators.create(scheme, cfg)``
+    (``monostatic`` on :func:`monostatic_config` of ``cfg``, same targets). Learned schemes (``dvqvae``, ``dvae``,
+    ``cnn``, optionally ``-<front end>``): trained once per ``(train_cfgs, train_options)`` (default: ``[cfg]``) by
+    :func:`cfisac.experiments.learned.ensure_trained` (cached under ``reports/<preset>/cache/models``), then
+    evaluated on ``cfg``'s test scenes. The root-CRLB of the same scenes is attached to every accuracy result.
+    """
+    from .. import estimators
+
+    if scheme == "crlb":
+        return crlb_of_scenes(ctx, cfg, **(crlb_options or {}))
+    if is_learned(scheme):
+        from .learned import learned_estimator
+
+        est = learned_estimator(ctx, scheme, train_cfgs or [cfg], eval_cfg=cfg, **(train_options or {}))
+        data = test_data(ctx, cfg)
+    elif scheme == "monostatic":
+        mono = monostatic_config(cfg)
+        est = estimators.create("monostatic", mono)
+        data = test_data(ctx, mono)
+        ref = test_data(ctx, cfg)
+        if not torch.equal(data["positions"], ref["positions"]):
+            raise RuntimeError("monostatic test scenes differ from the cooperative ones (scene sampling changed?)")
+    else:
+        est = estimators.create(scheme, cfg)
+        data = test_data(ctx, cfg)
+    n = ctx.budget.n_test_of(scheme)
+    data = {k: v[:n] for k, v in data.items()}
+    pos, vel, sec = run_estimator(est, data, ctx.budget.eval_batch)
+    bits = getattr(est, "fronthaul_bits_per_ap", None)
+    res = _accuracy_result(pos, vel, data, None if bits is None else float(bits), {"seconds_per_scene": sec})
+    try:
+        bound = crlb_of_scenes(ctx, cfg, n=n, **(crlb_options or {}))
+        res["root_crlb_position"] = bound["root_crlb_position"]
+        res["root_crlb_velocity"] = bound["root_crlb_velocity"]
+    except ValueError as err:
+        res["metrics"]["crlb_error"] = str(err)
+    return res
+
+
+def estimates_of(ctx: Context, scheme: str, cfg: SystemConfig, n: int, **kw: Any) -> dict[str, torch.Tensor]:
+    """Estimates of ``scheme`` on the first ``n`` test scenes of ``cfg`` (Fig. 10): true and estimated positions /
+    velocities [n, Q, 2] float64 (estimates permuted to the Hungarian assignment of the true targets)."""
+    from .. import estimators
+    from ..metrics import assign_targets
+
+    if is_learned(scheme):
+        from .learned import learned_estimator
+
+        est = learned_estimator(ctx, scheme, kw.get("train_cfgs") or [cfg], eval_cfg=cfg,
+                                **kw.get("train_options", {}))
+        data = test_data(ctx, cfg)
+    elif scheme == "monostatic":
+        est = estimators.create("monostatic", monostatic_config(cfg))
+        data = test_data(ctx, monostatic_config(cfg))
+    else:
+        est = estimators.create(scheme, cfg)
+        data = test_data(ctx, cfg)
+    sub = {k: v[:n] for k, v in data.items()}
+    pos, vel, _ = run_estimator(est, sub, ctx.budget.eval_batch)
+    perm = assign_targets(pos, sub["positions"])
+    idx = perm[..., None].expand(-1, -1, 2)
+    return {"true_positions": sub["positions"], "true_velocities": sub["velocities"],
+            "est_positions": torch.gather(pos, 1, idx), "est_velocities": torch.gather(vel, 1, idx)}

@@ -1,0 +1,176 @@
+"""Learned schemes in the experiments: train once per training spec (cached, resumable), then evaluate.
+
+A learned scheme is ``"dvqvae"``, ``"dvae"`` or ``"cnn"``, optionally with an AP front end of issue 9 as
+``"<model>-<front end>"`` (e.g. ``"dvqvae-matched"``; plain names use the paper's ``"raw"`` front end). Its training
+spec (:func:`training_spec`) holds everything the trained weights depend on: the model kind and
+:class:`cfisac.models.config.ModelConfig`, the training system configs (one, or several whose scenes are pooled:
+the union of a sweep's configurations), the scene counts and budgets of the preset, the learning rate and the seed.
+The checkpoint lives in ``reports/<preset>/cache/models/<scheme>-<spec hash>/``; a second process asking for the same
+spec waits on a lock file instead of training it again (job arrays), and a killed training resumes from its last
+checkpoint.
+
+All calls into the training code go through :func:`_train` and :func:`_load_estimator` (the only two places that
+know the API of :mod:`cfisac.train`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import SystemConfig
+from .common import Context, evaluate_scheme
+from .store import spec_hash
+
+__all__ = ["ensure_trained", "learned_estimator", "model_config", "train_and_evaluate", "training_spec"]
+
+
+def split_scheme(scheme: str) -> tuple[str, str]:
+    """``"dvqvae-matched"`` -> ``("dvqvae", "matched")``; ``"dvqvae"`` -> ``("dvqvae", "raw")``."""
+    kind, _, front_end = scheme.partition("-")
+    if kind not in ("dvqvae", "dvae", "cnn"):
+        raise ValueError(f"unknown learned scheme {scheme!r}: expected dvqvae, dvae or cnn [-<front end>]")
+    return kind, front_end or "raw"
+
+
+def model_config(ctx: Context, scheme: str, **overrides: Any):
+    """The :class:`ModelConfig` of ``scheme`` at the preset's model size, with ``overrides``."""
+    from ..models.config import ModelConfig
+
+    _, front_end = split_scheme(scheme)
+    return ModelConfig.preset(ctx.budget.model_preset, front_end=front_end, **overrides)
+
+
+def training_spec(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
+                  model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> dict[str, Any]:
+    """Everything the trained weights of ``scheme`` depend on (JSON-able; hashed into the checkpoint name)."""
+    if not cfgs:
+        raise ValueError("a learned scheme needs at least one training config")
+    kind, _ = split_scheme(scheme)
+    b = ctx.budget
+    return {
+        "kind": kind, "model": model_config(ctx, scheme, **(model_overrides or {})).to_dict(),
+        "train_cfgs": [c.to_dict() for c in cfgs], "n_train": b.n_train, "n_val": b.n_val,
+        "train_seconds": b.train_budget(scheme), "max_epochs": b.max_epochs,
+        "batch_size": b.batch_size, "learning_rate": b.learning_rate if learning_rate is None else learning_rate,
+        "seed": ctx.seed,
+    }
+
+
+def checkpoint_dir(ctx: Context, scheme: str, spec: dict[str, Any]) -> Path:
+    return ctx.cache_dir / "models" / f"{scheme}-{spec_hash(spec)}"
+
+
+class _Lock:
+    """Exclusive advisory lock on ``path`` (blocks while another process trains the same model)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
+def ensure_trained(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
+                   model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> Path:
+    """The checkpoint directory of ``scheme`` trained on ``cfgs`` under the context's budget (trained if needed).
+
+    A finished training leaves ``done.json`` (spec, wall time, final metrics) next to the checkpoint.
+    """
+    spec = training_spec(ctx, scheme, cfgs, model_overrides=model_overrides, learning_rate=learning_rate)
+    out = checkpoint_dir(ctx, scheme, spec)
+    done = out / "done.json"
+    if done.is_file() and not ctx.force_training:
+        return out
+    with _Lock(out.with_name(out.name + ".lock")):
+        if done.is_file() and not ctx.force_training:  # trained by another process while we waited
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+        ctx.log(f"training {scheme} on {len(cfgs)} config(s), budget {spec['train_seconds']:.0f} s -> {out}")
+        t0 = time.perf_counter()
+        info = _train(ctx, scheme, list(cfgs), spec, out)
+        info = {"wall_s": time.perf_counter() - t0, **(info or {})}
+        tmp = done.with_name(f".done.{os.getpid()}")
+        tmp.write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, done)
+        ctx.log(f"trained {scheme} in {info['wall_s']:.0f} s")
+    return out
+
+
+def training_info(ckpt: Path) -> dict[str, Any]:
+    """The ``done.json`` of a trained checkpoint (wall time, history, final metrics)."""
+    p = ckpt / "done.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def learned_estimator(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *, eval_cfg: SystemConfig,
+                      model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> Any:
+    """A trained estimator of ``scheme`` (``cfisac.estimators`` interface) for evaluation on ``eval_cfg``."""
+    ckpt = ensure_trained(ctx, scheme, cfgs, model_overrides=model_overrides, learning_rate=learning_rate)
+    return _load_estimator(ctx, scheme, eval_cfg, ckpt)
+
+
+def train_and_evaluate(model_name: str, cfg: SystemConfig, ctx: Context, *,
+                       train_cfgs: Sequence[SystemConfig] | None = None, **options: Any) -> dict[str, Any]:
+    """Train ``model_name`` on ``train_cfgs`` (default ``[cfg]``) under ``ctx.budget`` and evaluate it on the test
+    scenes of ``cfg``: the result columns of :mod:`cfisac.experiments.store` (RMSEs, root-CRLB, fronthaul bits)."""
+    return evaluate_scheme(ctx, model_name, cfg, train_cfgs=list(train_cfgs or [cfg]), train_options=options)
+
+
+# ---------------------------------------------------------------------------------------------------- adapters
+def _train(ctx: Context, scheme: str, cfgs: list[SystemConfig], spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run :func:`cfisac.train.train` for ``spec`` into ``out`` (resuming a killed run found there)."""
+    from ..models.config import ModelConfig
+    from ..train import TrainConfig, train
+
+    if len(cfgs) != 1:
+        raise NotImplementedError("cfisac.train trains on one system configuration; pooled configs are not supported")
+    epochs = spec["max_epochs"] if spec["max_epochs"] is not None else 100_000  # the time budget stops it
+    tcfg = TrainConfig(kind=spec["kind"], epochs=int(epochs), batch_size=int(spec["batch_size"]),
+                       lr=float(spec["learning_rate"]), n_train=int(spec["n_train"]), n_val=int(spec["n_val"]),
+                       seed=int(spec["seed"]), minutes=float(spec["train_seconds"]) / 60.0, device=ctx.device)
+    mcfg = ModelConfig.from_dict(spec["model"])
+    resume = (out / "latest.json").is_file()
+    res = train(cfgs[0], mcfg, tcfg, out, resume=resume, progress=ctx.progress, log=ctx.log)
+    last = res.history[-1] if res.history else {}
+    return {"finished": res.finished, "epochs": len(res.history), "final": last,
+            "fronthaul_bits_per_ap": res.model.fronthaul_bits_per_ap, "history": res.history}
+
+
+class CheckpointEstimator:
+    """A trained learned scheme as an estimator: in-graph prediction (eval mode) of :func:`cfisac.train.predict`,
+    positions / velocities rescaled to m and m/s with the checkpoint's label normaliser."""
+
+    def __init__(self, scheme: str, cfg: SystemConfig, ckpt: Path, device: str = "cpu") -> None:
+        from ..train import load_checkpoint
+
+        self.name, self.cfg = scheme, cfg
+        self.checkpoint = load_checkpoint(ckpt, device=device)
+        self.device = torch.device(device)
+        self.fronthaul_bits_per_ap = int(self.checkpoint.model.fronthaul_bits_per_ap)
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor):
+        from ..estimators import Estimate
+        from ..train import predict
+
+        pos, vel = predict(self.checkpoint.model, self.checkpoint.normaliser, y.to(self.device), x.to(self.device))
+        return Estimate(pos.double().cpu(), vel.double().cpu())
+
+
+def _load_estimator(ctx: Context, scheme: str, cfg: SystemConfig, ckpt: Path) -> Any:
+    return CheckpointEstimator(scheme, cfg, ckpt, device=ctx.device)

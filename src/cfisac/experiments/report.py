@@ -1,0 +1,296 @@
+"""The report: ``reports/<preset>/report.md`` and ``report.html`` from whatever points are stored.
+
+For every experiment that has rows: its figure (PNG + SVG), a table of the stored points, the comparison with the
+paper's claims (:func:`discussion` of the module) and the list of points still missing or failed. Up front: the
+compact summary table (Fig. 6 at the reference power), the exact commands, the configuration, seeds, budgets, wall
+times and machine. The HTML is rendered by a small built-in markdown subset converter (no extra dependency).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import platform
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import Context, scheme_label
+from .store import code_identity
+
+__all__ = ["format_summary", "markdown_to_html", "summary_rows", "write_report"]
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "–"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.{digits}g}"
+    return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _bits(v: Any) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "–"
+    from ..fronthaul import format_bits
+
+    return f"{format_bits(v)} ({int(v):,})" if v >= 1000 else f"{int(v)} bit"
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+def summary_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Fig. 6 rows at the reference power (one per scheme; ``crlb`` first), in the paper's scheme order."""
+    from . import fig6, load_rows
+    from .plotting import _order
+
+    rows = [r for r in load_rows(ctx, "fig6") if abs(r["x_value"] - fig6.REFERENCE_POWER) < 1e-9]
+    if not rows:  # e.g. a preset whose power sweep misses 30 dBm: take the largest power
+        allr = load_rows(ctx, "fig6")
+        if not allr:
+            return []
+        top = max(r["x_value"] for r in allr)
+        rows = [r for r in allr if r["x_value"] == top]
+    return sorted(rows, key=lambda r: _order(r["scheme"]))
+
+
+def _fronthaul_bits(ctx: Context) -> dict[str, float]:
+    """Bits per AP and update of each scheme from the fronthaul experiment's rows (when run)."""
+    from . import load_rows
+
+    return {r["scheme"]: r["fronthaul_bits_per_ap"] for r in load_rows(ctx, "fronthaul")
+            if r["series"] == "preset"}
+
+
+def format_summary(ctx: Context) -> str:
+    """The compact final table printed at the end of ``cfisac reproduce`` (plain text)."""
+    rows = summary_rows(ctx)
+    if not rows:
+        return "(no Fig. 6 results stored yet)"
+    crlb = next((r for r in rows if r["scheme"] == "crlb"), None)
+    bits = _fronthaul_bits(ctx)
+    head = ("scheme", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB (m | m/s)", "fronthaul bits/AP/update")
+    table = [head]
+    for r in rows:
+        if r["scheme"] == "crlb":
+            continue
+        b = r["fronthaul_bits_per_ap"]
+        if not (isinstance(b, float) and math.isfinite(b)):
+            b = bits.get(r["scheme"], math.nan)
+        cr = (f"{_num(r['root_crlb_position'])} | {_num(r['root_crlb_velocity'])}" if math.isfinite(
+            r["root_crlb_position"]) else "–")
+        table.append((scheme_label(r["scheme"]), _num(r["position_rmse"]), _num(r["velocity_rmse"]), cr,
+                      _bits(b)))
+    if crlb is not None:
+        table.append(("root-CRLB (bound)", _num(crlb["root_crlb_position"]), _num(crlb["root_crlb_velocity"]),
+                      "", ""))
+    widths = [max(len(t[k]) for t in table) for k in range(len(head))]
+    lines = [f"Fig. 6 at P = {rows[0]['x_value']:g} dBm, preset {ctx.preset}, {int(rows[0]['n_scenes'])} test scenes:"]
+    for i, t in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- markdown
+def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+def _points_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    from .plotting import _order
+
+    head = ("scheme", "series", "x", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB loc. (m)",
+            "root-CRLB vel. (m/s)", "bits/AP", "scenes", "wall (s)")
+    has_series = any(r["series"] for r in rows)
+    body = []
+    for r in sorted(rows, key=lambda r: (r["series"], _order(r["scheme"]), r["x_value"])):
+        body.append((scheme_label(r["scheme"]), r["series"], f"{r['x_name']}={r['x_value']:g}",
+                     _num(r["position_rmse"]), _num(r["velocity_rmse"]), _num(r["root_crlb_position"]),
+                     _num(r["root_crlb_velocity"]), _bits(r["fronthaul_bits_per_ap"]), _num(r["n_scenes"]),
+                     _num(r["wall_s"])))
+    if not has_series:
+        head = tuple(h for h in head if h != "series")
+        body = [tuple(c for k, c in enumerate(b) if k != 1) for b in body]
+    return _md_table(head, body)
+
+
+def _machine() -> str:
+    ident = code_identity()
+    dev = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return (f"{ident['host']}, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), {dev}")
+
+
+def _missing(ctx: Context, name: str, mod: Any) -> list[str]:
+    from . import store_of
+
+    store = store_of(ctx, name)
+    latest_ok = store.latest()
+    latest_any = store.latest(ok_only=False)
+    out = []
+    for k, p in enumerate(mod.points(ctx)):
+        row = latest_ok.get(p.key)
+        if row is not None and row["spec_hash"] == p.spec_hash:
+            continue
+        last = latest_any.get(p.key)
+        if last is not None and last["spec_hash"] == p.spec_hash and last["status"] != "ok":
+            out.append(f"point {k} `{p.key}`: {last['status']} ({last['message'][:200]})")
+        else:
+            out.append(f"point {k} `{p.key}`: not run")
+    return out
+
+
+def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: Sequence[str] = (),
+                 plots: bool = True) -> Path:
+    """Write ``report.md`` and ``report.html`` under ``ctx.root`` for experiments ``names`` (default: every one
+    with stored rows) and return the markdown path."""
+    from . import EXPERIMENTS, get, load_rows, store_of
+
+    names = [n for n in (names or EXPERIMENTS)]
+    ident = code_identity()
+    b = ctx.budget
+    md: list[str] = [
+        f"# Reproduction of Section V (Wang, Wong, Schober) — preset `{ctx.preset}`", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by cfisac {ident['code_version']} "
+        f"(git {ident['git_commit'] or 'n/a'}). Machine: {_machine()}.", "",
+    ]
+    summary = format_summary(ctx)
+    if summary_rows(ctx):
+        md += ["## Summary (Fig. 6 at the reference power)", "", "```", summary, "```", ""]
+    md += ["## How to reproduce", "", "```bash"]
+    md += list(commands) or [f"cfisac reproduce --preset {ctx.preset}"]
+    md += [f"cfisac reproduce all --preset {ctx.preset}          # every figure and table (resumes)",
+           f"cfisac reproduce fig7 --preset {ctx.preset} --list-points   # a sweep's points",
+           f"cfisac reproduce fig7 --preset {ctx.preset} --point 3 --no-report   # one point (job arrays)",
+           f"cfisac reproduce all --preset {ctx.preset} --report-only   # collect what is stored", "```", ""]
+    md += ["## Configuration", "",
+           f"System preset `{ctx.preset}` (`cfisac.SystemConfig.preset('{ctx.preset}')`; each point's deviations are "
+           f"in the `config_diff` column of `points/<experiment>.csv`, full configs in `points/configs/`):", "",
+           "```json", json.dumps(ctx.base_cfg.to_dict(), sort_keys=True), "```", "",
+           f"Budget (`cfisac.experiments.BUDGETS['{ctx.preset}']`"
+           + (f", overridden: {json.dumps(ctx.overrides)}" if ctx.overrides else "") + "):", "",
+           "```json", json.dumps(b.to_dict(), sort_keys=True), "```", "",
+           f"Seed {ctx.seed}: test scenes are dataset indices {1_000_000}..{1_000_000 + b.n_test - 1} of seed "
+           f"{ctx.seed} (the same scenes for every scheme at a point, and for every point of a sweep); training "
+           f"scenes 0..{b.n_train - 1}, validation {b.n_train}..{b.n_train + b.n_val - 1}. Learned schemes train for "
+           f"a wall-clock budget, so their results depend on the machine's speed.", ""]
+    walls: list[tuple[str, float, int]] = []
+    for name in names:
+        mod = get(name)
+        rows = load_rows(ctx, name)
+        missing = _missing(ctx, name, mod)
+        if not rows and not store_of(ctx, name).path.exists():
+            continue
+        md += [f"## {mod.TITLE}", ""]
+        if getattr(mod, "__doc__", None):
+            md += [mod.__doc__.strip().split("\n\n", 1)[-1].replace("\n", " "), ""]
+        if rows and plots:
+            try:
+                paths = mod.figures(ctx, rows)
+            except Exception as err:  # noqa: BLE001 - a broken plot must not lose the report
+                paths = []
+                md += [f"*Figure failed: {type(err).__name__}: {err}*", ""]
+            for p in paths:
+                if p.suffix == ".png":
+                    rel = p.relative_to(ctx.root)
+                    md += [f"![{mod.TITLE}]({rel.as_posix()})", "",
+                           f"[SVG]({rel.with_suffix('.svg').as_posix()})", ""]
+        if rows:
+            table = mod.table(ctx, rows) if hasattr(mod, "table") else _points_table(rows)
+            md += table + [""]
+            md += ["**Comparison with the paper**", ""] + mod.discussion(ctx, rows) + [""]
+            wall = sum(r["wall_s"] for r in rows if math.isfinite(r["wall_s"]))
+            walls.append((name, wall, len(rows)))
+        if missing:
+            md += [f"**Points missing or failed ({len(missing)}):**", ""] + [f"- {m}" for m in missing[:40]]
+            if len(missing) > 40:
+                md.append(f"- ... and {len(missing) - 40} more")
+            md.append("")
+    if walls:
+        md += ["## Wall times", ""] + _md_table(
+            ("experiment", "points stored", "sum of point wall times (s)"),
+            [(n, str(k), f"{w:.0f}") for n, w, k in walls]) + [""]
+    ctx.root.mkdir(parents=True, exist_ok=True)
+    path = ctx.root / "report.md"
+    text = "\n".join(md) + "\n"
+    path.write_text(text)
+    (ctx.root / "report.html").write_text(markdown_to_html(text, title=f"cfisac reproduction ({ctx.preset})"))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em}
+th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}img{max-width:100%}
+code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def _inline(text: str) -> str:
+    t = html.escape(text, quote=False)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2">', t)
+    t = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    t = re.sub(r"(?<![*\w])\*([^*\n]+)\*(?![*\w])", r"<em>\1</em>", t)
+    return t
+
+
+def markdown_to_html(text: str, *, title: str = "report") -> str:
+    """The markdown subset the report uses: headings, paragraphs, ``-`` lists, pipe tables, fenced code, images,
+    links, bold, italics and inline code."""
+    out: list[str] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            block = []
+            while j < len(lines) and not lines[j].startswith("```"):
+                block.append(lines[j])
+                j += 1
+            out.append("<pre><code>" + html.escape("\n".join(block)) + "</code></pre>")
+            i = j + 1
+            continue
+        m = re.match(r"^(#{1,6}) (.*)$", line)
+        if m:
+            n = len(m.group(1))
+            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+            i += 1
+            continue
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r.strip())[1:-1]] for r in rows]
+            body = [c for c in cells[1:] if not all(re.fullmatch(r":?-+:?", x) for x in c)]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells[0]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</table>")
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(lines[i][2:])
+                i += 1
+            out.append("<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in items) + "</ul>")
+            continue
+        if not line.strip():
+            i += 1
+            continue
+        para = []
+        while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- |```)", lines[i]):
+            para.append(lines[i])
+            i += 1
+        out.append("<p>" + _inline(" ".join(para)) + "</p>")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

@@ -1,0 +1,287 @@
+"""Resumable sweep storage: one CSV row per finished point, appended as soon as the point completes.
+
+A sweep is a list of :class:`Point` s in a fixed order (``--point K`` runs the K-th alone, so a job array can spread a
+sweep over machines). Each point has a stable ``key`` (e.g. ``"power_dbm=30|scheme=music"``) and a ``spec``: every
+input that determines its result (the system config, the budget, the seed, the model config ...), hashed into
+``spec_hash``. :class:`PointStore` keeps ``<root>/points/<experiment>.csv``; a point counts as finished when a row
+with its key, its current spec hash and ``status == "ok"`` exists. Rows are only ever appended (under an exclusive
+``fcntl`` lock, so several processes may share a store): a rerun with ``force`` appends a new row and the last row
+of a key wins. Failed points are recorded with ``status == "failed"`` and the error message, and are rerun next time.
+
+Columns (:data:`COLUMNS`): ``experiment, point, key, scheme, series, x_name, x_value`` (what the point is);
+``position_rmse`` (m), ``velocity_rmse`` (m/s), ``root_crlb_position`` (m), ``root_crlb_velocity`` (m/s),
+``fronthaul_bits_per_ap``, ``n_scenes`` (results; empty when not applicable), ``metrics`` (a JSON object of further
+results, e.g. medians or stage runtimes); ``seed, spec_hash, config_hash, config_diff`` (the system config's fields
+that differ from the preset, as JSON; the full config is in ``points/configs/<config_hash>.json``),
+``code_version, git_commit, host, wall_s, finished_at, status, message``.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import SystemConfig
+
+__all__ = [
+    "COLUMNS", "Point", "PointStore", "SweepInterrupted", "code_identity", "config_diff", "run_points", "spec_hash",
+]
+
+COLUMNS = (
+    "experiment", "point", "key", "scheme", "series", "x_name", "x_value",
+    "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity", "fronthaul_bits_per_ap",
+    "n_scenes", "metrics",
+    "seed", "spec_hash", "config_hash", "config_diff", "code_version", "git_commit", "host", "wall_s", "finished_at",
+    "status", "message",
+)
+RESULT_COLUMNS = ("position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity",
+                  "fronthaul_bits_per_ap", "n_scenes", "metrics")
+NUMERIC_COLUMNS = ("x_value", "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity",
+                   "fronthaul_bits_per_ap", "n_scenes", "seed", "wall_s")
+
+
+class SweepInterrupted(RuntimeError):
+    """Raised by :func:`run_points` with ``fail_fast`` when a point fails (the rows before it are stored)."""
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, SystemConfig):
+        return v.to_dict()
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return v
+
+
+def spec_hash(spec: Any) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of ``spec`` (configs serialised by ``to_dict``)."""
+    text = json.dumps(_jsonable(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def config_diff(cfg: SystemConfig, base: SystemConfig) -> dict[str, Any]:
+    """Fields of ``cfg`` that differ from ``base`` (JSON values)."""
+    a, b = cfg.to_dict(), base.to_dict()
+    return {k: _jsonable(v) for k, v in a.items() if _jsonable(v) != _jsonable(b[k])}
+
+
+_IDENTITY: dict[str, str] | None = None
+
+
+def code_identity() -> dict[str, str]:
+    """``code_version`` (``cfisac.__version__``), ``git_commit`` (HEAD, ``+dirty`` with local changes; empty outside
+    a git checkout) and ``host`` (machine name, CPU count, processor)."""
+    global _IDENTITY
+    if _IDENTITY is None:
+        from .. import __version__
+
+        commit = ""
+        try:
+            here = Path(__file__).resolve().parent
+            commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                                    text=True, timeout=5).stdout.strip()
+            if commit:
+                dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                       capture_output=True, text=True, timeout=5).stdout.strip()
+                commit += "+dirty" if dirty else ""
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+        host = f"{platform.node()} ({os.cpu_count()} cpu, {platform.machine()})"
+        _IDENTITY = {"code_version": __version__, "git_commit": commit, "host": host}
+    return dict(_IDENTITY)
+
+
+@dataclass
+class Point:
+    """One point of a sweep.
+
+    ``key``: stable name within the experiment; ``scheme`` / ``series`` / ``x_name`` / ``x_value``: what the figure
+    plots (series distinguishes curves of one scheme, e.g. the clutter variance of Fig. 13); ``cfg``: the system
+    config evaluated; ``spec``: everything else the result depends on (budgets, seeds, model configs); ``run``: a
+    callable returning a dict of :data:`RESULT_COLUMNS` (missing ones stay empty).
+    """
+
+    key: str
+    scheme: str
+    x_name: str
+    x_value: float
+    cfg: SystemConfig
+    run: Callable[[], dict[str, Any]]
+    series: str = ""
+    seed: int = 0
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash({"key": self.key, "cfg": self.cfg, "seed": self.seed, "spec": self.spec})
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(_jsonable(v), sort_keys=True)
+    return str(v)
+
+
+class PointStore:
+    """Append-only CSV of an experiment's points under ``root/points``; see the module docstring."""
+
+    def __init__(self, root: str | Path, experiment: str, *, base_cfg: SystemConfig | None = None) -> None:
+        if not experiment or "/" in experiment:
+            raise ValueError(f"experiment name must be a plain non-empty name, got {experiment!r}")
+        self.root = Path(root)
+        self.experiment = experiment
+        self.base_cfg = base_cfg
+        self.path = self.root / "points" / f"{experiment}.csv"
+        self.config_dir = self.root / "points" / "configs"
+
+    # ------------------------------------------------------------------ reading
+    def rows(self) -> list[dict[str, str]]:
+        """Every stored row (oldest first), as strings."""
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or tuple(reader.fieldnames) != COLUMNS:
+                raise ValueError(f"{self.path} does not have the point-store columns {COLUMNS}; "
+                                 f"got {reader.fieldnames} (written by another version? move it away)")
+            return [r for r in reader if r.get("status")]  # a half-written last line has no status: ignored
+
+    def latest(self, *, ok_only: bool = True) -> dict[str, dict[str, Any]]:
+        """The last row of each key (``ok_only``: of the successful rows), numeric columns parsed to float."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.rows():
+            if ok_only and r["status"] != "ok":
+                continue
+            out[r["key"]] = parse_row(r)
+        return out
+
+    def is_done(self, point: Point, latest: dict[str, dict[str, Any]] | None = None) -> bool:
+        latest = self.latest() if latest is None else latest
+        row = latest.get(point.key)
+        return row is not None and row["spec_hash"] == point.spec_hash
+
+    # ------------------------------------------------------------------ writing
+    def append(self, point: Point, index: int, result: dict[str, Any], *, wall_s: float, status: str = "ok",
+               message: str = "") -> dict[str, str]:
+        """Append the row of ``point`` (atomically w.r.t. other processes: exclusive lock, one write, fsync)."""
+        unknown = set(result) - set(RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown result columns {sorted(unknown)}; allowed: {RESULT_COLUMNS}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        chash = spec_hash(point.cfg)
+        cpath = self.config_dir / f"{chash}.json"
+        if not cpath.exists():
+            tmp = cpath.with_name(f".{cpath.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(point.cfg.to_dict(), indent=1, sort_keys=True))
+            os.replace(tmp, cpath)
+        diff = config_diff(point.cfg, self.base_cfg) if self.base_cfg is not None else {}
+        row = {
+            "experiment": self.experiment, "point": index, "key": point.key, "scheme": point.scheme,
+            "series": point.series, "x_name": point.x_name, "x_value": point.x_value, **result,
+            "seed": point.seed, "spec_hash": point.spec_hash, "config_hash": chash, "config_diff": diff,
+            **code_identity(), "wall_s": round(wall_s, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
+            "message": message.replace("\n", " ")[:500],
+        }
+        text_row = {c: _fmt(row.get(c)) for c in COLUMNS}
+        with open(self.path, "a+", newline="") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    csv.writer(f).writerow(COLUMNS)
+                csv.DictWriter(f, fieldnames=COLUMNS).writerow(text_row)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return text_row
+
+
+def parse_row(r: dict[str, str]) -> dict[str, Any]:
+    """A stored row with numeric columns as floats (NaN when empty) and ``metrics`` / ``config_diff`` as dicts."""
+    out: dict[str, Any] = dict(r)
+    for c in NUMERIC_COLUMNS:
+        v = r.get(c, "")
+        out[c] = float(v) if v not in ("", None) else math.nan
+    for c in ("metrics", "config_diff"):
+        out[c] = json.loads(r[c]) if r.get(c) else {}
+    out["point"] = int(r["point"]) if r.get("point") else -1
+    return out
+
+
+def run_points(
+    store: PointStore, points: Sequence[Point], *, only: Iterable[int] | None = None, force: bool = False,
+    fail_fast: bool = False, log: Callable[[str], Any] = print,
+) -> dict[str, int]:
+    """Run the points of a sweep that are not finished yet, storing each row as soon as it completes.
+
+    ``only``: indices of the points to consider (``--point K``); ``force``: recompute finished points too;
+    ``fail_fast``: raise :class:`SweepInterrupted` at the first failing point instead of recording it and going on.
+    ``KeyboardInterrupt`` (and any other ``BaseException``) stops the sweep at once; finished rows stay stored.
+    Returns counts ``{"done": computed now, "skipped": already finished, "failed": failed now}``.
+    """
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate point keys in {store.experiment}: {sorted(k for k in keys if keys.count(k) > 1)}")
+    indices = list(range(len(points))) if only is None else list(only)
+    for k in indices:
+        if not 0 <= k < len(points):
+            raise ValueError(f"--point {k} out of range: {store.experiment} has {len(points)} points (0.."
+                             f"{len(points) - 1}); list them with --list-points")
+    latest = store.latest()
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for n, k in enumerate(indices):
+        p = points[k]
+        tag = f"[{store.experiment} {n + 1}/{len(indices)}] point {k} {p.key}"
+        if not force and store.is_done(p, latest):
+            counts["skipped"] += 1
+            log(f"{tag}: done before, skipped")
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = p.run()
+        except (ImportError, NotImplementedError) as err:  # a scheme whose code is not there: record, go on
+            counts["failed"] += 1
+            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status="unavailable",
+                         message=f"{type(err).__name__}: {err}")
+            log(f"{tag}: UNAVAILABLE ({type(err).__name__}: {err})")
+            if fail_fast:
+                raise SweepInterrupted(f"{tag} unavailable: {err}") from err
+            continue
+        except Exception as err:  # noqa: BLE001 - recorded in the store, the sweep goes on
+            counts["failed"] += 1
+            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status="failed",
+                         message=f"{type(err).__name__}: {err}")
+            log(f"{tag}: FAILED ({type(err).__name__}: {err})")
+            if fail_fast:
+                raise SweepInterrupted(f"{tag} failed: {err}") from err
+            continue
+        dt = time.perf_counter() - t0
+        row = store.append(p, k, result, wall_s=dt)
+        counts["done"] += 1
+        shown = ", ".join(f"{c} {float(row[c]):.4g}" for c in ("position_rmse", "velocity_rmse", "root_crlb_position",
+                                                                 "root_crlb_velocity") if row[c] not in ("", "nan"))
+        log(f"{tag}: {shown or 'ok'} ({dt:.1f} s)")
+    return counts

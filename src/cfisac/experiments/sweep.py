@@ -1,0 +1,109 @@
+"""Accuracy sweeps (Figs. 6-9, 13, 14): RMSE of every scheme and the root-CRLB against one system parameter.
+
+A sweep evaluates, for every value of the swept parameter (and every series, e.g. the clutter variance of Fig. 13),
+the root-CRLB of the test scenes, the prior predictor, the classical baselines and the learned schemes. Learned
+schemes are trained either once at a reference point of the sweep and evaluated at every point
+(``training="reference"``, e.g. trained at P = 30 dBm for the power sweep of the CPU presets: possible where the
+network's input and output shapes do not change along the sweep) or once per point (``training="per_point"``:
+where they change, e.g. Q, Ts, Mr, and wherever the budget allows). :func:`cfisac.train.train` trains on one
+system configuration, so training on the union of a sweep's configurations is not offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import SystemConfig
+from .common import Context, evaluate_scheme, is_learned
+from .store import Point
+
+__all__ = ["AccuracySweep", "fmt_value"]
+
+
+def fmt_value(v: float) -> str:
+    return f"{v:g}"
+
+
+@dataclass
+class AccuracySweep:
+    """The points of one accuracy figure; see the module docstring.
+
+    ``cfg_for(ctx, value, series)`` gives the system config of a point; ``schemes`` the schemes besides ``crlb``
+    (which is always added); ``crlb_options`` are passed to :func:`cfisac.crlb` (``clutter`` / ``clock``).
+    """
+
+    name: str
+    x_name: str
+    values: Sequence[float]
+    cfg_for: Callable[[Context, float, str], SystemConfig]
+    schemes: Sequence[str]
+    series: Sequence[str] = ("",)
+    training: str = "per_point"
+    reference: tuple[float, str] | None = None  # (value, series) trained at under training="reference"
+    crlb_options: dict[str, Any] = field(default_factory=dict)
+    learned_overrides: Callable[[float, str], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.training not in ("reference", "per_point"):
+            raise ValueError(f"training must be 'reference' or 'per_point', got {self.training!r}")
+        if self.training == "reference" and self.reference is None:
+            raise ValueError("training='reference' needs reference=(value, series)")
+        if not self.values:
+            raise ValueError(f"sweep {self.name} has no values")
+
+    def train_spec(self, ctx: Context, scheme: str, value: float, series: str) -> tuple[list[SystemConfig], dict]:
+        """Training configs and options of a learned point (the same for every point under ``reference``)."""
+        if self.training == "reference":
+            assert self.reference is not None
+            value, series = self.reference
+        overrides = self.learned_overrides(value, series) if self.learned_overrides else {}
+        return [self.cfg_for(ctx, value, series)], {"model_overrides": overrides}
+
+    def points(self, ctx: Context) -> list[Point]:
+        """CRLB, prior and classical points first (cheap, every value), then the learned ones."""
+        schemes = ["crlb", *[s for s in self.schemes if s != "crlb"]]
+        base_spec = {"crlb_max_scenes": ctx.budget.crlb_max_scenes}
+        pts: list[Point] = []
+        for learned_pass in (False, True):
+            for scheme in schemes:
+                if is_learned(scheme) != learned_pass:
+                    continue
+                for series in self.series:
+                    for value in self.values:
+                        cfg = self.cfg_for(ctx, value, series)
+                        key = f"{self.x_name}={fmt_value(value)}|" + (f"series={series}|" if series else "") + \
+                              f"scheme={scheme}"
+                        spec: dict[str, Any] = {**base_spec, "n_test": ctx.budget.n_test_of(scheme)}
+                        if scheme == "crlb":
+                            spec["crlb_options"] = self.crlb_options
+                        if is_learned(scheme):
+                            from .learned import training_spec
+
+                            cfgs, opts = self.train_spec(ctx, scheme, value, series)
+                            spec["training"] = training_spec(ctx, scheme, cfgs, **opts)
+                        pts.append(Point(key=key, scheme=scheme, series=series, x_name=self.x_name,
+                                         x_value=float(value), cfg=cfg, seed=ctx.seed, spec=spec,
+                                         run=self._runner(ctx, scheme, value, series, cfg)))
+        return pts
+
+    def _runner(self, ctx: Context, scheme: str, value: float, series: str,
+                cfg: SystemConfig) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            if scheme == "crlb":
+                from .common import crlb_of_scenes
+
+                return crlb_of_scenes(ctx, cfg, **self.crlb_options)
+            if is_learned(scheme):
+                cfgs, opts = self.train_spec(ctx, scheme, value, series)
+                return evaluate_scheme(ctx, scheme, cfg, train_cfgs=cfgs, train_options=opts,
+                                       crlb_options=self.crlb_options)
+            return evaluate_scheme(ctx, scheme, cfg, crlb_options=self.crlb_options)
+
+        return run
+
+
+def finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
