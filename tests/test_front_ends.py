@@ -63,6 +63,7 @@ def test_shapes_dtypes_and_registry():
         ("matched", dict(tx_beams=2, angle_bins=8, delay_bins=8, doppler_bins=4), (2 * 2, 8, 8, 4)),
         ("matched", dict(output="complex"), (2 * 2 * 4, 4, 16, 8)),
         ("matched", dict(angle_transform=False, compress="log", norm="rms"), (8, 4, 16, 8)),
+        ("matched", dict(beam_pool="max"), (2, 4, 16, 8)),
         ("covariance", {}, (1, 4, 16, 8)),
         ("covariance", dict(block=(4, 2), angle_bins=8), (1, 8, 4, 4)),
     ]
@@ -141,6 +142,10 @@ def test_matched_map_equals_literal_sums():
     torch.testing.assert_close(out[:, 2 * (1 * 3 + 2) + 1], ref[:, 1, 2].imag.float())
     mag = MatchedFrontEnd(cfg, norm="none", tx_beams=3, angle_bins=3, delay_bins=5, doppler_bins=4)(y, x)
     torch.testing.assert_close(mag[:, 1 * 3 + 2], ref[:, 1, 2].abs().float())
+    for pool, ref_pool in (("max", ref.abs().amax(2)), ("rms", ref.abs().pow(2).mean(2).sqrt())):
+        fe_pool = MatchedFrontEnd(cfg, norm="none", tx_beams=3, angle_bins=3, delay_bins=5, doppler_bins=4,
+                                  beam_pool=pool)
+        torch.testing.assert_close(fe_pool(y, x), ref_pool.float())
 
 
 def test_chunking_does_not_change_the_result():
@@ -268,10 +273,20 @@ def test_bad_input_raises_value_error():
     for opts, msg in [(dict(tx_beams=0), "tx_beams"), (dict(output="phase"), "output"),
                       (dict(norm="max"), "normalisation"), (dict(compress="sqrt"), "compress"),
                       (dict(delay_bins=2.5), "delay_bins"),
-                      (dict(angle_transform=False, angle_bins=8), "angle_transform")]:
+                      (dict(angle_transform=False, angle_bins=8), "angle_transform"),
+                      (dict(beam_pool="sum"), "beam_pool"), (dict(beam_pool="max", output="complex"), "magnitude")]:
         with pytest.raises(ValueError, match=msg):
             MatchedFrontEnd(CFG, **opts)
     with pytest.raises(ValueError, match="block"):
         CovarianceFrontEnd(CFG, block=(3, 1))
     with pytest.raises(ValueError, match="unknown front end"):
         create_front_end("nope", CFG)
+
+
+def test_front_ends_build_inside_a_meta_device_context():
+    """The model code counts parameters under ``torch.device("meta")``: the constants must stay real."""
+    with torch.device("meta"):
+        fe = create_front_end("matched", CFG)
+        cov = create_front_end("covariance", CFG)
+    assert fe.delay_matrix.device.type == "cpu" and cov.rx_weights.device.type == "cpu"
+    assert fe.output_shape == (8, 4, 16, 8)

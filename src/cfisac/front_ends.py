@@ -38,6 +38,9 @@ holds the paper's ``"raw"`` input; this module registers:
     The reflection coefficient beta (Eq. 6) has a uniformly random phase, so the phase of a peak carries no
     information about the target; the magnitude is the natural sufficient statistic for peak positions and halves
     the input. ``"complex"``: C = 2 N Nb channels, (Re, Im) of F_{n,b} at channels 2 (n Nb + b) + (0, 1).
+    ``beam_pool="max"`` (resp. ``"rms"``) pools the magnitudes over the Nb transmit beams of each transmit AP,
+    C = N: the angle of departure is dropped (the AoA and the bistatic ranges already fix the location), the peak
+    energy is kept, and the encoder's first layer costs the same as for ``"raw"`` (2 channels at N = 2).
 
 ``"covariance"`` -- X-free, second-order only: receive-beamspace energies per block of subcarriers and symbols,
 
@@ -105,6 +108,11 @@ def area_extent(cfg: SystemConfig, *, points_per_axis: int = 101) -> dict[str, f
 
 @functools.lru_cache(maxsize=32)
 def _area_extent(cfg: SystemConfig, points_per_axis: int) -> dict[str, float]:
+    with torch.device("cpu"):  # also inside a meta-device context (parameter counting without allocation)
+        return _area_extent_cpu(cfg, points_per_axis)
+
+
+def _area_extent_cpu(cfg: SystemConfig, points_per_axis: int) -> dict[str, float]:
     (x0, x1), (y0, y1) = cfg.area
     gx = torch.linspace(x0, x1, points_per_axis, dtype=torch.float64)
     gy = torch.linspace(y0, y1, points_per_axis, dtype=torch.float64)
@@ -149,14 +157,46 @@ def _check_options(norm: str, compress: str, chunk_cells: int) -> None:
     _check_bins("chunk_cells", chunk_cells)
 
 
+def _matched_constants(
+    cfg: SystemConfig, nb: int, shape: tuple[int, int, int], angle_transform: bool
+) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor]]:
+    """Grids (physical axes, float64) and transform matrices (complex128) of :class:`MatchedFrontEnd`."""
+    d1, d2, d3 = shape
+    c, fc, df, dT = SPEED_OF_LIGHT, cfg.carrier_frequency, cfg.subcarrier_spacing, cfg.symbol_duration
+    res, ext = cfg.resolution(), area_extent(cfg)
+    r_lo = max(0.0, ext["min_range"] - res["range_resolution_m"])
+    r_hi = min(res["unambiguous_range_m"], ext["max_range"] + res["range_resolution_m"])
+    v_amb = res["unambiguous_doppler_hz"] * c / fc
+    v_hi = min(v_amb, ext["max_bistatic_speed"] + res["velocity_resolution_mps"])
+    cos_tx = _centred_grid(nb)
+    cos_rx = _centred_grid(d1) if angle_transform else None
+    f64 = torch.float64
+    ranges = torch.linspace(r_lo, r_hi, d2, dtype=f64) if d2 > 1 else torch.tensor([(r_lo + r_hi) / 2], dtype=f64)
+    vels = torch.linspace(-v_hi, v_hi, d3, dtype=f64) if d3 > 1 else torch.zeros(1, dtype=f64)
+    grid = {"cos_tx": cos_tx, "cos_rx": cos_rx, "bistatic_range": ranges, "bistatic_velocity": vels}
+    i_idx, t_idx = sensing_indices(cfg)
+    one = torch.ones((), dtype=f64)
+    cdt = torch.complex128  # kept in double; cast to the working precision at use (small matrices)
+    # Transmit beams: s = a_t(c_b)^H x -> weights conj(a_t(c_b)) [Nb, Nt].
+    beams = steering_vectors(cos_tx, cfg.n_tx_antennas, cfg.antenna_spacing, cdt).conj()
+    # Receive beams: a_r(c_a)^H y -> [D1, Mr] (identity when the antennas are kept).
+    rx = (steering_vectors(cos_rx, cfg.n_rx_antennas, cfg.antenna_spacing, cdt).conj()
+          if cos_rx is not None else torch.eye(cfg.n_rx_antennas, dtype=cdt))
+    # Delay: e^{+j 2 pi i df r_k / c} / sqrt(Ns) [D2, Ns]; Doppler: e^{-j 2 pi t f_l dT} / sqrt(Ts) [D3, Ts].
+    delay = torch.polar(one, 2 * math.pi * df / c * ranges[:, None] * i_idx[None]) / math.sqrt(cfg.n_subcarriers)
+    dop = torch.polar(one, -2 * math.pi * dT * (vels * fc / c)[:, None] * t_idx[None]) / math.sqrt(cfg.n_symbols)
+    return grid, {"tx_weights": beams, "rx_weights": rx, "delay_matrix": delay, "doppler_matrix": dop}
+
+
 # --------------------------------------------------------------------------------------------------- matched
 class MatchedFrontEnd(FrontEnd):
     """Transmit-beam matched filter + receive-angle / bistatic-delay / Doppler transform (module docstring).
 
     ``forward(y_m [B, Mr, Ns, Ts] complex, x [B, N, Nt, Ns, Ts] complex) -> [B, C, D1, D2, D3] float32`` with
-    C = N Nb (``output="magnitude"``) or 2 N Nb (``"complex"``), (D1, D2, D3) = (angle_bins or Mr, delay_bins,
-    doppler_bins). ``grid`` holds the physical axes: ``cos_tx`` [Nb], ``cos_rx`` [D1] (None without the angle
-    transform), ``bistatic_range`` [D2] (m), ``bistatic_velocity`` [D3] (m/s, f_D c / fc), float64.
+    C = N Nb (``output="magnitude"``), N (with ``beam_pool``) or 2 N Nb (``"complex"``), (D1, D2, D3) =
+    (angle_bins or Mr, delay_bins, doppler_bins). ``grid`` holds the physical axes: ``cos_tx`` [Nb], ``cos_rx`` [D1]
+    (None without the angle transform), ``bistatic_range`` [D2] (m), ``bistatic_velocity`` [D3] (m/s, f_D c / fc).
+    All float64.
     """
 
     name = "matched"
@@ -165,13 +205,18 @@ class MatchedFrontEnd(FrontEnd):
     def __init__(
         self, cfg: SystemConfig, *, norm: str = "noise", tx_beams: int | None = None,
         angle_bins: int | None = None, delay_bins: int | None = None, doppler_bins: int | None = None,
-        angle_transform: bool = True, output: str = "magnitude", compress: str = "none",
+        angle_transform: bool = True, output: str = "magnitude", beam_pool: str = "none", compress: str = "none",
         chunk_cells: int = DEFAULT_CHUNK_CELLS,
     ) -> None:
         super().__init__()
         _check_options(norm, compress, chunk_cells)
         if output not in ("magnitude", "complex"):
             raise ValueError(f"output must be 'magnitude' or 'complex', got {output!r}")
+        if beam_pool not in ("none", "max", "rms"):
+            raise ValueError(f"beam_pool must be 'none', 'max' or 'rms', got {beam_pool!r}")
+        if beam_pool != "none" and output != "magnitude":
+            raise ValueError("beam_pool pools magnitudes: it needs output='magnitude'")
+        self.beam_pool = beam_pool
         self.cfg, self.norm, self.output, self.compress, self.chunk_cells = cfg, norm, output, compress, chunk_cells
         nb = _check_bins("tx_beams", cfg.n_tx_antennas if tx_beams is None else tx_beams)
         if not isinstance(angle_transform, bool):
@@ -182,38 +227,15 @@ class MatchedFrontEnd(FrontEnd):
         d2 = _check_bins("delay_bins", cfg.n_subcarriers if delay_bins is None else delay_bins)
         d3 = _check_bins("doppler_bins", cfg.n_symbols if doppler_bins is None else doppler_bins)
         self.tx_beams, self.angle_transform = nb, angle_transform
-        self.in_channels = cfg.n_tx * nb * (2 if output == "complex" else 1)
+        self.in_channels = cfg.n_tx * (1 if beam_pool != "none" else nb) * (2 if output == "complex" else 1)
         self.spatial_shape = (d1, d2, d3)
         self._y_shape = (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
         self._x_shape = (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols)
 
-        c, fc, df, dT = SPEED_OF_LIGHT, cfg.carrier_frequency, cfg.subcarrier_spacing, cfg.symbol_duration
-        res, ext = cfg.resolution(), area_extent(cfg)
-        r_lo = max(0.0, ext["min_range"] - res["range_resolution_m"])
-        r_hi = min(res["unambiguous_range_m"], ext["max_range"] + res["range_resolution_m"])
-        v_amb = res["unambiguous_doppler_hz"] * c / fc
-        v_hi = min(v_amb, ext["max_bistatic_speed"] + res["velocity_resolution_mps"])
-        cos_tx = _centred_grid(nb)
-        cos_rx = _centred_grid(d1) if self.angle_transform else None
-        ranges = torch.linspace(r_lo, r_hi, d2, dtype=torch.float64) if d2 > 1 else torch.tensor([(r_lo + r_hi) / 2])
-        vels = torch.linspace(-v_hi, v_hi, d3, dtype=torch.float64) if d3 > 1 else torch.zeros(1, dtype=torch.float64)
-        self.grid = {"cos_tx": cos_tx, "cos_rx": cos_rx, "bistatic_range": ranges, "bistatic_velocity": vels}
-
-        cdt = torch.complex128  # kept in double; cast to the working precision at use (tiny matrices)
-        i_idx, t_idx = sensing_indices(cfg)
-        one = torch.ones((), dtype=torch.float64)
-        # Transmit beams: s = a_t(c_b)^H x -> weights conj(a_t(c_b)) [Nb, Nt].
-        beams = steering_vectors(cos_tx, cfg.n_tx_antennas, cfg.antenna_spacing, torch.complex128).conj()
-        # Receive beams: a_r(c_a)^H y -> [D1, Mr] (identity when the antennas are kept).
-        rx = (steering_vectors(cos_rx, cfg.n_rx_antennas, cfg.antenna_spacing, torch.complex128).conj()
-              if cos_rx is not None else torch.eye(cfg.n_rx_antennas, dtype=torch.complex128))
-        # Delay: e^{+j 2 pi i df r_k / c} / sqrt(Ns) [D2, Ns]; Doppler: e^{-j 2 pi t f_l dT} / sqrt(Ts) [D3, Ts].
-        delay = torch.polar(one, 2 * math.pi * df / c * ranges[:, None] * i_idx[None]) / math.sqrt(cfg.n_subcarriers)
-        dop = torch.polar(one, -2 * math.pi * dT * (vels * fc / c)[:, None] * t_idx[None]) / math.sqrt(cfg.n_symbols)
-        self.register_buffer("tx_weights", beams.to(cdt), persistent=False)
-        self.register_buffer("rx_weights", rx.to(cdt), persistent=False)
-        self.register_buffer("delay_matrix", delay.to(cdt), persistent=False)
-        self.register_buffer("doppler_matrix", dop.to(cdt), persistent=False)
+        with torch.device("cpu"):  # constants on the CPU even inside a meta-device context; .to() moves them
+            self.grid, mats = _matched_constants(cfg, nb, (d1, d2, d3), angle_transform)
+        for name, mat in mats.items():
+            self.register_buffer(name, mat, persistent=False)
 
     @property
     def needs_transmit_signals(self) -> bool:
@@ -221,7 +243,7 @@ class MatchedFrontEnd(FrontEnd):
 
     def extra_repr(self) -> str:
         return (f"tx_beams={self.tx_beams}, grid={self.spatial_shape}, angle_transform={self.angle_transform}, "
-                f"norm={self.norm!r}, output={self.output!r}, compress={self.compress!r}")
+                f"norm={self.norm!r}, output={self.output!r}, beam_pool={self.beam_pool!r}, compress={self.compress!r}")
 
     def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The normalised complex map F [B, N, Nb, D1, D2, D3] (complex64, or complex128 for complex128 y)."""
@@ -266,6 +288,10 @@ class MatchedFrontEnd(FrontEnd):
         B, (d1, d2, d3) = f.shape[0], self.spatial_shape
         if self.output == "magnitude":
             v = f.abs()
+            if self.beam_pool == "max":
+                v = v.amax(2)
+            elif self.beam_pool == "rms":
+                v = v.pow(2).mean(2).sqrt()
             if self.compress == "log":
                 v = torch.log1p(v)
             return v.reshape(B, -1, d1, d2, d3).float()
@@ -303,9 +329,10 @@ class CovarianceFrontEnd(FrontEnd):
         self.in_channels = 1
         self.spatial_shape = (d1, cfg.n_subcarriers // bs, cfg.n_symbols // bt)
         self._y_shape = (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
-        cos_rx = _centred_grid(d1)
+        with torch.device("cpu"):  # see MatchedFrontEnd
+            cos_rx = _centred_grid(d1)
+            rx = steering_vectors(cos_rx, cfg.n_rx_antennas, cfg.antenna_spacing, torch.complex128).conj()
         self.grid = {"cos_rx": cos_rx}
-        rx = steering_vectors(cos_rx, cfg.n_rx_antennas, cfg.antenna_spacing, torch.complex128).conj()
         self.register_buffer("rx_weights", rx, persistent=False)
 
     @property
