@@ -30,7 +30,7 @@ from ..data import simulate_batch
 
 __all__ = [
     "Budget", "Context", "SCHEMES", "TEST_START", "crlb_of_scenes", "evaluate_scheme", "make_context",
-    "monostatic_config", "scheme_label", "scheme_style", "test_data",
+    "monostatic_config", "scheme_label", "scheme_style", "evaluation_data",
 ]
 
 TEST_START = 1_000_000  # first dataset index of the test scenes (training uses 0 .. n_train - 1)
@@ -196,7 +196,7 @@ def monostatic_config(cfg: SystemConfig) -> SystemConfig:
                        tx_axes=((-1.0, 0.0),), rx_axes=((1.0, 0.0),))
 
 
-def test_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
+def evaluation_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
     """The test scenes of ``cfg`` (indices ``TEST_START ..``, the run's seed), simulated once per process."""
     key = ("test", cfg.to_json(), ctx.seed, ctx.budget.n_test)
     if key not in ctx._cache:
@@ -209,7 +209,7 @@ def test_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
     return ctx._cache[key]
 
 
-def test_scenes(ctx: Context, cfg: SystemConfig):
+def evaluation_scenes(ctx: Context, cfg: SystemConfig):
     """The :class:`cfisac.Scene` batch of the test set (for the CRLB)."""
     from ..scene import sample_scenes
 
@@ -228,8 +228,8 @@ def _crlb_per_scene(ctx: Context, cfg: SystemConfig, n: int, crlb_options: dict[
     have = ctx._cache.get(key)
     if have is not None and have[0].numel() >= n:
         return have[0][:n], have[1][:n]
-    data = test_data(ctx, cfg)
-    scenes = test_scenes(ctx, cfg).select(slice(0, n))
+    data = evaluation_data(ctx, cfg)
+    scenes = evaluation_scenes(ctx, cfg).select(slice(0, n))
     x = data["x"][:n]
     pos = torch.full((n,), math.nan, dtype=torch.float64)
     vel = torch.full((n,), math.nan, dtype=torch.float64)
@@ -325,17 +325,17 @@ def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs:
         from .learned import learned_estimator
 
         est = learned_estimator(ctx, scheme, train_cfgs or [cfg], eval_cfg=cfg, **(train_options or {}))
-        data = test_data(ctx, cfg)
+        data = evaluation_data(ctx, cfg)
     elif scheme == "monostatic":
         mono = monostatic_config(cfg)
         est = estimators.create("monostatic", mono)
-        data = test_data(ctx, mono)
-        ref = test_data(ctx, cfg)
+        data = evaluation_data(ctx, mono)
+        ref = evaluation_data(ctx, cfg)
         if not torch.equal(data["positions"], ref["positions"]):
             raise RuntimeError("monostatic test scenes differ from the cooperative ones (scene sampling changed?)")
     else:
         est = estimators.create(scheme, cfg)
-        data = test_data(ctx, cfg)
+        data = evaluation_data(ctx, cfg)
     n = ctx.budget.n_test_of(scheme)
     data = {k: v[:n] for k, v in data.items()}
     pos, vel, sec = run_estimator(est, data, ctx.budget.eval_batch)
@@ -361,13 +361,13 @@ def estimates_of(ctx: Context, scheme: str, cfg: SystemConfig, n: int, **kw: Any
 
         est = learned_estimator(ctx, scheme, kw.get("train_cfgs") or [cfg], eval_cfg=cfg,
                                 **kw.get("train_options", {}))
-        data = test_data(ctx, cfg)
+        data = evaluation_data(ctx, cfg)
     elif scheme == "monostatic":
         est = estimators.create("monostatic", monostatic_config(cfg))
-        data = test_data(ctx, monostatic_config(cfg))
+        data = evaluation_data(ctx, monostatic_config(cfg))
     else:
         est = estimators.create(scheme, cfg)
-        data = test_data(ctx, cfg)
+        data = evaluation_data(ctx, cfg)
     sub = {k: v[:n] for k, v in data.items()}
     pos, vel, _ = run_estimator(est, sub, ctx.budget.eval_batch)
     perm = assign_targets(pos, sub["positions"])

@@ -70,7 +70,8 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     n = first["true_positions"].shape[0]
     cols = min(n, 2)
     nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols, 5.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols, 5.0 * nrows + 0.8), squeeze=False,
+                             layout="constrained")
     cfg = ctx.base_cfg
     (x0, x1), (y0, y1) = cfg.area
     for b in range(nrows * cols):
@@ -106,10 +107,8 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
         ax.set_title(f"test scene {b}", fontsize=10)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, -0.06))
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
     fig.suptitle(TITLE + "; arrows: 1 s of motion (m/s -> m)", fontsize=11)
-    fig.tight_layout()
     return save(fig, ctx.figures_dir / NAME)
 
 

@@ -71,7 +71,7 @@ def _read(path: Path) -> list[dict[str, float]]:
 
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     for r in sorted(rows, key=lambda r: -r["x_value"]):
         lr = r["x_value"]
         color = COLORS.get(lr, "tab:gray")
@@ -91,7 +91,6 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8.5, ncol=2)
     ax.set_title(TITLE, fontsize=10)
-    fig.tight_layout()
     return save(fig, ctx.figures_dir / NAME)
 
 

@@ -58,7 +58,7 @@ def points(ctx: Context) -> list[Point]:
 
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0), layout="constrained")
     for ax, col, crlb_col, ylabel in zip(axes, ("position_rmse", "velocity_rmse"),
                                          ("root_crlb_position", "root_crlb_velocity"),
                                          ("location RMSE (m)", "velocity RMSE (m/s)"), strict=True):
@@ -93,10 +93,8 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     axes[0].set_title("(a) location")
     axes[1].set_title("(b) velocity")
     h, lab = axes[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="lower center", ncol=min(4, len(lab)), fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, -0.08))
+    fig.legend(h, lab, loc="outside lower center", ncol=min(4, len(lab)), fontsize=8.5, frameon=False)
     fig.suptitle(TITLE, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save(fig, ctx.figures_dir / NAME)
 
 

@@ -29,8 +29,8 @@ def save(fig: Any, out_base: Path) -> list[Path]:
     """Write ``out_base``.png (150 dpi) and .svg; close the figure."""
     out_base.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_base.with_suffix(".png"), out_base.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
     plt.close(fig)
     return paths
 
@@ -71,7 +71,7 @@ def plot_accuracy(
     """
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.2), layout="constrained")
     present = {r["series"] for r in rows}
     series_all = [s for s in (series_order or sorted(present)) if s in present]
     series_all += sorted(present - set(series_all))
@@ -138,8 +138,6 @@ def plot_accuracy(
                 handles.append(h)
                 labels.append(lab)
     ncol = min(4, max(1, len(labels)))
-    fig.legend(handles, labels, loc="upper center", ncol=ncol, fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8.5, frameon=False)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
-    fig.tight_layout()
     return save(fig, out_base)

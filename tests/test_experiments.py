@@ -1,0 +1,259 @@
+"""Experiments of Section V (cfisac.experiments, cfisac reproduce): every module end to end on the tiny preset with
+tiny budgets, well-formed outputs, the root-CRLB law in P, resumable sweeps, single points, the report."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from cfisac.cli import main
+from cfisac.experiments import (
+    COLUMNS,
+    EXPERIMENTS,
+    PointStore,
+    get,
+    load_rows,
+    make_context,
+    run_experiment,
+    run_points,
+    write_report,
+)
+from cfisac.experiments.common import TEST_START, evaluation_data, monostatic_config
+from cfisac.experiments.report import format_summary, markdown_to_html
+from cfisac.experiments.store import Point, spec_hash
+
+# A handful of scenes and one epoch of 8 training scenes: the code paths of the quick / paper presets in seconds.
+TINY = dict(n_test=3, eval_batch=3, n_train=8, n_val=2, train_seconds={"*": 60.0}, max_epochs=1, batch_size=8,
+            classical=(), learned=("dvqvae",), crlb_max_scenes=3)
+
+
+def tiny_ctx(root, **kw):
+    return make_context("tiny", root=root, log=lambda s: None, **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def all_run(tmp_path_factory):
+    """Every experiment once on the tiny preset (shared by the tests below). To save time the training's own loss
+    plot (tested with the training code) is skipped, Fig. 13 runs one clutter size (both variances) and Fig. 11 two
+    learning rates."""
+    import cfisac.train
+    from cfisac.experiments import fig11, fig13
+
+    root = tmp_path_factory.mktemp("reports")
+    ctx = tiny_ctx(root)
+    ctx.progress = False
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cfisac.train, "plot_loss", lambda *a, **k: None)
+        mp.setitem(fig13.VALUES, "tiny", (3,))
+        mp.setattr(fig11, "RATES", (1e-3, 1e-4))
+        counts = {name: run_experiment(name, ctx) for name in EXPERIMENTS}
+        report = write_report(ctx)
+        yield ctx, counts, report
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_every_experiment_runs_and_stores_well_formed_rows(all_run):
+    ctx, counts, _ = all_run
+    for name in EXPERIMENTS:
+        assert counts[name]["failed"] == 0, name
+        header, rows = _csv_rows(ctx.root / "points" / f"{name}.csv")
+        assert tuple(header) == COLUMNS
+        assert len(rows) == len(get(name).points(ctx)) == counts[name]["done"] > 0
+        for r in rows:
+            assert r["status"] == "ok" and r["experiment"] == name and r["code_version"]
+            assert (ctx.root / "points" / "configs" / f"{r['config_hash']}.json").is_file()
+            assert float(r["wall_s"]) >= 0
+        parsed = load_rows(ctx, name)
+        assert len(parsed) == len(rows)
+        for r in parsed:
+            if name in ("fig6", "fig7", "fig8", "fig9", "fig13", "fig14", "fig12"):
+                cols = ("root_crlb_position", "root_crlb_velocity") if r["scheme"] == "crlb" else (
+                    "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity")
+                for c in cols:
+                    assert math.isfinite(r[c]) and r[c] > 0, (name, r["key"], c)
+                assert r["n_scenes"] == 3
+
+
+def test_accuracy_rows_are_real_errors_and_bounds(all_run):
+    ctx, _, _ = all_run
+    rows = {r["key"]: r for r in load_rows(ctx, "fig6")}
+    prior = rows["power_dbm=30|scheme=prior"]
+    # the prior predicts the area's centre and zero velocity: recompute its RMSE from the test scenes by hand
+    data = evaluation_data(ctx, ctx.base_cfg.replace(power_dbm=30.0))
+    pos = data["positions"].double()
+    rmse = float(((pos - 50.0) ** 2).sum(-1).mean().sqrt())
+    vrmse = float((data["velocities"].double() ** 2).sum(-1).mean().sqrt())
+    assert prior["position_rmse"] == pytest.approx(rmse, rel=1e-9)
+    assert prior["velocity_rmse"] == pytest.approx(vrmse, rel=1e-9)
+    assert prior["fronthaul_bits_per_ap"] == 0
+    # every scheme at a point carries the root-CRLB of the same scenes
+    crlb = rows["power_dbm=30|scheme=crlb"]
+    assert prior["root_crlb_position"] == crlb["root_crlb_position"]
+    assert crlb["root_crlb_position"] < prior["position_rmse"]
+    learned = rows["power_dbm=30|scheme=dvqvae"]
+    assert learned["fronthaul_bits_per_ap"] > 0 and learned["position_rmse"] > 0
+
+
+def test_root_crlb_decreases_with_power_like_one_over_sqrt_p(tmp_path):
+    from cfisac.experiments import fig6
+
+    ctx = tiny_ctx(tmp_path)
+    sw = fig6.sweep(ctx)
+    sw.values = (0.0, 10.0, 20.0, 30.0)
+    sw.schemes = []
+    store = PointStore(tmp_path, "fig6")
+    run_points(store, sw.points(ctx), log=lambda s: None)
+    rows = sorted(store.latest().values(), key=lambda r: r["x_value"])
+    pos = [r["root_crlb_position"] for r in rows]
+    vel = [r["root_crlb_velocity"] for r in rows]
+    assert all(b < a for a, b in zip(pos, pos[1:], strict=False))
+    assert all(b < a for a, b in zip(vel, vel[1:], strict=False))
+    # the Fisher information is proportional to the echo SNR, i.e. to P: the bound falls by about sqrt(10) per 10 dB
+    for a, b in zip(pos, pos[1:], strict=False):
+        assert a / b == pytest.approx(10**0.5, rel=0.35)
+
+
+def test_figures_and_report(all_run):
+    ctx, _, report = all_run
+    for name in ("fig6", "fig7", "fig8", "fig9", "fig10", "fig11", "fig12", "fig13", "fig14"):
+        for ext in ("png", "svg"):
+            f = ctx.figures_dir / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 2000, f
+    text = report.read_text()
+    for name in EXPERIMENTS:
+        assert get(name).TITLE in text
+    assert "**Paper:**" in text and "cfisac reproduce" in text and "Machine:" in text
+    assert "Points missing" not in text
+    html = (ctx.root / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and '<img alt="' in html and "<table>" in html
+    summary = format_summary(ctx)
+    assert "D-VQVAE" in summary and "root-CRLB" in summary and "fronthaul" in summary
+    # the fronthaul table reproduces the paper's numbers at the paper's system
+    fh = {(r["series"], r["scheme"]): r for r in load_rows(ctx, "fronthaul")}
+    assert fh[("paper", "dvqvae")]["fronthaul_bits_per_ap"] == 81_920
+    assert fh[("paper", "cnn")]["fronthaul_bits_per_ap"] == 67_108_864
+    t3 = load_rows(ctx, "table3")
+    assert all(r["metrics"]["encoder_ms"] > 0 and r["metrics"]["decoder_ms"] > 0 for r in t3)
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
+    """Kill a sweep after k points (an exception injected), rerun it: no finished point is recomputed and the final
+    table equals that of an uninterrupted run."""
+    from cfisac.experiments import fig6
+
+    class Killed(BaseException):
+        pass
+
+    def sweep_points(ctx, calls, kill_at=None):
+        sw = fig6.sweep(ctx)
+        sw.values = (10.0, 20.0, 30.0)
+        sw.schemes = ["prior"]
+        pts = sw.points(ctx)
+        for k, p in enumerate(pts):
+            inner = p.run
+
+            def run(inner=inner, key=p.key, k=k):
+                if k == kill_at:
+                    raise Killed
+                calls.append(key)
+                return inner()
+
+            p.run = run
+        return pts
+
+    ctx = tiny_ctx(tmp_path / "a")
+    store = PointStore(ctx.root, "fig6", base_cfg=ctx.base_cfg)
+    first: list[str] = []
+    with pytest.raises(Killed):
+        run_points(store, sweep_points(ctx, first, kill_at=4), log=lambda s: None)
+    assert len(first) == 4 and len(store.rows()) == 4
+    second: list[str] = []
+    counts = run_points(store, sweep_points(tiny_ctx(tmp_path / "a"), second), log=lambda s: None)
+    assert counts == {"done": 2, "skipped": 4, "failed": 0}
+    assert not set(first) & set(second) and len(second) == 2
+    ref_ctx = tiny_ctx(tmp_path / "b")
+    ref = PointStore(ref_ctx.root, "fig6", base_cfg=ref_ctx.base_cfg)
+    run_points(ref, sweep_points(ref_ctx, []), log=lambda s: None)
+    volatile = {"wall_s", "finished_at", "point", "metrics"}
+
+    def table(s):
+        return {k: {c: v for c, v in r.items() if c not in volatile} for k, r in s.latest().items()}
+
+    assert table(store) == table(ref)
+    # --force recomputes; the last row of a key wins
+    again: list[str] = []
+    run_points(store, sweep_points(tiny_ctx(tmp_path / "a"), again), force=True, log=lambda s: None)
+    assert len(again) == 6 and len(store.rows()) == 12
+
+
+def test_failed_point_is_recorded_and_retried(tmp_path):
+    ctx = tiny_ctx(tmp_path)
+    store = PointStore(tmp_path, "x", base_cfg=ctx.base_cfg)
+    state = {"fail": True}
+
+    def run():
+        if state["fail"]:
+            raise RuntimeError("boom")
+        return {"position_rmse": 1.0}
+
+    pts = [Point(key="a", scheme="s", x_name="x", x_value=1.0, cfg=ctx.base_cfg, run=run)]
+    assert run_points(store, pts, log=lambda s: None)["failed"] == 1
+    assert store.rows()[0]["status"] == "failed" and "boom" in store.rows()[0]["message"]
+    assert store.latest() == {}
+    state["fail"] = False
+    assert run_points(store, pts, log=lambda s: None) == {"done": 1, "skipped": 0, "failed": 0}
+    assert store.latest()["a"]["position_rmse"] == 1.0
+    # a changed spec (e.g. another budget) makes the stored row stale
+    pts[0].spec = {"n_test": 99}
+    assert run_points(store, pts, log=lambda s: None)["done"] == 1
+    with pytest.raises(ValueError, match="out of range"):
+        run_points(store, pts, only=[3], log=lambda s: None)
+    with pytest.raises(ValueError, match="unknown result columns"):
+        store.append(pts[0], 0, {"bogus": 1}, wall_s=0.0)
+
+
+def test_cli_single_point_list_and_report_only(tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["reproduce", "fig6", "--preset", "tiny", "--out", str(out), "--n-test", "2", "--schemes", "prior",
+            "--no-progress"]
+    assert main([*base, "--list-points"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert listed[0] == "fig6 0 power_dbm=10|scheme=crlb" and len(listed) == 4
+    assert main([*base, "--point", "2", "--no-report"]) == 0
+    rows = PointStore(out, "fig6").rows()
+    assert [r["key"] for r in rows] == ["power_dbm=10|scheme=prior"] and rows[0]["point"] == "2"
+    assert not (out / "report.md").exists()
+    assert main([*base, "--report-only"]) == 0
+    text = (out / "report.md").read_text()
+    assert "point 0 `power_dbm=10|scheme=crlb`: not run" in text
+    assert main(["reproduce", "fig99", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "unknown experiment 'fig99'" in capsys.readouterr().err
+    assert main([*base, "--point", "9"]) == 2
+
+
+def test_monostatic_sees_the_same_targets_and_spec_hash_is_stable(tmp_path):
+    ctx = tiny_ctx(tmp_path)
+    cfg = ctx.base_cfg
+    mono = monostatic_config(cfg)
+    assert mono.tx_positions == mono.rx_positions == ((50.0, 0.0),)
+    a, b = evaluation_data(ctx, cfg), evaluation_data(ctx, mono)
+    assert torch.equal(a["positions"], b["positions"]) and torch.equal(a["velocities"], b["velocities"])
+    assert b["y"].shape[1] == 1 and a["y"].shape[1] == cfg.n_rx
+    assert spec_hash({"a": 1, "cfg": cfg}) == spec_hash({"cfg": cfg, "a": 1}) != spec_hash({"a": 2, "cfg": cfg})
+    assert TEST_START >= 1_000_000
+
+
+def test_markdown_to_html_subset():
+    html = markdown_to_html("# T\n\npara **b** `c`\n\n- x\n- y\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```\n<k>\n```\n"
+                            "![alt](f.png)")
+    assert "<h1>T</h1>" in html and "<strong>b</strong>" in html and "<code>c</code>" in html
+    assert "<ul><li>x</li><li>y</li></ul>" in html and "<td>1</td>" in html and "&lt;k&gt;" in html
+    assert '<img alt="alt" src="f.png">' in html
