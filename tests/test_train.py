@@ -122,6 +122,8 @@ def test_resume_after_an_epoch_and_mid_epoch_matches_uninterrupted_run(tmp_path)
     assert not cut.finished
     state = json.loads((cut.checkpoint / "state.json").read_text())
     assert (state["epoch"], state["step"], state["global_step"]) == (0, 1, 1)
+    again = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", resume=True, progress=False, log=None)
+    assert not again.finished and json.loads((tmp_path / "cut" / "latest.json").read_text())["global_step"] == 1
     done = train(TINY, TINY_M, _tcfg(), tmp_path / "cut", resume=True, progress=False, log=None)
     wd = _weights(done.model)
     assert all(torch.equal(wf[k], wd[k]) for k in wf)
@@ -171,3 +173,19 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
         2, 1, 2)
     assert main(["train", "--model", "dvqvae", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_training_from_an_hdf5_cache_matches_on_the_fly_simulation(tmp_path):
+    from cfisac.data import write_hdf5
+
+    write_hdf5(tmp_path / "train.h5", TINY, 48, 4)
+    fly = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "fly", progress=False, log=None)
+    cached = train(TINY, TINY_M, _tcfg(epochs=1, data=str(tmp_path / "train.h5")), tmp_path / "cached",
+                   progress=False, log=None)
+    assert cached.normaliser.to_dict() == fly.normaliser.to_dict()
+    for k, v in fly.model.state_dict().items():  # same samples; equal up to float rounding of the kernels
+        assert torch.allclose(v.float(), cached.model.state_dict()[k].float(), rtol=1e-5, atol=1e-6), k
+    assert cached.history[-1]["val_loss"] == pytest.approx(fly.history[-1]["val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="holds 48 samples"):
+        train(TINY, TINY_M, _tcfg(n_train=64, data=str(tmp_path / "train.h5")), tmp_path / "x", progress=False,
+              log=None)

@@ -39,12 +39,13 @@ def cdf_points(errors: torch.Tensor) -> dict[str, list[float]]:
 
 
 def root_crlb_of(bound: torch.Tensor, n_targets: int) -> tuple[float, float]:
-    """(position, velocity) root-CRLB averaged over scenes and targets from CRLB matrices [B, 4Q, 4Q]."""
+    """(position, velocity) root-CRLB averaged over scenes and targets from CRLB matrices [B, 4Q, 4Q]; scenes with
+    a singular Fisher information (NaN bound) are left out of the average."""
     d = torch.diagonal(bound.double(), dim1=-2, dim2=-1)  # [B, 4Q]
     Q = n_targets
     pos = d[:, : 2 * Q].reshape(-1, Q, 2).sum(-1)
     vel = d[:, 2 * Q:].reshape(-1, Q, 2).sum(-1)
-    return float(pos.mean().sqrt()), float(vel.mean().sqrt())
+    return float(pos.nanmean().sqrt()), float(vel.nanmean().sqrt())
 
 
 def _crlb_fn() -> Callable[..., torch.Tensor] | None:
@@ -57,13 +58,16 @@ def _crlb_fn() -> Callable[..., torch.Tensor] | None:
 
 def evaluate(
     estimator: Estimator, cfg: SystemConfig, *, n_test: int = 500, seed: int = 1, batch_size: int = 64,
-    with_crlb: bool = False, with_prior: bool = True, progress: bool = False,
+    with_crlb: bool = False, with_prior: bool = True, mean_label: torch.Tensor | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Run ``estimator`` on ``n_test`` simulated test scenes; return a JSON-ready results dict.
 
     Keys: ``position_rmse`` (m), ``velocity_rmse`` (m/s), ``position_errors`` / ``velocity_errors`` (per target,
     [n_test * Q]), ``cdf`` (position / velocity), ``prior`` (RMSEs of the prior predictor on the same scenes),
-    ``root_crlb`` (or None), ``fronthaul_bits_per_ap``, ``seconds`` (estimator time per scene).
+    ``root_crlb`` (or None), ``fronthaul_bits_per_ap``, ``seconds`` (estimator time per scene), and with
+    ``mean_label`` (psi [4Q], e.g. the mean training label in the canonical target order) ``training_mean``: the
+    RMSEs of always predicting it. The latter is the best constant predictor for the squared loss the models are
+    trained with; it beats the prior's centre in position because the canonical order sorts targets by x.
     """
     from .data import simulate_batch
 
@@ -71,7 +75,10 @@ def evaluate(
         raise ValueError(f"n_test must be a positive integer, got {n_test!r}")
     prior = create("prior", cfg) if with_prior else None
     crlb = _crlb_fn() if with_crlb else None
-    pe, ve, ppe, pve, bounds = [], [], [], [], []
+    pe, ve, ppe, pve, mpe, mve, bounds = [], [], [], [], [], [], []
+    Q = cfg.n_targets
+    if mean_label is not None and tuple(mean_label.shape) != (4 * Q,):
+        raise ValueError(f"mean_label must have shape [4Q] = [{4 * Q}], got {tuple(mean_label.shape)}")
     t_est = 0.0
     bar = None
     if progress:
@@ -92,9 +99,16 @@ def evaluate(
             pacc = accuracy(pr.positions, pr.velocities, b["positions"], b["velocities"])
             ppe.append(pacc.position_errors.reshape(-1))
             pve.append(pacc.velocity_errors.reshape(-1))
+        if mean_label is not None:
+            k = len(idx)
+            mp = mean_label.double()[: 2 * Q].reshape(1, Q, 2).expand(k, Q, 2)
+            mv = mean_label.double()[2 * Q:].reshape(1, Q, 2).expand(k, Q, 2)
+            macc = accuracy(mp, mv, b["positions"], b["velocities"])
+            mpe.append(macc.position_errors.reshape(-1))
+            mve.append(macc.velocity_errors.reshape(-1))
         if crlb is not None:
             scenes = sample_scenes(cfg, len(idx), seed, indices=torch.tensor(idx))
-            bounds.append(crlb(cfg, scenes, b["x"].to(torch.complex128)))
+            bounds.append(crlb(cfg, scenes, b["x"].to(torch.complex128), singular="nan"))
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
@@ -109,15 +123,19 @@ def evaluate(
         "seconds_per_scene": t_est / n_test,
         "cdf": {"position": cdf_points(pe_all), "velocity": cdf_points(ve_all)},
         "position_errors": [float(v) for v in pe_all], "velocity_errors": [float(v) for v in ve_all],
-        "prior": None, "root_crlb": None,
+        "prior": None, "training_mean": None, "root_crlb": None,
     }
+    if mean_label is not None:
+        res["training_mean"] = {"position_rmse": rms(torch.cat(mpe)), "velocity_rmse": rms(torch.cat(mve))}
     if prior is not None:
         res["prior"] = {"position_rmse": rms(torch.cat(ppe)), "velocity_rmse": rms(torch.cat(pve))}
     if with_crlb and crlb is None:
         res["root_crlb"] = "unavailable: cfisac.crlb is not implemented yet"
     elif bounds:
-        p, v = root_crlb_of(torch.cat(bounds), cfg.n_targets)
-        res["root_crlb"] = {"position": p, "velocity": v}
+        allb = torch.cat(bounds)
+        p, v = root_crlb_of(allb, cfg.n_targets)
+        singular = int(torch.isnan(allb).flatten(1).any(1).sum())
+        res["root_crlb"] = {"position": p, "velocity": v, "singular_scenes": singular}
     return res
 
 

@@ -147,7 +147,8 @@ class DataSource:
         k = self.n if limit is None else min(self.n, limit)
         if self.cache is not None:
             return torch.stack([r["labels"] for r in self.cache.__getitems__(list(range(k)))]).double()
-        return labels_from_scene(sample_scenes(self.cfg, k, self.seed, start_index=self.offset))
+        # float32 like the labels of simulate_batch and of the HDF5 cache: both sources give the same normaliser
+        return labels_from_scene(sample_scenes(self.cfg, k, self.seed, start_index=self.offset)).float().double()
 
     def batch(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         if self.cache is not None:
@@ -444,11 +445,10 @@ def plot_loss(path: Path, history: Sequence[dict[str, Any]], steps: Sequence[dic
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if steps:
-        spe = max(1, max(int(s["step"]) for s in steps) / max(1, len(history) or 1))
-        ax.plot([int(s["step"]) / spe for s in steps], [float(s["loss"]) for s in steps], color="C0", alpha=0.25,
+        ax.plot([float(s["epoch"]) for s in steps], [float(s["loss"]) for s in steps], color="C0", alpha=0.25,
                 lw=0.7, label="train (per step)")
     if history:
-        ep = [int(h["epoch"]) for h in history]
+        ep = [float(h["epoch"]) for h in history]
         ax.plot(ep, [float(h["train_loss"]) for h in history], "o-", color="C0", label="train (epoch mean)")
         ax.plot(ep, [float(h["val_loss"]) for h in history], "s-", color="C1", label="validation")
     ax.set_xlabel("epoch")
@@ -583,6 +583,9 @@ def train(
     stopped = False
     last_ckpt = find_checkpoint(out) if resume else None
     while epoch < tcfg.epochs and not stopped:
+        if budget is not None and elapsed >= budget:  # e.g. resuming a run whose budget is spent
+            stopped = True
+            break
         batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
         todo = batches[step_in_epoch:]
         sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..estimators import create
     from ..evaluate import evaluate, plot_cdf, write_results
     from ..fronthaul import format_bits
-    from ..train import find_checkpoint, load_checkpoint
+    from ..train import NORMALISER_MAX_SAMPLES, DataSource, find_checkpoint, load_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     seed = ck.tcfg.seed + 1 if args.seed is None else args.seed
     est = create(ck.kind, cfg, checkpoint=str(find_checkpoint(args.checkpoint, args.which)), device=args.device,
                  batch_size=args.batch_size)
+    mean_label = DataSource(ck.cfg, ck.tcfg.seed, ck.tcfg.n_train).labels(NORMALISER_MAX_SAMPLES).mean(0)
     res = evaluate(est, cfg, n_test=args.n_test, seed=seed, batch_size=args.batch_size, with_crlb=args.crlb,
-                   progress=not args.no_progress)
+                   mean_label=mean_label, progress=not args.no_progress)
     res["checkpoint"] = str(est.checkpoint)
     run_dir = args.checkpoint if (args.checkpoint / "latest.json").is_file() else args.checkpoint.parent
     out = args.out or run_dir / f"eval-seed{seed}-P{cfg.power_dbm:g}dBm.json"
@@ -58,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if res["prior"]:
         print(f"prior predictor on the same scenes: {res['prior']['position_rmse']:.3f} m, "
               f"{res['prior']['velocity_rmse']:.3f} m/s")
+    if res["training_mean"]:
+        print(f"training-mean predictor (canonical target order): {res['training_mean']['position_rmse']:.3f} m, "
+              f"{res['training_mean']['velocity_rmse']:.3f} m/s")
     if isinstance(res["root_crlb"], dict):
         print(f"root-CRLB: {res['root_crlb']['position']:.4g} m, {res['root_crlb']['velocity']:.4g} m/s")
     elif res["root_crlb"]:
