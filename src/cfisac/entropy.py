@@ -16,10 +16,17 @@ codable, conditioned on a context:
   first index uses an extra "start" context). Decoding is sequential (one coder call per index).
 
 Coder: ``constriction``'s range coder (``stream.queue.RangeEncoder``) with ``Categorical(perfect=False)`` models
-built from float64 probabilities on both sides (deterministic fixed-point quantization, 24-bit precision): each
-update is coded on its own (an update is one fronthaul message), as its 32-bit words in little-endian order. The
-model file is safetensors (counts [M, C, Nc] int64, metadata JSON): the encoder and the decoder must use the same
-file. In a deployment AP m's table is learned from AP m's own indices only.
+built from float64 probabilities on both sides (deterministic fixed-point quantization, 24-bit precision). Each
+update is coded on its own (an update is one fronthaul message) into a self-delimiting message:
+
+    LEB128 varint v = 2 n + mode, then n bytes
+    mode 0: the range code, its 32-bit words in little-endian order (n a multiple of 4)
+    mode 1: the paper's bit-packed index message (n = ceil(L Nb / 8), :func:`cfisac.quantize.pack_indices`)
+
+The encoder sends whichever is shorter, so a message never exceeds the paper's by more than the varint (1 byte up
+to 63 bytes of payload, 2 bytes up to 8191, 3 bytes beyond). The model file is safetensors (counts [M, C, Nc]
+int64, metadata JSON): the encoder and the decoder must use the same file. In a deployment AP m's table is learned
+from AP m's own indices only.
 
 ``constriction`` is an optional dependency (``pip install cfisac[entropy]``).
 """
@@ -35,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CONTEXTS", "EntropyModel", "fit_entropy_model"]
+__all__ = ["CONTEXTS", "EntropyModel", "fit_entropy_model", "split_messages"]
 
 CONTEXTS = ("none", "position", "previous")
 FORMAT = "cfisac-entropy-model"
@@ -115,31 +122,45 @@ class EntropyModel:
 
     # ------------------------------------------------------------------ coding
     def encode(self, m: int, indices: torch.Tensor) -> list[bytes]:
-        """Indices [B, L] of AP m -> one code (bytes, a multiple of 4) per update."""
+        """Indices [B, L] of AP m -> one self-delimiting message per update (module docstring)."""
+        from .quantize import pack_index_batch
+
         cs = _constriction()
         idx = _check(indices, self.num_codes, self.length, "indices")
         probs = self.probabilities(m)
         ctx = _contexts(idx, self.context, self.num_codes).numpy()
         family = cs.stream.model.Categorical(perfect=False)
+        packed = pack_index_batch(idx, num_codes=self.num_codes)
         out = []
         for b in range(idx.shape[0]):
             enc = cs.stream.queue.RangeEncoder()
             enc.encode(idx[b].numpy().astype(np.int32), family, probs[ctx[b]])
-            out.append(enc.get_compressed().astype("<u4").tobytes())
+            code = enc.get_compressed().astype("<u4").tobytes()
+            mode, data = (0, code) if len(code) < len(packed[b]) else (1, packed[b])
+            out.append(_varint(2 * len(data) + mode) + data)
         return out
 
-    def decode(self, m: int, codes: Sequence[bytes]) -> torch.Tensor:
-        """Inverse of :func:`encode` -> indices [B, L] int64; ``ValueError`` on a code that is not one."""
+    def decode(self, m: int, messages: bytes | Sequence[bytes], *, batch: int | None = None) -> torch.Tensor:
+        """Inverse of :func:`encode` (a list of messages or their concatenation) -> indices [B, L] int64;
+        ``ValueError`` on a message that is not one (``batch``: the number of updates expected)."""
+        from .quantize import unpack_indices
+
         cs = _constriction()
+        raw = bytes(messages) if isinstance(messages, (bytes, bytearray, memoryview)) else b"".join(messages)
+        parts = split_messages(raw)
+        if batch is not None and len(parts) != batch:
+            raise ValueError(f"{len(parts)} entropy-coded updates, expected {batch}")
         probs = self.probabilities(m)
         family = cs.stream.model.Categorical(perfect=False)
         L, Nc = self.length, self.num_codes
-        out = np.empty((len(codes), L), dtype=np.int64)
-        for b, code in enumerate(codes):
-            if not isinstance(code, (bytes, bytearray, memoryview)) or len(code) % 4:
-                raise ValueError(f"entropy code {b} must be bytes of whole 32-bit words, got "
-                                 f"{type(code).__name__} of {len(code) if hasattr(code, '__len__') else '?'}")
-            words = np.frombuffer(bytes(code), dtype="<u4").astype(np.uint32)
+        out = np.empty((len(parts), L), dtype=np.int64)
+        for b, (mode, code) in enumerate(parts):
+            if mode == 1:
+                out[b] = unpack_indices(code, length=L, num_codes=Nc).numpy()
+                continue
+            if len(code) % 4:
+                raise ValueError(f"entropy code {b} has {len(code)} bytes, not whole 32-bit words")
+            words = np.frombuffer(code, dtype="<u4").astype(np.uint32)
             try:
                 dec = cs.stream.queue.RangeDecoder(words)
                 if self.context == "previous":
@@ -185,6 +206,38 @@ class EntropyModel:
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{path} is not a version-{VERSION} {FORMAT} file")
         return cls(int(meta["num_codes"]), int(meta["length"]), meta["context"], counts, float(meta["prior"]))
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, v = v & 0x7F, v >> 7
+        out.append(byte | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def split_messages(raw: bytes) -> list[tuple[int, bytes]]:
+    """Split a concatenation of self-delimiting messages into (mode, payload); ``ValueError`` when truncated."""
+    out, pos, n = [], 0, len(raw)
+    while pos < n:
+        v, shift = 0, 0
+        while True:
+            if pos >= n or shift > 56:
+                raise ValueError(f"entropy-coded update {len(out)}: truncated or corrupted length prefix")
+            byte = raw[pos]
+            pos += 1
+            v |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        size, mode = v >> 1, v & 1
+        if pos + size > n:
+            raise ValueError(f"entropy-coded update {len(out)} announces {size} bytes, only {n - pos} left "
+                             "(truncated)")
+        out.append((mode, raw[pos: pos + size]))
+        pos += size
+    return out
 
 
 def _check(indices: torch.Tensor, num_codes: int, length: int, what: str) -> torch.Tensor:

@@ -88,7 +88,7 @@ def links_for_rank(rank: int, world: int, *, device: torch.device | str = "cpu",
 
 # ---------------------------------------------------------------------------------------------------- worker
 def run_worker(task: str, options: dict[str, Any]) -> Any:
-    """Run this rank's role of ``task`` ("train" or "sense") under an initialised environment (torchrun or
+    """Run this rank's role of ``task`` ("train", "sense" or "ddp") under an initialised environment (torchrun or
     :func:`spawn_local`). ``options`` are the keyword arguments of the role functions plus ``backend``,
     ``device``, ``timeout_s``, ``threads``; configs are given as dicts (``system``, ``model``, ``train``,
     ``distributed``). Returns the role function's result."""
@@ -103,6 +103,7 @@ def run_worker(task: str, options: dict[str, Any]) -> Any:
 
     opts = dict(options)
     timeout_s = float(opts.pop("timeout_s", 300.0))
+    owned = not dist.is_initialized()  # tear down only a process group this call opened
     rank, world, compute, msg_device = init_distributed(backend=opts.pop("backend", "auto"),
                                                         device=opts.pop("device", "cpu"), timeout_s=timeout_s)
     threads = opts.pop("threads", None)
@@ -126,9 +127,24 @@ def run_worker(task: str, options: dict[str, Any]) -> Any:
                 return run_cpu_sensing(links, device=compute, threads=threads, **opts)
             opts.pop("log", None)
             return run_ap_sensing(links[0], rank - 1, device=compute, threads=threads, **opts)
+        if task == "ddp":
+            import hashlib
+
+            from .ddp import ddp_train
+
+            cfg = SystemConfig.from_dict(opts.pop("system"))
+            mcfg = ModelConfig.from_dict(opts.pop("model"))
+            tcfg = TrainConfig.from_dict({**opts.pop("train"), "device": str(compute)})
+            if threads:
+                torch.set_num_threads(threads)
+            res = ddp_train(cfg, mcfg, tcfg, opts.pop("out"), **opts)
+            books = [hashlib.sha256(ap.quantizer.codebook.cpu().numpy().tobytes()).hexdigest()
+                     for ap in res.model.aps if ap.quantizer is not None]
+            return {"checkpoint": str(res.checkpoint), "history": res.history, "finished": res.finished,
+                    "codebook_sha256": books, "rank": rank, "world": world}
         raise ValueError(f"unknown task {task!r}")
     finally:
-        if dist.is_initialized():
+        if owned and dist.is_initialized():
             try:
                 dist.destroy_process_group()
             except Exception:

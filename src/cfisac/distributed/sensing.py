@@ -6,8 +6,8 @@ Schedule (AP m <-> CPU):
 2. AP -> CPU ``CODEBOOK`` [Nc, D] float32 (D-VQVAE only): Section IV-B, every AP sends its trained codebook once.
 3. Per batch k of B updates: AP -> CPU ``UPDATES``: the B fronthaul messages of Algorithm 2 line 6 concatenated,
    each exactly ``ceil(L log2 Nc / 8)`` bytes (bit-packed indices, :func:`cfisac.quantize.pack_index_batch`; the
-   float32 payload for the D-VAE / CNN schemes); or ``ENTROPY``: the B range-coded index sequences
-   (:mod:`cfisac.entropy`), each prefixed by its u32 byte count.
+   float32 payload for the D-VAE / CNN schemes); or ``ENTROPY``: the B self-delimiting entropy-coded messages
+   (:mod:`cfisac.entropy`: a varint length, then a range code or, when shorter, the bit-packed indices).
 4. AP -> CPU ``DONE``.
 
 The CPU dequantizes with the received codebooks, decodes with X and rescales to metres and m/s (line 8). Each AP
@@ -33,14 +33,12 @@ import torch
 from ..metrics import accuracy
 from ..models import build_ap_side, build_cpu_side
 from .common import ap_echoes, cpu_inputs
-from .training import DistributedTrainingError, _abort_all, _recv_json, _send_json
+from .training import DistributedTrainingError, _abort_all, _recv_json, _send_json, pending_abort
 from .transport import Link, PeerAborted, PeerFailure, role_name
 from .wire import (
     Kind,
     MessageError,
-    decode_entropy_batch,
     decode_tensor,
-    encode_entropy_batch,
     encode_tensor,
     make_message,
     open_body,
@@ -125,7 +123,7 @@ def run_ap_sensing(link: Link, m: int, checkpoint: str | Path, *, seed: int, n: 
         for k, rows in enumerate(_batches(start, n, batch_size)):
             y_m = ap_echoes(cfg, seed, rows, m).to(device)
             if em is not None:
-                body, kind_w = encode_entropy_batch(em.encode(m, ap.indices(y_m))), Kind.ENTROPY
+                body, kind_w = b"".join(em.encode(m, ap.indices(y_m))), Kind.ENTROPY
             else:
                 body, kind_w = b"".join(ap.encode(y_m)), Kind.UPDATES
             link.send(make_message(kind_w, [body], sender=link.rank, ap=m, step=k, device=link.device,
@@ -133,8 +131,10 @@ def run_ap_sensing(link: Link, m: int, checkpoint: str | Path, *, seed: int, n: 
             count += len(rows)
         _send_json(link, Kind.DONE, {"updates": count}, ap=m, checksum=checksum)
         return {"updates": count, "traffic": link.traffic.to_dict()}
-    except (PeerAborted, PeerFailure) as err:
+    except PeerAborted as err:
         raise DistributedSensingError(f"{me} stops: {err}") from err
+    except PeerFailure as err:
+        raise DistributedSensingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
         _abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
         raise DistributedSensingError(f"{me} failed: {type(err).__name__}: {err}") from err
@@ -228,10 +228,10 @@ def run_cpu_sensing(links: Sequence[Link], checkpoint: str | Path, *, seed: int,
                 body = open_body(msg)
                 wire_bytes[m] += msg.nbytes
                 if em is not None:
-                    codes = decode_entropy_batch(body, what=what, batch=B)
-                    payload_bytes[m] += sum(4 + len(c) for c in codes)
+                    raw = body.cpu().numpy().tobytes()
+                    payload_bytes[m] += len(raw)
                     try:
-                        idx = em.decode(m, codes)
+                        idx = em.decode(m, raw, batch=B)
                     except ValueError as err:
                         raise MessageError(f"{what}: {err}") from err
                     from ..quantize import pack_index_batch

@@ -134,6 +134,16 @@ def _abort_all(links: Sequence[Link], reason: str, *, skip: set[int] = frozenset
             pass
 
 
+def pending_abort(link: Link, timeout: float = 0.5) -> str | None:
+    """After a failed send / receive: the reason of an ``ABORT`` the peer sent before it went away, if one is
+    waiting ("stops: <peer> aborted the run: <reason>"), else None."""
+    try:
+        msg = link.recv(Kind.ABORT, timeout=timeout)
+        return f"stops: {link.peer_name} aborted the run: {decode_json(open_body(msg), 'ABORT').get('reason')}"
+    except Exception:
+        return None
+
+
 # ---------------------------------------------------------------------------------------------------- codebooks
 class CodebookSender:
     """AP side of the codebook delta: which codeword values the CPU already has (indices mode)."""
@@ -194,8 +204,11 @@ def _fault(fault: str | None, event: str, global_step: int, link: Link) -> str |
         return None
     if action == "exit":
         os._exit(17)
-    if action == "hang":
-        time.sleep(10 * link.timeout_s)
+    if action == "hang":  # silent until the peer gives up (or 10 timeouts)
+        end = time.monotonic() + 10 * link.timeout_s
+        while time.monotonic() < end and not getattr(link, "peer_gone", lambda: False)():
+            time.sleep(0.05)
+        raise RuntimeError(f"injected hang at global step {global_step} ended")
     if action == "raise":
         raise RuntimeError(f"injected fault at global step {global_step}")
     return action
@@ -304,7 +317,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
     except PeerAborted as err:
         raise DistributedTrainingError(f"{me} stops: {err}") from err
     except PeerFailure as err:
-        raise DistributedTrainingError(f"{me} lost the CPU: {err}") from err
+        raise DistributedTrainingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
         _abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
         raise DistributedTrainingError(f"{me} failed: {type(err).__name__}: {err}") from err

@@ -208,6 +208,9 @@ class QueueLink(Link):
     def close(self) -> None:
         self._closed.set()
 
+    def peer_gone(self) -> bool:
+        return self._peer_closed.is_set()
+
     def _send(self, msg: Message, timeout: float) -> None:
         if self._peer_closed.is_set():
             raise RuntimeError("connection closed by peer")

@@ -34,7 +34,8 @@ Bodies by kind (all sections are padded to multiples of 8 bytes so that tensor d
 - ``CODEBOOK`` (AP -> CPU, once before online sensing, Section IV-B): a tensor record [Nc, D] float32.
 - ``UPDATES`` (AP -> CPU, online, Algorithm 2): the B per-update fronthaul messages of the batch concatenated,
   nothing else (bit-packed indices for the D-VQVAE, float32 payloads for the D-VAE / CNN schemes).
-- ``ENTROPY`` (AP -> CPU, online, entropy coded): B records ``u32 nbytes`` + the coded bytes of one update.
+- ``ENTROPY`` (AP -> CPU, online, entropy coded): the B self-delimiting update messages of :mod:`cfisac.entropy`
+  concatenated (varint length and mode, then a range code or the bit-packed indices).
 
 Tensor record: ``u8 dtype code, u8 ndim, u16 0, ndim x u32 shape``, padded to 8 bytes, then the raw little-endian
 data. Decoders check every length against the shape they expect and raise :class:`MessageError` (a ``ValueError``)
@@ -58,8 +59,8 @@ from ..quantize import bits_per_index, message_nbytes
 
 __all__ = [
     "HEADER_BYTES", "Header", "IndexRecord", "Kind", "MAGIC", "Message", "MessageError", "TRAILER_BYTES", "VERSION",
-    "decode_entropy_batch", "decode_index_record", "decode_json", "decode_stats", "decode_tensor",
-    "encode_entropy_batch", "encode_index_record", "encode_json", "encode_stats", "encode_tensor", "finish_body",
+    "decode_index_record", "decode_json", "decode_stats", "decode_tensor",
+    "encode_index_record", "encode_json", "encode_stats", "encode_tensor", "finish_body",
     "make_message", "open_body", "pack_header", "unpack_header",
 ]
 
@@ -347,29 +348,6 @@ def decode_index_record(body: torch.Tensor, *, what: str, batch: int | None, len
     values = torch.frombuffer(bytearray(raw[head:]), dtype=torch.float32).reshape(k, D) if k else \
         torch.zeros(0, D, dtype=torch.float32)
     return IndexRecord(idx, rows, values)
-
-
-# ---------------------------------------------------------------------------------------------------- entropy
-def encode_entropy_batch(codes: list[bytes]) -> bytes:
-    """``ENTROPY`` body: per update ``u32 nbytes`` then the coded bytes."""
-    return b"".join(struct.pack("<I", len(c)) + c for c in codes)
-
-
-def decode_entropy_batch(body: torch.Tensor, *, what: str, batch: int | None = None) -> list[bytes]:
-    raw = _bytes(body)
-    out, pos = [], 0
-    while pos < len(raw):
-        if pos + 4 > len(raw):
-            raise MessageError(f"{what}: entropy-coded batch is truncated inside a length prefix")
-        (n,) = struct.unpack("<I", raw[pos: pos + 4])
-        if pos + 4 + n > len(raw):
-            raise MessageError(f"{what}: entropy-coded update {len(out)} announces {n} bytes, only "
-                               f"{len(raw) - pos - 4} left (truncated)")
-        out.append(raw[pos + 4: pos + 4 + n])
-        pos += 4 + n
-    if batch is not None and len(out) != batch:
-        raise MessageError(f"{what}: {len(out)} entropy-coded updates, expected {batch}")
-    return out
 
 
 def index_message_bits(length: int, num_codes: int) -> int:
