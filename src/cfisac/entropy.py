@@ -92,6 +92,8 @@ class EntropyModel:
     def fit(cls, indices: Sequence[torch.Tensor], *, num_codes: int, context: str = "none",
             prior: float = 0.5) -> EntropyModel:
         """Count the indices [n, L] of each AP (a sequence over m) under ``context``."""
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {list(CONTEXTS)}, got {context!r}")
         if not indices:
             raise ValueError("need the training indices of at least one AP")
         L = indices[0].shape[1]
