@@ -1,0 +1,1057 @@
+"""A near-CRLB estimator: per-AP maximum likelihood plus Fisher-weighted fusion at the CPU (beyond the paper).
+
+Registered as ``"ml"`` (``create("ml", cfg, joint=False)``, the distributed scheme) and ``"ml-joint"``
+(``joint=True``: the same plus one centralized maximum-likelihood refinement on the raw echoes of every AP).
+
+What each receive AP knows
+--------------------------
+Like the classical baselines (:mod:`.signal_processing`), the receive AP is assumed to know the transmit signals
+X (data symbols and precoders); the paper's own D-VQVAE receive APs do not (DESIGN.md, "Known slips").
+
+The exact likelihood (Eq. 6)
+----------------------------
+White Gaussian noise makes the ML estimate the least-squares fit of Eq. (6). At receive AP m every path
+p = (n, q) (transmit AP n, target q) contributes
+
+    alpha_p a_r(u_p) (x) s_p,      s_p[i, t] = e^{-j 2 pi i df d_p / c} e^{+j 2 pi t dT f_p} a_t^H(w_p) x_{i,n}[t]
+
+with ``u_p`` the AoA cosine, ``d_p = c tau_p`` the bistatic range (the message carries ranges in metres, i.e. the
+bistatic delays times c), ``f_p`` the bistatic Doppler (Hz), ``w_p`` the AoD cosine and ``alpha_p = beta sqrt(PL)``
+a free complex gain, at the absolute comb indices ``i``, ``t`` of :func:`cfisac.sensing.sensing_indices`. The
+pathloss is absorbed into the free gain (a one-to-one reparametrisation of beta), so it plays no role. Gains enter
+linearly and are eliminated by variable projection: the estimator maximises the explained energy
+``y^H S (S^H S)^-1 S^H y`` over the nonlinear parameters by Levenberg-Marquardt with the Kaufman Jacobian, in float64.
+At convergence ``2 / xi^2`` times the Gauss-Newton matrix is exactly the Fisher information of the nonlinear
+parameters with the gains eliminated by the Schur complement (the FIM of Eq. 23-24 restricted to the model).
+
+Every path signature and its derivatives are "atoms" ``h (x) F`` (``h`` in {a_r, d a_r / du}, ``F`` in
+{s, i s, t s, ds/dw}), so Gram matrices are Hadamard products of small array and field Grams (the factorisation of
+:mod:`cfisac.crlb`), and one iteration costs O(P (Mr + Nt) Ns Ts + (4P)^2 Ns Ts) per AP for P paths.
+
+Per-AP parametrisation (identifiability)
+----------------------------------------
+Both transmit APs' echoes overlap at every receive AP, so the per-AP model contains all N Q paths. Per target q the
+AP estimates ``theta_q = [u_q, d_{0,q} .. d_{N-1,q}, f_{0,q} .. f_{N-1,q}]`` (1 + 2N reals) and N complex gains.
+The AoA is shared by the N paths of a target (same target, same receive array: exact). The AoD of path (n, q) is
+not a free parameter: it is the direction from transmit AP n to the point where the AoA ray (on the side of the
+array that faces the area) meets the bistatic ellipse of range ``d_{n,q}``. This is Eq. (6) exactly whenever the N
+ellipse points coincide, and a one-dimensional relaxation of it otherwise (N = 2: five parameters for the four of
+(g, v)), so the CPU gets a consistency check for free. It is identifiable whenever the paths are distinct in
+(AoA, delay, Doppler) and the ray meets each ellipse once (always for an AP outside the ellipse's interior, i.e.
+``d > ||r_m - t_n||``). A free AoD per path would add N parameters that the precoded X only weakly identifies (the
+AoD enters through ``a_t^H W_{i,n} s_i[t]`` with rank-K precoders); the position-local alternative
+``(g_q, f_{0..N-1,q})`` is also identifiable but hides the classical bistatic parameters the issue asks for.
+
+Because the relaxed per-AP parameters are a smooth function ``theta_m = h_m(psi)`` of psi and the AP's model
+depends on psi only through them, the Fisher information of psi is ``sum_m H_m^T J_m H_m`` with ``J_m`` the
+per-AP FIM (gains eliminated): the two-step estimator below is asymptotically efficient when ``J_m`` is used as
+the weight. The full per-AP matrix over all Q targets is used (cross-target terms included), not only its
+diagonal.
+
+Per-AP algorithm (vectorised over scenes and APs)
+--------------------------------------------------
+1. Coarse search on a grid: receive beams on ``2 Mr`` AoA cosines; per beam and transmit AP the
+   geometry-constrained matched filter (every range bin fixes the point of the ray and hence the AoD whose
+   transmit beam removes the symbols), zero-padded DFTs over subcarriers and symbols, GLRT normalisation by the
+   beam energy. A target's statistic at (u, d_0) is the sum over n of the best-Doppler statistic of transmit AP n at
+   the range ``d_n`` its ray point implies (non-coherent over the N paths).
+2. Likelihood check and retries: the ``n_candidates`` best local maxima are each refined (single-target LM on the
+   residual) and the one with the highest exact likelihood is kept; grid artefacts, straddle loss and the N-path
+   look-up are thereby judged by the exact likelihood, not by the grid.
+3. Successive cancellation: target by target on the residual, with a joint LM over all targets found so far.
+4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value as one more
+   candidate) with the others cancelled; a round is kept only where the joint likelihood increased.
+
+Message (float32): per target ``u, d_{0..N-1}, f_{0..N-1}, Re/Im alpha_{0..N-1}``: ``32 (1 + 4N) Q`` bits per AP
+and update (288 Q for N = 2). The CPU knows X, so it recomputes ``J_m`` from the message (no y needed).
+
+CPU fusion
+----------
+Targets are associated across APs (Hungarian on the per-AP locations: AoA ray x each ellipse, averaged), then psi
+is the robust (soft-L1 on whitened residuals, 3 sigma) bounded least-squares fit of all APs' messages with the
+Cholesky factors of ``J_m`` as whitening, multi-started from every AP's local estimate (lowest cost wins); the
+association is then redone on the Mahalanobis distances and the fit repeated. AoA residuals are wrapped modulo the
+array's period (endfire alias). Positions are bounded to the area and velocities to the prior box, as for the
+classical baselines.
+
+``joint=True`` adds the centralized ML: LM on psi over the raw echoes of all APs (gains per (n, m, q)
+eliminated), started from the fused psi and from every AP's local estimate; the start reaching the highest
+likelihood wins (the CPU's likelihood check). Its fronthaul is the centralized one, ``64 Mr Ns Ts`` bits per AP.
+
+Targets close in every domain
+-----------------------------
+When two targets share an AoA beam, a range cell and a Doppler cell at every AP, the grid shows one peak; the
+second detection then locks on the residual of the pair or on noise, the joint LM pulls the two estimates into the
+pair's cell, and the gains' Gram matrix becomes nearly singular (it is regularised, never NaN). Both estimates end
+up in the pair's resolution cell (within the area and the speed box); the CRLB there is itself huge or singular.
+
+Not modelled: clutter (Eq. 29) and clock offsets (Eq. 30) are absent from the likelihood (model mismatch when the
+scenes carry them). A single transmit/receive AP pair cannot identify the velocity vector: ``N M = 1`` is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import least_squares, linear_sum_assignment
+
+from ..config import SPEED_OF_LIGHT, SystemConfig
+from ..sensing import check_transmit_signals, sensing_indices
+from . import Estimate, register
+
+__all__ = ["ApMessages", "MLEstimate", "MLEstimator", "PathSystem", "path_system"]
+
+TWO_PI = 2.0 * math.pi
+F64, C128, C64 = torch.float64, torch.complex128, torch.complex64
+_U_EPS = 1e-9  # AoA cosines are kept inside (-1, 1) for the ray geometry
+_CHUNK_BYTES = 2**26  # working-set target of one chunk (64 MiB)
+
+
+# ================================================================================================ geometry
+class _Geometry:
+    """AP positions / axes as float64 tensors and the constants of the comb (on ``device``)."""
+
+    def __init__(self, cfg: SystemConfig, device: torch.device | str = "cpu") -> None:
+        kw = dict(dtype=F64, device=device)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.tx = torch.tensor(cfg.tx_positions, **kw)  # [N, 2]
+        self.rx = torch.tensor(cfg.rx_positions, **kw)  # [M, 2]
+        self.tx_axes = torch.tensor(cfg.tx_axes, **kw)
+        self.rx_axes = torch.tensor(cfg.rx_axes, **kw)
+        (x0, x1), (y0, y1) = cfg.area
+        self.lower = torch.tensor([x0, y0], **kw)
+        self.upper = torch.tensor([x1, y1], **kw)
+        centre = (self.lower + self.upper) / 2
+        perp = torch.stack([-self.rx_axes[:, 1], self.rx_axes[:, 0]], -1)
+        side = torch.where(((centre - self.rx) * perp).sum(-1) >= 0, 1.0, -1.0)
+        self.rx_perp = perp * side[:, None]  # unit normal of each receive array towards the area
+        self.i_abs, self.t_abs = (v.to(device) for v in sensing_indices(cfg))
+        self.df, self.dT = cfg.subcarrier_spacing, cfg.symbol_duration
+        self.kf = cfg.carrier_frequency / SPEED_OF_LIGHT  # bistatic Doppler per m/s of v . (e_n + e_m)
+        self.sp = cfg.antenna_spacing
+        res = cfg.resolution()
+        self.range_res = res["range_resolution_m"]
+        self.doppler_res = res["doppler_resolution_hz"]
+        self.f_amb = res["unambiguous_doppler_hz"]
+        self.f_max = min(res["max_doppler_hz"] + self.doppler_res, self.f_amb)
+        self.d_max = cfg.max_bistatic_range() + self.range_res
+        self.baseline = torch.linalg.vector_norm(self.rx[:, None] - self.tx[None], dim=-1)  # [M, N]
+
+    def steer(self, u: torch.Tensor, n: int, dtype: torch.dtype = C128) -> torch.Tensor:
+        """Eq. (1)-(2) steering vectors [..., n] for cosines ``u`` [...] (float64)."""
+        k = torch.arange(n, dtype=F64, device=u.device)
+        return (torch.polar(torch.ones((), dtype=F64, device=u.device), -TWO_PI * self.sp * u[..., None] * k)
+                / math.sqrt(n)).to(dtype)
+
+    def ray_points(self, m: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Points where AoA rays of receive AP ``m`` [L] with cosines ``u`` [L, Q] meet the bistatic ellipses of
+        ranges ``d`` [L, Q, N] (one per transmit AP), the AoD cosines there and their derivatives.
+
+        ``rho = (d^2 - |w|^2) / (2 (d + w . e))`` (``w = r_m - t_n``) is the distance along the ray; returns ``g``
+        [L, Q, N, 2], ``w_tx`` [L, Q, N] and ``dw_du``, ``dw_dd`` [L, Q, N].
+        """
+        a = self.rx_axes[m][:, None, :]
+        pp = self.rx_perp[m][:, None, :]
+        uc = u.clamp(-1 + _U_EPS, 1 - _U_EPS)
+        sq = torch.sqrt(1 - uc**2)
+        e = uc[..., None] * a + sq[..., None] * pp  # [L, Q, 2]
+        de = a - (uc / sq)[..., None] * pp
+        w = (self.rx[m][:, None, :] - self.tx[None])[:, None]  # [L, 1, N, 2]
+        we = (w * e[:, :, None]).sum(-1)
+        wde = (w * de[:, :, None]).sum(-1)
+        den = 2 * (d + we)
+        den = torch.where(den.abs() < 1e-9, torch.full_like(den, 1e-9), den)
+        rho = (d**2 - (w * w).sum(-1)) / den
+        drho_dd = (2 * d - 2 * rho) / den
+        drho_du = -2 * rho * wde / den
+        g = self.rx[m][:, None, None, :] + rho[..., None] * e[:, :, None]
+        dg_du = drho_du[..., None] * e[:, :, None] + rho[..., None] * de[:, :, None]
+        dg_dd = drho_dd[..., None] * e[:, :, None]
+        diff = g - self.tx
+        dist = torch.linalg.vector_norm(diff, dim=-1).clamp_min(1e-9)
+        et = diff / dist[..., None]
+        w_tx = (et * self.tx_axes).sum(-1)
+        dw_dg = (self.tx_axes - w_tx[..., None] * et) / dist[..., None]
+        return {"g": g, "rho": rho, "w_tx": w_tx, "dw_du": (dw_dg * dg_du).sum(-1), "dw_dd": (dw_dg * dg_dd).sum(-1)}
+
+    def local_paths(self, m: torch.Tensor, theta: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Per-AP parametrisation: ``theta`` [L, Q, 2 + N] (local position g_x, g_y and the N bistatic Dopplers of
+        each target, seen from receive AP ``m`` [L]) -> path geometry (u_rx, d, f, w) each [L, Q N] (path
+        p = q N + n) and its Jacobian [L, Q N, 4, Q (2 + N)] (rows: u_rx, d, f, w). Eq. (7)-(11) exactly."""
+        L, Q, K1 = theta.shape
+        N = K1 - 2
+        g = theta[..., :2]
+        dm_vec = g - self.rx[m][:, None, :]  # [L, Q, 2]
+        dm = torch.linalg.vector_norm(dm_vec, dim=-1).clamp_min(1e-9)
+        em = dm_vec / dm[..., None]
+        dn_vec = g[:, :, None, :] - self.tx  # [L, Q, N, 2]
+        dn = torch.linalg.vector_norm(dn_vec, dim=-1).clamp_min(1e-9)
+        en = dn_vec / dn[..., None]
+        ax_m = self.rx_axes[m][:, None, :]
+        u = (em * ax_m).sum(-1)  # [L, Q]
+        w = (en * self.tx_axes).sum(-1)  # [L, Q, N]
+        du = (ax_m - u[..., None] * em) / dm[..., None]  # [L, Q, 2]
+        dw = (self.tx_axes - w[..., None] * en) / dn[..., None]  # [L, Q, N, 2]
+        dd = en + em[:, :, None]  # [L, Q, N, 2]
+        P = Q * N
+        geom = (u[..., None].expand(L, Q, N).reshape(L, P), (dn + dm[..., None]).reshape(L, P),
+                theta[..., 2:].reshape(L, P), w.reshape(L, P))
+        jac = torch.zeros(L, Q, N, 4, Q, K1, dtype=F64, device=theta.device)
+        for q in range(Q):
+            jac[:, q, :, 0, q, :2] = du[:, q, None, :]
+            jac[:, q, :, 1, q, :2] = dd[:, q]
+            jac[:, q, :, 3, q, :2] = dw[:, q]
+            for n in range(N):
+                jac[:, q, n, 2, q, 2 + n] = 1.0
+        return geom, jac.reshape(L, P, 4, Q * K1)
+
+    def joint_paths(self, psi: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Centralized parametrisation: ``psi`` [B, Q, 4] (g_x, g_y, v_x, v_y per target) -> path geometry of every
+        (b, m) problem (u_rx, d, f, w) each [B M, Q N] and the Jacobian [B M, Q N, 4, 4 Q] (Eq. 7-11 exactly)."""
+        B, Q, _ = psi.shape
+        N, M = self.tx.shape[0], self.rx.shape[0]
+        g, v = psi[..., :2], psi[..., 2:]
+        dm_vec = g[:, None] - self.rx[None, :, None]  # [B, M, Q, 2]
+        dm = torch.linalg.vector_norm(dm_vec, dim=-1).clamp_min(1e-9)
+        em = dm_vec / dm[..., None]
+        dn_vec = g[:, None] - self.tx[None, :, None]  # [B, N, Q, 2]
+        dn = torch.linalg.vector_norm(dn_vec, dim=-1).clamp_min(1e-9)
+        en = dn_vec / dn[..., None]
+        u_rx = (em * self.rx_axes[None, :, None]).sum(-1)  # [B, M, Q]
+        w_tx = (en * self.tx_axes[None, :, None]).sum(-1)  # [B, N, Q]
+        du = (self.rx_axes[None, :, None] - u_rx[..., None] * em) / dm[..., None]  # [B, M, Q, 2]
+        dw = (self.tx_axes[None, :, None] - w_tx[..., None] * en) / dn[..., None]  # [B, N, Q, 2]
+        vr_m = (em * v[:, None]).sum(-1)
+        vr_n = (en * v[:, None]).sum(-1)
+        dvm = (v[:, None] - vr_m[..., None] * em) / dm[..., None]
+        dvn = (v[:, None] - vr_n[..., None] * en) / dn[..., None]
+        # to [B, M, Q, N]
+        d = dm[..., None] + dn.permute(0, 2, 1)[:, None]
+        f = self.kf * (vr_m[..., None] + vr_n.permute(0, 2, 1)[:, None])
+        esum = em[:, :, :, None] + en.permute(0, 2, 1, 3)[:, None]  # [B, M, Q, N, 2]
+        P = Q * N
+        geom = (
+            u_rx[..., None].expand(B, M, Q, N).reshape(B * M, P), d.reshape(B * M, P), f.reshape(B * M, P),
+            w_tx.permute(0, 2, 1)[:, None].expand(B, M, Q, N).reshape(B * M, P),
+        )
+        dfg = self.kf * (dvm[:, :, :, None] + dvn.permute(0, 2, 1, 3)[:, None])  # [B, M, Q, N, 2]
+        jac = torch.zeros(B, M, Q, N, 4, Q, 4, dtype=F64, device=psi.device)
+        for q in range(Q):
+            jac[:, :, q, :, 0, q, :2] = du[:, :, q, None, :]
+            jac[:, :, q, :, 1, q, :2] = esum[:, :, q]
+            jac[:, :, q, :, 2, q, :2] = dfg[:, :, q]
+            jac[:, :, q, :, 2, q, 2:] = self.kf * esum[:, :, q]
+            jac[:, :, q, :, 3, q, :2] = dw[:, :, q][:, None]
+        return geom, jac.reshape(B * M, P, 4, 4 * Q)
+
+
+# ================================================================================================ path model
+@dataclass
+class PathSystem:
+    """Variable-projection quantities of one batch of path models (leading dimension L problems).
+
+    ``energy`` [L]: explained energy ``y^H S (S^H S)^-1 S^H y`` (needs y); ``gains`` [L, P] complex128: the
+    least-squares gains; ``jtj`` [L, K, K] float64: the Kaufman Gauss-Newton matrix (``2 / xi^2 jtj`` is the Fisher
+    information of the K nonlinear parameters with the gains eliminated); ``grad`` [L, K]: half the gradient of the
+    explained energy (needs y); ``path_energy`` [L, P]: the drop of the explained energy when path p alone is
+    removed, ``|alpha_p|^2 / [(S^H S)^-1]_pp`` (a per-path GLRT statistic times xi^2; needs only the gains).
+    """
+
+    energy: torch.Tensor | None
+    gains: torch.Tensor
+    jtj: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    path_energy: torch.Tensor | None = None
+
+
+def _solve_psd(A: torch.Tensor, b: torch.Tensor, rel: float = 1e-12) -> torch.Tensor:
+    """Solve Hermitian PSD systems A z = b with a relative ridge (never NaN on a singular A)."""
+    n = A.shape[-1]
+    tr = torch.diagonal(A, dim1=-2, dim2=-1).real.sum(-1).clamp_min(1e-300)
+    ridge = (rel * tr / n)[..., None, None] * torch.eye(n, dtype=A.dtype, device=A.device)
+    L, info = torch.linalg.cholesky_ex(A + ridge)
+    if bool((info != 0).any()):
+        return torch.linalg.lstsq(A + ridge, b[..., None]).solution[..., 0] if b.dim() == A.dim() - 1 else \
+            torch.linalg.lstsq(A + ridge, b).solution
+    if b.dim() == A.dim() - 1:
+        return torch.cholesky_solve(b[..., None], L)[..., 0]
+    return torch.cholesky_solve(b, L)
+
+
+def path_system(
+    geo: _Geometry, x: torch.Tensor, x_idx: torch.Tensor, n_of_path: torch.Tensor,
+    geom: tuple[torch.Tensor, ...], *, y: torch.Tensor | None = None, y_idx: torch.Tensor | None = None,
+    jac: torch.Tensor | None = None, gains: torch.Tensor | None = None, path_mask: torch.Tensor | None = None,
+) -> PathSystem:
+    """Explained energy, gains and Gauss-Newton system of L single-AP path models (module docstring).
+
+    ``x`` [B, N, Nt, Ns, Ts] complex, ``x_idx`` [L] the scene of each problem; ``n_of_path`` [P] the transmit AP of
+    each path; ``geom`` = (u_rx, d, f, w) each [L, P] float64 (AoA cosine, bistatic range m, bistatic Doppler Hz,
+    AoD cosine); ``y`` [*, Mr, Ns, Ts] with ``y_idx`` [L] (None: no data, e.g. the CPU computing a Fisher weight
+    from a message, then ``gains`` [L, P] must be given); ``jac`` [L, P, 4, K] the derivative of the path geometry
+    w.r.t. the K nonlinear parameters (None: energy and gains only); ``path_mask`` [L, P] bool: paths switched off
+    (their signatures are zero: gain 0, no information, no energy). Chunked over problems; float64 throughout.
+    """
+    L, P = geom[0].shape
+    cfg = geo.cfg
+    Mr, Nt, Ns, Ts = cfg.n_rx_antennas, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols
+    deriv = jac is not None
+    nf = 4 if deriv else 1
+    per = P * (Nt + 2 * nf + 4) * Ns * Ts * 16 + (2 * Mr * Ns * Ts * 16 if y is not None else 0)
+    step = max(1, _CHUNK_BYTES // per)
+    out_e, out_a, out_j, out_g, out_p = [], [], [], [], []
+    dev = geom[0].device
+    i_abs, t_abs = geo.i_abs.to(dev), geo.t_abs.to(dev)
+    kr = torch.arange(Mr, dtype=F64, device=dev)
+    kt = torch.arange(Nt, dtype=F64, device=dev)
+    for s0 in range(0, L, step):
+        sl = slice(s0, min(L, s0 + step))
+        l = sl.stop - sl.start
+        u_rx, d, f, w = (g[sl] for g in geom)
+        ar = geo.steer(u_rx, Mr)  # [l, P, Mr]
+        at = geo.steer(w, Nt)  # [l, P, Nt]
+        xs = x[x_idx[sl]].to(C128)[:, n_of_path]  # [l, P, Nt, Ns, Ts]
+        ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * i_abs)[..., :, None]
+              * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * t_abs)[..., None, :])
+        if path_mask is not None:
+            ph = ph * path_mask[sl].to(F64)[..., None, None]
+        b = torch.einsum("lpk,lpkit->lpit", at.conj(), xs)
+        s = ph * b
+        if deriv:
+            bd = torch.einsum("lpk,lpkit->lpit", at.conj() * (1j * TWO_PI * geo.sp * kt), xs)
+            F = torch.stack([s, s * i_abs[:, None], s * t_abs, ph * bd], 2)  # [l, P, 4, Ns, Ts]
+        else:
+            F = s[:, :, None]
+        del xs, b
+        Fm = F.reshape(l, P * nf, Ns * Ts)
+        FG = Fm.conj() @ Fm.mT  # [l, P nf, P nf]
+        hg00 = ar.conj() @ ar.mT  # [l, P, P]
+        A0 = P * nf
+        if deriv:
+            ard = ar * (-1j * TWO_PI * geo.sp * kr)
+            hg01 = ar.conj() @ ard.mT
+            hg11 = ard.conj() @ ard.mT
+            A = A0 + P
+            G5 = FG.view(l, P, nf, P, nf)
+            Gam = torch.empty(l, A, A, dtype=C128, device=dev)
+            Gam[:, :A0, :A0] = (hg00[:, :, None, :, None] * G5).reshape(l, A0, A0)
+            tr = hg01[:, :, None, :] * G5[:, :, :, :, 0]  # [l, P, nf, P]
+            Gam[:, :A0, A0:] = tr.reshape(l, A0, P)
+            Gam[:, A0:, :A0] = Gam[:, :A0, A0:].mH
+            Gam[:, A0:, A0:] = hg11 * G5[:, :, 0, :, 0]
+            e_idx = torch.arange(P, device=dev) * nf
+        else:
+            Gam = hg00 * FG
+            e_idx = torch.arange(P, device=dev)
+        G = Gam[:, e_idx][:, :, e_idx]
+        if y is not None:
+            ys = y[y_idx[sl]].to(C128)
+            z = torch.einsum("lpr,lrit->lpit", ar.conj(), ys)  # beam outputs a_r^H y
+            c = (F.conj() * z[:, :, None]).sum((-1, -2)).reshape(l, A0)
+            if deriv:
+                zd = torch.einsum("lpr,lrit->lpit", ard.conj(), ys)
+                c = torch.cat([c, (F[:, :, 0].conj() * zd).sum((-1, -2))], 1)
+            del ys, z
+            sy = c[:, e_idx]
+            alpha = _solve_psd(G, sy)
+            out_e.append((sy.conj() * alpha).sum(-1).real)
+        else:
+            alpha = gains[sl].to(C128)
+        out_a.append(alpha)
+        Ginv = _solve_psd(G, torch.eye(P, dtype=C128, device=dev).expand(l, P, P).contiguous())
+        out_p.append(alpha.abs() ** 2 / torch.diagonal(Ginv, dim1=-2, dim2=-1).real.clamp_min(1e-300))
+        if deriv:
+            jl = jac[sl]
+            K = jl.shape[-1]
+            C = torch.zeros(l, A, K, dtype=C128, device=dev)
+            Cv = C[:, :A0].view(l, P, nf, K)
+            Cv[:, :, 1] = alpha[..., None] * (-1j * TWO_PI * geo.df / SPEED_OF_LIGHT) * jl[:, :, 1]
+            Cv[:, :, 2] = alpha[..., None] * (1j * TWO_PI * geo.dT) * jl[:, :, 2]
+            Cv[:, :, 3] = alpha[..., None] * jl[:, :, 3]
+            C[:, A0:] = alpha[..., None] * jl[:, :, 0]
+            GC = Gam @ C  # [l, A, K]
+            GE = GC[:, e_idx]  # (E^T Gam C)
+            jtj = C.mH @ GC - GE.mH @ _solve_psd(G, GE)
+            out_j.append(0.5 * (jtj.real + jtj.real.mT))
+            if y is not None:
+                out_g.append((C.mH @ c[..., None])[..., 0].real - (GE.mH @ alpha[..., None])[..., 0].real)
+        del F, Fm, FG, Gam
+    cat = lambda v: torch.cat(v) if v else None  # noqa: E731
+    return PathSystem(cat(out_e), torch.cat(out_a), cat(out_j), cat(out_g), torch.cat(out_p))
+
+
+def path_signals(geo: _Geometry, x: torch.Tensor, x_idx: torch.Tensor, n_of_path: torch.Tensor,
+                 geom: tuple[torch.Tensor, ...], gains: torch.Tensor) -> torch.Tensor:
+    """Noiseless Eq. (6) of the paths: ``sum_p alpha_p a_r(u_p) (x) s_p`` [L, Mr, Ns, Ts] complex128."""
+    L, P = geom[0].shape
+    cfg = geo.cfg
+    Mr, Nt, Ns, Ts = cfg.n_rx_antennas, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols
+    dev = geom[0].device
+    out = torch.empty(L, Mr, Ns, Ts, dtype=C128, device=dev)
+    step = max(1, _CHUNK_BYTES // (P * (Nt + 2) * Ns * Ts * 16 + Mr * Ns * Ts * 16))
+    for s0 in range(0, L, step):
+        sl = slice(s0, min(L, s0 + step))
+        u_rx, d, f, w = (g[sl] for g in geom)
+        xs = x[x_idx[sl]].to(C128)[:, n_of_path]
+        b = torch.einsum("lpk,lpkit->lpit", geo.steer(w, Nt).conj(), xs)
+        ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * geo.i_abs)[..., :, None]
+              * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * geo.t_abs)[..., None, :])
+        out[sl] = torch.einsum("lp,lpr,lpit->lrit", gains[sl], geo.steer(u_rx, Mr), ph * b)
+    return out
+
+
+# ================================================================================================ LM driver
+def _levenberg_marquardt(
+    evaluate: Callable[[torch.Tensor, torch.Tensor], PathSystem], theta0: torch.Tensor,
+    project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, tol: float, max_iter: int,
+    max_step: torch.Tensor,
+) -> tuple[torch.Tensor, PathSystem]:
+    """Maximise the explained energy over theta [L, K] by Levenberg-Marquardt (Marquardt scaling).
+
+    ``evaluate(theta, rows)`` returns the :class:`PathSystem` (energy, jtj, grad) of problems ``rows``;
+    ``project(theta, rows)`` maps a trial point into the feasible set. A problem stops when the predicted or the
+    actual gain of a step falls below ``tol`` (energy units) or after ``max_iter`` iterations. Steps are scaled
+    down so that no parameter moves by more than ``max_step`` [K] per iteration (a trust region of about half a
+    resolution cell: the refinement stays local, a weakly informed parameter cannot jump to a far noise peak).
+    """
+    L, K = theta0.shape
+    dev = theta0.device
+    theta = theta0.clone()
+    rows = torch.arange(L, device=dev)
+    fit = evaluate(theta, rows)
+    energy, jtj, grad, gains = fit.energy.clone(), fit.jtj.clone(), fit.grad.clone(), fit.gains.clone()
+    lam = torch.full((L,), 1e-3, dtype=F64, device=dev)
+    active = torch.ones(L, dtype=torch.bool, device=dev)
+    eye = torch.eye(K, dtype=F64, device=dev)
+    for _ in range(max_iter):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        H = jtj[idx]
+        dg = torch.diagonal(H, dim1=-2, dim2=-1).clamp_min(1e-300)
+        A = H + (lam[idx, None] * dg)[..., None] * eye + 1e-14 * dg.max(-1).values[:, None, None] * eye
+        step = torch.linalg.solve(A, grad[idx])
+        over = (step.abs() / max_step).amax(-1, keepdim=True).clamp_min(1.0)
+        step = step / over
+        pred = (step * grad[idx]).sum(-1)
+        trial = project(theta[idx] + step, idx)
+        new = evaluate(trial, idx)
+        gain = new.energy - energy[idx]
+        ok = gain > 0
+        acc = idx[ok]
+        theta[acc] = trial[ok]
+        energy[acc], jtj[acc], grad[acc], gains[acc] = new.energy[ok], new.jtj[ok], new.grad[ok], new.gains[ok]
+        lam[acc] = (lam[acc] / 3).clamp_min(1e-9)
+        lam[idx[~ok]] = lam[idx[~ok]] * 4
+        done = (ok & (gain < tol)) | (pred.abs() < tol) | (lam[idx] > 1e8)
+        active[idx[done]] = False
+    return theta, PathSystem(energy, gains, jtj, grad)
+
+
+# ================================================================================================ results
+@dataclass
+class ApMessages:
+    """What every receive AP sends in the distributed scheme (float32 on the wire, float64 here after decoding).
+
+    ``theta`` [B, M, Q, 1 + 2N]: per target slot ``[u, d_0 .. d_{N-1}, f_0 .. f_{N-1}]`` (AoA cosine, bistatic
+    ranges ``c tau`` in m, bistatic Dopplers in Hz); ``gains`` [B, M, Q, N] complex: the least-squares path gains.
+    A path below the detection threshold is sent as NaN (range, Doppler, gain), a target slot without any
+    detected path also has a NaN AoA: no extra bits. ``statistic`` [B, M, Q, N] (diagnostic, not sent): each
+    path's GLRT statistic, the explained-energy drop when it alone is removed over ``xi^2`` (Exp(1) under noise).
+    Target slots of different APs are unordered.
+    """
+
+    theta: torch.Tensor
+    gains: torch.Tensor
+    statistic: torch.Tensor | None = None
+
+    def quantized(self) -> ApMessages:
+        """The message as the CPU decodes it: every real number rounded to float32."""
+        th = self.theta.to(torch.float32).to(F64)
+        g = torch.complex(self.gains.real.to(torch.float32), self.gains.imag.to(torch.float32)).to(C128)
+        return ApMessages(th, g, self.statistic)
+
+
+@dataclass
+class MLEstimate(Estimate):
+    """:class:`Estimate` of the ML estimator plus what produced it.
+
+    ``distributed_positions`` / ``distributed_velocities`` [B, Q, 2]: the CPU fusion of the AP messages (equal to
+    positions / velocities when ``joint=False``); ``messages``: the decoded :class:`ApMessages`; ``energy`` [B]:
+    the centralized explained energy of the returned psi over ``xi^2`` (only with ``joint=True``).
+    """
+
+    distributed_positions: torch.Tensor | None = None
+    distributed_velocities: torch.Tensor | None = None
+    messages: ApMessages | None = None
+    energy: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+# ================================================================================================ estimator
+class MLEstimator:
+    """Per-AP maximum likelihood plus Fisher-weighted fusion, optionally a centralized ML refinement (module doc).
+
+    Options (keyword-only): ``joint`` (False: distributed, ``32 (1 + 4N) Q`` bits per AP; True: centralized
+    refinement on the raw echoes, ``64 Mr Ns Ts`` bits); ``n_candidates`` grid peaks refined per detection (3);
+    ``relax_rounds`` re-detection rounds for Q > 1 (1); ``angle_oversample`` AoA grid points per ``Mr / 2`` (2: a
+    ``2 Mr``-point grid); ``oversample`` zero padding of the range / Doppler DFTs (2); ``max_iter`` LM iterations
+    (40); ``device`` where the heavy tensors live (default: that of y).
+    """
+
+    def __init__(self, cfg: SystemConfig, *, joint: bool = False, n_candidates: int = 3, relax_rounds: int = 1,
+                 angle_oversample: int = 2, oversample: int = 2, max_iter: int = 40,
+                 detection_threshold: float | None = None, false_alarm: float = 1e-3,
+                 device: str | torch.device | None = None) -> None:
+        if cfg.n_tx * cfg.n_rx < 2:
+            raise ValueError("the ML estimator needs at least two transmit/receive AP pairs: a single pair observes "
+                             "only one component of each velocity (N M = 1)")
+        for name, v, lo in (("n_candidates", n_candidates, 1), ("relax_rounds", relax_rounds, 0),
+                            ("angle_oversample", angle_oversample, 1), ("oversample", oversample, 1),
+                            ("max_iter", max_iter, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(joint, bool):
+            raise ValueError(f"joint must be True or False, got {joint!r}")
+        self.cfg = cfg
+        self.joint = joint
+        self.name = "ml-joint" if joint else "ml"
+        self.n_candidates = n_candidates
+        self.relax_rounds = relax_rounds
+        self.angle_oversample = angle_oversample
+        self.oversample = oversample
+        self.max_iter = max_iter
+        self.device = device
+        if not (0 < false_alarm < 1):
+            raise ValueError(f"false_alarm must be in (0, 1), got {false_alarm!r}")
+        if detection_threshold is None:
+            # a noise peak maximised over the grid's independent cells exceeds log(cells / false_alarm) with
+            # probability about false_alarm (the statistic of one cell is Exp(1) under noise)
+            res = cfg.resolution()
+            cells = (2 * cfg.n_rx_antennas * cfg.antenna_spacing
+                     * max(1.0, res["max_bistatic_range_m"] / res["range_resolution_m"])
+                     * max(1.0, 2 * res["max_doppler_hz"] / res["doppler_resolution_hz"]))
+            detection_threshold = math.log(cells / false_alarm)
+        if not (isinstance(detection_threshold, (int, float)) and math.isfinite(detection_threshold)
+                and detection_threshold >= 0):
+            raise ValueError(f"detection_threshold must be a finite number >= 0, got {detection_threshold!r}")
+        self.threshold = float(detection_threshold)
+        N, Q = cfg.n_tx, cfg.n_targets
+        self.message_bits_per_ap = 32 * (2 + 3 * N) * Q
+        self.centralized_bits_per_ap = 64 * cfg.n_rx_antennas * cfg.n_subcarriers * cfg.n_symbols
+        self.fronthaul_bits_per_ap = self.centralized_bits_per_ap if joint else self.message_bits_per_ap
+        self._geo: dict[str, _Geometry] = {}
+        self._grid_cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------ public
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> MLEstimate:
+        """Positions / velocities [B, Q, 2] float64 from y [B, M, Mr, Ns, Ts] and x [B, N, Nt, Ns, Ts]."""
+        y, x = self._check(y, x)
+        msgs = self.ap_messages(y, x).quantized()
+        psi_d, starts = self.fuse(msgs, x)
+        out = MLEstimate(psi_d[..., :2].cpu().clone(), psi_d[..., 2:].cpu().clone(),
+                         distributed_positions=psi_d[..., :2].cpu(), distributed_velocities=psi_d[..., 2:].cpu(),
+                         messages=msgs)
+        if self.joint:
+            psi, energy = self.joint_refine(y, x, torch.cat([psi_d[:, None], starts], 1))
+            out.positions, out.velocities = psi[..., :2].cpu(), psi[..., 2:].cpu()
+            out.energy = (energy / self.cfg.noise_watt).cpu()
+        return out
+
+    # ------------------------------------------------------------------------------------------ checks
+    def _check(self, y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if not isinstance(y, torch.Tensor) or not y.is_complex():
+            raise ValueError("y must be a complex torch.Tensor [B, M, Mr, Ns, Ts]")
+        expect = (cfg.n_rx, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
+        if y.dim() != 5 or tuple(y.shape[1:]) != expect or y.shape[0] == 0:
+            raise ValueError(f"y has shape {tuple(y.shape)}, expected (B, {', '.join(map(str, expect))}) with B > 0")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or inf")
+        check_transmit_signals(cfg, x, y.shape[0])
+        dev = torch.device(self.device) if self.device is not None else y.device
+        return y.to(dev), x.to(dev)
+
+    def _geometry(self, device: torch.device) -> _Geometry:
+        key = str(device)
+        if key not in self._geo:
+            self._geo[key] = _Geometry(self.cfg, device)
+        return self._geo[key]
+
+    # ------------------------------------------------------------------------------------------ per-AP stage
+    def ap_messages(self, y: torch.Tensor, x: torch.Tensor) -> ApMessages:
+        """Every receive AP's estimate (float64, before float32 rounding): see the module docstring, steps 1-4."""
+        cfg = self.cfg
+        B, M, Q, N = y.shape[0], cfg.n_rx, cfg.n_targets, cfg.n_tx
+        geo = self._geometry(y.device)
+        dev = y.device
+        L = B * M
+        yl = y.reshape(L, *y.shape[2:])
+        x_idx = torch.arange(B, device=dev).repeat_interleave(M)
+        m_idx = torch.arange(M, device=dev).repeat(B)
+        rows = torch.arange(L, device=dev)
+        tol = 1e-6 * cfg.noise_watt
+        K1 = 2 + N
+        theta = torch.zeros(L, 0, K1, dtype=F64, device=dev)
+        resid = yl.to(C128)
+        for q in range(Q):
+            cand = self._candidates(resid, rows, x, x_idx, m_idx)  # [L, C, K1]
+            best = self._best_single(resid, cand, x, x_idx, m_idx, tol)  # [L, K1]
+            theta = torch.cat([theta, best[:, None]], 1)
+            theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
+            resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
+        energy = fit.energy
+        if Q > 1:
+            for _ in range(self.relax_rounds):
+                new = theta.clone()
+                for q in range(Q):
+                    others = [k for k in range(Q) if k != q]
+                    sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
+                    r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
+                    cand = torch.cat([self._candidates(r_q, rows, x, x_idx, m_idx), new[:, q:q + 1]], 1)
+                    new[:, q] = self._best_single(r_q, cand, x, x_idx, m_idx, tol)
+                    new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
+                better = nfit.energy > energy
+                theta = torch.where(better[:, None, None], new, theta)
+                energy = torch.where(better, nfit.energy, energy)
+        # model-order selection: paths below the detection threshold leave the AP's model, the rest is refined again
+        theta, fit = self._fit_local(yl, theta, x, x_idx, m_idx)
+        det = (fit.path_energy / cfg.noise_watt >= self.threshold).view(L, Q, N)
+        use = det | ~det.any(-1, keepdim=True)  # a target without detected path keeps its paths (sent as NaN)
+        if not bool(use.all()):
+            theta, _ = self._refine_local(yl, theta, x, x_idx, m_idx, tol, mask=use.view(L, Q * N))
+        theta, fit = self._fit_local(yl, theta, x, x_idx, m_idx, mask=use.view(L, Q * N))
+        stat = (fit.path_energy / cfg.noise_watt).view(L, Q, N)
+        det = use & (stat >= self.threshold)
+        theta = theta.clone()
+        nan = torch.tensor(float("nan"), dtype=F64, device=dev)
+        theta[..., 2:] = torch.where(det, theta[..., 2:], nan)
+        theta[..., :2] = torch.where(det.any(-1, keepdim=True), theta[..., :2], nan)
+        gains = torch.where(det, fit.gains.view(L, Q, N), torch.complex(nan, nan))
+        return ApMessages(theta.reshape(B, M, Q, K1), gains.reshape(B, M, Q, N), stat.reshape(B, M, Q, N))
+
+    def _paths(self, Q: int, dev: torch.device) -> torch.Tensor:
+        return torch.arange(self.cfg.n_tx, device=dev).repeat(Q)
+
+    def _project_local(self, theta: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Keep local positions in the area and Dopplers inside the ambiguity (``m`` unused: same for every AP)."""
+        geo = self._geometry(theta.device)
+        out = theta.clone()
+        out[..., :2] = torch.maximum(torch.minimum(theta[..., :2], geo.upper), geo.lower)
+        out[..., 2:] = theta[..., 2:].clamp(-geo.f_amb, geo.f_amb)
+        return out
+
+    def _fit_local(self, yl, theta, x, x_idx, m_idx, rows=None, jac=False, mask=None
+                   ) -> tuple[torch.Tensor, PathSystem]:
+        geo = self._geometry(theta.device)
+        L, Q = theta.shape[:2]
+        if rows is None:
+            rows = torch.arange(L, device=theta.device)
+        if Q == 0:
+            z = torch.zeros(L, dtype=F64, device=theta.device)
+            return theta, PathSystem(z, torch.zeros(L, 0, dtype=C128, device=theta.device))
+        geom, J = geo.local_paths(m_idx[rows], theta)
+        fit = path_system(geo, x, x_idx[rows], self._paths(Q, theta.device), geom, y=yl, y_idx=rows,
+                          jac=J if jac else None, path_mask=mask)
+        return theta, fit
+
+    def _refine_local(self, yl, theta, x, x_idx, m_idx, tol, rows=None, mask=None) -> tuple[torch.Tensor, PathSystem]:
+        """Joint LM over all targets' per-AP parameters of problems ``rows`` (data ``yl[rows]``; ``mask`` [L, Q N]
+        paths switched off)."""
+        L, Q, K1 = theta.shape
+        if rows is None:
+            rows = torch.arange(L, device=theta.device)
+
+        def evaluate(th: torch.Tensor, idx: torch.Tensor) -> PathSystem:
+            return self._fit_local(yl, th.view(-1, Q, K1), x, x_idx, m_idx, rows=rows[idx], jac=True,
+                                   mask=None if mask is None else mask[idx])[1]
+
+        def project(th: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return self._project_local(th.view(-1, Q, K1), m_idx[rows[idx]]).reshape(th.shape)
+
+        geo = self._geometry(theta.device)
+        N = self.cfg.n_tx
+        per_target = torch.tensor([geo.range_res / 2] * 2 + [geo.doppler_res / 2] * N, dtype=F64,
+                                  device=theta.device)
+        th, fit = _levenberg_marquardt(evaluate, self._project_local(theta, m_idx[rows]).reshape(L, Q * K1),
+                                       project, tol=tol, max_iter=self.max_iter, max_step=per_target.repeat(Q))
+        return th.view(L, Q, K1), fit
+
+    def _best_single(self, resid, cand, x, x_idx, m_idx, tol) -> torch.Tensor:
+        """Refine every candidate [L, C, K1] as a single target on ``resid`` [L, ...]; keep the most likely."""
+        L, C, K1 = cand.shape
+        rows = torch.arange(L, device=cand.device).repeat_interleave(C)
+        th, fit = self._refine_local(resid, cand.reshape(L * C, 1, K1), x, x_idx, m_idx, tol, rows=rows)
+        k = fit.energy.view(L, C).argmax(1)
+        return th.view(L, C, K1)[torch.arange(L, device=cand.device), k]
+
+    def _signals(self, theta, gains, x, x_idx, m_idx) -> torch.Tensor:
+        geo = self._geometry(theta.device)
+        geom, _ = geo.local_paths(m_idx, theta)
+        return path_signals(geo, x, x_idx, self._paths(theta.shape[1], theta.device), geom, gains)
+
+    # ------------------------------------------------------------------------------------------ coarse grid
+    def _grid(self, dev: torch.device) -> dict[str, torch.Tensor]:
+        """Coarse-search geometry (cached): a position grid over the area (spacing ``range_res / oversample``) and,
+        per receive AP m, grid point g and transmit AP n, the nearest receive beam of the AoA-cosine grid, the
+        nearest bin of the zero-padded range DFT and the AoD steering vector of g."""
+        key = str(dev)
+        if key in self._grid_cache:
+            return self._grid_cache[key]
+        cfg, geo = self.cfg, self._geometry(dev)
+        M, N = cfg.n_rx, cfg.n_tx
+        U = self.angle_oversample * cfg.n_rx_antennas
+        u = -1 + (torch.arange(U, dtype=F64, device=dev) + 0.5) * (2.0 / U)
+        lf = self.oversample * cfg.n_subcarriers
+        dd = SPEED_OF_LIGHT / (lf * cfg.subcarrier_stride * cfg.subcarrier_spacing)
+        K = min(lf, int(math.floor(geo.d_max / dd)) + 2)
+        h = geo.range_res / self.oversample
+        (x0, x1), (y0, y1) = cfg.area
+        gx = torch.arange(x0 + h / 2, x1, h, dtype=F64, device=dev)
+        gy = torch.arange(y0 + h / 2, y1, h, dtype=F64, device=dev)
+        pts = torch.stack(torch.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)  # [G, 2]
+        G = pts.shape[0]
+        th = torch.cat([pts[None, None].expand(M, 1, G, 2).reshape(M, G, 2), torch.zeros(M, G, N, dtype=F64,
+                                                                                          device=dev)], -1)
+        geom, _ = geo.local_paths(torch.arange(M, device=dev), th)  # each [M, G N]
+        u_g = geom[0].view(M, G, N)[..., 0]
+        d_g = geom[1].view(M, G, N)
+        w_g = geom[3].view(M, G, N)
+        iu = torch.round((u_g + 1) * U / 2 - 0.5).long().clamp(0, U - 1)  # nearest AoA beam [M, G]
+        idn = torch.round(d_g / dd).long()  # [M, G, N]
+        ok = ((idn >= 0) & (idn < K)).all(-1)
+        lt = self.oversample * cfg.n_symbols
+        f = torch.fft.fftfreq(lt, cfg.symbol_stride * cfg.symbol_duration, dtype=F64, device=dev)
+        out = dict(u=u, pts=pts, shape=torch.tensor([gx.numel(), gy.numel()]), iu=iu, idn=idn.clamp(0, K - 1),
+                   ok=ok, a_r=geo.steer(u, cfg.n_rx_antennas, C64),
+                   a_t=geo.steer(w_g, cfg.n_tx_antennas, C64),  # [M, G, N, Nt]
+                   f=f, f_ok=(f.abs() <= geo.f_max), lf=torch.tensor(lf), lt=torch.tensor(lt), K=torch.tensor(K))
+        self._grid_cache[key] = out
+        return out
+
+    def _candidates(self, r: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, x_idx: torch.Tensor,
+                    m_idx: torch.Tensor) -> torch.Tensor:
+        """The ``n_candidates`` best local maxima of the coarse target statistic per problem: [L, C, 2 + N]
+        (local position and the N Dopplers).
+
+        For every grid point g and transmit AP n: the receive beam towards g, symbols removed by the matched filter
+        of the transmit beam towards g (``conj(a_t^H x)``), a zero-padded DFT over subcarriers read at the range
+        bin of d_n(g), a zero-padded DFT over symbols, the best Doppler, GLRT-normalised by the transmit beam
+        energy ``a_t^H R_x a_t``; the target statistic is the sum over n (module docstring, step 1).
+        """
+        cfg = self.cfg
+        dev = r.device
+        grid = self._grid(dev)
+        N, Nt, Ns, Ts = cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols
+        U = grid["u"].numel()
+        K, lf, lt = int(grid["K"]), int(grid["lf"]), int(grid["lt"])
+        G = grid["pts"].shape[0]
+        gx, gy = (int(v) for v in grid["shape"])
+        L = rows.numel()
+        Cn = self.n_candidates
+        out = torch.empty(L, Cn, 2 + N, dtype=F64, device=dev)
+        step_u = max(1, min(U, _CHUNK_BYTES // (Nt * lf * Ts * 8 * 3)))
+        zero = torch.zeros((), device=dev)
+        for l0 in range(L):  # one problem at a time: the work per problem is already vectorised
+            b = int(x_idx[rows[l0]])
+            m = int(m_idx[rows[l0]])
+            xb = x[b].to(C64)  # [N, Nt, Ns, Ts]
+            Rx = xb.reshape(N, Nt, Ns * Ts) @ xb.reshape(N, Nt, Ns * Ts).mH
+            zb = torch.einsum("ur,rit->uit", grid["a_r"].conj(), r[l0].to(C64))  # [U, Ns, Ts]
+            iu = grid["iu"][m]
+            T = torch.zeros(G, dtype=torch.float32, device=dev)
+            Fi = torch.empty(N, G, dtype=torch.long, device=dev)
+            for n in range(N):
+                at = grid["a_t"][m, :, n]  # [G, Nt]
+                E = torch.einsum("gp,pq,gq->g", at.conj(), Rx[n], at).real.clamp_min(1e-30)
+                z2 = torch.empty(G, Ts, dtype=C64, device=dev)
+                for u0 in range(0, U, step_u):
+                    sel = ((iu >= u0) & (iu < u0 + step_u)).nonzero().flatten()
+                    if sel.numel() == 0:
+                        continue
+                    prod = zb[u0:u0 + step_u, None] * xb[n].conj()[None]  # [u, Nt, Ns, Ts]
+                    F1 = torch.fft.ifft(prod, n=lf, dim=2)[:, :, :K] * lf  # [u, Nt, K, Ts]
+                    F1 = F1[iu[sel] - u0, :, grid["idn"][m, sel, n]]  # [g, Nt, Ts]
+                    z2[sel] = torch.einsum("gp,gpt->gt", at[sel], F1)
+                S = torch.fft.fft(z2, n=lt, dim=-1)
+                pw = torch.where(grid["f_ok"], (S.real**2 + S.imag**2) / E[:, None], zero)
+                mx, Fi[n] = pw.max(-1)
+                T += mx
+            T = torch.where(grid["ok"][m], T, torch.full_like(T, -1.0)).view(1, 1, gx, gy)
+            peak = torch.nn.functional.max_pool2d(T, 3, 1, 1)
+            cand = torch.where((T >= peak) & (T > 0), T, torch.full_like(T, -1.0)).flatten()
+            top = torch.topk(cand, min(Cn, G)).indices
+            if top.numel() < Cn:
+                top = torch.cat([top, top[:1].expand(Cn - top.numel())])
+            out[l0, :, :2] = grid["pts"][top]
+            for n in range(N):
+                out[l0, :, 2 + n] = grid["f"][Fi[n, top]]
+        return out
+
+    # ------------------------------------------------------------------------------------------ CPU fusion
+    def fisher_weights(self, msgs: ApMessages, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the CPU computes from the messages and X: the per-AP Fisher information of theta (gains
+        eliminated) [B, M, Q K1, Q K1] and every path's detection statistic ``path_energy / xi^2`` [B, M, Q, N]."""
+        cfg = self.cfg
+        B, M, Q, K1 = msgs.theta.shape
+        dev = x.device
+        geo = self._geometry(dev)
+        m_idx = torch.arange(M, device=dev).repeat(B)
+        x_idx = torch.arange(B, device=dev).repeat_interleave(M)
+        th, gains, det = _placeholders(msgs, geo, dev)
+        geom, J = geo.local_paths(m_idx, th.reshape(B * M, Q, K1))
+        fit = path_system(geo, x, x_idx, self._paths(Q, dev), geom, jac=J, gains=gains.reshape(B * M, -1),
+                          path_mask=det.reshape(B * M, -1))
+        return ((2.0 / cfg.noise_watt * fit.jtj).reshape(B, M, Q * K1, Q * K1),
+                (fit.path_energy / cfg.noise_watt).reshape(B, M, Q, cfg.n_tx))
+
+    def fuse(self, msgs: ApMessages, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CPU fusion (module docstring): psi [B, Q, 4] (g, v per target) and every AP's local estimate
+        [B, M, Q, 4] associated with the fused targets (starts for the joint refinement).
+
+        Paths the APs did not detect (NaN in the message) carry no information (zero gain); a target slot without
+        any detected path is left out. A scene without any detected path uses every slot.
+        """
+        cfg = self.cfg
+        B, M, Q, K1 = msgs.theta.shape
+        N = cfg.n_tx
+        Jw_t, _ = self.fisher_weights(msgs, x)
+        Jw = Jw_t.cpu().numpy()
+        th_t, _, det_t = _placeholders(msgs, self._geometry(x.device), x.device)
+        det = det_t.cpu().numpy()  # [B, M, Q, N]: the paths the APs detected
+        theta = th_t.cpu().numpy()
+        lay = _NumpyLayout(cfg)
+        psi = np.empty((B, Q, 4))
+        starts = np.empty((B, M, Q, 4))
+        for b in range(B):
+            dmask = det[b] if det[b].any() else np.ones_like(det[b])
+            keep = np.zeros((M, Q, K1), dtype=bool)
+            keep[..., :2] = dmask.any(-1)[..., None]
+            keep[..., 2:] = dmask
+            Lw = np.stack([_whitener(Jw[b, m], keep[m].reshape(-1)) for m in range(M)])  # [M, QK1, QK1]
+            local = np.stack([[lay.local_estimate(m, theta[b, m, q], dmask[m, q]) for q in range(Q)]
+                              for m in range(M)])  # [M, Q, 4]
+            perm = _associate(local[..., :2], dmask.any(-1))  # [M, Q]: AP m's slot for target q
+            best = None
+            for it in range(2 if Q > 1 else 1):
+                for s in range(M):
+                    if not dmask[s].any():
+                        continue
+                    x0 = np.stack([local[s, perm[s, q]] for q in range(Q)])
+                    sol = lay.fit(theta[b], Lw, perm, x0)
+                    if best is None or sol[1] < best[1]:
+                        best = sol
+                if it == 0 and Q > 1:  # re-associate on the Mahalanobis distances to the fused targets
+                    perm = lay.reassociate(theta[b], Lw, best[0])
+                    best = None
+            psi[b] = best[0]
+            for m in range(M):
+                starts[b, m] = local[m, perm[m]]
+        return torch.from_numpy(psi).to(x.device), torch.from_numpy(starts).to(x.device)
+
+    # ------------------------------------------------------------------------------------------ centralized ML
+    def joint_refine(self, y: torch.Tensor, x: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centralized ML over psi from every start [B, S, Q, 4]; returns the most likely psi [B, Q, 4] and its
+        explained energy [B] (the CPU's likelihood check)."""
+        cfg = self.cfg
+        B, S, Q, _ = starts.shape
+        M, N = cfg.n_rx, cfg.n_tx
+        dev = y.device
+        geo = self._geometry(dev)
+        yl = y.reshape(B * M, *y.shape[2:])
+        scene = torch.arange(B, device=dev).repeat_interleave(S)  # problem -> scene
+        lo = torch.cat([geo.lower, torch.full((2,), -cfg.max_speed, dtype=F64, device=dev)])
+        hi = torch.cat([geo.upper, torch.full((2,), cfg.max_speed, dtype=F64, device=dev)])
+        paths = self._paths(Q, dev)
+
+        def evaluate(th: torch.Tensor, idx: torch.Tensor) -> PathSystem:
+            P_ = th.shape[0]
+            geom, J = geo.joint_paths(th.view(P_, Q, 4))
+            sc = scene[idx]
+            y_idx = (sc[:, None] * M + torch.arange(M, device=dev)).reshape(-1)
+            fit = path_system(geo, x, sc.repeat_interleave(M), paths, geom, y=yl, y_idx=y_idx, jac=J)
+            return PathSystem(fit.energy.view(P_, M).sum(1), fit.gains.view(P_, M * Q * N),
+                              fit.jtj.view(P_, M, 4 * Q, 4 * Q).sum(1), fit.grad.view(P_, M, 4 * Q).sum(1))
+
+        def project(th: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            v = th.view(-1, Q, 4)
+            return torch.maximum(torch.minimum(v, hi), lo).reshape(th.shape)
+
+        th0 = project(starts.reshape(B * S, Q * 4).to(dev, F64), scene)
+        vstep = geo.doppler_res / geo.kf / 2
+        max_step = torch.tensor([geo.range_res / 2] * 2 + [vstep] * 2, dtype=F64, device=dev).repeat(Q)
+        th, fit = _levenberg_marquardt(evaluate, th0, project, tol=1e-6 * cfg.noise_watt, max_iter=self.max_iter,
+                                       max_step=max_step)
+        e = fit.energy.view(B, S)
+        k = e.argmax(1)
+        ar = torch.arange(B, device=dev)
+        return th.view(B, S, Q, 4)[ar, k], e[ar, k]
+
+
+# ================================================================================================ CPU helpers (numpy)
+def _placeholders(msgs: ApMessages, geo: _Geometry, dev: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoded messages with finite placeholders for the NaN (undetected) entries: theta (area centre, Doppler 0),
+    gains (0) and the detection mask [B, M, Q, N]."""
+    th = msgs.theta.to(dev, F64)
+    det = torch.isfinite(th[..., 2:]) & torch.isfinite(msgs.gains.to(dev))
+    th = th.clone()
+    centre = (geo.lower + geo.upper) / 2
+    th[..., :2] = torch.where(torch.isfinite(th[..., :2]), th[..., :2], centre)
+    th[..., 2:] = torch.where(det, th[..., 2:], torch.zeros((), dtype=F64, device=dev))
+    gains = torch.where(det, msgs.gains.to(dev, C128), torch.zeros((), dtype=C128, device=dev))
+    return th, gains, det
+
+
+def _whitener(J: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """W [D, D] with ``||W r||^2 = r_k^T (J_kk - J_kd J_dd^-1 J_dk) r_k`` over the kept entries k of r (the
+    dropped entries d are eliminated as nuisance; their columns and the padding rows of W are zero).
+    Eigen-clipped when the matrix is not positive definite."""
+    D = J.shape[0]
+    J = 0.5 * (J + J.T)
+    k = np.ones(D, dtype=bool) if keep is None else keep
+    W = np.zeros((D, D))
+    if not k.any():
+        return W
+    Jk = J[np.ix_(k, k)]
+    if (~k).any():
+        Jd = J[np.ix_(~k, ~k)]
+        Jc = J[np.ix_(k, ~k)]
+        Jk = Jk - Jc @ np.linalg.pinv(Jd, rcond=1e-12, hermitian=True) @ Jc.T
+        Jk = 0.5 * (Jk + Jk.T)
+    nk = Jk.shape[0]
+    try:
+        Wk = np.linalg.cholesky(Jk + 1e-12 * max(np.trace(Jk), 1e-300) / nk * np.eye(nk)).T
+    except np.linalg.LinAlgError:
+        w, V = np.linalg.eigh(Jk)
+        w = np.maximum(w, 1e-12 * max(w.max(), 1e-300))
+        Wk = (V * np.sqrt(w)).T
+    W[:nk, k] = Wk
+    return W
+
+
+def _associate(points: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """perm [M, Q]: AP m's slot matched to the reference AP's slot q (Hungarian on squared distances of locations
+    [M, Q, 2]); the reference is the AP with the most detected slots (``valid`` [M, Q])."""
+    M, Q, _ = points.shape
+    ref = 0 if valid is None else int(np.argmax(valid.sum(-1)))
+    perm = np.tile(np.arange(Q), (M, 1))
+    for m in range(M):
+        if m == ref:
+            continue
+        cost = ((points[ref][:, None, :] - points[m][None, :, :]) ** 2).sum(-1)
+        r, c = linear_sum_assignment(cost)
+        perm[m, r] = c
+    return perm
+
+
+class _NumpyLayout:
+    """The CPU side in numpy: model h_m(psi) of the per-AP parameters, local estimates, the robust WLS."""
+
+    def __init__(self, cfg: SystemConfig) -> None:
+        self.cfg = cfg
+        self.tx = np.array(cfg.tx_positions, dtype=np.float64)
+        self.rx = np.array(cfg.rx_positions, dtype=np.float64)
+        self.tx_axes = np.array(cfg.tx_axes, dtype=np.float64)
+        self.rx_axes = np.array(cfg.rx_axes, dtype=np.float64)
+        geo = _Geometry(cfg)
+        self.rx_perp = geo.rx_perp.numpy()
+        self.lower, self.upper = geo.lower.numpy(), geo.upper.numpy()
+        self.kf = geo.kf
+        self.period = 1.0 / cfg.antenna_spacing
+        self.N, self.M = len(self.tx), len(self.rx)
+
+    def model(self, m: int, g: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """theta_m of one target at (g, v): [g_x, g_y, f_0 .. f_{N-1}] [2 + N] and its Jacobian [2 + N, 4]."""
+        N = self.N
+        dm_vec = g - self.rx[m]
+        dm = max(np.linalg.norm(dm_vec), 1e-9)
+        em = dm_vec / dm
+        dn_vec = g - self.tx
+        dn = np.maximum(np.linalg.norm(dn_vec, axis=-1), 1e-9)
+        en = dn_vec / dn[:, None]
+        h = np.concatenate([g, self.kf * (en @ v + em @ v)])
+        jac = np.zeros((2 + N, 4))
+        jac[0, 0] = jac[1, 1] = 1.0
+        pv_m = (v - (em @ v) * em) / dm
+        pv_n = (v[None] - (en @ v)[:, None] * en) / dn[:, None]
+        jac[2:, :2] = self.kf * (pv_n + pv_m)
+        jac[2:, 2:] = self.kf * (en + em)
+        return h, jac
+
+    def local_estimate(self, m: int, th: np.ndarray, det: np.ndarray | None = None) -> np.ndarray:
+        """One AP's (g, v) [4] of one target: its local position and the velocity from its detected Dopplers
+        (least squares; minimum norm with a single detected path)."""
+        N = self.N
+        use = np.ones(N, dtype=bool) if det is None or not det.any() else det
+        g = np.clip(th[:2], self.lower + 1e-6, self.upper - 1e-6)
+        em = (g - self.rx[m]) / max(np.linalg.norm(g - self.rx[m]), 1e-9)
+        en = (g - self.tx) / np.maximum(np.linalg.norm(g - self.tx, axis=-1), 1e-9)[:, None]
+        A = self.kf * (en + em)
+        v = np.linalg.lstsq(A[use], th[2:][use], rcond=None)[0]
+        vmax = self.cfg.max_speed
+        return np.concatenate([g, np.clip(v, -vmax + 1e-9, vmax - 1e-9)])
+
+    def _residuals(self, p: np.ndarray, theta: np.ndarray, Lw: np.ndarray, perm: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        M, Q, K1 = theta.shape
+        ps = p.reshape(Q, 4)
+        res, jac = [], []
+        for m in range(M):
+            r = np.empty(Q * K1)
+            Jm = np.zeros((Q * K1, Q * 4))
+            for q in range(Q):
+                h, jh = self.model(m, ps[q, :2], ps[q, 2:])
+                s = perm[m, q]
+                r[s * K1:(s + 1) * K1] = theta[m, s] - h
+                Jm[s * K1:(s + 1) * K1, q * 4:(q + 1) * 4] = -jh
+            res.append(Lw[m] @ r)
+            jac.append(Lw[m] @ Jm)
+        return np.concatenate(res), np.concatenate(jac)
+
+    def fit(self, theta: np.ndarray, Lw: np.ndarray, perm: np.ndarray, x0: np.ndarray) -> tuple[np.ndarray, float]:
+        """Robust bounded WLS of psi [Q, 4] from the messages theta [M, Q, K1]; returns (psi, cost)."""
+        Q = theta.shape[1]
+        vmax = self.cfg.max_speed
+        lo = np.tile(np.concatenate([self.lower, [-vmax, -vmax]]), Q)
+        hi = np.tile(np.concatenate([self.upper, [vmax, vmax]]), Q)
+        p0 = np.clip(x0.reshape(-1), lo + 1e-9, hi - 1e-9)
+        sol = least_squares(lambda p: self._residuals(p, theta, Lw, perm)[0], p0,
+                            jac=lambda p: self._residuals(p, theta, Lw, perm)[1], bounds=(lo, hi), loss="soft_l1",
+                            f_scale=3.0, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200)
+        return sol.x.reshape(Q, 4), float(sol.cost)
+
+    def reassociate(self, theta: np.ndarray, Lw: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        """perm [M, Q] minimising the whitened distances between each AP's slots and the fused targets."""
+        M, Q, K1 = theta.shape
+        perm = np.empty((M, Q), dtype=np.int64)
+        for m in range(M):
+            cost = np.empty((Q, Q))
+            for q in range(Q):
+                h, _ = self.model(m, psi[q, :2], psi[q, 2:])
+                for s in range(Q):
+                    r = np.zeros(Q * K1)
+                    r[s * K1:(s + 1) * K1] = theta[m, s] - h
+                    cost[q, s] = np.log1p(float(np.sum((Lw[m] @ r) ** 2)))
+            r_, c_ = linear_sum_assignment(cost)
+            perm[m, r_] = c_
+        return perm
+
+
+@register("ml")
+def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MLEstimator:
+    if checkpoint is not None:
+        raise ValueError("the ML estimator has no checkpoint")
+    return MLEstimator(cfg, **options)
+
+
+@register("ml-joint")
+def _create_joint(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MLEstimator:
+    if checkpoint is not None:
+        raise ValueError("the ML estimator has no checkpoint")
+    return MLEstimator(cfg, joint=True, **options)
