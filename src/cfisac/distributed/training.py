@@ -36,12 +36,12 @@ Failure
     stops with an error naming the failed rank, and the last complete checkpoint resumes the run (``--resume``).
 
 The AP never receives X, the labels or another AP's echoes; the CPU never receives echoes, only what steps 4 and 6
-carry. Checkpoint traffic (steps 2 and 7) is counted apart from the per-step fronthaul.
+carry. Checkpoint traffic (steps 2 and 7) is counted apart from the per-step fronthaul. The CPU writes
+``out/distributed.json`` (bytes and messages per kind and AP link, its time per step phase) with every checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -227,6 +227,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
         torch.set_num_threads(threads)
     me = role_name(link.rank)
     steps_done = 0
+    timings = dict.fromkeys(("simulate", "forward", "send_forward", "wait_grad", "backward"), 0.0)
     try:
         _send_json(link, Kind.HELLO, {"role": "ap", "ap": m, "task": "train", "host": socket.gethostname(),
                                       "pid": os.getpid()}, ap=m)
@@ -270,7 +271,9 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                 if not 0 <= r < len(batches[epoch]):
                     raise MessageError(f"CONTROL asks for step {r} of epoch {epoch}, which has "
                                        f"{len(batches[epoch])} steps")
+                t0 = time.perf_counter()
                 y_m = ap_echoes(cfg, tcfg.seed, batches[epoch][r], m).to(device)
+                t1 = time.perf_counter()
                 payload = trainer.forward(y_m)
                 out = getattr(trainer, "_out", None)
                 if out is None:
@@ -282,7 +285,9 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                                    device=link.device, checksum=checksum)
                 if action == "truncate":
                     fwd = Message(fwd.header, fwd.body[: fwd.body.numel() // 2])
+                t2 = time.perf_counter()
                 link.send(fwd)
+                t3 = time.perf_counter()
                 grad = None
                 if trainer.optimizer is not None:
                     gmsg = link.recv(Kind.GRAD, what=f"GRAD of step {s}")
@@ -290,7 +295,12 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                         raise MessageError(f"GRAD is for step {gmsg.header.step}, expected {s}")
                     grad = decode_tensor(open_body(gmsg), what=f"GRAD of step {s}", shape=tuple(payload.shape),
                                          dtype=torch.float32).to(device)
+                t4 = time.perf_counter()
                 trainer.backward(grad)
+                t5 = time.perf_counter()
+                for key, dt in (("simulate", t1 - t0), ("forward", t2 - t1), ("send_forward", t3 - t2),
+                                ("wait_grad", t4 - t3), ("backward", t5 - t4)):
+                    timings[key] += dt
                 steps_done += 1
             elif op == "validate":
                 ap.eval()
@@ -311,7 +321,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
             elif op == "stop":
                 _send_json(link, Kind.DONE, {"steps": steps_done}, ap=m, checksum=checksum)
                 log(f"{me}: done after {steps_done} steps")
-                return {"steps": steps_done, "traffic": link.traffic.to_dict()}
+                return {"steps": steps_done, "traffic": link.traffic.to_dict(), "timings_s": timings}
             else:
                 raise MessageError(f"unknown CONTROL op {op!r}")
     except PeerAborted as err:
@@ -411,6 +421,8 @@ def run_cpu_training(
     need_grads = any(p.requires_grad for p in model.aps[0].parameters())
     checksum = dcfg.checksum
     elapsed = elapsed0
+    timings = dict.fromkeys(("control", "data", "wait_forward", "decoder_step", "send_grad"), 0.0)
+    timings["steps"] = 0
     where = {"epoch": epoch, "step": step_in_epoch, "global_step": global_step}
 
     def control(op: str, **fields: Any) -> None:
@@ -460,8 +472,18 @@ def run_cpu_training(
 
     def save(finished: bool) -> Path:
         tensors = gather_states()
-        return writer.write(model, tensors, groups, epoch=epoch, step=step_in_epoch, global_step=global_step,
+        path = writer.write(model, tensors, groups, epoch=epoch, step=step_in_epoch, global_step=global_step,
                             elapsed=elapsed, history=history, steps=steps, finished=finished)
+        write_report()
+        return path
+
+    def write_report() -> None:
+        """out/distributed.json: this session's traffic per AP link and the CPU's time per step phase."""
+        from ..train import _write_json_atomic
+
+        rep = {"uplink": uplink, "world_size": cfg.n_rx + 1, "cpu_timings_s": timings,
+               "traffic": {f"ap{m}": link.traffic.to_dict() for m, link in enumerate(links)}}
+        _write_json_atomic(out / "distributed.json", rep)
 
     def validate() -> dict[str, float]:
         if tcfg.n_val == 0:
@@ -513,16 +535,26 @@ def run_cpu_training(
             while step_in_epoch < len(batches):
                 rows = batches[step_in_epoch]
                 where.update(epoch=epoch, step=step_in_epoch, global_step=global_step)
+                t0 = time.perf_counter()
                 control("step", epoch=epoch, step=step_in_epoch)
+                t1 = time.perf_counter()
                 b = cpu_inputs(cfg, tcfg.seed, rows)
                 x = b["x"].to(device)
                 target = normaliser.normalise(b["labels"].to(device))
+                t2 = time.perf_counter()
                 payloads, ap_stats = receive_payloads(Kind.FORWARD, global_step, len(rows))
+                t3 = time.perf_counter()
                 loss, grads, pred = cpu_trainer.step(payloads, x, target, need_grads=need_grads)
+                t4 = time.perf_counter()
                 if need_grads:
                     for m, link in enumerate(links):
                         link.send(make_message(Kind.GRAD, encode_tensor(grads[m].float()), sender=0, ap=m,
                                                step=global_step, device=link.device, checksum=checksum))
+                t5 = time.perf_counter()
+                for key, dt in (("control", t1 - t0), ("data", t2 - t1), ("wait_forward", t3 - t2),
+                                ("decoder_step", t4 - t3), ("send_grad", t5 - t4)):
+                    timings[key] += dt
+                timings["steps"] += 1
                 commitment = sum(s["commitment"] for s in ap_stats)
                 r = {"mse": loss, "commitment": commitment, "loss": loss + commitment,
                      "perplexity": [s["perplexity"] for s in ap_stats], "usage": [s["usage"] for s in ap_stats]}
@@ -576,6 +608,7 @@ def run_cpu_training(
         control("stop")
         for link in links:
             _recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
+        write_report()
     except KeyboardInterrupt:
         _abort_all(links, "the CPU was interrupted")
         raise
@@ -590,7 +623,7 @@ def run_cpu_training(
             f"{where['global_step']}): {reason}; every rank stops; {pointer}") from err
     model.sync_codebooks()
     model.eval()
-    log(f"traffic per AP link: {json.dumps(links[0].traffic.to_dict())}")
+    log(f"traffic per AP link and time per step phase: {out / 'distributed.json'}")
     return TrainResult(out, last_ckpt, history, not stopped, model, normaliser)
 
 
