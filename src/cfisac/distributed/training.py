@@ -46,6 +46,7 @@ import math
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,7 @@ def run_cpu_training(
     elapsed = elapsed0
     timings = dict.fromkeys(("control", "data", "wait_forward", "decoder_step", "send_grad"), 0.0)
     timings["steps"] = 0
+    recent: deque[float] = deque(maxlen=1000)  # wall time of the last steps (CPU view)
     where = {"epoch": epoch, "step": step_in_epoch, "global_step": global_step}
 
     def control(op: str, **fields: Any) -> None:
@@ -482,6 +484,7 @@ def run_cpu_training(
         from ..train import _write_json_atomic
 
         rep = {"uplink": uplink, "world_size": cfg.n_rx + 1, "cpu_timings_s": timings,
+               "recent_step_s": list(recent),
                "traffic": {f"ap{m}": link.traffic.to_dict() for m, link in enumerate(links)}}
         _write_json_atomic(out / "distributed.json", rep)
 
@@ -555,6 +558,7 @@ def run_cpu_training(
                                 ("decoder_step", t4 - t3), ("send_grad", t5 - t4)):
                     timings[key] += dt
                 timings["steps"] += 1
+                recent.append(time.perf_counter() - t0)
                 commitment = sum(s["commitment"] for s in ap_stats)
                 r = {"mse": loss, "commitment": commitment, "loss": loss + commitment,
                      "perplexity": [s["perplexity"] for s in ap_stats], "usage": [s["usage"] for s in ap_stats]}
