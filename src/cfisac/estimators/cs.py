@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.ndimage import maximum_filter
 
 from ..config import SPEED_OF_LIGHT, SystemConfig
 from . import Estimate, register
@@ -58,15 +59,15 @@ class CsEstimator:
 
     Options (keyword-only): ``delay_oversample`` / ``aod_oversample`` dictionary oversampling of the range grid
     (vs. ``c / B``) and of the transmit beam grid (vs. ``Nt``) (4, 4); ``oversample`` zero padding of the angle /
-    Doppler DFT (4); ``refine_rounds`` maximum cyclic refinement rounds after OMP (8, stopped early once
-    no atom moves by 1e-5 cell); ``symbol_chunk`` symbols per block
-    in the correlation step (memory bound).
+    Doppler DFT (4); ``refine_rounds`` maximum cyclic refinement rounds after OMP (8, stopped early once no atom
+    moves by 1e-5 cell); ``n_candidates`` grid atoms tried at every OMP step (refined and polished; the one leaving
+    the smallest least-squares residual wins) (3); ``symbol_chunk`` symbols per block in the correlation step.
     """
 
     name = "cs"
 
     def __init__(self, cfg: SystemConfig, *, delay_oversample: int = 4, aod_oversample: int = 4, oversample: int = 4,
-                 refine_rounds: int = 8, symbol_chunk: int = 32) -> None:
+                 refine_rounds: int = 8, n_candidates: int = 3, symbol_chunk: int = 32) -> None:
         if cfg.n_tx * cfg.n_targets > cfg.n_subcarriers // 2:
             raise ValueError(
                 f"CS needs N Q <= Ns / 2 atoms per symbol: N={cfg.n_tx}, Q={cfg.n_targets}, Ns={cfg.n_subcarriers}")
@@ -81,6 +82,7 @@ class CsEstimator:
         self.aod_oversample = aod_oversample
         self.oversample = oversample
         self.refine_rounds = refine_rounds
+        self.n_candidates = n_candidates
         self.symbol_chunk = symbol_chunk
         self.fronthaul_bits_per_ap = 96 * cfg.n_targets
         self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
@@ -132,21 +134,17 @@ class CsEstimator:
         quota = [Q] * N
         residual = ym
         for _ in range(N * Q):
-            n, d0, u0 = self._pick(residual, x, m, quota)
-            atom = Path(n=n, u_rx=0.0, u_tx=u0, d=d0, f=0.0)
-            atoms.append(self._refine_atom(ym, x, rxx[n], atom, atoms, first=True))
-            quota[n] -= 1
-            coeffs, fitted = self._least_squares(ym, x, atoms)
-            residual = ym - fitted
-        for _ in range(self.refine_rounds if len(atoms) > 1 else 0):
-            change = 0.0
-            for j in range(len(atoms)):
-                old = atoms[j]
-                atoms[j] = self._refine_atom(ym, x, rxx[old.n], old, atoms[:j] + atoms[j + 1:], first=False)
-                change = max(change, abs(atoms[j].d - old.d) / comb.range_res,
-                             abs(atoms[j].u_tx - old.u_tx) * cfg.n_tx_antennas * comb.spacing)
-            if change < 1e-5:
-                break
+            best = (np.inf, None)
+            for cand in self._pick(residual, x, m, quota, top=self.n_candidates):
+                new, _ = self._refine_atom(ym, x, rxx[cand.n], cand, atoms, first=True)
+                trial = self._polish(ym, x, m, rxx, atoms + [new], rounds=1)
+                err = float(np.linalg.norm(ym - self._least_squares(ym, x, trial)[1]))
+                if err < best[0]:
+                    best = (err, trial)
+            atoms = best[1]
+            quota[atoms[-1].n] -= 1
+            residual = ym - self._least_squares(ym, x, atoms)[1]
+        atoms = self._polish(ym, x, m, rxx, atoms, rounds=self.refine_rounds, redetect=2)
         coeffs, _ = self._least_squares(ym, x, atoms)
         self._angle_doppler(atoms, coeffs)
         groups = pair_paths([[p for p in atoms if p.n == n] for n in range(N)], self.layout, m, comb)
@@ -154,12 +152,14 @@ class CsEstimator:
         return (np.array(out_u), np.array([[p.d for p in g] for g in groups]),
                 np.array([[p.f for p in g] for g in groups]))
 
-    def _pick(self, r: np.ndarray, x: np.ndarray, m: int, quota: list[int]) -> tuple[int, float, float]:
-        """OMP selection: the (n, range, AoD) grid atom with the largest normalised correlation energy."""
+    def _pick(self, r: np.ndarray, x: np.ndarray, m: int, quota: list[int], top: int = 1) -> list[Path]:
+        """OMP selection: the ``top`` grid atoms (n, range, AoD) with the largest normalised correlation energy
+        ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` among the local maxima of every allowed transmit AP's
+        statistic (``scipy.ndimage.maximum_filter``); best first."""
         cfg, comb = self.cfg, self.comb
         mr, ns, ts = r.shape
-        best = (-np.inf, 0, 0.0, 0.0)
         la = self.u_tx_grid.size
+        found: list[tuple[float, Path]] = []
         for n in range(cfg.n_tx):
             if quota[n] <= 0:
                 continue
@@ -175,17 +175,24 @@ class CsEstimator:
                 energy = (np.abs(tx_beam(xs, self.u_tx_grid, comb.spacing)) ** 2).sum(1)  # ||phi_t||^2 [La, T]
                 stat += np.einsum("pkgt,pt->pg", np.abs(v) ** 2, 1.0 / np.maximum(energy, 1e-300))
             stat[~self.u_tx_valid] = -np.inf
-            p, g = np.unravel_index(np.argmax(stat), stat.shape)
-            if stat[p, g] > best[0]:
-                best = (stat[p, g], n, float(self.d_grid[keep[g]]), float(self.u_tx_grid[p]))
-        return best[1], best[2], best[3]
+            mode = ("wrap" if comb.spacing >= 0.5 - 1e-12 else "nearest", "nearest")
+            peaks = np.argwhere((maximum_filter(stat, size=3, mode=mode) == stat) & np.isfinite(stat))
+            vals = stat[peaks[:, 0], peaks[:, 1]]
+            for i in np.argsort(vals)[::-1][:top]:
+                p, g = peaks[i]
+                found.append((float(vals[i]), Path(n=n, u_rx=0.0, u_tx=float(self.u_tx_grid[p]),
+                                                   d=float(self.d_grid[keep[g]]), f=0.0)))
+        found.sort(key=lambda c: -c[0])
+        return [p for _, p in found[:top]]
 
     def _refine_atom(self, ym: np.ndarray, x: np.ndarray, rxx: np.ndarray, atom: Path, others: list[Path],
-                     first: bool) -> Path:
+                     first: bool) -> tuple[Path, float]:
         """Continuous refinement of an atom's range and AoD (alternating 1-D zooms) on the MMV objective with the
         other atoms projected out per symbol (alternating projection: the joint least-squares fit of all atoms)::
 
             J(d, u) = sum_{k,t} |phi_t^H P_t y_{k,t}|^2 / (phi_t^H P_t phi_t),   P_t = I - O_t (O_t^H O_t)^-1 O_t^H
+
+        Returns the atom and J at the optimum (the energy it explains).
         """
         comb, cfg = self.comb, self.cfg
         x_n = x[atom.n]
@@ -235,10 +242,38 @@ class CsEstimator:
                 e_ = np.einsum("cl,tlk,ck->ct", a.conj(), rxx, a, optimize=True).real
                 return concentrated(a_, c_, e_)[None]
 
-            u = float(zoom_maximize(obj_u, np.array([u]), hu * scale, lower=lo, upper=hi)[0][0])
+            uu, val = zoom_maximize(obj_u, np.array([u]), hu * scale, lower=lo, upper=hi)
+            u, obj = float(uu[0]), float(val[0])
             if periodic:  # half-wavelength ULA: u and u -+ 2 are the same steering vector
                 u = (u + 1.0) % 2.0 - 1.0
-        return Path(n=atom.n, u_rx=atom.u_rx, u_tx=u, d=d, f=atom.f)
+        return Path(n=atom.n, u_rx=atom.u_rx, u_tx=u, d=d, f=atom.f), obj
+
+    def _polish(self, ym: np.ndarray, x: np.ndarray, m: int, rxx: list[np.ndarray], atoms: list[Path], rounds: int,
+                redetect: int = 0) -> list[Path]:
+        """Cyclic alternating-projection refinement of all atoms; in the first ``redetect`` rounds every atom is also
+        re-detected on the data with the other atoms' least-squares fit removed, and replaced when the re-detected
+        atom explains more energy (escapes atoms captured by another path's cross-terms)."""
+        cfg, comb = self.cfg, self.comb
+        atoms = list(atoms)
+        for rnd in range(rounds if len(atoms) > 1 else 0):
+            change = 0.0
+            for j in range(len(atoms)):
+                old = atoms[j]
+                others = atoms[:j] + atoms[j + 1:]
+                new, obj = self._refine_atom(ym, x, rxx[old.n], old, others, first=False)
+                if rnd < redetect:
+                    quota = [1 if n == old.n else 0 for n in range(cfg.n_tx)]
+                    res_j = ym - self._least_squares(ym, x, others)[1]
+                    for cand in self._pick(res_j, x, m, quota):
+                        cand, obj_c = self._refine_atom(ym, x, rxx[old.n], cand, others, first=True)
+                        if obj_c > obj * (1.0 + 1e-6):
+                            new, obj = cand, obj_c
+                atoms[j] = new
+                change = max(change, abs(new.d - old.d) / comb.range_res,
+                             abs(wrap_cosine(new.u_tx - old.u_tx, comb.spacing)) * cfg.n_tx_antennas * comb.spacing)
+            if change < 1e-5 and rnd >= redetect - 1:
+                break
+        return atoms
 
     def _atoms(self, x: np.ndarray, atoms: list[Path]) -> np.ndarray:
         """Atom matrix per symbol: [Ts, Ns, J] with ``phi_j[i, t] = exp(-j 2 pi i d_j df / c) b_j[i, t]``."""

@@ -3,22 +3,31 @@
 Each receive AP m processes only its own echoes Y_m [Mr, Ns, Ts] and the known transmit signals X (the receive AP
 is assumed to know X, i.e. the data symbols and precoders, for this scheme; see :mod:`.signal_processing`):
 
-1. **AoA by MUSIC** on the spatial covariance ``R = Y_m Y_m^H / (Ns Ts)`` (the random data make the targets'
-   echoes uncorrelated over the cells, so every cell is a snapshot). The signal subspace dimension is Q, or estimated
-   by MDL / AIC (Wax-Kailath) with ``model_order="mdl" | "aic"``. Peaks of the pseudo-spectrum are found on a fine
-   direction-cosine grid (``scipy.signal.find_peaks``; the grid is circular for half-wavelength spacing, so endfire
-   targets are handled) and refined by zooming on the exact pseudo-spectrum. When fewer than Q peaks exist (targets
-   unresolved in angle), the strongest peaks are reused: such a beam then carries several targets, which the range /
-   Doppler stage separates.
+1. **AoA by MUSIC** on a spatial covariance. ``covariance="raw"`` uses the cells of Y_m as snapshots,
+   ``R = Y_m Y_m^H / (Ns Ts)``, as [11] (the random data make the targets' echoes uncorrelated over the cells).
+   The default ``covariance="gated"`` first compresses every receive antenna's data in range and Doppler with the
+   known X (matched filter per transmit antenna, 2-D DFT) and keeps only the bins a target in the area can produce
+   (:meth:`MusicEstimator.gated_covariance`): the same MUSIC, on snapshots from which the noise of impossible ranges
+   / Dopplers is removed (about 5 dB at the ``quick`` preset, far more at ``paper``). Forward-backward averaging is
+   applied. The signal subspace dimension is Q, or estimated by MDL / AIC (Wax-Kailath) with
+   ``model_order="mdl" | "aic"``. Peaks of the pseudo-spectrum are found on a fine direction-cosine grid
+   (``scipy.signal.find_peaks``; the grid is circular for half-wavelength spacing, so endfire targets are handled)
+   and refined by zooming on the exact pseudo-spectrum. When fewer than Q peaks exist (targets unresolved in
+   angle), the strongest peaks are reused: such a beam then carries several targets, which the range / Doppler
+   stage separates.
 2. **Receive beams**: least-squares (zero-forcing) spatial separation onto the distinct MUSIC steering vectors,
    ``r = A^+ y`` per cell.
-3. **Range and Doppler per transmit AP** on every beam: geometry-constrained matched filtering (the AoD of each range
-   bin follows from the AoA ray and the bistatic ellipse, :func:`.signal_processing.ray_delay_doppler_map`), a
-   zero-padded 2-D DFT over subcarriers and symbols, peak picking in the physically feasible region and continuous
-   refinement of the peak (:func:`.signal_processing.refine_delay_doppler`). The echoes of the N transmit APs overlap
-   in every beam, so paths are detected by successive cancellation (strongest first, reconstructed from the known X
-   and subtracted) and then refined cyclically, each with the others cancelled (SAGE-like least squares). Near
-   endfire both rays of the half-wavelength ULA's ambiguity are tried.
+3. **Range and Doppler per transmit AP** on every beam. Symbol removal is geometry-constrained matched filtering:
+   every bistatic range fixes the point of the AoA ray on the ellipse and hence the AoD whose transmit beam the
+   target saw (:func:`.signal_processing.ray_delay_doppler_map`), followed by a zero-padded 2-D DFT over subcarriers
+   and symbols. The echoes of the N transmit APs overlap in every beam (and their data are correlated through the
+   common user streams), so detection is per target: a point of the ray implies all N bistatic ranges, and the
+   point maximising the energy its N paths explain is taken (:meth:`MusicEstimator.target_candidates`). The best
+   candidates are refined continuously (zoom on the exact DTFT with the AoD following the range,
+   :func:`.signal_processing.refine_delay_doppler`), polished jointly by alternating projection (each path's
+   least-squares fit with the others projected out) with re-detection of paths captured by another path's
+   cross-terms, and the candidate leaving the smallest residual wins; several targets in one beam are found by
+   cancelling the previous ones (CLEAN). Near endfire both rays of the half-wavelength ULA's ambiguity are tried.
 4. **CPU fusion** (:func:`.signal_processing.fuse_messages`): AoA line x bistatic ellipses per AP, Hungarian
    association across APs, robust least squares over all AoAs / ranges, velocity from all N*M bistatic Dopplers.
 
@@ -39,7 +48,7 @@ import numpy as np
 import torch
 from scipy.signal import find_peaks
 
-from ..config import SystemConfig
+from ..config import SPEED_OF_LIGHT, SystemConfig
 from . import Estimate, register
 from .signal_processing import (
     ApMessages,
@@ -139,17 +148,22 @@ class MusicEstimator:
     stopped early once no path moves by 1e-5 cell); ``n_candidates`` target candidates tried at every detection
     step (refined and jointly polished; the one leaving the smallest least-squares residual wins) (3);
     ``angle_grid`` MUSIC grid size (default ``max(512, 64 Mr)``); ``forward_backward`` forward-backward averaging
-    of the covariance (True; valid for the ULA, it doubles the effective snapshots).
+    of the covariance (True; valid for the ULA, it doubles the effective snapshots); ``covariance`` ``"gated"``
+    (default: snapshots after range-Doppler compression, inside the feasible gates, :meth:`gated_covariance`) or
+    ``"raw"`` (the cells of Y_m, as [11]).
     """
 
     name = "music"
 
     def __init__(self, cfg: SystemConfig, *, model_order: str = "given", oversample: int = 4, refine_rounds: int = 8,
-                 n_candidates: int = 3, angle_grid: int | None = None, forward_backward: bool = True) -> None:
+                 n_candidates: int = 3, angle_grid: int | None = None, forward_backward: bool = True,
+                 covariance: str = "gated") -> None:
         if cfg.n_targets >= cfg.n_rx_antennas:
             raise ValueError(
                 f"MUSIC resolves at most Mr - 1 = {cfg.n_rx_antennas - 1} targets per receive AP, got n_targets="
                 f"{cfg.n_targets}")
+        if covariance not in ("gated", "raw"):
+            raise ValueError(f"covariance must be 'gated' or 'raw', got {covariance!r}")
         if model_order not in MODEL_ORDERS:
             raise ValueError(f"model_order must be one of {MODEL_ORDERS}, got {model_order!r}")
         for name, v, low in (("oversample", oversample, 1), ("refine_rounds", refine_rounds, 0),
@@ -163,6 +177,7 @@ class MusicEstimator:
         self.n_candidates = n_candidates
         self.angle_grid = angle_grid
         self.forward_backward = forward_backward
+        self.covariance = covariance
         self.fronthaul_bits_per_ap = 96 * cfg.n_targets
         self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
         self.comb = Comb.from_config(cfg)
@@ -193,12 +208,15 @@ class MusicEstimator:
         cfg, Q = self.cfg, self.cfg.n_targets
         mr = ym.shape[0]
         snap = ym.reshape(mr, -1)
-        cov = snap @ snap.conj().T / snap.shape[1]
+        if self.covariance == "gated":
+            cov, n_snap = self.gated_covariance(ym, x, m)
+        else:
+            cov, n_snap = snap @ snap.conj().T / snap.shape[1], snap.shape[1]
         if self.forward_backward:  # J conj(R) J: the ULA's steering vectors are conjugate-centro-symmetric
             cov = 0.5 * (cov + cov[::-1, ::-1].conj())
         n_signal = Q
         if self.model_order != "given":
-            n_signal = estimate_model_order(np.linalg.eigvalsh(cov), snap.shape[1], self.model_order)
+            n_signal = estimate_model_order(np.linalg.eigvalsh(cov), n_snap, self.model_order)
         us = music_doa(cov, Q, spacing=cfg.antenna_spacing, n_signal=n_signal, grid_size=self.angle_grid)
         uniq, counts = [], []
         for u in us:
@@ -218,6 +236,36 @@ class MusicEstimator:
                 out_d.append([p.d for p in group])
                 out_f.append([p.f for p in group])
         return np.array(out_u), np.array(out_d), np.array(out_f)
+
+    def gated_covariance(self, ym: np.ndarray, x: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+        """Spatial covariance [Mr, Mr] of the range-Doppler-compressed snapshots inside the feasible gates.
+
+        For every transmit AP n and transmit antenna l, each receive antenna's data is matched-filtered with
+        ``conj(x_{n,l})`` and transformed by an (unpadded) 2-D DFT over subcarriers and symbols onto the bistatic
+        range / Doppler grid; only the bins a target in the area can produce (bistatic range between the Tx-Rx
+        baseline and the farthest corner, |Doppler| up to the largest possible) are kept as snapshots. The targets'
+        energy is kept while the noise of the impossible bins is discarded (a gain of the ungated / gated bin
+        ratio), so MUSIC works at lower SNR; the covariance keeps the Q-source structure. Returns (R, snapshots).
+        """
+        cfg, comb, lay = self.cfg, self.comb, self.layout
+        mr, ns, ts = ym.shape
+        d = np.arange(ns) * SPEED_OF_LIGHT / (ns * comb.subcarrier_stride * comb.df)
+        f = np.fft.fftfreq(ts, comb.symbol_stride * comb.dT)
+        (x0, x1), (y0, y1) = cfg.area
+        corners = np.array([[x0, y0], [x0, y1], [x1, y0], [x1, y1]])
+        cov = np.zeros((mr, mr), dtype=np.complex128)
+        count = 0
+        fk = np.abs(f) <= self.f_max + comb.doppler_res
+        for n in range(cfg.n_tx):
+            lo = np.linalg.norm(lay.rx[m] - lay.tx[n]) - comb.range_res
+            hi = (np.linalg.norm(corners - lay.tx[n], axis=1) + np.linalg.norm(corners - lay.rx[m], axis=1)).max()
+            dk = (d >= lo) & (d <= hi + comb.range_res)
+            for xl in x[n]:  # [Ns, Ts] per transmit antenna
+                z = np.fft.ifft(ym * np.conj(xl), axis=1)[:, dk]
+                z = np.fft.fft(z, axis=2)[:, :, fk].reshape(mr, -1)
+                cov += z @ z.conj().T
+                count += z.shape[1]
+        return cov / max(count, 1), count
 
     def beam_targets(self, r: np.ndarray, x: np.ndarray, m: int, u: float, count: int) -> list[list[Path]]:
         """``count`` targets of one receive beam r [Ns, Ts]: per target one refined path per transmit AP.

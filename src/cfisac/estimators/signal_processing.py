@@ -28,11 +28,11 @@ the zero-padded FFT only has to land in the main lobe.
 CPU fusion (:func:`fuse_messages`): each receive AP sends, per target, the AoA cosine, the N bistatic ranges and
 the N bistatic Dopplers (one per transmit AP). The CPU (1) locates every AP's targets from the AoA line and the
 bistatic ellipses, (2) associates the targets across receive APs by the Hungarian algorithm on these locations,
-(3) fuses positions by robust (soft-L1) nonlinear least squares over all AoAs and bistatic ranges, residuals in
-units of the resolution cells, and (4) solves the velocity vector by robust linear least squares from all N*M
-bistatic Dopplers ``lambda f_D = (e_n + e_m) . v``. Positions are constrained to the area and velocities to the
-prior box ``[-max_speed, max_speed]^2`` (bounded least squares): the classical schemes use the same prior support
-as the learned ones.
+(3) fuses positions by robust (Cauchy loss, multi-start) nonlinear least squares over all AoAs and bistatic
+ranges, residuals in units of the resolution cells, and (4) solves the velocity vector by robust linear least
+squares from all N*M bistatic Dopplers ``lambda f_D = (e_n + e_m) . v``. Positions are constrained to the area and
+velocities to the prior box ``[-max_speed, max_speed]^2`` (bounded least squares): the classical schemes use the
+same prior support as the learned ones.
 """
 
 from __future__ import annotations
@@ -502,16 +502,24 @@ def _position_residuals(g: np.ndarray, lay: _Layout, aps: np.ndarray, u: np.ndar
     return res, jac
 
 
+ROBUST_SCALE = 0.5  # Cauchy loss scale of the CPU fusion, in resolution cells
+
+
 def _fit_position(g0s: list[np.ndarray], lay: _Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
                   comb: Comb) -> np.ndarray:
-    """Robust bounded least squares (soft-L1, 1 cell) position from several starts; the lowest cost wins."""
+    """Robust bounded least squares position from several starts; the lowest cost wins.
+
+    Residuals are in resolution cells; the Cauchy loss (scale :data:`ROBUST_SCALE` cells) is a redescending
+    M-estimator: a wrong range or angle from one AP (a detection captured by another path) is rejected instead of
+    pulling the fit, as a quadratic or soft-L1 loss would.
+    """
     best, best_cost = None, np.inf
     lo, hi = lay.lower, lay.upper
     for g0 in g0s:
         g0 = np.clip(g0, lo + 1e-6, hi - 1e-6)
         sol = least_squares(lambda g: _position_residuals(g, lay, aps, u, d, comb)[0], g0,
                             jac=lambda g: _position_residuals(g, lay, aps, u, d, comb)[1], bounds=(lo, hi),
-                            loss="soft_l1", f_scale=1.0, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
+                            loss="cauchy", f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
         if sol.cost < best_cost:
             best, best_cost = sol.x, sol.cost
     return best
@@ -528,9 +536,15 @@ def _fit_velocity(g: np.ndarray, lay: _Layout, f: np.ndarray, comb: Comb, vmax: 
     v0 = np.clip(np.linalg.lstsq(a, b, rcond=None)[0], -vmax + 1e-9, vmax - 1e-9)
     if a.shape[0] <= 2:
         return v0
-    sol = least_squares(lambda v: a @ v - b, v0, jac=lambda v: a, bounds=(-vmax, vmax), loss="soft_l1",
-                        f_scale=1.0, xtol=1e-12, ftol=1e-12, gtol=1e-12)
-    return sol.x
+    best, best_cost = v0, np.inf
+    starts = [v0] + [np.clip(np.linalg.lstsq(a[np.arange(len(b)) != k], b[np.arange(len(b)) != k], rcond=None)[0],
+                             -vmax + 1e-9, vmax - 1e-9) for k in range(len(b))]
+    for s0 in starts:
+        sol = least_squares(lambda v: a @ v - b, s0, jac=lambda v: a, bounds=(-vmax, vmax), loss="cauchy",
+                            f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        if sol.cost < best_cost - 1e-15:
+            best, best_cost = sol.x, sol.cost
+    return best
 
 
 def local_location(u: float, d: np.ndarray, lay: _Layout, m: int, comb: Comb) -> np.ndarray:
@@ -579,7 +593,11 @@ def fuse_messages(cfg: SystemConfig, msgs: ApMessages, *, velocity: bool = True)
             sl = perm[:, q]
             u = msgs.aoa[b, aps, sl]
             d = msgs.ranges[b, aps, sl]  # [M, N]
-            g = _fit_position([local[m, sl[m]] for m in range(M)], lay, aps, u, d, comb)
+            starts = [local[m, sl[m]] for m in range(M)] + [
+                np.clip(locate_on_ray(np.float64(u[m]), np.float64(d[m, n]), lay.rx[m], lay.rx_axes[m],
+                                      lay.rx_side[m], lay.tx[n]), lay.lower, lay.upper)
+                for m in range(M) for n in range(N)]
+            g = _fit_position(starts, lay, aps, u, d, comb)
             pos[b, q] = g
             if velocity:
                 vel[b, q] = _fit_velocity(g, lay, msgs.dopplers[b, aps, sl].reshape(M, N), comb, cfg.max_speed)
