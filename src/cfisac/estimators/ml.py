@@ -91,6 +91,7 @@ scenes carry them). A single transmit/receive AP pair cannot identify the veloci
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,8 @@ __all__ = ["ApMessages", "MLEstimate", "MLEstimator", "PathSystem", "path_system
 TWO_PI = 2.0 * math.pi
 F64, C128, C64 = torch.float64, torch.complex128, torch.complex64
 _U_EPS = 1e-9  # AoA cosines are kept inside (-1, 1) for the ray geometry
+_CANDIDATE_RATIO = 0.3  # coarse peaks below this fraction of the best are not refined (straddle loss < 5 dB)
+_AP_CLEARANCE = 1.0  # m: positions are kept this far from every AP (angles are undefined at an AP)
 _CHUNK_BYTES = 2**26  # working-set target of one chunk (64 MiB)
 
 
@@ -141,6 +144,18 @@ class _Geometry:
         self.f_max = min(res["max_doppler_hz"] + self.doppler_res, self.f_amb)
         self.d_max = cfg.max_bistatic_range() + self.range_res
         self.baseline = torch.linalg.vector_norm(self.rx[:, None] - self.tx[None], dim=-1)  # [M, N]
+
+    def project_position(self, g: torch.Tensor) -> torch.Tensor:
+        """Clamp positions [..., 2] to the area, then push them radially to at least ``_AP_CLEARANCE`` from
+        every AP (at an AP the angles and their derivatives are undefined)."""
+        g = torch.maximum(torch.minimum(g, self.upper), self.lower)
+        for ap in torch.cat([self.tx, self.rx]):
+            diff = g - ap
+            dist = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
+            inward = self.lower + self.upper - 2 * ap  # away from the AP, into the area
+            safe = torch.where(dist > 1e-12, diff / dist.clamp_min(1e-12), inward / torch.linalg.vector_norm(inward))
+            g = torch.where(dist < _AP_CLEARANCE, ap + _AP_CLEARANCE * safe, g)
+        return torch.maximum(torch.minimum(g, self.upper), self.lower)
 
     def steer(self, u: torch.Tensor, n: int, dtype: torch.dtype = C128) -> torch.Tensor:
         """Eq. (1)-(2) steering vectors [..., n] for cosines ``u`` [...] (float64)."""
@@ -283,6 +298,17 @@ def _solve_psd(A: torch.Tensor, b: torch.Tensor, rel: float = 1e-12) -> torch.Te
     return torch.cholesky_solve(b, L)
 
 
+def _beams(weights: torch.Tensor, xs: torch.Tensor, n_of_path: torch.Tensor) -> torch.Tensor:
+    """``sum_k weights[l, p, k] x[l, n_p, k, i, t]`` [l, P, Ns, Ts] complex128 (transmit beams per path)."""
+    xs = xs.to(C128)
+    out = torch.empty(*weights.shape[:2], *xs.shape[-2:], dtype=C128, device=xs.device)
+    for n in range(xs.shape[1]):
+        sel = (n_of_path == n).nonzero().flatten()
+        if sel.numel():
+            out[:, sel] = torch.einsum("lpk,lkit->lpit", weights[:, sel], xs[:, n])
+    return out
+
+
 def path_system(
     geo: _Geometry, x: torch.Tensor, x_idx: torch.Tensor, n_of_path: torch.Tensor,
     geom: tuple[torch.Tensor, ...], *, y: torch.Tensor | None = None, y_idx: torch.Tensor | None = None,
@@ -315,15 +341,15 @@ def path_system(
         u_rx, d, f, w = (g[sl] for g in geom)
         ar = geo.steer(u_rx, Mr)  # [l, P, Mr]
         at = geo.steer(w, Nt)  # [l, P, Nt]
-        xs = x[x_idx[sl]].to(C128)[:, n_of_path]  # [l, P, Nt, Ns, Ts]
+        xs = x[x_idx[sl]]  # [l, N, Nt, Ns, Ts]
         ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * i_abs)[..., :, None]
               * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * t_abs)[..., None, :])
         if path_mask is not None:
             ph = ph * path_mask[sl].to(F64)[..., None, None]
-        b = torch.einsum("lpk,lpkit->lpit", at.conj(), xs)
+        b = _beams(at.conj(), xs, n_of_path)
         s = ph * b
         if deriv:
-            bd = torch.einsum("lpk,lpkit->lpit", at.conj() * (1j * TWO_PI * geo.sp * kt), xs)
+            bd = _beams(at.conj() * (1j * TWO_PI * geo.sp * kt), xs, n_of_path)
             F = torch.stack([s, s * i_abs[:, None], s * t_abs, ph * bd], 2)  # [l, P, 4, Ns, Ts]
         else:
             F = s[:, :, None]
@@ -397,8 +423,7 @@ def path_signals(geo: _Geometry, x: torch.Tensor, x_idx: torch.Tensor, n_of_path
     for s0 in range(0, L, step):
         sl = slice(s0, min(L, s0 + step))
         u_rx, d, f, w = (g[sl] for g in geom)
-        xs = x[x_idx[sl]].to(C128)[:, n_of_path]
-        b = torch.einsum("lpk,lpkit->lpit", geo.steer(w, Nt).conj(), xs)
+        b = _beams(geo.steer(w, Nt).conj(), x[x_idx[sl]], n_of_path)
         ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * geo.i_abs)[..., :, None]
               * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * geo.t_abs)[..., None, :])
         out[sl] = torch.einsum("lp,lpr,lpit->lrit", gains[sl], geo.steer(u_rx, Mr), ph * b)
@@ -506,7 +531,7 @@ class MLEstimator:
 
     def __init__(self, cfg: SystemConfig, *, joint: bool = False, n_candidates: int = 3, relax_rounds: int = 1,
                  angle_oversample: int = 2, oversample: int = 2, max_iter: int = 40,
-                 detection_threshold: float | None = None, false_alarm: float = 1e-3,
+                 detection_threshold: float | None = None, false_alarm: float = 1e-3, grid_refinement: float = 1.0,
                  device: str | torch.device | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
             raise ValueError("the ML estimator needs at least two transmit/receive AP pairs: a single pair observes "
@@ -527,6 +552,9 @@ class MLEstimator:
         self.oversample = oversample
         self.max_iter = max_iter
         self.device = device
+        if not (isinstance(grid_refinement, (int, float)) and grid_refinement > 0):
+            raise ValueError(f"grid_refinement must be a positive number, got {grid_refinement!r}")
+        self.grid_refinement = float(grid_refinement)
         if not (0 < false_alarm < 1):
             raise ValueError(f"false_alarm must be in (0, 1), got {false_alarm!r}")
         if detection_threshold is None:
@@ -552,6 +580,7 @@ class MLEstimator:
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> MLEstimate:
         """Positions / velocities [B, Q, 2] float64 from y [B, M, Mr, Ns, Ts] and x [B, N, Nt, Ns, Ts]."""
         y, x = self._check(y, x)
+        x = x.to(C128)
         msgs = self.ap_messages(y, x).quantized()
         psi_d, starts = self.fuse(msgs, x)
         out = MLEstimate(psi_d[..., :2].cpu().clone(), psi_d[..., 2:].cpu().clone(),
@@ -595,13 +624,13 @@ class MLEstimator:
         x_idx = torch.arange(B, device=dev).repeat_interleave(M)
         m_idx = torch.arange(M, device=dev).repeat(B)
         rows = torch.arange(L, device=dev)
-        tol = 1e-6 * cfg.noise_watt
+        tol = 1e-3 * cfg.noise_watt  # energy units: 1e-3 of a log-likelihood unit
         K1 = 2 + N
         theta = torch.zeros(L, 0, K1, dtype=F64, device=dev)
         resid = yl.to(C128)
         for q in range(Q):
-            cand = self._candidates(resid, rows, x, x_idx, m_idx)  # [L, C, K1]
-            best = self._best_single(resid, cand, x, x_idx, m_idx, tol)  # [L, K1]
+            cand, score = self._candidates(resid, rows, x, x_idx, m_idx)  # [L, C, K1], [L, C]
+            best = self._best_single(resid, cand, score, x, x_idx, m_idx, tol)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
             resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
@@ -613,8 +642,10 @@ class MLEstimator:
                     others = [k for k in range(Q) if k != q]
                     sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
                     r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
-                    cand = torch.cat([self._candidates(r_q, rows, x, x_idx, m_idx), new[:, q:q + 1]], 1)
-                    new[:, q] = self._best_single(r_q, cand, x, x_idx, m_idx, tol)
+                    cand, score = self._candidates(r_q, rows, x, x_idx, m_idx)
+                    cand = torch.cat([cand, new[:, q:q + 1]], 1)  # the current estimate competes too
+                    score = torch.cat([score, score.max(1, keepdim=True).values], 1)
+                    new[:, q] = self._best_single(r_q, cand, score, x, x_idx, m_idx, tol)
                     new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
                 better = nfit.energy > energy
                 theta = torch.where(better[:, None, None], new, theta)
@@ -642,7 +673,7 @@ class MLEstimator:
         """Keep local positions in the area and Dopplers inside the ambiguity (``m`` unused: same for every AP)."""
         geo = self._geometry(theta.device)
         out = theta.clone()
-        out[..., :2] = torch.maximum(torch.minimum(theta[..., :2], geo.upper), geo.lower)
+        out[..., :2] = geo.project_position(theta[..., :2])
         out[..., 2:] = theta[..., 2:].clamp(-geo.f_amb, geo.f_amb)
         return out
 
@@ -682,13 +713,20 @@ class MLEstimator:
                                        project, tol=tol, max_iter=self.max_iter, max_step=per_target.repeat(Q))
         return th.view(L, Q, K1), fit
 
-    def _best_single(self, resid, cand, x, x_idx, m_idx, tol) -> torch.Tensor:
-        """Refine every candidate [L, C, K1] as a single target on ``resid`` [L, ...]; keep the most likely."""
+    def _best_single(self, resid, cand, score, x, x_idx, m_idx, tol) -> torch.Tensor:
+        """Refine the candidates [L, C, K1] whose coarse ``score`` [L, C] is at least ``_CANDIDATE_RATIO`` of the
+        problem's best as single targets on ``resid`` [L, ...]; keep the most likely (exact likelihood)."""
         L, C, K1 = cand.shape
-        rows = torch.arange(L, device=cand.device).repeat_interleave(C)
-        th, fit = self._refine_local(resid, cand.reshape(L * C, 1, K1), x, x_idx, m_idx, tol, rows=rows)
-        k = fit.energy.view(L, C).argmax(1)
-        return th.view(L, C, K1)[torch.arange(L, device=cand.device), k]
+        dev = cand.device
+        keep = score >= _CANDIDATE_RATIO * score.max(1, keepdim=True).values
+        keep[:, 0] |= ~keep.any(1)
+        rows, cols = keep.nonzero(as_tuple=True)
+        th, fit = self._refine_local(resid, cand[rows, cols][:, None], x, x_idx, m_idx, tol, rows=rows)
+        energy = torch.full((L, C), -float("inf"), dtype=F64, device=dev)
+        energy[rows, cols] = fit.energy
+        best = cand.clone()
+        best[rows, cols] = th[:, 0]
+        return best[torch.arange(L, device=dev), energy.argmax(1)]
 
     def _signals(self, theta, gains, x, x_idx, m_idx) -> torch.Tensor:
         geo = self._geometry(theta.device)
@@ -697,9 +735,15 @@ class MLEstimator:
 
     # ------------------------------------------------------------------------------------------ coarse grid
     def _grid(self, dev: torch.device) -> dict[str, torch.Tensor]:
-        """Coarse-search geometry (cached): a position grid over the area (spacing ``range_res / oversample``) and,
-        per receive AP m, grid point g and transmit AP n, the nearest receive beam of the AoA-cosine grid, the
-        nearest bin of the zero-padded range DFT and the AoD steering vector of g."""
+        """Coarse-search geometry (cached): an adaptive position grid over the area and, per receive AP m, grid
+        point g and transmit AP n, the nearest receive beam of the AoA-cosine grid, the nearest bin of the
+        zero-padded range DFT and the AoD steering vector of g.
+
+        The grid starts at spacing ``range_res / oversample`` and cells are halved (down to 0.25 m) wherever the
+        likelihood can vary faster: close to an AP the angle seen by its array changes quickly with position, and
+        the likelihood ripples on the scale ``ell = min(min_n d_n / Nt, min_m d_m / Mr) / grid_refinement`` (half a
+        beamwidth in direction cosine, times the distance to the array).
+        """
         key = str(dev)
         if key in self._grid_cache:
             return self._grid_cache[key]
@@ -710,15 +754,10 @@ class MLEstimator:
         lf = self.oversample * cfg.n_subcarriers
         dd = SPEED_OF_LIGHT / (lf * cfg.subcarrier_stride * cfg.subcarrier_spacing)
         K = min(lf, int(math.floor(geo.d_max / dd)) + 2)
-        h = geo.range_res / self.oversample
-        (x0, x1), (y0, y1) = cfg.area
-        gx = torch.arange(x0 + h / 2, x1, h, dtype=F64, device=dev)
-        gy = torch.arange(y0 + h / 2, y1, h, dtype=F64, device=dev)
-        pts = torch.stack(torch.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)  # [G, 2]
+        pts = _adaptive_grid(cfg, geo.range_res / self.oversample, self.grid_refinement).to(dev)  # [G, 2]
         G = pts.shape[0]
-        th = torch.cat([pts[None, None].expand(M, 1, G, 2).reshape(M, G, 2), torch.zeros(M, G, N, dtype=F64,
-                                                                                          device=dev)], -1)
-        geom, _ = geo.local_paths(torch.arange(M, device=dev), th)  # each [M, G N]
+        th = torch.cat([pts.repeat(M, 1), torch.zeros(M * G, N, dtype=F64, device=dev)], -1)[:, None]
+        geom, _ = geo.local_paths(torch.arange(M, device=dev).repeat_interleave(G), th)  # each [M G, N]
         u_g = geom[0].view(M, G, N)[..., 0]
         d_g = geom[1].view(M, G, N)
         w_g = geom[3].view(M, G, N)
@@ -727,7 +766,7 @@ class MLEstimator:
         ok = ((idn >= 0) & (idn < K)).all(-1)
         lt = self.oversample * cfg.n_symbols
         f = torch.fft.fftfreq(lt, cfg.symbol_stride * cfg.symbol_duration, dtype=F64, device=dev)
-        out = dict(u=u, pts=pts, shape=torch.tensor([gx.numel(), gy.numel()]), iu=iu, idn=idn.clamp(0, K - 1),
+        out = dict(u=u, pts=pts, iu=iu, idn=idn.clamp(0, K - 1),
                    ok=ok, a_r=geo.steer(u, cfg.n_rx_antennas, C64),
                    a_t=geo.steer(w_g, cfg.n_tx_antennas, C64),  # [M, G, N, Nt]
                    f=f, f_ok=(f.abs() <= geo.f_max), lf=torch.tensor(lf), lt=torch.tensor(lt), K=torch.tensor(K))
@@ -735,9 +774,9 @@ class MLEstimator:
         return out
 
     def _candidates(self, r: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, x_idx: torch.Tensor,
-                    m_idx: torch.Tensor) -> torch.Tensor:
+                    m_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n_candidates`` best local maxima of the coarse target statistic per problem: [L, C, 2 + N]
-        (local position and the N Dopplers).
+        (local position and the N Dopplers) and their statistic [L, C].
 
         For every grid point g and transmit AP n: the receive beam towards g, symbols removed by the matched filter
         of the transmit beam towards g (``conj(a_t^H x)``), a zero-padded DFT over subcarriers read at the range
@@ -751,11 +790,13 @@ class MLEstimator:
         U = grid["u"].numel()
         K, lf, lt = int(grid["K"]), int(grid["lf"]), int(grid["lt"])
         G = grid["pts"].shape[0]
-        gx, gy = (int(v) for v in grid["shape"])
         L = rows.numel()
+        radius = self._geometry(dev).range_res
         Cn = self.n_candidates
         out = torch.empty(L, Cn, 2 + N, dtype=F64, device=dev)
+        score = torch.empty(L, Cn, dtype=F64, device=dev)
         step_u = max(1, min(U, _CHUNK_BYTES // (Nt * lf * Ts * 8 * 3)))
+        step_g = max(1, _CHUNK_BYTES // (Nt * Ts * 8 * 4))
         zero = torch.zeros((), device=dev)
         for l0 in range(L):  # one problem at a time: the work per problem is already vectorised
             b = int(x_idx[rows[l0]])
@@ -776,22 +817,22 @@ class MLEstimator:
                         continue
                     prod = zb[u0:u0 + step_u, None] * xb[n].conj()[None]  # [u, Nt, Ns, Ts]
                     F1 = torch.fft.ifft(prod, n=lf, dim=2)[:, :, :K] * lf  # [u, Nt, K, Ts]
-                    F1 = F1[iu[sel] - u0, :, grid["idn"][m, sel, n]]  # [g, Nt, Ts]
-                    z2[sel] = torch.einsum("gp,gpt->gt", at[sel], F1)
+                    del prod
+                    for g0 in range(0, sel.numel(), step_g):  # gather [g, Nt, Ts] in bounded chunks
+                        sg = sel[g0:g0 + step_g]
+                        z2[sg] = torch.einsum("gp,gpt->gt", at[sg], F1[iu[sg] - u0, :, grid["idn"][m, sg, n]])
+                    del F1
                 S = torch.fft.fft(z2, n=lt, dim=-1)
                 pw = torch.where(grid["f_ok"], (S.real**2 + S.imag**2) / E[:, None], zero)
                 mx, Fi[n] = pw.max(-1)
                 T += mx
-            T = torch.where(grid["ok"][m], T, torch.full_like(T, -1.0)).view(1, 1, gx, gy)
-            peak = torch.nn.functional.max_pool2d(T, 3, 1, 1)
-            cand = torch.where((T >= peak) & (T > 0), T, torch.full_like(T, -1.0)).flatten()
-            top = torch.topk(cand, min(Cn, G)).indices
-            if top.numel() < Cn:
-                top = torch.cat([top, top[:1].expand(Cn - top.numel())])
+            T = torch.where(grid["ok"][m], T, torch.full_like(T, -1.0))
+            top = _peaks(T, grid["pts"], Cn, radius)
             out[l0, :, :2] = grid["pts"][top]
+            score[l0] = T[top].to(F64)
             for n in range(N):
                 out[l0, :, 2 + n] = grid["f"][Fi[n, top]]
-        return out
+        return out, score
 
     # ------------------------------------------------------------------------------------------ CPU fusion
     def fisher_weights(self, msgs: ApMessages, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -814,12 +855,16 @@ class MLEstimator:
         """CPU fusion (module docstring): psi [B, Q, 4] (g, v per target) and every AP's local estimate
         [B, M, Q, 4] associated with the fused targets (starts for the joint refinement).
 
-        Paths the APs did not detect (NaN in the message) carry no information (zero gain); a target slot without
-        any detected path is left out. A scene without any detected path uses every slot.
+        Each AP's target slot is one message ``theta_{m,s}`` with the Fisher weight ``J_{m,s}`` (the AP's FIM
+        with the other slots' parameters and the undetected entries eliminated by the Schur complement). Messages
+        are inliers (Gaussian, covariance ``J^-1``) or outliers (uniform over the area and the Doppler range):
+        per target psi minimises ``sum_m min(r_m^T J_m r_m / 2 - log det(J_m) / 2, log|area| + n_f log(2 f_max))``,
+        solved exactly by weighted least squares on every non-empty inlier subset of its messages (multi-started
+        from each inlier's local estimate) and keeping the lowest cost. When two APs conflict, the more precise one
+        wins. A target that no AP detected gets the prior mean (area centre, zero velocity).
         """
         cfg = self.cfg
         B, M, Q, K1 = msgs.theta.shape
-        N = cfg.n_tx
         Jw_t, _ = self.fisher_weights(msgs, x)
         Jw = Jw_t.cpu().numpy()
         th_t, _, det_t = _placeholders(msgs, self._geometry(x.device), x.device)
@@ -829,27 +874,25 @@ class MLEstimator:
         psi = np.empty((B, Q, 4))
         starts = np.empty((B, M, Q, 4))
         for b in range(B):
-            dmask = det[b] if det[b].any() else np.ones_like(det[b])
+            valid = det[b].any(-1)  # [M, Q] slots with a detected target
             keep = np.zeros((M, Q, K1), dtype=bool)
-            keep[..., :2] = dmask.any(-1)[..., None]
-            keep[..., 2:] = dmask
-            Lw = np.stack([_whitener(Jw[b, m], keep[m].reshape(-1)) for m in range(M)])  # [M, QK1, QK1]
-            local = np.stack([[lay.local_estimate(m, theta[b, m, q], dmask[m, q]) for q in range(Q)]
+            keep[..., :2] = valid[..., None]
+            keep[..., 2:] = det[b]
+            W, logdet = np.zeros((M, Q, K1, K1)), np.zeros((M, Q))
+            for m in range(M):
+                for sl in range(Q):
+                    if valid[m, sl]:
+                        W[m, sl], logdet[m, sl] = _slot_whitener(Jw[b, m], keep[m].reshape(-1), sl, K1)
+            c_out = lay.log_area + det[b].sum(-1) * lay.log_doppler_span  # [M, Q]
+            local = np.stack([[lay.local_estimate(m, theta[b, m, sl], det[b, m, sl]) for sl in range(Q)]
                               for m in range(M)])  # [M, Q, 4]
-            perm = _associate(local[..., :2], dmask.any(-1))  # [M, Q]: AP m's slot for target q
-            best = None
+            perm = _associate(local[..., :2], valid)  # [M, Q]: AP m's slot for target q
             for it in range(2 if Q > 1 else 1):
-                for s in range(M):
-                    if not dmask[s].any():
-                        continue
-                    x0 = np.stack([local[s, perm[s, q]] for q in range(Q)])
-                    sol = lay.fit(theta[b], Lw, perm, x0)
-                    if best is None or sol[1] < best[1]:
-                        best = sol
-                if it == 0 and Q > 1:  # re-associate on the Mahalanobis distances to the fused targets
-                    perm = lay.reassociate(theta[b], Lw, best[0])
-                    best = None
-            psi[b] = best[0]
+                for q in range(Q):
+                    msgs_q = [(m, perm[m, q]) for m in range(M) if valid[m, perm[m, q]]]
+                    psi[b, q] = lay.fuse_target(msgs_q, theta[b], W, logdet, c_out, local)
+                if it == 0 and Q > 1:  # re-associate on the whitened distances to the fused targets
+                    perm = lay.reassociate(theta[b], W, valid, psi[b], perm)
             for m in range(M):
                 starts[b, m] = local[m, perm[m]]
         return torch.from_numpy(psi).to(x.device), torch.from_numpy(starts).to(x.device)
@@ -879,18 +922,58 @@ class MLEstimator:
                               fit.jtj.view(P_, M, 4 * Q, 4 * Q).sum(1), fit.grad.view(P_, M, 4 * Q).sum(1))
 
         def project(th: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            v = th.view(-1, Q, 4)
-            return torch.maximum(torch.minimum(v, hi), lo).reshape(th.shape)
+            v = torch.maximum(torch.minimum(th.view(-1, Q, 4), hi), lo)
+            return torch.cat([geo.project_position(v[..., :2]), v[..., 2:]], -1).reshape(th.shape)
 
         th0 = project(starts.reshape(B * S, Q * 4).to(dev, F64), scene)
         vstep = geo.doppler_res / geo.kf / 2
         max_step = torch.tensor([geo.range_res / 2] * 2 + [vstep] * 2, dtype=F64, device=dev).repeat(Q)
-        th, fit = _levenberg_marquardt(evaluate, th0, project, tol=1e-6 * cfg.noise_watt, max_iter=self.max_iter,
+        th, fit = _levenberg_marquardt(evaluate, th0, project, tol=1e-4 * cfg.noise_watt, max_iter=self.max_iter,
                                        max_step=max_step)
         e = fit.energy.view(B, S)
         k = e.argmax(1)
         ar = torch.arange(B, device=dev)
         return th.view(B, S, Q, 4)[ar, k], e[ar, k]
+
+
+def _adaptive_grid(cfg: SystemConfig, h0: float, refinement: float, h_min: float = 0.25) -> torch.Tensor:
+    """Cell centres [G, 2] float64 of a quadtree over the area: start at spacing ``h0``, halve a cell while its size
+    exceeds the local ripple length ``min(min_n d_n / Nt, min_m d_m / Mr) / refinement`` and ``h_min``."""
+    tx = torch.tensor(cfg.tx_positions, dtype=F64)
+    rx = torch.tensor(cfg.rx_positions, dtype=F64)
+    (x0, x1), (y0, y1) = cfg.area
+    gx = torch.arange(x0 + h0 / 2, x1, h0, dtype=F64)
+    gy = torch.arange(y0 + h0 / 2, y1, h0, dtype=F64)
+    pts = torch.stack(torch.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)
+    h, out = h0, []
+    aps = torch.cat([tx, rx])
+    while pts.shape[0]:
+        dt = torch.cdist(pts, tx).min(1).values
+        dr = torch.cdist(pts, rx).min(1).values
+        ell = torch.minimum(dt / cfg.n_tx_antennas, dr / cfg.n_rx_antennas) / refinement
+        split = (h > ell) & (h / 2 >= h_min)
+        far = torch.cdist(pts, aps).min(1).values >= _AP_CLEARANCE
+        out.append(pts[~split & far])
+        q = h / 4
+        pts = torch.cat([pts[split] + torch.tensor([dx, dy], dtype=F64) for dx in (-q, q) for dy in (-q, q)])
+        h /= 2
+    return torch.cat(out)
+
+
+def _peaks(T: torch.Tensor, pts: torch.Tensor, count: int, radius: float) -> torch.Tensor:
+    """Indices of the ``count`` highest values of T [G] at points [G, 2], greedily at least ``radius`` apart
+    (non-maximum suppression; the best is repeated when fewer exist)."""
+    order = torch.argsort(T, descending=True)[: max(64 * count, 256)]
+    keep: list[int] = []
+    for i in order.tolist():
+        if T[i] <= 0 and keep:
+            break
+        if all(float(torch.linalg.vector_norm(pts[i] - pts[j])) >= radius for j in keep):
+            keep.append(i)
+            if len(keep) == count:
+                break
+    keep += keep[:1] * (count - len(keep))
+    return torch.tensor(keep, dtype=torch.long, device=T.device)
 
 
 # ================================================================================================ CPU helpers (numpy)
@@ -908,31 +991,27 @@ def _placeholders(msgs: ApMessages, geo: _Geometry, dev: torch.device
     return th, gains, det
 
 
-def _whitener(J: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
-    """W [D, D] with ``||W r||^2 = r_k^T (J_kk - J_kd J_dd^-1 J_dk) r_k`` over the kept entries k of r (the
-    dropped entries d are eliminated as nuisance; their columns and the padding rows of W are zero).
-    Eigen-clipped when the matrix is not positive definite."""
+def _slot_whitener(J: np.ndarray, keep: np.ndarray, slot: int, k1: int) -> tuple[np.ndarray, float]:
+    """Whitener W [k1, k1] (``||W r||^2 = r^T J_s r``, zero rows / columns on dropped entries) and log det J_s of
+    the Fisher information J_s of one target slot's kept entries, the other slots' parameters and the dropped
+    entries eliminated as nuisance (Schur complement). Eigen-clipped when not positive definite."""
     D = J.shape[0]
     J = 0.5 * (J + J.T)
-    k = np.ones(D, dtype=bool) if keep is None else keep
-    W = np.zeros((D, D))
-    if not k.any():
-        return W
+    mine = np.zeros(D, dtype=bool)
+    mine[slot * k1:(slot + 1) * k1] = True
+    k = mine & keep
+    W = np.zeros((k1, k1))
     Jk = J[np.ix_(k, k)]
-    if (~k).any():
-        Jd = J[np.ix_(~k, ~k)]
-        Jc = J[np.ix_(k, ~k)]
-        Jk = Jk - Jc @ np.linalg.pinv(Jd, rcond=1e-12, hermitian=True) @ Jc.T
+    rest = ~k
+    if rest.any():
+        Jc = J[np.ix_(k, rest)]
+        Jk = Jk - Jc @ np.linalg.pinv(J[np.ix_(rest, rest)], rcond=1e-12, hermitian=True) @ Jc.T
         Jk = 0.5 * (Jk + Jk.T)
-    nk = Jk.shape[0]
-    try:
-        Wk = np.linalg.cholesky(Jk + 1e-12 * max(np.trace(Jk), 1e-300) / nk * np.eye(nk)).T
-    except np.linalg.LinAlgError:
-        w, V = np.linalg.eigh(Jk)
-        w = np.maximum(w, 1e-12 * max(w.max(), 1e-300))
-        Wk = (V * np.sqrt(w)).T
-    W[:nk, k] = Wk
-    return W
+    w, V = np.linalg.eigh(Jk)
+    w = np.maximum(w, 1e-12 * max(float(w.max()), 1e-300))
+    nk = w.size
+    W[:nk, k[slot * k1:(slot + 1) * k1]] = (V * np.sqrt(w)).T
+    return W, float(np.sum(np.log(w)))
 
 
 def _associate(points: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -963,8 +1042,12 @@ class _NumpyLayout:
         self.rx_perp = geo.rx_perp.numpy()
         self.lower, self.upper = geo.lower.numpy(), geo.upper.numpy()
         self.kf = geo.kf
-        self.period = 1.0 / cfg.antenna_spacing
         self.N, self.M = len(self.tx), len(self.rx)
+        vmax = cfg.max_speed
+        self.lo = np.concatenate([self.lower, [-vmax, -vmax]])
+        self.hi = np.concatenate([self.upper, [vmax, vmax]])
+        self.log_area = float(np.log(np.prod(self.upper - self.lower)))
+        self.log_doppler_span = float(np.log(2 * geo.f_max))
 
     def model(self, m: int, g: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """theta_m of one target at (g, v): [g_x, g_y, f_0 .. f_{N-1}] [2 + N] and its Jacobian [2 + N, 4]."""
@@ -997,50 +1080,63 @@ class _NumpyLayout:
         vmax = self.cfg.max_speed
         return np.concatenate([g, np.clip(v, -vmax + 1e-9, vmax - 1e-9)])
 
-    def _residuals(self, p: np.ndarray, theta: np.ndarray, Lw: np.ndarray, perm: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        M, Q, K1 = theta.shape
-        ps = p.reshape(Q, 4)
-        res, jac = [], []
-        for m in range(M):
-            r = np.empty(Q * K1)
-            Jm = np.zeros((Q * K1, Q * 4))
-            for q in range(Q):
-                h, jh = self.model(m, ps[q, :2], ps[q, 2:])
-                s = perm[m, q]
-                r[s * K1:(s + 1) * K1] = theta[m, s] - h
-                Jm[s * K1:(s + 1) * K1, q * 4:(q + 1) * 4] = -jh
-            res.append(Lw[m] @ r)
-            jac.append(Lw[m] @ Jm)
-        return np.concatenate(res), np.concatenate(jac)
+    def _wls(self, msgs_q: list[tuple[int, int]], theta: np.ndarray, W: np.ndarray, x0: np.ndarray
+             ) -> np.ndarray:
+        """Bounded weighted least squares of one target's psi [4] from its inlier messages."""
 
-    def fit(self, theta: np.ndarray, Lw: np.ndarray, perm: np.ndarray, x0: np.ndarray) -> tuple[np.ndarray, float]:
-        """Robust bounded WLS of psi [Q, 4] from the messages theta [M, Q, K1]; returns (psi, cost)."""
-        Q = theta.shape[1]
-        vmax = self.cfg.max_speed
-        lo = np.tile(np.concatenate([self.lower, [-vmax, -vmax]]), Q)
-        hi = np.tile(np.concatenate([self.upper, [vmax, vmax]]), Q)
-        p0 = np.clip(x0.reshape(-1), lo + 1e-9, hi - 1e-9)
-        sol = least_squares(lambda p: self._residuals(p, theta, Lw, perm)[0], p0,
-                            jac=lambda p: self._residuals(p, theta, Lw, perm)[1], bounds=(lo, hi), loss="soft_l1",
-                            f_scale=3.0, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200)
-        return sol.x.reshape(Q, 4), float(sol.cost)
+        def fun(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            res, jac = [], []
+            for m, sl in msgs_q:
+                h, jh = self.model(m, p[:2], p[2:])
+                res.append(W[m, sl] @ (theta[m, sl] - h))
+                jac.append(-W[m, sl] @ jh)
+            return np.concatenate(res), np.concatenate(jac)
 
-    def reassociate(self, theta: np.ndarray, Lw: np.ndarray, psi: np.ndarray) -> np.ndarray:
+        p0 = np.clip(x0, self.lo + 1e-9, self.hi - 1e-9)
+        sol = least_squares(lambda p: fun(p)[0], p0, jac=lambda p: fun(p)[1], bounds=(self.lo, self.hi),
+                            xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
+        return sol.x
+
+    def _mixture_cost(self, p: np.ndarray, msgs_q: list[tuple[int, int]], theta: np.ndarray, W: np.ndarray,
+                      logdet: np.ndarray, c_out: np.ndarray) -> float:
+        cost = 0.0
+        for m, sl in msgs_q:
+            h, _ = self.model(m, p[:2], p[2:])
+            r = W[m, sl] @ (theta[m, sl] - h)
+            cost += min(0.5 * float(r @ r) - 0.5 * logdet[m, sl], float(c_out[m, sl]))
+        return cost
+
+    def fuse_target(self, msgs_q: list[tuple[int, int]], theta: np.ndarray, W: np.ndarray, logdet: np.ndarray,
+                    c_out: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """psi [4] of one target from its messages (AP m, slot s): the inlier subset of lowest mixture cost."""
+        if not msgs_q:
+            return np.concatenate([(self.lower + self.upper) / 2, [0.0, 0.0]])
+        best, best_cost = None, np.inf
+        for r in range(len(msgs_q), 0, -1):
+            for subset in itertools.combinations(msgs_q, r):
+                for m, sl in subset:
+                    p = self._wls(list(subset), theta, W, local[m, sl])
+                    c = self._mixture_cost(p, msgs_q, theta, W, logdet, c_out)
+                    if c < best_cost - 1e-12:
+                        best, best_cost = p, c
+        return best
+
+    def reassociate(self, theta: np.ndarray, W: np.ndarray, valid: np.ndarray, psi: np.ndarray,
+                    perm: np.ndarray) -> np.ndarray:
         """perm [M, Q] minimising the whitened distances between each AP's slots and the fused targets."""
-        M, Q, K1 = theta.shape
-        perm = np.empty((M, Q), dtype=np.int64)
+        M, Q, _ = theta.shape
+        out = perm.copy()
         for m in range(M):
-            cost = np.empty((Q, Q))
+            cost = np.zeros((Q, Q))
             for q in range(Q):
                 h, _ = self.model(m, psi[q, :2], psi[q, 2:])
-                for s in range(Q):
-                    r = np.zeros(Q * K1)
-                    r[s * K1:(s + 1) * K1] = theta[m, s] - h
-                    cost[q, s] = np.log1p(float(np.sum((Lw[m] @ r) ** 2)))
+                for sl in range(Q):
+                    if valid[m, sl]:
+                        r = W[m, sl] @ (theta[m, sl] - h)
+                        cost[q, sl] = np.log1p(float(r @ r))
             r_, c_ = linear_sum_assignment(cost)
-            perm[m, r_] = c_
-        return perm
+            out[m, r_] = c_
+        return out
 
 
 @register("ml")
