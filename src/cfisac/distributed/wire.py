@@ -16,8 +16,9 @@ Header (``struct`` format ``<4sBBHHHqQI``, 32 bytes)::
     reserved u32  0
 
 Every body ends with an 8-byte **trailer** ``b"CF7E" + u32 CRC-32`` of the bytes before it (0 when flag bit 0 is
-clear). The trailer exists because gloo fills a receive buffer that is larger than what was sent without telling
-the receiver: a body that arrives short leaves the pre-zeroed trailer empty and is rejected as truncated.
+clear; the CRC is computed for bodies in host memory, i.e. gloo, not for NCCL's device buffers). The trailer exists
+because gloo fills a receive buffer that is larger than what was sent without telling the receiver: a body that
+arrives short leaves the pre-zeroed trailer empty and is rejected as truncated.
 
 Bodies by kind (all sections are padded to multiples of 8 bytes so that tensor data stays aligned):
 
@@ -175,8 +176,9 @@ def finish_body(parts: list[torch.Tensor | bytes], *, device: torch.device | str
     body = torch.cat(chunks) if len(chunks) > 1 else (chunks[0] if chunks else torch.empty(0, dtype=torch.uint8,
                                                                                           device=dev))
     crc = 0
+    checksum = checksum and dev.type == "cpu"  # device (NCCL) bodies: no host copy just for a CRC
     if checksum:
-        crc = zlib.crc32(memoryview(body.cpu().numpy())) if body.numel() else zlib.crc32(b"")
+        crc = zlib.crc32(memoryview(body.numpy())) if body.numel() else zlib.crc32(b"")
     trailer = torch.frombuffer(bytearray(TRAILER_MAGIC + struct.pack("<I", crc)), dtype=torch.uint8).to(dev)
     return torch.cat([body, trailer]), (FLAG_CRC if checksum else 0)
 
