@@ -1,7 +1,7 @@
 """A near-CRLB estimator: per-AP maximum likelihood plus Fisher-weighted fusion at the CPU (beyond the paper).
 
-Registered as ``"ml"`` (``create("ml", cfg, joint=False)``, the distributed scheme) and ``"ml-joint"``
-(``joint=True``: the same plus one centralized maximum-likelihood refinement on the raw echoes of every AP).
+Registered as ``"ml"`` (``create("ml", cfg)``: the distributed scheme, ``joint=False``) and ``"ml-joint"``
+(``joint=True``: the same plus a centralized maximum-likelihood refinement on the raw echoes of every AP).
 
 What each receive AP knows
 --------------------------
@@ -15,78 +15,85 @@ p = (n, q) (transmit AP n, target q) contributes
 
     alpha_p a_r(u_p) (x) s_p,      s_p[i, t] = e^{-j 2 pi i df d_p / c} e^{+j 2 pi t dT f_p} a_t^H(w_p) x_{i,n}[t]
 
-with ``u_p`` the AoA cosine, ``d_p = c tau_p`` the bistatic range (the message carries ranges in metres, i.e. the
-bistatic delays times c), ``f_p`` the bistatic Doppler (Hz), ``w_p`` the AoD cosine and ``alpha_p = beta sqrt(PL)``
-a free complex gain, at the absolute comb indices ``i``, ``t`` of :func:`cfisac.sensing.sensing_indices`. The
-pathloss is absorbed into the free gain (a one-to-one reparametrisation of beta), so it plays no role. Gains enter
-linearly and are eliminated by variable projection: the estimator maximises the explained energy
-``y^H S (S^H S)^-1 S^H y`` over the nonlinear parameters by Levenberg-Marquardt with the Kaufman Jacobian, in float64.
-At convergence ``2 / xi^2`` times the Gauss-Newton matrix is exactly the Fisher information of the nonlinear
-parameters with the gains eliminated by the Schur complement (the FIM of Eq. 23-24 restricted to the model).
-
-Every path signature and its derivatives are "atoms" ``h (x) F`` (``h`` in {a_r, d a_r / du}, ``F`` in
-{s, i s, t s, ds/dw}), so Gram matrices are Hadamard products of small array and field Grams (the factorisation of
-:mod:`cfisac.crlb`), and one iteration costs O(P (Mr + Nt) Ns Ts + (4P)^2 Ns Ts) per AP for P paths.
+with ``u_p`` the AoA cosine, ``d_p = c tau_p`` the bistatic range, ``f_p`` the bistatic Doppler (Hz), ``w_p`` the
+AoD cosine and ``alpha_p = beta sqrt(PL)`` a free complex gain, at the absolute comb indices ``i``, ``t`` of
+:func:`cfisac.sensing.sensing_indices`. The pathloss is absorbed into the free gain (a one-to-one
+reparametrisation of beta). Gains enter linearly and are eliminated by variable projection: the estimator
+maximises the explained energy ``y^H S (S^H S)^-1 S^H y`` over the nonlinear parameters by Levenberg-Marquardt
+with the Kaufman Jacobian, in float64, with steps limited to half a resolution cell (a trust region: refinement
+stays local). At the true parameters ``2 / xi^2`` times the Gauss-Newton matrix is exactly the Fisher information
+with the gains eliminated by the Schur complement, i.e. Eq. (24) (checked against :func:`cfisac.crlb` in the
+tests). Every path signature and its derivatives are "atoms" ``h (x) F`` (``h`` in {a_r, d a_r / du}, ``F`` in
+{s, i s, t s, ds/dw}), so Gram matrices are Hadamard products of small array and field Grams (the factorisation
+of :mod:`cfisac.crlb`): one iteration costs O(P (Mr + Nt) Ns Ts + (4P)^2 Ns Ts) per AP for P paths.
 
 Per-AP parametrisation (identifiability)
 ----------------------------------------
 Both transmit APs' echoes overlap at every receive AP, so the per-AP model contains all N Q paths. Per target q the
-AP estimates ``theta_q = [u_q, d_{0,q} .. d_{N-1,q}, f_{0,q} .. f_{N-1,q}]`` (1 + 2N reals) and N complex gains.
-The AoA is shared by the N paths of a target (same target, same receive array: exact). The AoD of path (n, q) is
-not a free parameter: it is the direction from transmit AP n to the point where the AoA ray (on the side of the
-array that faces the area) meets the bistatic ellipse of range ``d_{n,q}``. This is Eq. (6) exactly whenever the N
-ellipse points coincide, and a one-dimensional relaxation of it otherwise (N = 2: five parameters for the four of
-(g, v)), so the CPU gets a consistency check for free. It is identifiable whenever the paths are distinct in
-(AoA, delay, Doppler) and the ray meets each ellipse once (always for an AP outside the ellipse's interior, i.e.
-``d > ||r_m - t_n||``). A free AoD per path would add N parameters that the precoded X only weakly identifies (the
-AoD enters through ``a_t^H W_{i,n} s_i[t]`` with rank-K precoders); the position-local alternative
-``(g_q, f_{0..N-1,q})`` is also identifiable but hides the classical bistatic parameters the issue asks for.
+AP estimates ``theta_q = [g_x, g_y, f_0 .. f_{N-1}]``: a local position and the N bistatic Dopplers (2 + N reals),
+plus N complex gains. The AoA, the N bistatic delays and the N AoDs are the exact functions of g of Eq. (7)-(11),
+so this is Eq. (6) restricted to AP m without relaxation, identifiable for any N >= 1 (AoA and one delay fix g;
+each path adds a Doppler) except where every detected path of the target is forward scatter (target on a
+transmit-receive baseline: delay, AoD, AoA and Doppler are constant along it); there the AP's position is
+unreliable and the CPU's mixture fusion (below) treats it as an outlier when another AP disagrees.
+The per-AP bistatic parameters the issue names (AoA, delay per transmit AP) follow from g. A relaxed form with a
+free delay per path and the AoD tied to the ray-ellipse intersection was tried first and abandoned: near a
+bistatic baseline the ray grazes the thin ellipse, the map (AoA, delay) -> point is ill-conditioned and the tied
+AoD sweeps the transmit pattern's nulls on a metre scale, leaving the likelihood full of spurious maxima.
 
-Because the relaxed per-AP parameters are a smooth function ``theta_m = h_m(psi)`` of psi and the AP's model
-depends on psi only through them, the Fisher information of psi is ``sum_m H_m^T J_m H_m`` with ``J_m`` the
-per-AP FIM (gains eliminated): the two-step estimator below is asymptotically efficient when ``J_m`` is used as
-the weight. The full per-AP matrix over all Q targets is used (cross-target terms included), not only its
-diagonal.
+Because theta_m is a smooth function ``h_m(psi)`` and the AP's model depends on psi only through it, the Fisher
+information of psi is ``sum_m H_m^T J_m H_m`` with ``J_m`` the per-AP FIM (gains eliminated): fusing with ``J_m``
+as the weight is asymptotically efficient (two-step / invariance argument).
 
 Per-AP algorithm (vectorised over scenes and APs)
 --------------------------------------------------
-1. Coarse search on a grid: receive beams on ``2 Mr`` AoA cosines; per beam and transmit AP the
-   geometry-constrained matched filter (every range bin fixes the point of the ray and hence the AoD whose
-   transmit beam removes the symbols), zero-padded DFTs over subcarriers and symbols, GLRT normalisation by the
-   beam energy. A target's statistic at (u, d_0) is the sum over n of the best-Doppler statistic of transmit AP n at
-   the range ``d_n`` its ray point implies (non-coherent over the N paths).
-2. Likelihood check and retries: the ``n_candidates`` best local maxima are each refined (single-target LM on the
-   residual) and the one with the highest exact likelihood is kept; grid artefacts, straddle loss and the N-path
-   look-up are thereby judged by the exact likelihood, not by the grid.
-3. Successive cancellation: target by target on the residual, with a joint LM over all targets found so far.
-4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value as one more
-   candidate) with the others cancelled; a round is kept only where the joint likelihood increased.
+1. Coarse search on an adaptive position grid (spacing half a range cell, refined near the APs where angles vary
+   fast with position, see ``_grid``): for every point g and transmit AP n, the receive beam towards g, the
+   symbols removed by the matched filter of the transmit beam towards g, a zero-padded DFT over subcarriers read
+   at the range bin of d_n(g), a zero-padded DFT over symbols, the best Doppler, GLRT-normalised by the transmit
+   beam energy; a target's statistic is the sum over n (non-coherent over its N paths).
+2. Likelihood check and retries: the ``n_candidates`` best peaks (non-maximum suppression over a range cell) with a
+   statistic of at least 30 % of the best are refined as single targets on the residual and the one with the
+   highest exact likelihood is kept: the grid's straddle losses are judged by the exact likelihood.
+3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
+4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
+   others cancelled; a round is kept only where the joint likelihood increased.
+5. Model-order selection: a path whose GLRT statistic (drop of the explained energy when it alone is removed, over
+   xi^2; Exp(1) under noise) is below ``detection_threshold`` (default ``log(cells / false_alarm)``, the level a
+   noise peak maximised over the search's resolution cells exceeds with probability ``false_alarm``) leaves the
+   model and the rest is refined again. Undetected paths are sent as NaN (no extra bits).
 
-Message (float32): per target ``u, d_{0..N-1}, f_{0..N-1}, Re/Im alpha_{0..N-1}``: ``32 (1 + 4N) Q`` bits per AP
-and update (288 Q for N = 2). The CPU knows X, so it recomputes ``J_m`` from the message (no y needed).
+Message (float32): per target ``g_x, g_y, f_{0..N-1}, Re/Im alpha_{0..N-1}``: ``32 (2 + 3N) Q`` bits per AP and
+update (256 Q for N = 2; the paper's fully distributed count is 96 Q). The CPU knows X, so it recomputes
+``J_m`` from the message (no y needed).
 
 CPU fusion
 ----------
-Targets are associated across APs (Hungarian on the per-AP locations: AoA ray x each ellipse, averaged), then psi
-is the robust (soft-L1 on whitened residuals, 3 sigma) bounded least-squares fit of all APs' messages with the
-Cholesky factors of ``J_m`` as whitening, multi-started from every AP's local estimate (lowest cost wins); the
-association is then redone on the Mahalanobis distances and the fit repeated. AoA residuals are wrapped modulo the
-array's period (endfire alias). Positions are bounded to the area and velocities to the prior box, as for the
-classical baselines.
+Target slots are associated across APs (Hungarian on the local positions), then each target's psi maximises a
+Gaussian / uniform mixture likelihood of its messages (an AP's message is either an inlier with covariance
+``J^-1`` or an outlier uniform over the area and the Doppler span), solved exactly by bounded weighted least
+squares on every inlier subset of APs; the association is redone on whitened distances and the fusion repeated.
+Positions are bounded to the area and velocities to the prior box, as for the classical baselines.
 
 ``joint=True`` adds the centralized ML: LM on psi over the raw echoes of all APs (gains per (n, m, q)
-eliminated), started from the fused psi and from every AP's local estimate; the start reaching the highest
-likelihood wins (the CPU's likelihood check). Its fronthaul is the centralized one, ``64 Mr Ns Ts`` bits per AP.
+eliminated), started from the fused psi, from every AP's local estimate and from the peaks of the CPU's own coarse
+search (the per-AP statistics summed over APs on the common grid: all N M paths non-coherently); the start
+reaching the highest likelihood wins (the CPU's likelihood check). Its fronthaul is the centralized one,
+``64 Mr Ns Ts`` bits per AP.
 
 Targets close in every domain
 -----------------------------
 When two targets share an AoA beam, a range cell and a Doppler cell at every AP, the grid shows one peak; the
 second detection then locks on the residual of the pair or on noise, the joint LM pulls the two estimates into the
 pair's cell, and the gains' Gram matrix becomes nearly singular (it is regularised, never NaN). Both estimates end
-up in the pair's resolution cell (within the area and the speed box); the CRLB there is itself huge or singular.
+up near the pair (within the area and the speed box), or one of them elsewhere on noise; the CRLB there is itself
+huge or singular. Targets separated in any one domain (angle, range or Doppler at some AP) are resolved.
 
-Not modelled: clutter (Eq. 29) and clock offsets (Eq. 30) are absent from the likelihood (model mismatch when the
-scenes carry them). A single transmit/receive AP pair cannot identify the velocity vector: ``N M = 1`` is refused.
+Limits: the threshold effect. The CRLB is a small-error bound; when a target's paths are too weak to be detected
+(per-path SNR below ~12 dB), errors are outliers over the area and the RMSE leaves the bound by orders of magnitude
+(on the ``quick`` preset this is the regime up to about 40 dBm; see ``benchmarks/results/ml.md``). Clutter (Eq. 29)
+and clock offsets (Eq. 30) are not in the likelihood (model mismatch when the scenes carry them). A single
+transmit/receive AP pair cannot identify the velocity vector: ``N M = 1`` is refused.
 """
 
 from __future__ import annotations
@@ -108,7 +115,6 @@ __all__ = ["ApMessages", "MLEstimate", "MLEstimator", "PathSystem", "path_system
 
 TWO_PI = 2.0 * math.pi
 F64, C128, C64 = torch.float64, torch.complex128, torch.complex64
-_U_EPS = 1e-9  # AoA cosines are kept inside (-1, 1) for the ray geometry
 _CANDIDATE_RATIO = 0.3  # coarse peaks below this fraction of the best are not refined (straddle loss < 5 dB)
 _AP_CLEARANCE = 1.0  # m: positions are kept this far from every AP (angles are undefined at an AP)
 _CHUNK_BYTES = 2**26  # working-set target of one chunk (64 MiB)
@@ -129,10 +135,6 @@ class _Geometry:
         (x0, x1), (y0, y1) = cfg.area
         self.lower = torch.tensor([x0, y0], **kw)
         self.upper = torch.tensor([x1, y1], **kw)
-        centre = (self.lower + self.upper) / 2
-        perp = torch.stack([-self.rx_axes[:, 1], self.rx_axes[:, 0]], -1)
-        side = torch.where(((centre - self.rx) * perp).sum(-1) >= 0, 1.0, -1.0)
-        self.rx_perp = perp * side[:, None]  # unit normal of each receive array towards the area
         self.i_abs, self.t_abs = (v.to(device) for v in sensing_indices(cfg))
         self.df, self.dT = cfg.subcarrier_spacing, cfg.symbol_duration
         self.kf = cfg.carrier_frequency / SPEED_OF_LIGHT  # bistatic Doppler per m/s of v . (e_n + e_m)
@@ -143,7 +145,6 @@ class _Geometry:
         self.f_amb = res["unambiguous_doppler_hz"]
         self.f_max = min(res["max_doppler_hz"] + self.doppler_res, self.f_amb)
         self.d_max = cfg.max_bistatic_range() + self.range_res
-        self.baseline = torch.linalg.vector_norm(self.rx[:, None] - self.tx[None], dim=-1)  # [M, N]
 
     def project_position(self, g: torch.Tensor) -> torch.Tensor:
         """Clamp positions [..., 2] to the area, then push them radially to at least ``_AP_CLEARANCE`` from
@@ -162,37 +163,6 @@ class _Geometry:
         k = torch.arange(n, dtype=F64, device=u.device)
         return (torch.polar(torch.ones((), dtype=F64, device=u.device), -TWO_PI * self.sp * u[..., None] * k)
                 / math.sqrt(n)).to(dtype)
-
-    def ray_points(self, m: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Points where AoA rays of receive AP ``m`` [L] with cosines ``u`` [L, Q] meet the bistatic ellipses of
-        ranges ``d`` [L, Q, N] (one per transmit AP), the AoD cosines there and their derivatives.
-
-        ``rho = (d^2 - |w|^2) / (2 (d + w . e))`` (``w = r_m - t_n``) is the distance along the ray; returns ``g``
-        [L, Q, N, 2], ``w_tx`` [L, Q, N] and ``dw_du``, ``dw_dd`` [L, Q, N].
-        """
-        a = self.rx_axes[m][:, None, :]
-        pp = self.rx_perp[m][:, None, :]
-        uc = u.clamp(-1 + _U_EPS, 1 - _U_EPS)
-        sq = torch.sqrt(1 - uc**2)
-        e = uc[..., None] * a + sq[..., None] * pp  # [L, Q, 2]
-        de = a - (uc / sq)[..., None] * pp
-        w = (self.rx[m][:, None, :] - self.tx[None])[:, None]  # [L, 1, N, 2]
-        we = (w * e[:, :, None]).sum(-1)
-        wde = (w * de[:, :, None]).sum(-1)
-        den = 2 * (d + we)
-        den = torch.where(den.abs() < 1e-9, torch.full_like(den, 1e-9), den)
-        rho = (d**2 - (w * w).sum(-1)) / den
-        drho_dd = (2 * d - 2 * rho) / den
-        drho_du = -2 * rho * wde / den
-        g = self.rx[m][:, None, None, :] + rho[..., None] * e[:, :, None]
-        dg_du = drho_du[..., None] * e[:, :, None] + rho[..., None] * de[:, :, None]
-        dg_dd = drho_dd[..., None] * e[:, :, None]
-        diff = g - self.tx
-        dist = torch.linalg.vector_norm(diff, dim=-1).clamp_min(1e-9)
-        et = diff / dist[..., None]
-        w_tx = (et * self.tx_axes).sum(-1)
-        dw_dg = (self.tx_axes - w_tx[..., None] * et) / dist[..., None]
-        return {"g": g, "rho": rho, "w_tx": w_tx, "dw_du": (dw_dg * dg_du).sum(-1), "dw_dd": (dw_dg * dg_dd).sum(-1)}
 
     def local_paths(self, m: torch.Tensor, theta: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Per-AP parametrisation: ``theta`` [L, Q, 2 + N] (local position g_x, g_y and the N bistatic Dopplers of
@@ -298,6 +268,15 @@ def _solve_psd(A: torch.Tensor, b: torch.Tensor, rel: float = 1e-12) -> torch.Te
     return torch.cholesky_solve(b, L)
 
 
+def _phases(geo: _Geometry, d: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Delay and Doppler phases of Eq. (6), ``e^{-j 2 pi i df d / c} e^{+j 2 pi t dT f}``: [..., Ns, Ts] complex128
+    for bistatic ranges ``d`` and Dopplers ``f`` [...] at the comb's absolute indices."""
+    one = torch.ones((), dtype=F64, device=d.device)
+    i_abs, t_abs = geo.i_abs.to(d.device), geo.t_abs.to(d.device)
+    return (torch.polar(one, -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * i_abs)[..., :, None]
+            * torch.polar(one, TWO_PI * geo.dT * f[..., None] * t_abs)[..., None, :])
+
+
 def _beams(weights: torch.Tensor, xs: torch.Tensor, n_of_path: torch.Tensor) -> torch.Tensor:
     """``sum_k weights[l, p, k] x[l, n_p, k, i, t]`` [l, P, Ns, Ts] complex128 (transmit beams per path)."""
     xs = xs.to(C128)
@@ -337,37 +316,36 @@ def path_system(
     kt = torch.arange(Nt, dtype=F64, device=dev)
     for s0 in range(0, L, step):
         sl = slice(s0, min(L, s0 + step))
-        l = sl.stop - sl.start
+        nl = sl.stop - sl.start
         u_rx, d, f, w = (g[sl] for g in geom)
-        ar = geo.steer(u_rx, Mr)  # [l, P, Mr]
-        at = geo.steer(w, Nt)  # [l, P, Nt]
-        xs = x[x_idx[sl]]  # [l, N, Nt, Ns, Ts]
-        ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * i_abs)[..., :, None]
-              * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * t_abs)[..., None, :])
+        ar = geo.steer(u_rx, Mr)  # [nl, P, Mr]
+        at = geo.steer(w, Nt)  # [nl, P, Nt]
+        xs = x[x_idx[sl]]  # [nl, N, Nt, Ns, Ts]
+        ph = _phases(geo, d, f)
         if path_mask is not None:
             ph = ph * path_mask[sl].to(F64)[..., None, None]
         b = _beams(at.conj(), xs, n_of_path)
         s = ph * b
         if deriv:
             bd = _beams(at.conj() * (1j * TWO_PI * geo.sp * kt), xs, n_of_path)
-            F = torch.stack([s, s * i_abs[:, None], s * t_abs, ph * bd], 2)  # [l, P, 4, Ns, Ts]
+            F = torch.stack([s, s * i_abs[:, None], s * t_abs, ph * bd], 2)  # [nl, P, 4, Ns, Ts]
         else:
             F = s[:, :, None]
         del xs, b
-        Fm = F.reshape(l, P * nf, Ns * Ts)
-        FG = Fm.conj() @ Fm.mT  # [l, P nf, P nf]
-        hg00 = ar.conj() @ ar.mT  # [l, P, P]
+        Fm = F.reshape(nl, P * nf, Ns * Ts)
+        FG = Fm.conj() @ Fm.mT  # [nl, P nf, P nf]
+        hg00 = ar.conj() @ ar.mT  # [nl, P, P]
         A0 = P * nf
         if deriv:
             ard = ar * (-1j * TWO_PI * geo.sp * kr)
             hg01 = ar.conj() @ ard.mT
             hg11 = ard.conj() @ ard.mT
             A = A0 + P
-            G5 = FG.view(l, P, nf, P, nf)
-            Gam = torch.empty(l, A, A, dtype=C128, device=dev)
-            Gam[:, :A0, :A0] = (hg00[:, :, None, :, None] * G5).reshape(l, A0, A0)
-            tr = hg01[:, :, None, :] * G5[:, :, :, :, 0]  # [l, P, nf, P]
-            Gam[:, :A0, A0:] = tr.reshape(l, A0, P)
+            G5 = FG.view(nl, P, nf, P, nf)
+            Gam = torch.empty(nl, A, A, dtype=C128, device=dev)
+            Gam[:, :A0, :A0] = (hg00[:, :, None, :, None] * G5).reshape(nl, A0, A0)
+            tr = hg01[:, :, None, :] * G5[:, :, :, :, 0]  # [nl, P, nf, P]
+            Gam[:, :A0, A0:] = tr.reshape(nl, A0, P)
             Gam[:, A0:, :A0] = Gam[:, :A0, A0:].mH
             Gam[:, A0:, A0:] = hg11 * G5[:, :, 0, :, 0]
             e_idx = torch.arange(P, device=dev) * nf
@@ -378,7 +356,7 @@ def path_system(
         if y is not None:
             ys = y[y_idx[sl]].to(C128)
             z = torch.einsum("lpr,lrit->lpit", ar.conj(), ys)  # beam outputs a_r^H y
-            c = (F.conj() * z[:, :, None]).sum((-1, -2)).reshape(l, A0)
+            c = (F.conj() * z[:, :, None]).sum((-1, -2)).reshape(nl, A0)
             if deriv:
                 zd = torch.einsum("lpr,lrit->lpit", ard.conj(), ys)
                 c = torch.cat([c, (F[:, :, 0].conj() * zd).sum((-1, -2))], 1)
@@ -389,18 +367,18 @@ def path_system(
         else:
             alpha = gains[sl].to(C128)
         out_a.append(alpha)
-        Ginv = _solve_psd(G, torch.eye(P, dtype=C128, device=dev).expand(l, P, P).contiguous())
+        Ginv = _solve_psd(G, torch.eye(P, dtype=C128, device=dev).expand(nl, P, P).contiguous())
         out_p.append(alpha.abs() ** 2 / torch.diagonal(Ginv, dim1=-2, dim2=-1).real.clamp_min(1e-300))
         if deriv:
             jl = jac[sl]
             K = jl.shape[-1]
-            C = torch.zeros(l, A, K, dtype=C128, device=dev)
-            Cv = C[:, :A0].view(l, P, nf, K)
+            C = torch.zeros(nl, A, K, dtype=C128, device=dev)
+            Cv = C[:, :A0].view(nl, P, nf, K)
             Cv[:, :, 1] = alpha[..., None] * (-1j * TWO_PI * geo.df / SPEED_OF_LIGHT) * jl[:, :, 1]
             Cv[:, :, 2] = alpha[..., None] * (1j * TWO_PI * geo.dT) * jl[:, :, 2]
             Cv[:, :, 3] = alpha[..., None] * jl[:, :, 3]
             C[:, A0:] = alpha[..., None] * jl[:, :, 0]
-            GC = Gam @ C  # [l, A, K]
+            GC = Gam @ C  # [nl, A, K]
             GE = GC[:, e_idx]  # (E^T Gam C)
             jtj = C.mH @ GC - GE.mH @ _solve_psd(G, GE)
             out_j.append(0.5 * (jtj.real + jtj.real.mT))
@@ -424,8 +402,7 @@ def path_signals(geo: _Geometry, x: torch.Tensor, x_idx: torch.Tensor, n_of_path
         sl = slice(s0, min(L, s0 + step))
         u_rx, d, f, w = (g[sl] for g in geom)
         b = _beams(geo.steer(w, Nt).conj(), x[x_idx[sl]], n_of_path)
-        ph = (torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.df / SPEED_OF_LIGHT * d[..., None] * geo.i_abs)[..., :, None]
-              * torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * geo.t_abs)[..., None, :])
+        ph = _phases(geo, d, f)
         out[sl] = torch.einsum("lp,lpr,lpit->lrit", gains[sl], geo.steer(u_rx, Mr), ph * b)
     return out
 
@@ -587,7 +564,8 @@ class MLEstimator:
                          distributed_positions=psi_d[..., :2].cpu(), distributed_velocities=psi_d[..., 2:].cpu(),
                          messages=msgs)
         if self.joint:
-            psi, energy = self.joint_refine(y, x, torch.cat([psi_d[:, None], starts], 1))
+            central = self._central_starts(self._maps, psi_d)
+            psi, energy = self.joint_refine(y, x, torch.cat([psi_d[:, None], starts, central], 1))
             out.positions, out.velocities = psi[..., :2].cpu(), psi[..., 2:].cpu()
             out.energy = (energy / self.cfg.noise_watt).cpu()
         return out
@@ -617,7 +595,6 @@ class MLEstimator:
         """Every receive AP's estimate (float64, before float32 rounding): see the module docstring, steps 1-4."""
         cfg = self.cfg
         B, M, Q, N = y.shape[0], cfg.n_rx, cfg.n_targets, cfg.n_tx
-        geo = self._geometry(y.device)
         dev = y.device
         L = B * M
         yl = y.reshape(L, *y.shape[2:])
@@ -628,8 +605,9 @@ class MLEstimator:
         K1 = 2 + N
         theta = torch.zeros(L, 0, K1, dtype=F64, device=dev)
         resid = yl.to(C128)
+        self._maps = [] if self.joint else None  # the first detection's maps feed the CPU's coarse search
         for q in range(Q):
-            cand, score = self._candidates(resid, rows, x, x_idx, m_idx)  # [L, C, K1], [L, C]
+            cand, score = self._candidates(resid, rows, x, x_idx, m_idx, maps=self._maps if q == 0 else None)
             best = self._best_single(resid, cand, score, x, x_idx, m_idx, tol)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
@@ -774,7 +752,7 @@ class MLEstimator:
         return out
 
     def _candidates(self, r: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, x_idx: torch.Tensor,
-                    m_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    m_idx: torch.Tensor, maps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n_candidates`` best local maxima of the coarse target statistic per problem: [L, C, 2 + N]
         (local position and the N Dopplers) and their statistic [L, C].
 
@@ -782,6 +760,7 @@ class MLEstimator:
         of the transmit beam towards g (``conj(a_t^H x)``), a zero-padded DFT over subcarriers read at the range
         bin of d_n(g), a zero-padded DFT over symbols, the best Doppler, GLRT-normalised by the transmit beam
         energy ``a_t^H R_x a_t``; the target statistic is the sum over n (module docstring, step 1).
+        With ``maps`` (a list), every problem's per-path statistics [N, G] and best Doppler bins [N, G] are appended.
         """
         cfg = self.cfg
         dev = r.device
@@ -805,7 +784,7 @@ class MLEstimator:
             Rx = xb.reshape(N, Nt, Ns * Ts) @ xb.reshape(N, Nt, Ns * Ts).mH
             zb = torch.einsum("ur,rit->uit", grid["a_r"].conj(), r[l0].to(C64))  # [U, Ns, Ts]
             iu = grid["iu"][m]
-            T = torch.zeros(G, dtype=torch.float32, device=dev)
+            Tn = torch.zeros(N, G, dtype=torch.float32, device=dev)
             Fi = torch.empty(N, G, dtype=torch.long, device=dev)
             for n in range(N):
                 at = grid["a_t"][m, :, n]  # [G, Nt]
@@ -824,9 +803,11 @@ class MLEstimator:
                     del F1
                 S = torch.fft.fft(z2, n=lt, dim=-1)
                 pw = torch.where(grid["f_ok"], (S.real**2 + S.imag**2) / E[:, None], zero)
-                mx, Fi[n] = pw.max(-1)
-                T += mx
-            T = torch.where(grid["ok"][m], T, torch.full_like(T, -1.0))
+                Tn[n], Fi[n] = pw.max(-1)
+            Tn = torch.where(grid["ok"][m], Tn, zero)
+            if maps is not None:
+                maps.append((Tn, Fi))
+            T = torch.where(grid["ok"][m], Tn.sum(0), torch.full_like(Tn[0], -1.0))
             top = _peaks(T, grid["pts"], Cn, radius)
             out[l0, :, :2] = grid["pts"][top]
             score[l0] = T[top].to(F64)
@@ -898,6 +879,38 @@ class MLEstimator:
         return torch.from_numpy(psi).to(x.device), torch.from_numpy(starts).to(x.device)
 
     # ------------------------------------------------------------------------------------------ centralized ML
+    def _central_starts(self, maps: list, psi_d: torch.Tensor) -> torch.Tensor:
+        """Starts [B, C Q, Q, 4] from the CPU's coarse search: the per-path statistics of every AP summed on the
+        common position grid (all N M paths non-coherently), its ``n_candidates`` best peaks, each with the
+        velocity fitted to the paths' best Dopplers (least squares weighted by their statistics) and put in place
+        of each fused target in turn."""
+        cfg = self.cfg
+        B, Q = psi_d.shape[:2]
+        M, N = cfg.n_rx, cfg.n_tx
+        dev = psi_d.device
+        grid = self._grid(dev)
+        geo = self._geometry(dev)
+        Tn = torch.stack([t for t, _ in maps]).view(B, M, N, -1)
+        Fi = torch.stack([f for _, f in maps]).view(B, M, N, -1)
+        C = self.n_candidates
+        out = psi_d[:, None].expand(B, C * Q, Q, 4).clone()
+        for b in range(B):
+            top = _peaks(Tn[b].sum((0, 1)), grid["pts"], C, geo.range_res)
+            for c, gi in enumerate(top.tolist()):
+                g = grid["pts"][gi]
+                em = g - geo.rx
+                em = em / torch.linalg.vector_norm(em, dim=-1, keepdim=True).clamp_min(1e-9)
+                en = g - geo.tx
+                en = en / torch.linalg.vector_norm(en, dim=-1, keepdim=True).clamp_min(1e-9)
+                A = (geo.kf * (em[:, None] + en[None])).reshape(M * N, 2)
+                f = grid["f"][Fi[b, :, :, gi]].reshape(M * N)
+                w = Tn[b, :, :, gi].reshape(M * N).to(F64).clamp_min(0).sqrt()[:, None]
+                v = torch.linalg.lstsq(w * A, w[:, 0:1] * f[:, None]).solution[:, 0]
+                v = v.clamp(-cfg.max_speed, cfg.max_speed)
+                for q in range(Q):
+                    out[b, c * Q + q, q] = torch.cat([g, v])
+        return out
+
     def joint_refine(self, y: torch.Tensor, x: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Centralized ML over psi from every start [B, S, Q, 4]; returns the most likely psi [B, Q, 4] and its
         explained energy [B] (the CPU's likelihood check)."""
@@ -1039,7 +1052,6 @@ class _NumpyLayout:
         self.tx_axes = np.array(cfg.tx_axes, dtype=np.float64)
         self.rx_axes = np.array(cfg.rx_axes, dtype=np.float64)
         geo = _Geometry(cfg)
-        self.rx_perp = geo.rx_perp.numpy()
         self.lower, self.upper = geo.lower.numpy(), geo.upper.numpy()
         self.kf = geo.kf
         self.N, self.M = len(self.tx), len(self.rx)
