@@ -39,8 +39,8 @@ from . import Estimate, register
 from .signal_processing import (
     ApMessages,
     Comb,
+    Layout,
     Path,
-    _Layout,
     fuse_messages,
     pair_paths,
     steering,
@@ -87,7 +87,7 @@ class CsEstimator:
         self.fronthaul_bits_per_ap = 96 * cfg.n_targets
         self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
         self.comb = Comb.from_config(cfg)
-        self.layout = _Layout(cfg)
+        self.layout = Layout(cfg)
         res = cfg.resolution()
         self.f_max = min(res["max_doppler_hz"] + self.comb.doppler_res, res["unambiguous_doppler_hz"])
         # Dictionary grids: bistatic ranges per (n, m) inside the feasible interval, transmit direction cosines.

@@ -38,8 +38,8 @@ from ..config import SystemConfig
 from . import Estimate, register
 from .signal_processing import (
     Comb,
+    Layout,
     Path,
-    _Layout,
     aoa_direction,
     delay_doppler_spectrum,
     refine_delay_doppler,
@@ -81,7 +81,7 @@ class MonostaticEstimator:
         self.refine_rounds = refine_rounds
         self.n_candidates = n_candidates
         self.comb = Comb.from_config(cfg)
-        lay = _Layout(cfg)
+        lay = Layout(cfg)
         self.layout = lay
         self.bs, self.rx_axis, self.tx_axis, self.side = lay.rx[0], lay.rx_axes[0], lay.tx_axes[0], lay.rx_side[0]
         res = cfg.resolution()

@@ -53,8 +53,8 @@ from . import Estimate, register
 from .signal_processing import (
     ApMessages,
     Comb,
+    Layout,
     Path,
-    _Layout,
     aoa_direction,
     direction_cosine,
     endfire_alias,
@@ -181,7 +181,7 @@ class MusicEstimator:
         self.fronthaul_bits_per_ap = 96 * cfg.n_targets
         self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
         self.comb = Comb.from_config(cfg)
-        self.layout = _Layout(cfg)
+        self.layout = Layout(cfg)
         res = cfg.resolution()
         self.f_max = min(res["max_doppler_hz"] + self.comb.doppler_res, res["unambiguous_doppler_hz"])
 

@@ -16,10 +16,13 @@ of all transmit APs overlap at every receive antenna and cell. The baselines the
 (the precoded 16-QAM combination ``b_p`` is Gaussian-like and a reciprocal filter blows up the noise and the other
 transmit AP's echo wherever ``|b_p|`` is small); they use the **matched filter** ``conj(b_p)`` per transmit AP and
 hypothesised AoD (the correlation receiver; for one path in white noise it is the maximum-likelihood statistic
-``|<r, s>|^2 / ||s||^2``), and separate the transmit APs by **successive cancellation and cyclic least-squares
-refinement** (SAGE-like): each detected path is reconstructed from the known ``x`` and subtracted before the next
-one is detected / refined. The receive AP is assumed to know the transmit signals X (equivalently the data symbols
-and precoders) for these schemes (DESIGN.md, "Known slips"): the paper's own D-VQVAE receive APs do not.
+``|<r, s>|^2 / ||s||^2``), and separate the transmit APs by **least squares on the known x**: detected paths are
+reconstructed from x and cancelled before the next detection (CLEAN / successive cancellation), and every path is
+then refined with all the others projected out (alternating projection, the joint least-squares fit of all paths;
+:func:`refine_delay_doppler`). This matters because the two transmit APs' data are correlated (both send
+precoded combinations of the same user streams), so one AP's echo leaks into the other's matched filter. The
+receive AP is assumed to know the transmit signals X (equivalently the data symbols and precoders) for these
+schemes (DESIGN.md, "Known slips"): the paper's own D-VQVAE receive APs do not.
 
 Peak refinement: every FFT peak is refined by a vectorised local zoom search on the exact DTFT of the matched-filter
 output (:func:`zoom_maximize`, :func:`refine_delay_doppler`), i.e. a continuous maximisation of the periodogram;
@@ -50,9 +53,10 @@ from ..sensing import check_transmit_signals, sensing_indices
 from . import Estimate
 
 __all__ = [
-    "ApMessages", "Comb", "Path", "aoa_direction", "associate", "delay_doppler_spectrum", "fuse_messages",
-    "locate_on_ray", "path_signal", "ray_distance", "ray_side", "refine_delay_doppler", "steering", "tx_beam",
-    "validate_inputs", "zoom_maximize", "zoom_maximize_2d",
+    "ApMessages", "Comb", "Layout", "Path", "aoa_direction", "associate", "delay_doppler_spectrum", "direction_cosine",
+    "endfire_alias", "fuse_messages", "local_location", "locate_on_ray", "pair_paths", "path_signal",
+    "ray_delay_doppler_map", "ray_distance", "ray_exit", "ray_side", "refine_delay_doppler", "steering", "tx_beam",
+    "tx_beam_energy", "validate_inputs", "wrap_cosine", "zoom_maximize", "zoom_maximize_2d",
 ]
 
 TWO_PI = 2.0 * math.pi
@@ -468,8 +472,8 @@ def associate(points: np.ndarray) -> np.ndarray:
     return perm
 
 
-class _Layout:
-    """AP positions, axes and sides as numpy arrays."""
+class Layout:
+    """AP positions, axes, receive-array sides (:func:`ray_side`) and the area box of a config, as numpy arrays."""
 
     def __init__(self, cfg: SystemConfig) -> None:
         self.tx = np.array(cfg.tx_positions, dtype=np.float64)
@@ -482,7 +486,7 @@ class _Layout:
         self.upper = np.array([x1, y1])
 
 
-def _position_residuals(g: np.ndarray, lay: _Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
+def _position_residuals(g: np.ndarray, lay: Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
                         comb: Comb) -> tuple[np.ndarray, np.ndarray]:
     """Residuals (in resolution cells) and Jacobian of AoAs ``u`` [A] and bistatic ranges ``d`` [A, N]."""
     rx, ax = lay.rx[aps], lay.rx_axes[aps]
@@ -503,15 +507,17 @@ def _position_residuals(g: np.ndarray, lay: _Layout, aps: np.ndarray, u: np.ndar
 
 
 ROBUST_SCALE = 0.5  # Cauchy loss scale of the CPU fusion, in resolution cells
+REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
 
 
-def _fit_position(g0s: list[np.ndarray], lay: _Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
+def _fit_position(g0s: list[np.ndarray], lay: Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
                   comb: Comb) -> np.ndarray:
     """Robust bounded least squares position from several starts; the lowest cost wins.
 
     Residuals are in resolution cells; the Cauchy loss (scale :data:`ROBUST_SCALE` cells) is a redescending
     M-estimator: a wrong range or angle from one AP (a detection captured by another path) is rejected instead of
-    pulling the fit, as a quadratic or soft-L1 loss would.
+    pulling the fit, as a quadratic or soft-L1 loss would. Measurements farther than ``REJECT * ROBUST_SCALE`` cells
+    from the robust fit are then dropped and the others refitted by plain least squares.
     """
     best, best_cost = None, np.inf
     lo, hi = lay.lower, lay.upper
@@ -522,10 +528,19 @@ def _fit_position(g0s: list[np.ndarray], lay: _Layout, aps: np.ndarray, u: np.nd
                             loss="cauchy", f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
         if sol.cost < best_cost:
             best, best_cost = sol.x, sol.cost
+    # Hard rejection: measurements more than REJECT cells off the robust fit are dropped and the rest refitted by
+    # plain least squares (exact on consistent measurements), if enough remain to stay over-determined.
+    res = _position_residuals(best, lay, aps, u, d, comb)[0]
+    keep = np.abs(res) <= REJECT * ROBUST_SCALE
+    if not keep.all() and keep.sum() >= 3:
+        sol = least_squares(lambda g: _position_residuals(g, lay, aps, u, d, comb)[0][keep], best,
+                            jac=lambda g: _position_residuals(g, lay, aps, u, d, comb)[1][keep], bounds=(lo, hi),
+                            xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
+        best = sol.x
     return best
 
 
-def _fit_velocity(g: np.ndarray, lay: _Layout, f: np.ndarray, comb: Comb, vmax: float) -> np.ndarray:
+def _fit_velocity(g: np.ndarray, lay: Layout, f: np.ndarray, comb: Comb, vmax: float) -> np.ndarray:
     """Velocity [2] from bistatic Dopplers ``f`` [M, N]: robust bounded LS of ``lambda f = (e_n + e_m) . v``."""
     er = g - lay.rx
     er = er / np.maximum(np.linalg.norm(er, axis=-1, keepdims=True), 1e-6)
@@ -544,10 +559,14 @@ def _fit_velocity(g: np.ndarray, lay: _Layout, f: np.ndarray, comb: Comb, vmax: 
                             f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12)
         if sol.cost < best_cost - 1e-15:
             best, best_cost = sol.x, sol.cost
+    keep = np.abs(a @ best - b) <= REJECT * ROBUST_SCALE
+    if not keep.all() and keep.sum() >= 3:
+        best = least_squares(lambda v: a[keep] @ v - b[keep], best, jac=lambda v: a[keep], bounds=(-vmax, vmax),
+                             xtol=1e-12, ftol=1e-12, gtol=1e-12).x
     return best
 
 
-def local_location(u: float, d: np.ndarray, lay: _Layout, m: int, comb: Comb) -> np.ndarray:
+def local_location(u: float, d: np.ndarray, lay: Layout, m: int, comb: Comb) -> np.ndarray:
     """One receive AP's location of one target [2]: AoA line x each bistatic ellipse ``d`` [N], averaged.
 
     Near endfire a half-wavelength ULA cannot tell ``u`` from its alias (:func:`endfire_alias`); both rays are
@@ -577,7 +596,7 @@ def fuse_messages(cfg: SystemConfig, msgs: ApMessages, *, velocity: bool = True)
     velocity the robust least-squares fit of all N*M bistatic Dopplers. ``velocity=False`` returns NaN velocities.
     """
     comb = Comb.from_config(cfg)
-    lay = _Layout(cfg)
+    lay = Layout(cfg)
     B, M, Q = msgs.aoa.shape
     N = msgs.ranges.shape[-1]
     pos = np.empty((B, Q, 2))
@@ -604,7 +623,7 @@ def fuse_messages(cfg: SystemConfig, msgs: ApMessages, *, velocity: bool = True)
     return Estimate(torch.from_numpy(pos), torch.from_numpy(vel))
 
 
-def pair_paths(paths_by_tx: list[list[Path]], lay: _Layout, m: int, comb: Comb) -> list[list[Path]]:
+def pair_paths(paths_by_tx: list[list[Path]], lay: Layout, m: int, comb: Comb) -> list[list[Path]]:
     """Group one receive AP's paths into targets: one path per transmit AP each (Hungarian).
 
     ``paths_by_tx[n]`` holds the same number of paths J for every n. Paths of transmit AP n > 0 are matched to
