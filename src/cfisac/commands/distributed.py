@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every k steps")
     p.add_argument("--no-checksum", action="store_true", help="no CRC-32 on message bodies")
     p.add_argument("--local", action="store_true", help="start the M + 1 ranks here (loopback), no torchrun")
+    p.add_argument("--inject-fault", metavar="RANK:ACTION@STEP", help=argparse.SUPPRESS)  # testing: exit, hang, ...
     p.set_defaults(func=run_dist_train)
 
     p = sub.add_parser("dist-sense", help="Algorithm 2 with the APs and the CPU as separate processes (torchrun)",
@@ -150,9 +151,12 @@ def run_dist_train(args: argparse.Namespace) -> int:
                "distributed": dcfg.to_dict(), "out": str(args.out), "resume": args.resume,
                "progress": not args.no_progress, "backend": args.backend, "device": args.device,
                "timeout_s": args.timeout, "threads": args.threads}
+    if args.inject_fault:
+        rank, _, action = args.inject_fault.partition(":")
+        options["fault"] = {"rank": int(rank), "action": action}
     if args.local:
         reports = spawn_local(cfg.n_rx + 1, "train", options, args.out / ".ranks",
-                              deadline_s=float("inf") if args.minutes is None else args.minutes * 60 + 3600)
+                              deadline_s=None)
         code = _report(reports, "dist-train")
         if code == 0:
             print(f"finished; checkpoint {reports[0]['result']['checkpoint']}")
@@ -186,7 +190,7 @@ def run_dist_sense(args: argparse.Namespace) -> int:
 
         n_rx = load_side(args.checkpoint, "cpu", which=args.which)[2].n_rx
         workdir = (args.out.parent if args.out else Path(args.checkpoint)) / ".ranks-sense"
-        reports = spawn_local(n_rx + 1, "sense", options, workdir, deadline_s=3600)
+        reports = spawn_local(n_rx + 1, "sense", options, workdir, deadline_s=None)
         code = _report(reports, "dist-sense")
         if code == 0:
             summary = reports[0]["result"]
@@ -215,7 +219,7 @@ def run_ddp_train(args: argparse.Namespace) -> int:
                "resume": args.resume, "progress": not args.no_progress, "plot": not args.no_plot,
                "backend": args.backend, "device": args.device, "timeout_s": args.timeout, "threads": args.threads}
     if args.local:
-        reports = spawn_local(args.local, "ddp", options, args.out / ".ranks", deadline_s=float("inf"))
+        reports = spawn_local(args.local, "ddp", options, args.out / ".ranks", deadline_s=None)
         code = _report(reports, "ddp-train")
         if code == 0:
             print(f"finished; checkpoint {reports[0]['result']['checkpoint']}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import socket
@@ -191,10 +192,11 @@ def _jsonable(res: Any) -> Any:
 
 
 def spawn_local(world: int, task: str, options: dict[str, Any] | list[dict[str, Any]], workdir: str | Path, *,
-                deadline_s: float = 600.0, entry: str | None = None) -> list[dict[str, Any]]:
+                deadline_s: float | None = 600.0, entry: str | None = None) -> list[dict[str, Any]]:
     """Start ``world`` ranks as local processes on the loopback interface and wait for them (at most
-    ``deadline_s``; stragglers are terminated and reported). ``options`` is one dict for every rank or a list of
-    per-rank dicts. ``entry`` ("module.function") replaces :func:`run_worker` (called with the rank's options).
+    ``deadline_s``, None: no limit; stragglers are terminated and reported). ``options`` is one dict for every rank
+    or a list of per-rank dicts. ``entry`` ("module.function") replaces :func:`run_worker` (called with the rank's
+    options).
 
     Returns one report per rank: {"rank", "ok", "result" | "error", "error_type", "traceback", "exitcode"}.
     """
@@ -212,9 +214,9 @@ def spawn_local(world: int, task: str, options: dict[str, Any] | list[dict[str, 
                          daemon=False) for r in range(world)]
     for p in procs:
         p.start()
-    end = time.monotonic() + deadline_s
+    end = None if deadline_s is None or math.isinf(deadline_s) else time.monotonic() + deadline_s
     for p in procs:
-        p.join(max(0.0, end - time.monotonic()))
+        p.join(None if end is None else max(0.0, end - time.monotonic()))
     out = []
     for r, (p, rp) in enumerate(zip(procs, reports, strict=True)):
         if p.is_alive():

@@ -100,12 +100,15 @@ class Link:
         """Receive the next message; it must be of a kind in ``expect`` (``ABORT`` raises :class:`PeerAborted`)."""
         kinds = {expect} if isinstance(expect, Kind) else set(expect)
         wait = self.timeout_s if timeout is None else timeout
-        awaited = what or "/".join(sorted(k.name for k in kinds))
+        awaited = (what or "/".join(sorted(k.name for k in kinds))).replace(f" from {self.peer_name}", "")
         try:
             raw = self._recv_header(wait)
         except (RuntimeError, TimeoutError) as err:
-            raise PeerFailure(f"{self.peer_name} did not deliver {awaited} within {wait:g} s (dead, hung or "
-                              f"disconnected): {_short(err)}", peer=self.peer) from err
+            if isinstance(err, TimeoutError) or "timed out" in str(err).lower():
+                text = f"did not deliver {awaited} within {wait:g} s (hung or too slow: see --timeout)"
+            else:
+                text = f"broke the connection (the process died?) while {role_name(self.rank)} waited for {awaited}"
+            raise PeerFailure(f"{self.peer_name} {text}: {_short(err)}", peer=self.peer) from err
         header = unpack_header(raw, max_length=self.max_message_bytes)
         if header.sender != self.peer:
             raise MessageError(f"message claims sender rank {header.sender} but arrived from {self.peer_name}")

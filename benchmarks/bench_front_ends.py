@@ -1,0 +1,190 @@
+"""Issue 9 benchmark: the D-VQVAE with each AP front end ("raw" = the paper, "matched", "covariance") against the
+prior predictor, the root-CRLB and the classical baselines, under a fixed CPU training budget.
+
+Every variant is trained with :func:`cfisac.train.train` (Algorithm 1, fresh on-the-fly scenes, ``minutes`` of
+wall-clock training) at the ``quick`` system preset and ``quick`` model preset, then evaluated on the same held-out
+test scenes (dataset seed ``--test-seed``) with :func:`cfisac.evaluate.evaluate` (Hungarian-assigned RMSE, the prior
+predictor and the root-CRLB of the same scenes). Results are appended to ``<out>/results.jsonl`` (one JSON object per
+variant); ``--report`` prints a Markdown table of that file.
+
+    .venv/bin/python benchmarks/bench_front_ends.py --variants raw-paper raw matched-max --minutes 10
+    .venv/bin/python benchmarks/bench_front_ends.py --baselines music cs      # classical schemes, same scenes
+    .venv/bin/python benchmarks/bench_front_ends.py --report                   # Markdown table of results.jsonl
+
+The machine is shared (2 cores, other agents running): a 10-minute budget buys a varying number of steps, which
+each row records (``steps``, ``samples``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import cfisac
+from cfisac.evaluate import evaluate
+from cfisac.models import ModelConfig
+from cfisac.train import TrainConfig, train
+
+# name -> (model-config overrides, train-config overrides). "raw-paper" is the paper's recipe (Re/Im of Y_m,
+# per-sample RMS normalisation, Adam lr 1e-4); the others try one remedy or one front end at a time.
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "raw-paper": (dict(front_end="raw", input_norm="rms"), dict(lr=1e-4)),
+    "raw": (dict(front_end="raw", input_norm="rms"), dict(lr=1e-3)),
+    "raw-noise": (dict(front_end="raw", input_norm="noise"), dict(lr=1e-3)),
+    "raw-b8": (dict(front_end="raw", input_norm="rms"), dict(lr=1e-3, batch_size=8)),
+    "raw-b128": (dict(front_end="raw", input_norm="rms"), dict(lr=1e-3, batch_size=128)),
+    "raw-lr3e-4": (dict(front_end="raw", input_norm="rms"), dict(lr=3e-4)),
+    "covariance": (dict(front_end="covariance", input_norm="noise"), dict(lr=1e-3)),
+    "covariance-log": (dict(front_end="covariance", input_norm="noise", front_end_options=dict(compress="log")),
+                       dict(lr=1e-3)),
+    "matched": (dict(front_end="matched", input_norm="noise"), dict(lr=1e-3)),
+    "matched-paper-lr": (dict(front_end="matched", input_norm="noise", front_end_options=dict(beam_pool="max")),
+                         dict(lr=1e-4)),
+    "matched-max": (dict(front_end="matched", input_norm="noise", front_end_options=dict(beam_pool="max")),
+                    dict(lr=1e-3)),
+    "matched-max-log": (dict(front_end="matched", input_norm="noise",
+                             front_end_options=dict(beam_pool="max", compress="log")), dict(lr=1e-3)),
+    "matched-rms": (dict(front_end="matched", input_norm="noise", front_end_options=dict(beam_pool="rms")),
+                    dict(lr=1e-3)),
+}
+
+
+def _config(args: argparse.Namespace) -> cfisac.SystemConfig:
+    return cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.processor()
+            or platform.machine(), "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+            "preset": args.preset, "power_dbm": args.power_dbm, "n_test": args.n_test, "test_seed": args.test_seed}
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = _config(args)
+    m_over, t_over = VARIANTS[name]
+    mcfg = ModelConfig.preset(args.model_preset, **m_over)
+    t_over = {**dict(batch_size=32), **t_over}
+    minutes = args.minutes * (args.minutes_factor.get(name, 1.0) if args.minutes_factor else 1.0)
+    tcfg = TrainConfig(kind="dvqvae", epochs=10_000, n_train=args.n_train, n_val=args.n_val, seed=args.train_seed,
+                       minutes=minutes, **t_over)
+    out = args.out / f"{name}-P{args.power_dbm:g}-{args.minutes:g}min"
+    if out.exists() and (out / "latest.json").exists():
+        raise SystemExit(f"{out} already holds a run: remove it or change --out")
+    t0 = time.time()
+    res = train(cfg, mcfg, tcfg, out, progress=False, log=lambda s: print(f"[{name}] {s}", flush=True))
+    train_s = time.time() - t0
+    est = cfisac.estimators.create("dvqvae", cfg, checkpoint=str(out))
+    ev = evaluate(est, cfg, n_test=args.n_test, seed=args.test_seed, with_crlb=args.crlb, batch_size=64)
+    last = res.history[-1] if res.history else {}
+    row = {**_meta(args), "variant": name, "model": mcfg.to_dict(), "train": tcfg.to_dict(),
+           "steps": last.get("steps"), "samples": last.get("samples"), "train_wall_s": train_s,
+           "val_position_rmse": last.get("val_position_rmse"), "val_velocity_rmse": last.get("val_velocity_rmse"),
+           "position_rmse": ev["position_rmse"], "velocity_rmse": ev["velocity_rmse"], "prior": ev["prior"],
+           "root_crlb": ev["root_crlb"], "fronthaul_bits_per_ap": ev["fronthaul_bits_per_ap"],
+           "history": res.history, "run_dir": str(out)}
+    print(f"[{name}] test RMSE {row['position_rmse']:.2f} m / {row['velocity_rmse']:.2f} m/s; prior "
+          f"{ev['prior']['position_rmse']:.2f} m / {ev['prior']['velocity_rmse']:.2f} m/s; root-CRLB "
+          f"{ev['root_crlb']}; {row['steps']} steps, {row['samples']} samples", flush=True)
+    return row
+
+
+class TrainMeanEstimator:
+    """The prior predictor of issue 9: the mean of the training labels in the canonical target order (ascending x).
+
+    For Q > 1 it beats ``cfisac.estimators.create("prior")`` (the area's centre for every target): the sorted x
+    coordinates have means (k / (Q + 1)) of the area, e.g. 33.3 m and 66.7 m for Q = 2 (37.3 m position RMSE instead
+    of 40.8 m). A learned model that reaches only this number has learned the label statistics, not the echoes.
+    """
+
+    name = "train-mean"
+    fronthaul_bits_per_ap = 0
+
+    def __init__(self, cfg: cfisac.SystemConfig, *, seed: int, n: int = 20_000) -> None:
+        lab = cfisac.labels_from_scene(cfisac.sample_scenes(cfg, n, seed))
+        self.mean, self.Q = lab.mean(0), cfg.n_targets
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> cfisac.estimators.Estimate:
+        B, Q = y.shape[0], self.Q
+        psi = self.mean.expand(B, -1)
+        return cfisac.estimators.Estimate(psi[:, : 2 * Q].reshape(B, Q, 2).clone(),
+                                          psi[:, 2 * Q:].reshape(B, Q, 2).clone())
+
+
+def run_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = _config(args)
+    est = TrainMeanEstimator(cfg, seed=args.train_seed) if name == "train-mean" else cfisac.estimators.create(name, cfg)
+    t0 = time.time()
+    ev = evaluate(est, cfg, n_test=args.n_test, seed=args.test_seed, with_crlb=args.crlb, batch_size=16)
+    row = {**_meta(args), "variant": name, "position_rmse": ev["position_rmse"],
+           "velocity_rmse": ev["velocity_rmse"], "prior": ev["prior"], "root_crlb": ev["root_crlb"],
+           "fronthaul_bits_per_ap": ev["fronthaul_bits_per_ap"], "eval_wall_s": time.time() - t0}
+    print(f"[{name}] test RMSE {row['position_rmse']:.2f} m / {row['velocity_rmse']:.2f} m/s", flush=True)
+    return row
+
+
+def report(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    head = ("| variant | P (dBm) | budget (min) | steps | scenes seen | fronthaul bit/AP | position RMSE (m) | "
+            "velocity RMSE (m/s) | prior (m, m/s) | root-CRLB (m, m/s) |")
+    lines = [head, "|" + "|".join(["---"] * 10) + "|"]
+    for r in rows:
+        pr, cr = r.get("prior") or {}, r.get("root_crlb")
+        crs = f"{cr['position']:.2f}, {cr['velocity']:.2f}" if isinstance(cr, dict) else "-"
+        budget = (r.get("train") or {}).get("minutes")
+        lines.append(
+            f"| {r['variant']} | {r['power_dbm']:g} | {budget if budget is not None else '-'} | "
+            f"{r.get('steps', '-')} | {r.get('samples', '-')} | {r.get('fronthaul_bits_per_ap')} | "
+            f"{r['position_rmse']:.2f} | {r['velocity_rmse']:.2f} | "
+            f"{pr.get('position_rmse', float('nan')):.2f}, {pr.get('velocity_rmse', float('nan')):.2f} | {crs} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    p.add_argument("--baselines", nargs="*", default=[],
+                   help="train-mean (the training-label mean) or registered estimators (music, cs, ...), same scenes")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--model-preset", default="quick")
+    p.add_argument("--power-dbm", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per variant (wall clock)")
+    p.add_argument("--minutes-factor", type=json.loads, default=None,
+                   help='JSON {variant: factor} multiplying --minutes for some variants ("longer training")')
+    p.add_argument("--n-train", type=int, default=200_000, help="training scenes (fresh ones until the budget ends)")
+    p.add_argument("--n-val", type=int, default=256)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--test-seed", type=int, default=1)
+    p.add_argument("--no-crlb", dest="crlb", action="store_false")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_front_ends"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", action="store_true", help="print the Markdown table of <out>/results.jsonl")
+    args = p.parse_args(argv)
+    results = args.out / "results.jsonl"
+    if args.report:
+        print(report(results))
+        return 0
+    torch.set_num_threads(args.threads)
+    for name in args.variants:
+        _append(results, run_variant(name, args))
+    for name in args.baselines:
+        _append(results, run_baseline(name, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
