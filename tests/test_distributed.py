@@ -367,10 +367,19 @@ def test_online_sensing_across_ranks_gives_the_in_process_estimates(reference, t
 # ---------------------------------------------------------------------------------------------------- processes
 def _scenario(out: str) -> dict:
     """Runs in each of 3 spawned ranks (MASTER_ADDR=127.0.0.1): the CLI under a torchrun-like environment."""
+    import argparse
+
     import torch.distributed as dist
 
-    from cfisac.cli import main
+    from cfisac.commands import distributed as commands
     from cfisac.distributed import init_distributed, run_worker
+
+    def main(argv: list[str]) -> int:  # `cfisac <argv>` with only this module's sub-commands (faster to import)
+        parser = argparse.ArgumentParser(prog="cfisac")
+        commands.register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        return args.func(args)
+
     from cfisac.distributed.ddp import ddp_train
 
     torch.set_num_threads(1)
