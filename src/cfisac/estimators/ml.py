@@ -355,11 +355,13 @@ def path_system(
         G = Gam[:, e_idx][:, :, e_idx]
         if y is not None:
             ys = y[y_idx[sl]].to(C128)
-            z = torch.einsum("lpr,lrit->lpit", ar.conj(), ys)  # beam outputs a_r^H y
-            c = (F.conj() * z[:, :, None]).sum((-1, -2)).reshape(nl, A0)
+            yf = ys.reshape(nl, Mr, Ns * Ts)
+            z = ar.conj() @ yf  # beam outputs a_r^H y: [nl, P, Ns Ts]
+            Fp = F.reshape(nl, P, nf, Ns * Ts)
+            c = (Fp.conj() @ z[..., None]).reshape(nl, A0)  # F^H z per path
             if deriv:
-                zd = torch.einsum("lpr,lrit->lpit", ard.conj(), ys)
-                c = torch.cat([c, (F[:, :, 0].conj() * zd).sum((-1, -2))], 1)
+                zd = ard.conj() @ yf
+                c = torch.cat([c, (Fp[:, :, 0, None].conj() @ zd[..., None]).reshape(nl, P)], 1)
             del ys, z
             sy = c[:, e_idx]
             alpha = _solve_psd(G, sy)
