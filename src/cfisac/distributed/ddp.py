@@ -214,6 +214,9 @@ def ddp_train(
     budget = None if tcfg.minutes is None else tcfg.minutes * 60.0
     model.train()
     while epoch < tcfg.epochs and not stopped:
+        if budget is not None and elapsed >= budget:  # e.g. resuming a run whose budget is spent
+            stopped = True
+            break
         batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
         sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
         bar = _bar(progress and rank == 0, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")

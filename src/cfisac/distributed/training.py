@@ -532,6 +532,9 @@ def run_cpu_training(
         t_start = time.monotonic()
         budget = None if tcfg.minutes is None else tcfg.minutes * 60.0
         while epoch < tcfg.epochs and not stopped:
+            if budget is not None and elapsed >= budget:  # e.g. resuming a run whose budget is spent
+                stopped = True
+                break
             batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
             sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
             bar = _bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
