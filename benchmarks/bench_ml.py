@@ -183,7 +183,7 @@ def render(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", nargs="+", default=["accuracy", "sweep", "timing"],
-                   choices=["accuracy", "sweep", "timing"])
+                   choices=["accuracy", "sweep", "timing", "render"], help="render: only re-render the markdown")
     p.add_argument("--scenes", type=int, default=200)
     p.add_argument("--sweep-scenes", type=int, default=50)
     p.add_argument("--configs", nargs="+", default=["tiny:1:40", "tiny:2:40", "quick:1:50", "quick:2:50"])
@@ -196,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
+    mk = args.out.with_suffix(".md")
+    if args.sections == ["render"]:
+        mk.write_text(render(data))
+        return 0
     data["meta"] = {
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ml.py " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} "
                    "thread(s)",
     }
-    mk = args.out.with_suffix(".md")
 
     def save() -> None:
         args.out.write_text(json.dumps(data, indent=1))

@@ -501,17 +501,25 @@ class MLEstimate(Estimate):
 class MLEstimator:
     """Per-AP maximum likelihood plus Fisher-weighted fusion, optionally a centralized ML refinement (module doc).
 
-    Options (keyword-only): ``joint`` (False: distributed, ``32 (1 + 4N) Q`` bits per AP; True: centralized
-    refinement on the raw echoes, ``64 Mr Ns Ts`` bits); ``n_candidates`` grid peaks refined per detection (3);
-    ``relax_rounds`` re-detection rounds for Q > 1 (1); ``angle_oversample`` AoA grid points per ``Mr / 2`` (2: a
-    ``2 Mr``-point grid); ``oversample`` zero padding of the range / Doppler DFTs (2); ``max_iter`` LM iterations
-    (40); ``device`` where the heavy tensors live (default: that of y).
+    Options (keyword-only): ``joint`` (False: distributed, ``32 (2 + 3N) Q`` bits per AP; True: centralized
+    refinement on the raw echoes, ``64 Mr Ns Ts`` bits); ``n_candidates`` coarse peaks refined per detection (3);
+    ``relax_rounds`` re-detection rounds for Q > 1 (1); ``angle_oversample`` receive beams per ``Mr / 2`` (2: a
+    ``2 Mr``-beam grid); ``oversample`` zero padding of the range / Doppler DFTs and position-grid density (2: half a
+    range cell); ``grid_refinement`` density of the adaptive grid near the APs (1.0; 0.5 measurably misses
+    targets close to a transmit AP); ``max_iter`` LM iterations (40); ``detection_threshold`` per-path GLRT
+    threshold (default ``log(cells / false_alarm)`` with ``false_alarm`` 1e-3); ``threads`` torch intra-op threads
+    during a call (1: the work is many small tensor operations, which multi-threading slows down on a shared
+    machine; restored afterwards; None leaves the global setting); ``device`` where the heavy tensors live
+    (default: that of y).
+
+    Attributes: ``fronthaul_bits_per_ap`` (of the chosen variant), ``message_bits_per_ap`` (distributed message),
+    ``centralized_bits_per_ap``, ``threshold``.
     """
 
     def __init__(self, cfg: SystemConfig, *, joint: bool = False, n_candidates: int = 3, relax_rounds: int = 1,
                  angle_oversample: int = 2, oversample: int = 2, max_iter: int = 40,
                  detection_threshold: float | None = None, false_alarm: float = 1e-3, grid_refinement: float = 1.0,
-                 device: str | torch.device | None = None) -> None:
+                 threads: int | None = 1, device: str | torch.device | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
             raise ValueError("the ML estimator needs at least two transmit/receive AP pairs: a single pair observes "
                              "only one component of each velocity (N M = 1)")
@@ -531,6 +539,9 @@ class MLEstimator:
         self.oversample = oversample
         self.max_iter = max_iter
         self.device = device
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads
         if not (isinstance(grid_refinement, (int, float)) and grid_refinement > 0):
             raise ValueError(f"grid_refinement must be a positive number, got {grid_refinement!r}")
         self.grid_refinement = float(grid_refinement)
@@ -559,6 +570,15 @@ class MLEstimator:
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> MLEstimate:
         """Positions / velocities [B, Q, 2] float64 from y [B, M, Mr, Ns, Ts] and x [B, N, Nt, Ns, Ts]."""
         y, x = self._check(y, x)
+        old = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._estimate(y, x)
+        finally:
+            torch.set_num_threads(old)
+
+    def _estimate(self, y: torch.Tensor, x: torch.Tensor) -> MLEstimate:
         x = x.to(C128)
         msgs = self.ap_messages(y, x).quantized()
         psi_d, starts = self.fuse(msgs, x)
