@@ -196,6 +196,12 @@ class ApTrainer:
         self.optimizer = _adam(ap, lr)
         self._out = None
 
+    @property
+    def last_output(self):
+        """The :class:`cfisac.models.ApOutput` of the last ``forward`` (indices, commitment, perplexity, usage),
+        until ``backward`` consumes it; None otherwise."""
+        return self._out
+
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Lines 7-10: the payload to send to the CPU (detached float32 [B, D, d1, d2, d3])."""
         self.ap.train()
