@@ -5,7 +5,14 @@ import torch
 
 import cfisac
 from cfisac import SystemConfig
-from cfisac.front_ends import CovarianceFrontEnd, MatchedFrontEnd, area_extent, create_front_end, front_end_output_shape
+from cfisac.front_ends import (
+    CovarianceFrontEnd,
+    ImageFrontEnd,
+    MatchedFrontEnd,
+    area_extent,
+    create_front_end,
+    front_end_output_shape,
+)
 from cfisac.geometry import bistatic_geometry
 from cfisac.models.front_end import make_front_end
 from cfisac.sensing import sensing_indices
@@ -64,13 +71,15 @@ def test_shapes_dtypes_and_registry():
         ("matched", dict(output="complex"), (2 * 2 * 4, 4, 16, 8)),
         ("matched", dict(angle_transform=False, compress="log", norm="rms"), (8, 4, 16, 8)),
         ("matched", dict(beam_pool="max"), (2, 4, 16, 8)),
+        ("image", dict(ap_index=1), (2, 8, 8, 8)),
+        ("image", dict(ap_index=0, pixels=(4, 2), doppler_bins=4, norm="rms"), (2, 4, 2, 4)),
         ("covariance", {}, (1, 4, 16, 8)),
         ("covariance", dict(block=(4, 2), angle_bins=8), (1, 8, 4, 4)),
     ]
     for name, opts, shape in cases:
         fe = make_front_end(name, CFG, **opts)  # the model's registry finds this module's front ends
         assert fe.output_shape == shape == front_end_output_shape(name, CFG, **opts)
-        assert fe.needs_x == fe.needs_transmit_signals == (name == "matched")
+        assert fe.needs_x == fe.needs_transmit_signals == (name in ("matched", "image"))
         out = fe(y[:, 1], x if fe.needs_x else None)
         assert out.shape == (B, *shape) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
         assert fe.state_dict() == {}  # DFT matrices are not written to checkpoints
@@ -84,6 +93,7 @@ def test_default_grid_equals_raw_grid_so_fronthaul_bits_match():
         cfg = SystemConfig.preset(preset)
         raw = create_front_end("raw", cfg).spatial_shape
         assert create_front_end("matched", cfg).spatial_shape == raw
+        assert math.prod(create_front_end("image", cfg, ap_index=0).spatial_shape) == math.prod(raw)
         assert create_front_end("covariance", cfg).spatial_shape == raw
     assert create_front_end("matched", SystemConfig.preset("quick")).output_shape == (32, 16, 64, 16)
 
@@ -290,3 +300,84 @@ def test_front_ends_build_inside_a_meta_device_context():
         cov = create_front_end("covariance", CFG)
     assert fe.delay_matrix.device.type == "cpu" and cov.rx_weights.device.type == "cpu"
     assert fe.output_shape == (8, 4, 16, 8)
+
+
+def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ImageFrontEnd's I_n[g, l] (norm='none') with the geometry of every pixel computed by hand."""
+    m = fe.ap_index
+    i_idx, t_idx = sensing_indices(cfg)
+    df, dT, fc = cfg.subcarrier_spacing, cfg.symbol_duration, cfg.carrier_frequency
+    gx, gy, d3 = fe.spatial_shape
+    out = torch.zeros(x.shape[0], cfg.n_tx, gx, gy, d3, dtype=torch.complex128)
+    rp, ra = cfg.rx_positions[m], cfg.rx_axes[m]
+    for a, px in enumerate(fe.grid["x"].tolist()):
+        for b, py in enumerate(fe.grid["y"].tolist()):
+            dm = math.dist(rp, (px, py))
+            cos_r = (ra[0] * (px - rp[0]) + ra[1] * (py - rp[1])) / dm
+            ya = torch.einsum("r,brit->bit", steer(cos_r, cfg.n_rx_antennas).conj(), y)
+            for n in range(cfg.n_tx):
+                tp, ta = cfg.tx_positions[n], cfg.tx_axes[n]
+                dn = math.dist(tp, (px, py))
+                cos_t = (ta[0] * (px - tp[0]) + ta[1] * (py - tp[1])) / dn
+                s = torch.einsum("k,bkit->bit", steer(cos_t, cfg.n_tx_antennas).conj(), x[:, n])
+                for lv, v in enumerate(fe.grid["bistatic_velocity"].tolist()):
+                    ph = 2 * math.pi * (i_idx[:, None] * df * (dn + dm) / C - t_idx[None, :] * (v * fc / C) * dT)
+                    w = torch.polar(torch.ones_like(ph), ph)
+                    out[:, n, a, b, lv] = (ya * s.conj() * w).sum((1, 2)) / math.sqrt(cfg.n_subcarriers * cfg.n_symbols)
+    return out
+
+
+def test_image_equals_literal_back_projection():
+    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
+    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    for m in range(cfg.n_rx):
+        fe = ImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), doppler_bins=3)
+        ref = literal_image(cfg, fe, y, x)
+        torch.testing.assert_close(fe.complex_map(y, x), ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fe(y, x), ref.abs().float())
+    # noise normalisation: per (n, pixel) by xi sqrt(mean |a_t(c_n(g))^H x_n|^2)
+    fe = ImageFrontEnd(cfg, ap_index=1, pixels=(3, 2), doppler_bins=3)
+    s = torch.einsum("gk,bkit->bgit", fe.tx_weights[0], x[:, 0])
+    scale = s.abs().pow(2).mean((-2, -1)).sqrt() * math.sqrt(cfg.noise_watt)
+    ref = literal_image(cfg, ImageFrontEnd(cfg, ap_index=1, norm="none", pixels=(3, 2), doppler_bins=3), y, x)
+    torch.testing.assert_close(fe(y, x)[:, 0], (ref[:, 0].abs() / scale.reshape(2, 3, 2, 1)).float())
+
+
+def test_image_of_a_noiseless_target_peaks_at_its_pixel():
+    """White x, one target, each transmit AP alone: the image of receive AP m peaks at the target's pixel and its
+    Doppler bin, in the channel of that transmit AP (near the baseline the bistatic range hardly changes with y, so
+    a peak may sit a pixel or two off in y: the true pixel then still holds >= 0.7 of the peak)."""
+    cfg = CFG.replace(n_subcarriers=32, n_symbols=16, symbol_stride=8, n_rx_antennas=8)
+    scenes = cfisac.sample_scenes(cfg, 5, 21)
+    x = white_x(cfg, 5, 8)
+    geo = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    exact = 0
+    for m in range(cfg.n_rx):
+        fe = ImageFrontEnd(cfg, ap_index=m)
+        assert fe.output_shape == (2, 16, 16, 16)
+        vel = geo.doppler[:, :, m, 0] * C / cfg.carrier_frequency
+        for n in range(cfg.n_tx):
+            out = fe(cfisac.noiseless_echoes(cfg, only_tx(scenes, n), x)[:, m], x)
+            for b in range(5):
+                got = argmax_bins(out[b, n])
+                want = (nearest(fe.grid["x"], float(scenes.positions[b, 0, 0])),
+                        nearest(fe.grid["y"], float(scenes.positions[b, 0, 1])),
+                        nearest(fe.grid["bistatic_velocity"], float(vel[b, n])))
+                assert abs(got[0] - want[0]) <= 1 and abs(got[1] - want[1]) <= 2 and got[2] == want[2], (got, want)
+                assert float(out[b, n][want]) >= 0.7 * float(out[b, n].max())
+                assert float(out[b, 1 - n].max()) < 0.35 * float(out[b, n].max())  # the other AP: only sidelobes
+                exact += got == want
+    assert exact >= 12  # of 20 (13 with these seeds)
+
+
+def test_image_needs_its_receive_ap():
+    with pytest.raises(ValueError, match="ap_index"):
+        create_front_end("image", CFG)
+    with pytest.raises(ValueError, match="ap_index"):
+        ImageFrontEnd(CFG, ap_index=2)
+    with pytest.raises(ValueError, match="needs the transmit signals"):
+        ImageFrontEnd(CFG, ap_index=0)(torch.zeros(1, 4, 16, 8, dtype=torch.complex64))
+    # matched / covariance accept (and ignore) the receive AP index the model may pass
+    assert create_front_end("matched", CFG, ap_index=1).output_shape == create_front_end("matched", CFG).output_shape

@@ -10,8 +10,11 @@ holds the paper's ``"raw"`` input; this module registers:
 ``"matched"`` -- transmit-beam matched filter + angle-delay-Doppler transform. Needs X at the receive AP.
     The CPU already sends the precoded data x_{i,n}[t] to every transmit AP (Section II-B: centralised MMSE
     precoding); this front end assumes the CPU also sends it to the receive APs. That downlink is NOT part of the
-    AP -> CPU fronthaul message the paper counts (Section III-D); the fronthaul table must list it separately
-    (N Nt Ns Ts complex values per update, 64 N Nt Ns Ts bits in complex64).
+    AP -> CPU fronthaul message the paper counts (Section III-D); the fronthaul table must list it separately:
+    N Nt Ns Ts complex values per update (64 N Nt Ns Ts bits as complex64: 134 Mbit at the paper preset, more than
+    the centralized uplink), or, far cheaper, the users' 16-QAM symbols (4 K Ns Ts bits) and the precoders
+    (64 N Nt K Ns bits per frame) from which the AP rebuilds x_{i,n}[t] = W_{i,n} c_i[t] (3.1 Mbit at the paper
+    preset).
     For each transmit AP n and each of ``tx_beams`` (Nb) fixed transmit beams with cos c_b (a shifted DFT grid,
     c_b = -1 + (2b + 1) / Nb: orthogonal beams when Nb = Nt and d = lambda/2), the beam's transmitted signal is
 
@@ -85,7 +88,8 @@ from .models.front_end import FrontEnd, make_front_end, register_front_end
 from .sensing import sensing_indices
 
 __all__ = [
-    "CovarianceFrontEnd", "MatchedFrontEnd", "area_extent", "create_front_end", "front_end_output_shape",
+    "CovarianceFrontEnd", "ImageFrontEnd", "MatchedFrontEnd", "area_extent", "create_front_end",
+    "front_end_output_shape",
 ]
 
 DEFAULT_CHUNK_CELLS = 2**23  # complex cells of the [chunk, N, Nb, D1, Ns, Ts] product (64 MB in complex64)
@@ -157,24 +161,68 @@ def _check_options(norm: str, compress: str, chunk_cells: int) -> None:
     _check_bins("chunk_cells", chunk_cells)
 
 
+def _velocity_grid(cfg: SystemConfig, d3: int) -> torch.Tensor:
+    """D3 bistatic velocities (m/s) evenly spanning +-(largest bistatic speed + one resolution cell), within the
+    unambiguous Doppler interval; float64."""
+    res, ext = cfg.resolution(), area_extent(cfg)
+    v_amb = res["unambiguous_doppler_hz"] * SPEED_OF_LIGHT / cfg.carrier_frequency
+    v_hi = min(v_amb, ext["max_bistatic_speed"] + res["velocity_resolution_mps"])
+    if d3 == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    return torch.linspace(-v_hi, v_hi, d3, dtype=torch.float64)
+
+
+def _doppler_matrix(cfg: SystemConfig, vels: torch.Tensor) -> torch.Tensor:
+    """e^{-j 2 pi t f_l dT} / sqrt(Ts), f_l = v_l fc / c, t the absolute symbol indices: [D3, Ts] complex128."""
+    _, t_idx = sensing_indices(cfg)
+    fd = vels * cfg.carrier_frequency / SPEED_OF_LIGHT
+    phase = -2 * math.pi * cfg.symbol_duration * fd[:, None] * t_idx[None]
+    return torch.polar(torch.ones_like(phase), phase) / math.sqrt(cfg.n_symbols)
+
+
+def _abs2(v: torch.Tensor) -> torch.Tensor:
+    """|v|^2 of a complex tensor through its real view (cheaper than complex abs on the CPU)."""
+    r = torch.view_as_real(v)
+    return r.pow(2).sum(-1)
+
+
+def _beam_power(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """mean_{i,t} |s[i, t]|^2 of every beam signal s = sum_k weights[..., k] x[:, k, i, t], as the quadratic form
+    w^T R w^* with R = mean_{i,t} x x^H the sample covariance of x [b, Nt, Ns, Ts] (O(Nt^2 Ns Ts) once instead of
+    touching every beam signal). ``weights`` [..., Nt] -> [b, ...] real."""
+    xf = x.reshape(x.shape[0], x.shape[1], -1)
+    cov = torch.matmul(xf, xf.mH) / xf.shape[-1]  # [b, Nt, Nt]
+    w = weights.reshape(-1, weights.shape[-1])  # [P, Nt]
+    p = torch.einsum("pk,bkl,pl->bp", w, cov, w.conj()).real.clamp_min(0.0)
+    return p.reshape(x.shape[0], *weights.shape[:-1])
+
+
+def _check_x(x: Any, shape: tuple[int, int, int, int], batch: int, name: str) -> None:
+    if x is None:
+        raise ValueError(f"the {name!r} front end needs the transmit signals x [B, N, Nt, Ns, Ts]: the receive AP "
+                         "must receive them from the CPU (see cfisac.front_ends)")
+    if not isinstance(x, torch.Tensor) or not x.is_complex() or x.dim() != 5 or tuple(x.shape[1:]) != shape \
+            or x.shape[0] != batch:
+        raise ValueError(f"x must be complex [B, N, Nt, Ns, Ts] = [{batch}, {', '.join(map(str, shape))}] like "
+                         f"y_m's batch, got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+
+
 def _matched_constants(
     cfg: SystemConfig, nb: int, shape: tuple[int, int, int], angle_transform: bool
 ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor]]:
     """Grids (physical axes, float64) and transform matrices (complex128) of :class:`MatchedFrontEnd`."""
     d1, d2, d3 = shape
-    c, fc, df, dT = SPEED_OF_LIGHT, cfg.carrier_frequency, cfg.subcarrier_spacing, cfg.symbol_duration
+    c, df = SPEED_OF_LIGHT, cfg.subcarrier_spacing
     res, ext = cfg.resolution(), area_extent(cfg)
     r_lo = max(0.0, ext["min_range"] - res["range_resolution_m"])
     r_hi = min(res["unambiguous_range_m"], ext["max_range"] + res["range_resolution_m"])
-    v_amb = res["unambiguous_doppler_hz"] * c / fc
-    v_hi = min(v_amb, ext["max_bistatic_speed"] + res["velocity_resolution_mps"])
     cos_tx = _centred_grid(nb)
     cos_rx = _centred_grid(d1) if angle_transform else None
     f64 = torch.float64
     ranges = torch.linspace(r_lo, r_hi, d2, dtype=f64) if d2 > 1 else torch.tensor([(r_lo + r_hi) / 2], dtype=f64)
-    vels = torch.linspace(-v_hi, v_hi, d3, dtype=f64) if d3 > 1 else torch.zeros(1, dtype=f64)
+    vels = _velocity_grid(cfg, d3)
     grid = {"cos_tx": cos_tx, "cos_rx": cos_rx, "bistatic_range": ranges, "bistatic_velocity": vels}
-    i_idx, t_idx = sensing_indices(cfg)
+    i_idx, _ = sensing_indices(cfg)
     one = torch.ones((), dtype=f64)
     cdt = torch.complex128  # kept in double; cast to the working precision at use (small matrices)
     # Transmit beams: s = a_t(c_b)^H x -> weights conj(a_t(c_b)) [Nb, Nt].
@@ -184,7 +232,7 @@ def _matched_constants(
           if cos_rx is not None else torch.eye(cfg.n_rx_antennas, dtype=cdt))
     # Delay: e^{+j 2 pi i df r_k / c} / sqrt(Ns) [D2, Ns]; Doppler: e^{-j 2 pi t f_l dT} / sqrt(Ts) [D3, Ts].
     delay = torch.polar(one, 2 * math.pi * df / c * ranges[:, None] * i_idx[None]) / math.sqrt(cfg.n_subcarriers)
-    dop = torch.polar(one, -2 * math.pi * dT * (vels * fc / c)[:, None] * t_idx[None]) / math.sqrt(cfg.n_symbols)
+    dop = _doppler_matrix(cfg, vels)
     return grid, {"tx_weights": beams, "rx_weights": rx, "delay_matrix": delay, "doppler_matrix": dop}
 
 
@@ -248,14 +296,7 @@ class MatchedFrontEnd(FrontEnd):
     def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The normalised complex map F [B, N, Nb, D1, D2, D3] (complex64, or complex128 for complex128 y)."""
         _check_y(y_m, self._y_shape)
-        if x is None:
-            raise ValueError("the 'matched' front end needs the transmit signals x [B, N, Nt, Ns, Ts]: the receive "
-                             "AP must receive them from the CPU (see cfisac.front_ends)")
-        if not isinstance(x, torch.Tensor) or not x.is_complex() or x.dim() != 5 \
-                or tuple(x.shape[1:]) != self._x_shape or x.shape[0] != y_m.shape[0]:
-            raise ValueError(f"x must be complex [B, N, Nt, Ns, Ts] = [{y_m.shape[0]}, "
-                             f"{', '.join(map(str, self._x_shape))}] like y_m's batch, got "
-                             f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        _check_x(x, self._x_shape, y_m.shape[0], self.name)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
         B = y_m.shape[0]
         N, Nb = self.cfg.n_tx, self.tx_beams
@@ -274,12 +315,12 @@ class MatchedFrontEnd(FrontEnd):
             s = torch.einsum("ck,bnkit->bncit", tx_w, xc)  # transmit beams [b, N, Nb, Ns, Ts]
             if self.norm == "noise":
                 # F ~ CN(0, xi^2 mean|s|^2) on noise only (unitary transforms): unit-variance noise bins.
-                scale = s.abs().pow(2).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, N, Nb]
+                scale = _abs2(s).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, N, Nb]
                 s = s / scale[..., None, None]
             prod = yb[:, None, None] * s.conj()[:, :, :, None]  # [b, N, Nb, D1, Ns, Ts]
             f = torch.matmul(dmat, torch.matmul(prod, fmat.mT))  # [b, N, Nb, D1, D2, D3]
             if self.norm == "rms":
-                f = f / f.abs().pow(2).mean((1, 2, 3, 4, 5), keepdim=True).sqrt().clamp_min(1e-30)
+                f = f / _abs2(f).mean((1, 2, 3, 4, 5), keepdim=True).sqrt().clamp_min(1e-30)
             out[lo:lo + chunk] = f
         return out
 
@@ -287,7 +328,7 @@ class MatchedFrontEnd(FrontEnd):
         f = self.complex_map(y_m, x)
         B, (d1, d2, d3) = f.shape[0], self.spatial_shape
         if self.output == "magnitude":
-            v = f.abs()
+            v = _abs2(f).sqrt()
             if self.beam_pool == "max":
                 v = v.amax(2)
             elif self.beam_pool == "rms":
@@ -299,6 +340,129 @@ class MatchedFrontEnd(FrontEnd):
             mag = f.abs()
             f = f * (torch.log1p(mag) / mag.clamp_min(1e-30))
         return torch.stack([f.real, f.imag], 3).reshape(B, -1, d1, d2, d3).float()
+
+
+# --------------------------------------------------------------------------------------------------- image
+def _default_pixels(cfg: SystemConfig) -> tuple[int, int]:
+    """(Gx, Gy) with Gx Gy = Mr Ns (the raw grid's first two sizes), Gx the largest divisor <= sqrt(Mr Ns)."""
+    p = cfg.n_rx_antennas * cfg.n_subcarriers
+    gx = max(d for d in range(1, math.isqrt(p) + 1) if p % d == 0)
+    return gx, p // gx
+
+
+def _image_constants(
+    cfg: SystemConfig, m: int, pixels: tuple[int, int], d3: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Pixel grid and per-pixel beams / bistatic delay phases of :class:`ImageFrontEnd` for receive AP m."""
+    (x0, x1), (y0, y1) = cfg.area
+    gx, gy = pixels
+    f64, cdt = torch.float64, torch.complex128
+    xs = x0 + (torch.arange(gx, dtype=f64) + 0.5) * (x1 - x0) / gx
+    ys = y0 + (torch.arange(gy, dtype=f64) + 0.5) * (y1 - y0) / gy
+    pts = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(1, -1, 2)  # [1, G, 2], x-major
+    geo = bistatic_geometry(cfg, pts, torch.zeros_like(pts))
+    if bool((geo.tx.distance < 1e-6).any()) or bool((geo.rx.distance < 1e-6).any()):
+        raise ValueError("a pixel centre coincides with an AP; choose another pixel grid")
+    vels = _velocity_grid(cfg, d3)
+    i_idx, _ = sensing_indices(cfg)
+    one = torch.ones((), dtype=f64)
+    rx = steering_vectors(geo.rx.cos_angle[0, m], cfg.n_rx_antennas, cfg.antenna_spacing, cdt).conj()  # [G, Mr]
+    tx = steering_vectors(geo.tx.cos_angle[0], cfg.n_tx_antennas, cfg.antenna_spacing, cdt).conj()  # [N, G, Nt]
+    rng = geo.bistatic_range[0, :, m]  # [N, G]
+    delay = torch.polar(one, 2 * math.pi * cfg.subcarrier_spacing / SPEED_OF_LIGHT * rng[..., None] * i_idx)
+    grid = {"x": xs, "y": ys, "bistatic_velocity": vels}
+    return grid, {"rx_weights": rx, "tx_weights": tx, "delay_phase": delay / math.sqrt(cfg.n_subcarriers),
+                  "doppler_matrix": _doppler_matrix(cfg, vels)}
+
+
+class ImageFrontEnd(FrontEnd):
+    """Bistatic back-projection onto a position grid: for receive AP m, every pixel g of the area and transmit AP n,
+    the matched filter of Eq. (6)'s path through g (the data removed by the beam steered at g, delay and angles of g):
+
+        I_n[g, l] = 1 / sqrt(Ns Ts) sum_{i', t'} a_r(c_m(g))^H y_{i,m}[t] conj(a_t(c_n(g))^H x_{i,n}[t])
+                    e^{+j 2 pi i df (d_n(g) + d_m(g)) / c} e^{-j 2 pi t f_l dT}
+
+    with f_l the bistatic Doppler grid of :class:`MatchedFrontEnd`. Output |I_n| (noise-normalised like
+    ``"matched"``): [B, N, Gx, Gy, D3] float32, Gx Gy = Mr Ns and D3 = Ts by default (the raw grid size: same encoder
+    L, same fronthaul bits). A target appears at its own pixel in the maps of every transmit AP and, after the
+    encoders, of every receive AP: the evidence of the N M bistatic pairs is aligned in the target's coordinates
+    (the angle-delay-Doppler maps of ``"matched"`` place it at AP-dependent bins). The front end is specific to
+    its receive AP: ``ap_index`` (m) is required. Needs X at the receive AP, like ``"matched"``.
+    ``grid``: pixel centres ``x`` [Gx], ``y`` [Gy] (m) and ``bistatic_velocity`` [D3] (m/s).
+    """
+
+    name = "image"
+    needs_x = True
+
+    def __init__(
+        self, cfg: SystemConfig, *, ap_index: int | None = None, norm: str = "noise",
+        pixels: tuple[int, int] | None = None, doppler_bins: int | None = None, compress: str = "none",
+        chunk_cells: int = DEFAULT_CHUNK_CELLS,
+    ) -> None:
+        super().__init__()
+        _check_options(norm, compress, chunk_cells)
+        if not isinstance(ap_index, int) or isinstance(ap_index, bool) or not 0 <= ap_index < cfg.n_rx:
+            raise ValueError(f"the 'image' front end is specific to its receive AP: ap_index must be an integer in "
+                             f"[0, {cfg.n_rx}), got {ap_index!r}")
+        if pixels is None:
+            pixels = _default_pixels(cfg)
+        if not (isinstance(pixels, (tuple, list)) and len(pixels) == 2):
+            raise ValueError(f"pixels must be a pair (Gx, Gy), got {pixels!r}")
+        gx, gy = (_check_bins("pixels", v) for v in pixels)
+        d3 = _check_bins("doppler_bins", cfg.n_symbols if doppler_bins is None else doppler_bins)
+        self.cfg, self.ap_index, self.norm, self.compress, self.chunk_cells = cfg, ap_index, norm, compress, chunk_cells
+        self.in_channels = cfg.n_tx
+        self.spatial_shape = (gx, gy, d3)
+        self._y_shape = (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
+        self._x_shape = (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols)
+        with torch.device("cpu"):  # see MatchedFrontEnd
+            self.grid, mats = _image_constants(cfg, ap_index, (gx, gy), d3)
+        for name, mat in mats.items():
+            self.register_buffer(name, mat, persistent=False)
+
+    @property
+    def needs_transmit_signals(self) -> bool:
+        return self.needs_x
+
+    def extra_repr(self) -> str:
+        return (f"ap_index={self.ap_index}, grid={self.spatial_shape}, norm={self.norm!r}, "
+                f"compress={self.compress!r}")
+
+    def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The normalised complex image [B, N, Gx, Gy, D3] (complex64, or complex128 for complex128 y)."""
+        _check_y(y_m, self._y_shape)
+        _check_x(x, self._x_shape, y_m.shape[0], self.name)
+        cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
+        B, N, (gx, gy, d3) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape
+        G, Ns, Ts = gx * gy, self.cfg.n_subcarriers, self.cfg.n_symbols
+        rx_w, tx_w, dph, fmat = (m.to(device=y_m.device, dtype=cdt) for m in
+                                 (self.rx_weights, self.tx_weights, self.delay_phase, self.doppler_matrix))
+        noise_std = math.sqrt(self.cfg.noise_watt)
+        chunk = max(1, self.chunk_cells // (2 * G * Ns * Ts))
+        out = torch.empty(B, N, G, d3, dtype=cdt, device=y_m.device)
+        for lo in range(0, B, chunk):
+            yc = y_m[lo:lo + chunk].to(cdt)
+            b = yc.shape[0]
+            r = torch.matmul(rx_w, yc.reshape(b, -1, Ns * Ts)).reshape(b, G, Ns, Ts)  # a_r(c_m(g))^H y
+            for n in range(N):
+                xc = x[lo:lo + chunk, n].to(device=y_m.device, dtype=cdt)
+                s = torch.matmul(tx_w[n], xc.reshape(b, -1, Ns * Ts)).reshape(b, G, Ns, Ts)  # a_t(c_n(g))^H x_n
+                q = r * s.conj()
+                p = torch.matmul(dph[n][:, None, :], q).squeeze(-2)  # sum over i with the delay phase [b, G, Ts]
+                f = torch.matmul(p, fmat.mT)  # [b, G, D3]
+                if self.norm == "noise":
+                    pw = _beam_power(tx_w[n], xc)  # [b, G] = mean_{i,t} |a_t(c_n(g))^H x_n|^2
+                    f = f / pw.sqrt().mul_(noise_std).clamp_min_(1e-30)[..., None]
+                out[lo:lo + chunk, n] = f
+        if self.norm == "rms":
+            out = out / _abs2(out).mean((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-30)
+        return out.reshape(B, N, gx, gy, d3)
+
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        v = _abs2(self.complex_map(y_m, x)).sqrt()
+        if self.compress == "log":
+            v = torch.log1p(v)
+        return v.float()
 
 
 # --------------------------------------------------------------------------------------------------- covariance
@@ -352,7 +516,7 @@ class CovarianceFrontEnd(FrontEnd):
         out = torch.empty(B, 1, d1, d2, d3, dtype=rdt, device=y_m.device)
         for lo in range(0, B, chunk):
             yb = torch.einsum("ar,brit->bait", rx_w, y_m[lo:lo + chunk].to(cdt))
-            e = yb.abs().pow(2).reshape(-1, d1, d2, bs, d3, bt).mean((3, 5))
+            e = _abs2(yb).reshape(-1, d1, d2, bs, d3, bt).mean((3, 5))
             if self.norm == "noise":
                 e = e / self.cfg.noise_watt  # noise only: E|a^H z|^2 = xi^2 (unit-norm beams)
             elif self.norm == "rms":
@@ -365,12 +529,19 @@ class CovarianceFrontEnd(FrontEnd):
 
 # --------------------------------------------------------------------------------------------------- registry
 @register_front_end("matched")
-def _matched(cfg: SystemConfig, *, norm: str = "noise", **options: Any) -> MatchedFrontEnd:
-    return MatchedFrontEnd(cfg, norm=norm, **options)
+def _matched(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
+             **options: Any) -> MatchedFrontEnd:
+    return MatchedFrontEnd(cfg, norm=norm, **options)  # the same transform at every receive AP
+
+
+@register_front_end("image")
+def _image(cfg: SystemConfig, *, norm: str = "noise", **options: Any) -> ImageFrontEnd:
+    return ImageFrontEnd(cfg, norm=norm, **options)
 
 
 @register_front_end("covariance")
-def _covariance(cfg: SystemConfig, *, norm: str = "noise", **options: Any) -> CovarianceFrontEnd:
+def _covariance(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
+                **options: Any) -> CovarianceFrontEnd:
     return CovarianceFrontEnd(cfg, norm=norm, **options)
 
 
