@@ -55,15 +55,47 @@ def path_snr_db(cfg: cfisac.SystemConfig, scenes: cfisac.Scene, x: torch.Tensor)
     return 10 * np.log10(snr.numpy().ravel())
 
 
-def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int) -> dict:
-    """RMSE of both variants vs the root-CRLB over n scenes (scenes with a singular FIM are excluded)."""
+def separation_cells(cfg: cfisac.SystemConfig, scenes: cfisac.Scene) -> torch.Tensor:
+    """Worst-case separation of the targets in resolution cells, [B]: for every pair of targets and every AP pair
+    (n, m) the largest of |delta bistatic range| / range cell, |delta bistatic Doppler| / Doppler cell and
+    |delta AoA cosine at m| / (2 / Mr); then the smallest over AP pairs and target pairs (inf for Q = 1)."""
+    g = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    res = cfg.resolution()
+    out = torch.full((scenes.batch_size,), math.inf, dtype=torch.float64)
+    for a in range(cfg.n_targets):
+        for b in range(a + 1, cfg.n_targets):
+            du = (g.rx.cos_angle[..., a] - g.rx.cos_angle[..., b]).abs() / (2 / cfg.n_rx_antennas)  # [B, M]
+            dd = (g.bistatic_range[..., a] - g.bistatic_range[..., b]).abs() / res["range_resolution_m"]
+            df = (g.doppler[..., a] - g.doppler[..., b]).abs() / res["doppler_resolution_hz"]
+            sep = torch.maximum(torch.maximum(dd, df), du[:, None]).amin((1, 2))
+            out = torch.minimum(out, sep)
+    return out
+
+
+def scene_indices(cfg: cfisac.SystemConfig, n: int, seed: int, min_sep: float) -> torch.Tensor:
+    """The first n dataset indices whose scenes have targets separated by at least ``min_sep`` cells."""
+    if min_sep <= 0 or cfg.n_targets < 2:
+        return torch.arange(n)
+    keep, start = [], 0
+    while len(keep) < n:
+        sc = cfisac.sample_scenes(cfg, 500, seed, start_index=start)
+        ok = separation_cells(cfg, sc) >= min_sep
+        keep += sc.indices[ok].tolist()
+        start += 500
+    return torch.tensor(keep[:n])
+
+
+def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, min_sep: float = 0.0) -> dict:
+    """RMSE of both variants vs the root-CRLB over n scenes (scenes with a singular FIM are excluded); with
+    ``min_sep`` > 0 only scenes whose targets are separated by that many resolution cells (separation_cells)."""
     cfg = cfisac.SystemConfig.preset(preset, n_targets=Q, power_dbm=power)
     est = MLEstimator(cfg, joint=True)
     errs = {k: [] for k in ("jp", "jv", "dp", "dv")}
     bounds, snrs, seconds, singular = [], [], 0.0, 0
+    all_idx = scene_indices(cfg, n, seed, min_sep)
     for start in range(0, n, batch):
-        b = min(batch, n - start)
-        sc = cfisac.sample_scenes(cfg, b, seed, start_index=start)
+        idx = all_idx[start:start + batch]
+        sc = cfisac.sample_scenes(cfg, len(idx), seed, indices=idx)
         x = cfisac.transmit_signals(cfg, sc, seed)
         y = cfisac.sensing_echoes(cfg, sc, x, seed=seed)
         t0 = time.perf_counter()
@@ -86,14 +118,22 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int) -
     bd = torch.cat(bounds)  # [S, 2] per-scene root bounds
     cp, cv = float(bd[:, 0].pow(2).mean().sqrt()), float(bd[:, 1].pow(2).mean().sqrt())
     rmse = {k: float(v.pow(2).mean().sqrt()) for k, v in e.items()}
-    outl = {k: int((e[k].max(1).values > 5 * bd[:, 0 if k.endswith("p") else 1]).sum()) for k in e}
+    bad = {k: e[k].max(1).values > 5 * bd[:, 0 if k.endswith("p") else 1] for k in e}  # [S] per metric
+    inlier = {}  # RMSE / root-CRLB over the scenes where neither the position nor the velocity is an outlier
+    for v in ("j", "d"):
+        good = ~(bad[v + "p"] | bad[v + "v"])
+        for i, k in enumerate(("p", "v")):
+            inlier[v + k] = float(e[v + k][good].pow(2).mean().sqrt() / bd[good, i].pow(2).mean().sqrt()) \
+                if bool(good.any()) else float("nan")
     snr = np.concatenate(snrs)
     return {
         "preset": preset, "Q": Q, "power_dbm": power, "scenes": n, "seed": seed, "singular_excluded": singular,
         "crlb_position": cp, "crlb_velocity": cv,
         "joint_position": rmse["jp"], "joint_velocity": rmse["jv"],
         "dist_position": rmse["dp"], "dist_velocity": rmse["dv"],
-        "outliers_joint": max(outl["jp"], outl["jv"]), "outliers_dist": max(outl["dp"], outl["dv"]),
+        "min_separation_cells": min_sep,
+        "outliers_joint": int((bad["jp"] | bad["jv"]).sum()), "outliers_dist": int((bad["dp"] | bad["dv"]).sum()),
+        "inlier_ratio_joint": [inlier["jp"], inlier["jv"]], "inlier_ratio_dist": [inlier["dp"], inlier["dv"]],
         "path_snr_db_median": float(np.median(snr)), "path_snr_db_p10": float(np.percentile(snr, 10)),
         "seconds_per_scene": seconds / n,
         "bits_distributed": est.message_bits_per_ap, "bits_joint": est.centralized_bits_per_ap,
@@ -135,8 +175,11 @@ def render(data: dict) -> str:
         "- both variants from one call per batch: `ml` (distributed: per-AP ML, float32 messages, Fisher-weighted "
         "mixture fusion) and `ml-joint` (plus the centralized ML refinement on the raw echoes)",
         "- ratio = RMSE / root-CRLB, both averaged like the RMSE (sqrt of the mean over scenes and targets); "
-        "outliers = scenes with an error above 5x their own root-CRLB; per-path SNR = matched-filter SNR of each "
-        "(n, m, q) path, |beta|^2 PL ||a_t^H x||^2 / xi^2", "",
+        "outl. = scenes with a position or velocity error above 5x their own root-CRLB; inlier ratio = the ratio "
+        "over the other scenes (the local efficiency, separated from the threshold effect); per-path SNR = "
+        "matched-filter SNR of each (n, m, q) path, |beta|^2 PL ||a_t^H x||^2 / xi^2; sep. = scenes drawn with "
+        "targets separated by at least that many resolution cells (worst AP pair, best of range / Doppler / AoA)",
+        "",
     ]
     for key, title in (("accuracy", "## Accuracy at the asymptotic powers"),
                        ("sweep", "## Fig. 6 sweep at the quick preset (Q = 2)")):
@@ -144,20 +187,23 @@ def render(data: dict) -> str:
         if not rows:
             continue
         lines += [title, "",
-                  "| preset | Q | P (dBm) | scenes | path SNR median / p10 (dB) | root-CRLB pos (m) | vel (m/s) | "
-                  "ml pos | ml vel | ratio pos / vel | outl. | ml-joint pos | ml-joint vel | ratio pos / vel | "
-                  "outl. | s/scene |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| preset | Q | sep. | P (dBm) | scenes | path SNR median / p10 (dB) | root-CRLB pos (m) | "
+                  "vel (m/s) | ml pos | ml vel | **ratio** pos / vel | outl. | inlier ratio | ml-joint pos | "
+                  "ml-joint vel | **ratio** pos / vel | outl. | inlier ratio | s/scene |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            ij, id_ = r.get("inlier_ratio_joint", [math.nan] * 2), r.get("inlier_ratio_dist", [math.nan] * 2)
+            sep = r.get("min_separation_cells", 0)
             lines.append(
-                f"| {r['preset']} | {r['Q']} | {r['power_dbm']:g} | {r['scenes'] - r['singular_excluded']} | "
+                f"| {r['preset']} | {r['Q']} | {f'>= {sep:g}' if sep else '-'} | {r['power_dbm']:g} | "
+                f"{r['scenes'] - r['singular_excluded']} | "
                 f"{r['path_snr_db_median']:.1f} / {r['path_snr_db_p10']:.1f} | {r['crlb_position']:.3g} | "
                 f"{r['crlb_velocity']:.3g} | {r['dist_position']:.3g} | {r['dist_velocity']:.3g} | "
                 f"{_ratio(r['dist_position'], r['crlb_position'])} / {_ratio(r['dist_velocity'], r['crlb_velocity'])}"
-                f" | {r['outliers_dist']} | {r['joint_position']:.3g} | {r['joint_velocity']:.3g} | "
-                f"{_ratio(r['joint_position'], r['crlb_position'])} / "
+                f" | {r['outliers_dist']} | {id_[0]:.2f} / {id_[1]:.2f} | {r['joint_position']:.3g} | "
+                f"{r['joint_velocity']:.3g} | {_ratio(r['joint_position'], r['crlb_position'])} / "
                 f"{_ratio(r['joint_velocity'], r['crlb_velocity'])} | {r['outliers_joint']} | "
-                f"{r['seconds_per_scene']:.2f} |")
+                f"{ij[0]:.2f} / {ij[1]:.2f} | {r['seconds_per_scene']:.2f} |")
         lines.append("")
     rows = data.get("timing", [])
     if rows:
@@ -186,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["accuracy", "sweep", "timing", "render"], help="render: only re-render the markdown")
     p.add_argument("--scenes", type=int, default=200)
     p.add_argument("--sweep-scenes", type=int, default=50)
-    p.add_argument("--configs", nargs="+", default=["tiny:1:40", "tiny:2:40", "quick:1:50", "quick:2:50"])
+    p.add_argument("--configs", nargs="+",
+                   default=["tiny:1:40", "tiny:2:40:1", "tiny:2:50:1", "quick:1:50", "quick:2:50:1", "quick:2:45:1"],
+                   help="preset:Q:power_dbm[:min_separation_cells]")
     p.add_argument("--timing-scenes", type=int, default=3)
     p.add_argument("--paper-scenes", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -219,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in args.sections:
         data["accuracy"] = []
         for spec in args.configs:
-            preset, q, power = spec.split(":")
-            r = evaluate(preset, int(q), float(power), args.scenes, args.seed, args.batch)
+            preset, q, power, *sep = spec.split(":")
+            r = evaluate(preset, int(q), float(power), args.scenes, args.seed, args.batch,
+                         float(sep[0]) if sep else 0.0)
             print(json.dumps(r), flush=True)
             data["accuracy"].append(r)
             save()

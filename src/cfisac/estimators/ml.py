@@ -587,6 +587,7 @@ class MLEstimator:
                          messages=msgs)
         if self.joint:
             central = self._central_starts(self._maps, psi_d)
+            self._maps = None
             psi, energy = self.joint_refine(y, x, torch.cat([psi_d[:, None], starts, central], 1))
             out.positions, out.velocities = psi[..., :2].cpu(), psi[..., 2:].cpu()
             out.energy = (energy / self.cfg.noise_watt).cpu()
