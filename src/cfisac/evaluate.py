@@ -145,6 +145,7 @@ def plot_cdf(path: str | Path, results: list[dict[str, Any]], *, title: str = ""
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -161,7 +162,8 @@ def plot_cdf(path: str | Path, results: list[dict[str, Any]], *, title: str = ""
             ax.axvline(results[0]["root_crlb"][key], color="k", ls=":", lw=1, label="root-CRLB")
         ax.set_xlabel(f"{key} error ({unit})")
         ax.set_ylabel("CDF")
-        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     if title:
