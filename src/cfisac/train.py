@@ -456,7 +456,7 @@ def plot_loss(path: Path, history: Sequence[dict[str, Any]], steps: Sequence[dic
     if history:
         ep = [float(h["epoch"]) for h in history]
         ax.plot(ep, [float(h["train_loss"]) for h in history], "o-", color="C0", label="train (epoch mean)")
-        ax.plot(ep, [float(h["val_loss"]) for h in history], "s-", color="C1", label="validation")
+        ax.plot(ep, [float(h["val_loss"]) for h in history], "s-", color="C1", label="validation (MSE only)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (normalised MSE + commitment)")
     ax.set_yscale("log")
