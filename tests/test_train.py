@@ -100,7 +100,7 @@ def test_epoch_batches_are_a_seeded_permutation():
 
 
 def _tcfg(**kw) -> TrainConfig:
-    base = dict(kind="dvqvae", epochs=2, batch_size=16, lr=3e-3, n_train=48, n_val=16, seed=4)
+    base = dict(kind="dvqvae", epochs=2, batch_size=16, lr=3e-3, n_train=32, n_val=8, seed=4)
     return TrainConfig(**{**base, **kw})
 
 
@@ -109,26 +109,28 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_an_epoch_and_mid_epoch_matches_uninterrupted_run(tmp_path):
-    full = train(TINY, TINY_M, _tcfg(), tmp_path / "full", progress=False, log=None)
-    part = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "part", progress=False, log=None)  # "killed" after e 1
+    full = train(TINY, TINY_M, _tcfg(), tmp_path / "full", progress=False, log=None, plot=False)
+    # a run "killed" after epoch 1, then resumed
+    part = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "part", progress=False, log=None, plot=False)
     assert part.finished and len(part.history) == 1
-    resumed = train(TINY, TINY_M, _tcfg(), tmp_path / "part", resume=True, progress=False, log=None)
+    resumed = train(TINY, TINY_M, _tcfg(), tmp_path / "part", resume=True, progress=False, log=None, plot=False)
     wf, wr = _weights(full.model), _weights(resumed.model)
     assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
     for key in ("train_loss", "val_loss", "val_position_rmse", "val_velocity_rmse"):
         assert resumed.history[-1][key] == full.history[-1][key]
     # a time budget stops the run after its first step (mid-epoch checkpoint); resuming ends at the same place
-    cut = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", progress=False, log=None)
+    cut = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", progress=False, log=None, plot=False)
     assert not cut.finished
     state = json.loads((cut.checkpoint / "state.json").read_text())
     assert (state["epoch"], state["step"], state["global_step"]) == (0, 1, 1)
-    again = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", resume=True, progress=False, log=None)
+    again = train(TINY, TINY_M, _tcfg(minutes=1e-9), tmp_path / "cut", resume=True, progress=False, log=None,
+                  plot=False)
     assert not again.finished and json.loads((tmp_path / "cut" / "latest.json").read_text())["global_step"] == 1
-    done = train(TINY, TINY_M, _tcfg(), tmp_path / "cut", resume=True, progress=False, log=None)
+    done = train(TINY, TINY_M, _tcfg(), tmp_path / "cut", resume=True, progress=False, log=None, plot=False)
     wd = _weights(done.model)
     assert all(torch.equal(wf[k], wd[k]) for k in wf)
     with open(tmp_path / "cut" / "steps.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 5))
 
 
 def test_checkpoint_layout_is_complete_and_atomic(tmp_path):
@@ -150,11 +152,11 @@ def test_checkpoint_layout_is_complete_and_atomic(tmp_path):
     (out / ".tmp-ckpt-e0009-s000000-1").mkdir()
     assert load_checkpoint(out).path == res.checkpoint
     with pytest.raises(ValueError, match="already holds a run"):
-        train(TINY, TINY_M, _tcfg(kind="dvae"), out, progress=False, log=None)
+        train(TINY, TINY_M, _tcfg(kind="dvae"), out, progress=False, log=None, plot=False)
     with pytest.raises(ValueError, match=r"\['lr'\] differ"):
-        train(TINY, TINY_M, _tcfg(kind="dvae", lr=1e-4), out, resume=True, progress=False, log=None)
+        train(TINY, TINY_M, _tcfg(kind="dvae", lr=1e-4), out, resume=True, progress=False, log=None, plot=False)
     with pytest.raises(ValueError, match="no checkpoint"):
-        train(TINY, TINY_M, _tcfg(), tmp_path / "none", resume=True, progress=False, log=None)
+        train(TINY, TINY_M, _tcfg(), tmp_path / "none", resume=True, progress=False, log=None, plot=False)
 
 
 def test_train_and_evaluate_commands(tmp_path, capsys):
@@ -178,14 +180,14 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
 def test_training_from_an_hdf5_cache_matches_on_the_fly_simulation(tmp_path):
     from cfisac.data import write_hdf5
 
-    write_hdf5(tmp_path / "train.h5", TINY, 48, 4)
-    fly = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "fly", progress=False, log=None)
+    write_hdf5(tmp_path / "train.h5", TINY, 32, 4)
+    fly = train(TINY, TINY_M, _tcfg(epochs=1), tmp_path / "fly", progress=False, log=None, plot=False)
     cached = train(TINY, TINY_M, _tcfg(epochs=1, data=str(tmp_path / "train.h5")), tmp_path / "cached",
-                   progress=False, log=None)
+                   progress=False, log=None, plot=False)
     assert cached.normaliser.to_dict() == fly.normaliser.to_dict()
     for k, v in fly.model.state_dict().items():  # same samples; equal up to float rounding of the kernels
         assert torch.allclose(v.float(), cached.model.state_dict()[k].float(), rtol=1e-5, atol=1e-6), k
     assert cached.history[-1]["val_loss"] == pytest.approx(fly.history[-1]["val_loss"], rel=1e-5)
-    with pytest.raises(ValueError, match="holds 48 samples"):
+    with pytest.raises(ValueError, match="holds 32 samples"):
         train(TINY, TINY_M, _tcfg(n_train=64, data=str(tmp_path / "train.h5")), tmp_path / "x", progress=False,
-              log=None)
+              log=None, plot=False)

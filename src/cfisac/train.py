@@ -26,8 +26,8 @@ hyper-parameters). A checkpoint is written to a temporary directory and renamed;
 ``out/best.json``, the lowest validation loss) then point to it atomically; older checkpoints are removed.
 ``resume=True`` continues from ``latest.json`` and ends with the same parameters as an uninterrupted run with the
 same seed (data order, initialisation and every random draw are functions of the seed, epoch and step).
-``history.csv`` (per epoch), ``steps.csv`` (per step) and ``loss.png`` (paper Fig. 11) are rewritten at every
-checkpoint.
+``history.csv`` (per epoch) and ``steps.csv`` (per step) are rewritten at every checkpoint, ``loss.png`` (paper
+Fig. 11) when the call returns (finished or stopped by its time budget).
 """
 
 from __future__ import annotations
@@ -480,12 +480,13 @@ def _read_steps(path: Path, upto: int) -> list[dict[str, Any]]:
 
 def train(
     cfg: SystemConfig, mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, *, resume: bool = False,
-    progress: bool = True, log: Callable[[str], Any] | None = print,
+    progress: bool = True, log: Callable[[str], Any] | None = print, plot: bool = True,
 ) -> TrainResult:
     """Train ``tcfg.kind`` on ``cfg`` with hyper-parameters ``mcfg`` (Algorithm 1); checkpoints in ``out``.
 
     With ``resume`` the run continues from ``out/latest.json`` (``epochs``, ``minutes`` and ``workers`` may differ
-    from the original run, nothing else). Without it, ``out`` must not already hold a run.
+    from the original run, nothing else). Without it, ``out`` must not already hold a run. ``plot=False`` skips
+    ``loss.png`` (matplotlib costs about a second per call).
     """
     out = Path(out)
     device = torch.device(tcfg.device)
@@ -577,10 +578,6 @@ def train(
                 shutil.rmtree(old, ignore_errors=True)
         _write_csv(out / "history.csv", HISTORY_FIELDS, history)
         _write_csv(out / "steps.csv", STEP_FIELDS, steps)
-        try:
-            plot_loss(out / "loss.png", history, steps, title=f"{tcfg.kind}, lr {tcfg.lr:g}")
-        except Exception as err:  # plotting must never lose a checkpoint
-            log(f"warning: loss plot failed: {err}")
         return final
 
     t_start = time.monotonic()
@@ -646,6 +643,11 @@ def train(
         last_ckpt = save(finished=epoch >= tcfg.epochs)
     if last_ckpt is None:
         last_ckpt = save(finished=True)
+    try:
+        if plot:  # once per call (about a second): the CSVs above are current at every checkpoint
+            plot_loss(out / "loss.png", history, steps, title=f"{tcfg.kind}, lr {tcfg.lr:g}")
+    except Exception as err:  # plotting must never lose a run
+        log(f"warning: loss plot failed: {err}")
     model.sync_codebooks()
     model.eval()
     return TrainResult(out, last_ckpt, history, not stopped, model, normaliser)
