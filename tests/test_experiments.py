@@ -227,9 +227,10 @@ def test_cli_single_point_list_and_report_only(tmp_path, capsys):
     assert main([*base, "--list-points"]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
     assert listed[0] == "fig6 0 power_dbm=10|scheme=crlb" and len(listed) == 4
-    assert main([*base, "--point", "2", "--no-report"]) == 0
+    assert listed[1] == "fig6 1 power_dbm=10|scheme=prior"
+    assert main([*base, "--point", "1", "--no-report"]) == 0
     rows = PointStore(out, "fig6").rows()
-    assert [r["key"] for r in rows] == ["power_dbm=10|scheme=prior"] and rows[0]["point"] == "2"
+    assert [r["key"] for r in rows] == ["power_dbm=10|scheme=prior"] and rows[0]["point"] == "1"
     assert not (out / "report.md").exists()
     assert main([*base, "--report-only"]) == 0
     text = (out / "report.md").read_text()

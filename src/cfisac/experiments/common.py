@@ -47,7 +47,9 @@ class Budget:
     ``batch_size`` of training; ``model_preset``: :class:`cfisac.models.config.ModelConfig` preset;
     ``classical``: classical schemes of the accuracy figures; ``learned``: learned schemes (``name`` or
     ``name-frontend``); ``crlb_max_scenes``: scenes of the root-CRLB (the first ``n`` of the test set);
-    ``n_val``: validation scenes during training; ``scheme_n_test``: fewer test scenes for slow schemes.
+    ``n_val``: validation scenes during training; ``scheme_n_test``: fewer test scenes for slow schemes;
+    ``scheme_seconds``: wall-clock cap of one classical point's evaluation (it then stops after the first k scenes,
+    at least one batch; the row's ``n_scenes`` says how many and ``metrics.time_capped`` is set).
     """
 
     n_test: int
@@ -63,6 +65,7 @@ class Budget:
     crlb_max_scenes: int | None = None
     n_val: int = 0
     scheme_n_test: dict[str, int] = field(default_factory=dict)
+    scheme_seconds: float | None = None
 
     def n_test_of(self, scheme: str) -> int:
         """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
@@ -82,17 +85,19 @@ BUDGETS: dict[str, Budget] = {
     # unit tests: a handful of scenes, a few training steps
     "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
                    batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
-                   learned=("dvqvae",), n_val=4),
+                   learned=("dvqvae", "dvqvae-matched"), n_val=4, scheme_n_test={"ml": 2}),
     # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md)
-    "quick": Budget(n_test=200, eval_batch=50, n_train=4000, train_seconds={"dvqvae": 150.0, "*": 60.0},
-                    max_epochs=None, batch_size=32, model_preset="quick",
-                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvae", "cnn"),
-                    crlb_max_scenes=200, n_val=200),
+    "quick": Budget(n_test=100, eval_batch=50, n_train=4000, n_val=100, batch_size=32, model_preset="quick",
+                    train_seconds={"dvqvae": 90.0, "dvqvae-matched": 90.0, "*": 35.0}, max_epochs=None,
+                    classical=("music", "cs", "monostatic"), learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
+                    crlb_max_scenes=100, scheme_n_test={"music": 50, "cs": 20, "monostatic": 50, "ml": 10},
+                    scheme_seconds=12.0),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",
-                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvae", "cnn"),
-                    crlb_max_scenes=400, n_val=400),
+                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
+                    crlb_max_scenes=400, n_val=400,
+                    scheme_n_test={"music": 500, "cs": 200, "monostatic": 500, "ml": 100}),
 }
 
 
@@ -199,8 +204,10 @@ def monostatic_config(cfg: SystemConfig) -> SystemConfig:
 def evaluation_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
     """The test scenes of ``cfg`` (indices ``TEST_START ..``, the run's seed), simulated once per process."""
     key = ("test", cfg.to_json(), ctx.seed, ctx.budget.n_test)
-    if key not in ctx._cache:
-        if len([k for k in ctx._cache if k[0] == "test"]) >= 3:  # bound memory: keep the 3 most recent configs
+    if key in ctx._cache:
+        ctx._cache[key] = ctx._cache.pop(key)  # most recently used last
+    else:
+        while len([k for k in ctx._cache if k[0] == "test"]) >= 4:  # bound memory: keep 4 configs (LRU)
             del ctx._cache[next(k for k in ctx._cache if k[0] == "test")]
         idx = range(TEST_START, TEST_START + ctx.budget.n_test)
         parts = [simulate_batch(cfg, ctx.seed, list(idx)[lo:lo + ctx.budget.eval_batch])
@@ -293,17 +300,35 @@ def _accuracy_result(est_pos: torch.Tensor, est_vel: torch.Tensor, data: dict[st
     }
 
 
-def run_estimator(est: Any, data: dict[str, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Call ``est(y, x)`` over the test set in batches: positions, velocities [B, Q, 2] float64, seconds/scene."""
+def run_estimator(est: Any, data: dict[str, torch.Tensor], batch: int, *, max_seconds: float | None = None,
+                  log: Callable[[str], Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Call ``est(y, x)`` on the test scenes in order: positions, velocities [k, Q, 2] float64 and seconds per
+    scene. Batches start at 1 scene and grow to ``batch`` for fast estimators (about 5 s per call); with
+    ``max_seconds`` the evaluation stops after the call that exceeds it, so ``k`` may be less than the number of
+    scenes (always the first k). A progress line goes to ``log`` every 20 s."""
     pos, vel = [], []
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     n = data["y"].shape[0]
+    step, lo = 1, 0
     with torch.no_grad():
-        for lo in range(0, n, batch):
-            out = est(data["y"][lo:lo + batch], data["x"][lo:lo + batch])
+        while lo < n:
+            t_b = time.perf_counter()
+            out = est(data["y"][lo:lo + step], data["x"][lo:lo + step])
             pos.append(out.positions.detach().double().cpu())
             vel.append(out.velocities.detach().double().cpu())
-    return torch.cat(pos), torch.cat(vel), (time.perf_counter() - t0) / n
+            k = min(step, n - lo)
+            lo += k
+            now = time.perf_counter()
+            step = int(max(1, min(batch, 5.0 / max((now - t_b) / k, 1e-6))))
+            if max_seconds is not None and now - t0 > max_seconds and lo < n:
+                if log is not None:
+                    log(f"  {getattr(est, 'name', 'estimator')}: time budget of {max_seconds:.0f} s spent after "
+                        f"{lo}/{n} scenes ({(now - t0) / lo:.2f} s/scene); evaluated on those")
+                break
+            if log is not None and now - last > 20 and lo < n:
+                log(f"  {getattr(est, 'name', 'estimator')}: {lo}/{n} scenes, {(now - t0) / lo:.2f} s/scene")
+                last = now
+    return torch.cat(pos), torch.cat(vel), (time.perf_counter() - t0) / lo
 
 
 def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs: list[SystemConfig] | None = None,
@@ -338,9 +363,14 @@ def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs:
         data = evaluation_data(ctx, cfg)
     n = ctx.budget.n_test_of(scheme)
     data = {k: v[:n] for k, v in data.items()}
-    pos, vel, sec = run_estimator(est, data, ctx.budget.eval_batch)
+    pos, vel, sec = run_estimator(est, data, ctx.budget.eval_batch, log=ctx.log,
+                                  max_seconds=None if is_learned(scheme) else ctx.budget.scheme_seconds)
+    capped = pos.shape[0] < n
+    n = pos.shape[0]
+    data = {k: v[:n] for k, v in data.items()}
     bits = getattr(est, "fronthaul_bits_per_ap", None)
-    res = _accuracy_result(pos, vel, data, None if bits is None else float(bits), {"seconds_per_scene": sec})
+    res = _accuracy_result(pos, vel, data, None if bits is None else float(bits),
+                           {"seconds_per_scene": sec, **({"time_capped": True} if capped else {})})
     try:
         bound = crlb_of_scenes(ctx, cfg, n=n, **(crlb_options or {}))
         res["root_crlb_position"] = bound["root_crlb_position"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from .common import is_learned, scheme_label
 
-__all__ = ["compare_lines", "curve", "fmt_pair", "monotone", "ratio_line", "row_at"]
+__all__ = ["compare_lines", "curve", "fmt_pair", "growth_line", "monotone", "ratio_line", "row_at", "scheme_label"]
 
 
 def _ok(v: Any) -> bool:
@@ -46,6 +46,11 @@ def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit:
     """Ranking at the reference x, factor above the root-CRLB, and which schemes do not beat the prior."""
     lines: list[str] = []
     prior = row_at(rows, "prior", reference_x, series)
+    few = sorted({scheme_label(r["scheme"]) for r in rows if r["series"] == series and _ok(r.get("n_scenes"))
+                  and r["n_scenes"] < 20 and r["scheme"] != "crlb"})
+    if few:
+        lines.append("- **Few scenes:** " + ", ".join(few) + " were evaluated on fewer than 20 test scenes at some "
+                     "points (their per-point time budget ran out): those RMSEs are rough.")
     crlb = row_at(rows, "crlb", reference_x, series)
     at = [r for r in rows if r["series"] == series and abs(r["x_value"] - reference_x) < 1e-9
           and r["scheme"] not in ("crlb", "prior") and _ok(r["position_rmse"])]
@@ -79,6 +84,10 @@ def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit:
         best_l = min(learned, key=lambda r: r["position_rmse"])
         best_c = min(classical, key=lambda r: r["position_rmse"])
         verdict = "agrees with" if best_l["position_rmse"] < best_c["position_rmse"] else "disagrees with"
+        near_prior = prior is not None and _ok(prior["position_rmse"]) and min(
+            best_l["position_rmse"], best_c["position_rmse"]) >= 0.8 * prior["position_rmse"]
+        if near_prior:
+            verdict = "no meaningful ranking: both are near the prior predictor, unlike"
         lines.append(f"- **Learned vs classical (location):** best learned {scheme_label(best_l['scheme'])} "
                      f"{best_l['position_rmse']:.3g} m vs best classical {scheme_label(best_c['scheme'])} "
                      f"{best_c['position_rmse']:.3g} m: {verdict} the paper's ranking.")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import SystemConfig
 from .common import Context
-from .discuss import compare_lines, curve, fmt_pair, monotone, ratio_line
+from .discuss import compare_lines, curve, fmt_pair, monotone, ratio_line, row_at, scheme_label
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
@@ -70,8 +70,29 @@ def discussion(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
                          f"{ctx.base_cfg.n_symbols} cells per AP, the paper 16 x 256 x 256). Monotone in P: "
                          f"{'yes' if monotone([p for _, p, _ in crlb], decreasing=True) else 'NO'}.")
     lines += compare_lines(rows, reference_x=REFERENCE_POWER, x_unit="dBm")
+    lines += saturation_line(rows, VALUES[ctx.preset])
     lines += ratio_line(rows, "dvqvae", "dvae", REFERENCE_POWER, "dBm",
                         "paper: D-VQVAE comparable to D-VAE")
     lines += ratio_line(rows, "cnn", "dvqvae", REFERENCE_POWER, "dBm",
                         "paper: CNN centralized worse than D-VQVAE")
     return lines
+
+
+def saturation_line(rows: list[dict[str, Any]], values: tuple[float, ...]) -> list[str]:
+    """Which schemes still improve between the two highest powers (the bound falls by sqrt(10) per 10 dB)."""
+    if len(values) < 2:
+        return []
+    a, b = values[-2], values[-1]
+    flat, falling = [], []
+    for s in sorted({r["scheme"] for r in rows} - {"crlb", "prior"}):
+        ra, rb = row_at(rows, s, a), row_at(rows, s, b)
+        if ra is None or rb is None or not (ra["position_rmse"] > 0 and rb["position_rmse"] > 0):
+            continue
+        f = ra["position_rmse"] / rb["position_rmse"]
+        (falling if f > 1.5 else flat).append(f"{scheme_label(s)} ({f:.2g}x)")
+    out = []
+    if flat or falling:
+        out.append(f"- **Saturation (location, {a:g} -> {b:g} dBm, improvement factor; the root-CRLB improves by "
+                   f"{10 ** ((b - a) / 20):.2g}x):** flat: {', '.join(flat) or 'none'}; still improving: "
+                   f"{', '.join(falling) or 'none'}. The paper reports an error floor for every scheme.")
+    return out

@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import SystemConfig
 from .common import Context, evaluate_scheme
 from .store import spec_hash
@@ -152,25 +150,11 @@ def _train(ctx: Context, scheme: str, cfgs: list[SystemConfig], spec: dict[str, 
             "fronthaul_bits_per_ap": res.model.fronthaul_bits_per_ap, "history": res.history}
 
 
-class CheckpointEstimator:
-    """A trained learned scheme as an estimator: in-graph prediction (eval mode) of :func:`cfisac.train.predict`,
-    positions / velocities rescaled to m and m/s with the checkpoint's label normaliser."""
-
-    def __init__(self, scheme: str, cfg: SystemConfig, ckpt: Path, device: str = "cpu") -> None:
-        from ..train import load_checkpoint
-
-        self.name, self.cfg = scheme, cfg
-        self.checkpoint = load_checkpoint(ckpt, device=device)
-        self.device = torch.device(device)
-        self.fronthaul_bits_per_ap = int(self.checkpoint.model.fronthaul_bits_per_ap)
-
-    def __call__(self, y: torch.Tensor, x: torch.Tensor):
-        from ..estimators import Estimate
-        from ..train import predict
-
-        pos, vel = predict(self.checkpoint.model, self.checkpoint.normaliser, y.to(self.device), x.to(self.device))
-        return Estimate(pos.double().cpu(), vel.double().cpu())
-
-
 def _load_estimator(ctx: Context, scheme: str, cfg: SystemConfig, ckpt: Path) -> Any:
-    return CheckpointEstimator(scheme, cfg, ckpt, device=ctx.device)
+    """The registry's learned estimator (online execution, Algorithm 2: every AP emits its fronthaul message, the
+    CPU parses, dequantizes and decodes), from the latest checkpoint of the run directory ``ckpt``."""
+    from .. import estimators
+
+    kind, _ = split_scheme(scheme)
+    return estimators.create(kind, cfg, checkpoint=str(ckpt), device=ctx.device,
+                             batch_size=max(1, ctx.budget.eval_batch))

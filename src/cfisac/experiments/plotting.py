@@ -17,6 +17,7 @@ from .common import scheme_label, scheme_style  # noqa: E402
 __all__ = ["SERIES_STYLES", "plot_accuracy", "save"]
 
 SERIES_STYLES = ("-", "--", ":", "-.")
+FEW = 20  # points evaluated on fewer test scenes are drawn with hollow markers
 ORDER = ("crlb", "prior", "monostatic", "music", "cs", "ml", "cnn", "dvae", "dvqvae")
 
 
@@ -83,6 +84,7 @@ def plot_accuracy(
         x_ticks = sorted({r["x_value"] for r in rows})
         x_ticklabels = [f"{v:g}" for v in x_ticks]
     schemes_drawn: list[str] = []
+    few_any = False
     for ax, (col, crlb_col, ylabel) in zip(
         axes, (("position_rmse", "root_crlb_position", "location RMSE (m)"),
                ("velocity_rmse", "root_crlb_velocity", "velocity RMSE (m/s)")), strict=True,
@@ -102,8 +104,13 @@ def plot_accuracy(
             label = crlb_label if scheme == "crlb" else scheme_label(scheme)
             if scheme not in schemes_drawn:
                 schemes_drawn.append(scheme)
-            ax.plot(xs, ys, label=None if multi else label, markersize=6,
-                    **{k: v for k, v in style.items() if v is not None})
+            (line,) = ax.plot(xs, ys, label=None if multi else label, markersize=6,
+                              **{k: v for k, v in style.items() if v is not None})
+            few = [(r["x_value"], r[key]) for r in pts if _finite(r[key]) and r.get("n_scenes", math.inf) < FEW]
+            if few and scheme != "crlb" and style.get("marker"):
+                ax.plot(*zip(*few, strict=True), linestyle="none", marker=style["marker"], markersize=6,
+                        markerfacecolor="white", markeredgecolor=line.get_color())
+                few_any = True
         ax.set_yscale("log")
         if x_log:
             ax.set_xscale("log", base=2)
@@ -139,5 +146,7 @@ def plot_accuracy(
                 labels.append(lab)
     ncol = min(4, max(1, len(labels)))
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8.5, frameon=False)
+    if few_any:
+        note = (note + "; " if note else "") + f"hollow markers: fewer than {FEW} test scenes (time-capped)"
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     return save(fig, out_base)

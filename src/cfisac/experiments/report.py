@@ -73,7 +73,8 @@ def format_summary(ctx: Context) -> str:
         return "(no Fig. 6 results stored yet)"
     crlb = next((r for r in rows if r["scheme"] == "crlb"), None)
     bits = _fronthaul_bits(ctx)
-    head = ("scheme", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB (m | m/s)", "fronthaul bits/AP/update")
+    head = ("scheme", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB (m | m/s)", "fronthaul bits/AP/update",
+            "scenes")
     table = [head]
     for r in rows:
         if r["scheme"] == "crlb":
@@ -84,17 +85,42 @@ def format_summary(ctx: Context) -> str:
         cr = (f"{_num(r['root_crlb_position'])} | {_num(r['root_crlb_velocity'])}" if math.isfinite(
             r["root_crlb_position"]) else "–")
         table.append((scheme_label(r["scheme"]), _num(r["position_rmse"]), _num(r["velocity_rmse"]), cr,
-                      _bits(b)))
+                      _bits(b), _num(r["n_scenes"])))
     if crlb is not None:
         table.append(("root-CRLB (bound)", _num(crlb["root_crlb_position"]), _num(crlb["root_crlb_velocity"]),
-                      "", ""))
+                      "", "", _num(crlb["n_scenes"])))
     widths = [max(len(t[k]) for t in table) for k in range(len(head))]
-    lines = [f"Fig. 6 at P = {rows[0]['x_value']:g} dBm, preset {ctx.preset}, {int(rows[0]['n_scenes'])} test scenes:"]
+    lines = [f"Fig. 6 at P = {rows[0]['x_value']:g} dBm, preset {ctx.preset} (root-CRLB of the scenes each scheme was "
+             "evaluated on):"]
     for i, t in enumerate(table):
         lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+CAVEATS = (
+    "**Scale.** The `quick` preset senses 16 x 64 x 16 cells per receive AP (every 4th subcarrier, every 16th "
+    "symbol of the paper's 256 x 256 frame: same bandwidth and frame length, hence the same resolution), 1/64 of "
+    "the paper's cells: the Fisher information is about 64x smaller and the root-CRLB about 8x larger than at the "
+    "paper's scale. Learned schemes train for a fixed wall-clock budget (minutes on 2 CPU cores), not to convergence "
+    "on 16 000 scenes as in the paper.",
+    "**Root-CRLB averaging.** The line is sqrt(mean over scenes and targets of CRLB_xx + CRLB_yy), the same averaging "
+    "as the RMSE; a few scenes with near-singular geometry (targets near an array axis or the AP baseline) dominate "
+    "it. Medians are stored in the `metrics` column. Scenes with a singular Fisher information are left out.",
+    "**What the receive AP knows.** In the paper the receive AP sees only Y_m (Section III-C); the classical "
+    "baselines (MUSIC, CS, ML) divide by / correlate with the transmit symbols, i.e. assume X at the receive AP. "
+    "The `matched` front end of the learned schemes (issue 9, beyond the paper) makes the same assumption and its "
+    "downlink of X is listed in the fronthaul table; the paper's D-VQVAE (`raw`) does not.",
+    "**Why the paper's D-VQVAE struggles.** Independent data symbols randomise the phase of every (subcarrier, symbol) "
+    "cell of Y_m, so its second-order statistics carry the angle of arrival but no delay or Doppler; range and "
+    "velocity are reachable only through X, which the decoder sees after heavy compression (DESIGN.md, issue 9). "
+    "Compare it with the prior predictor (area centre, zero velocity), drawn in every accuracy figure.",
+    "**Unstated paper settings.** The paper gives no x-axis values for Figs. 6-9, 13 and 14 and no offset "
+    "magnitudes for Fig. 14; the values used here are in each experiment module (`VALUES`). Eq. (30) is applied with "
+    "the subcarrier index in the timing term and real-valued offsets (see `cfisac.sensing`). The fully distributed "
+    "fronthaul is the paper's 96Q; our MUSIC / CS messages actually need 32 (1 + 2N) Q bits.",
+)
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
@@ -105,21 +131,42 @@ def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def _points_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One pivot table per series: a row per scheme, a column per swept value, cells ``location m / velocity m/s``
+    (the root-CRLB row holds the bound); ``(k)`` marks a cell evaluated on only k test scenes."""
     from .plotting import _order
 
-    head = ("scheme", "series", "x", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB loc. (m)",
-            "root-CRLB vel. (m/s)", "bits/AP", "scenes", "wall (s)")
-    has_series = any(r["series"] for r in rows)
-    body = []
-    for r in sorted(rows, key=lambda r: (r["series"], _order(r["scheme"]), r["x_value"])):
-        body.append((scheme_label(r["scheme"]), r["series"], f"{r['x_name']}={r['x_value']:g}",
-                     _num(r["position_rmse"]), _num(r["velocity_rmse"]), _num(r["root_crlb_position"]),
-                     _num(r["root_crlb_velocity"]), _bits(r["fronthaul_bits_per_ap"]), _num(r["n_scenes"]),
-                     _num(r["wall_s"])))
-    if not has_series:
-        head = tuple(h for h in head if h != "series")
-        body = [tuple(c for k, c in enumerate(b) if k != 1) for b in body]
-    return _md_table(head, body)
+    out: list[str] = []
+    n_max = max((r["n_scenes"] for r in rows if math.isfinite(r["n_scenes"])), default=0)
+    for series in sorted({r["series"] for r in rows}):
+        sub = [r for r in rows if r["series"] == series]
+        xs = sorted({r["x_value"] for r in sub})
+        schemes = sorted({r["scheme"] for r in sub}, key=_order)
+        x_name = sub[0]["x_name"]
+        head = ("scheme", *[f"{x_name} = {x:g}" for x in xs], "bits/AP")
+        body = []
+        for scheme in schemes:
+            cells, bits = [], "–"
+            for x in xs:
+                r = next((r for r in sub if r["scheme"] == scheme and r["x_value"] == x), None)
+                if r is None:
+                    cells.append("")
+                    continue
+                p, v = (("root_crlb_position", "root_crlb_velocity") if scheme == "crlb" else
+                        ("position_rmse", "velocity_rmse"))
+                cell = f"{_num(r[p])} / {_num(r[v])}"
+                if math.isfinite(r["n_scenes"]) and r["n_scenes"] < n_max:
+                    cell += f" ({int(r['n_scenes'])})"
+                cells.append(cell)
+                if scheme != "crlb":
+                    bits = _bits(r["fronthaul_bits_per_ap"])
+            body.append((scheme_label(scheme), *cells, bits))
+        if series:
+            out += [f"*Series {series}:*", ""]
+        out += _md_table(head, body) + [""]
+    out.append(f"Cells: location RMSE (m) / velocity RMSE (m/s) on {int(n_max)} test scenes unless marked (k); "
+               "root-CRLB row: the bound on the same scenes. Full rows (seeds, configs, wall times) in "
+               "`points/<experiment>.csv`.")
+    return out
 
 
 def _machine() -> str:
@@ -214,6 +261,7 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
             if len(missing) > 40:
                 md.append(f"- ... and {len(missing) - 40} more")
             md.append("")
+    md += ["## Caveats and departures from the paper", ""] + [f"- {c}" for c in CAVEATS] + [""]
     if walls:
         md += ["## Wall times", ""] + _md_table(
             ("experiment", "points stored", "sum of point wall times (s)"),

@@ -63,20 +63,23 @@ class AccuracySweep:
         return [self.cfg_for(ctx, value, series)], {"model_overrides": overrides}
 
     def points(self, ctx: Context) -> list[Point]:
-        """CRLB, prior and classical points first (cheap, every value), then the learned ones."""
+        """CRLB, prior and classical points first (cheap), then the learned ones; within each pass all schemes of
+        one value before the next value (the test scenes of a value are simulated once)."""
         schemes = ["crlb", *[s for s in self.schemes if s != "crlb"]]
         base_spec = {"crlb_max_scenes": ctx.budget.crlb_max_scenes}
         pts: list[Point] = []
         for learned_pass in (False, True):
-            for scheme in schemes:
-                if is_learned(scheme) != learned_pass:
-                    continue
-                for series in self.series:
-                    for value in self.values:
-                        cfg = self.cfg_for(ctx, value, series)
+            for series in self.series:
+                for value in self.values:
+                    cfg = self.cfg_for(ctx, value, series)
+                    for scheme in schemes:
+                        if is_learned(scheme) != learned_pass:
+                            continue
                         key = f"{self.x_name}={fmt_value(value)}|" + (f"series={series}|" if series else "") + \
                               f"scheme={scheme}"
                         spec: dict[str, Any] = {**base_spec, "n_test": ctx.budget.n_test_of(scheme)}
+                        if scheme not in ("crlb", "prior") and not is_learned(scheme):
+                            spec["max_seconds"] = ctx.budget.scheme_seconds
                         if scheme == "crlb":
                             spec["crlb_options"] = self.crlb_options
                         if is_learned(scheme):
