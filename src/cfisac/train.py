@@ -182,7 +182,7 @@ def _prefetch(source: DataSource, batches: list[list[int]], workers: int) -> Ite
 
 
 # ---------------------------------------------------------------------------------------------------- Algorithm 1
-def _adam(module: nn.Module, lr: float) -> torch.optim.Adam | None:
+def make_adam(module: nn.Module, lr: float) -> torch.optim.Adam | None:
     params = [p for p in module.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr) if params else None
 
@@ -193,7 +193,7 @@ class ApTrainer:
 
     def __init__(self, ap: ApSide, *, lr: float, amp: bool = False) -> None:
         self.ap, self.amp = ap, amp
-        self.optimizer = _adam(ap, lr)
+        self.optimizer = make_adam(ap, lr)
         self._out = None
 
     @property
@@ -237,7 +237,7 @@ class CpuTrainer:
 
     def __init__(self, cpu: CpuSide, *, lr: float, amp: bool = False) -> None:
         self.cpu, self.amp = cpu, amp
-        self.optimizer = _adam(cpu, lr)
+        self.optimizer = make_adam(cpu, lr)
 
     def step(self, payloads: Sequence[torch.Tensor], x: torch.Tensor, target: torch.Tensor,
              *, need_grads: bool = True) -> tuple[float, list[torch.Tensor | None], torch.Tensor]:
@@ -296,7 +296,7 @@ def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
     return target
 
 
-def _model_from_state(state: dict[str, Any]) -> tuple[str, SystemConfig, ModelConfig, TrainConfig, LabelNormaliser]:
+def model_from_state(state: dict[str, Any]) -> tuple[str, SystemConfig, ModelConfig, TrainConfig, LabelNormaliser]:
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})")
     return (state["kind"], SystemConfig.from_dict(state["system"]), ModelConfig.from_dict(state["model"]),
@@ -310,7 +310,7 @@ def load_checkpoint(path: str | Path, *, which: str = "latest", device: str | to
         state = json.loads((ckpt / "state.json").read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{ckpt / 'state.json'} is not valid JSON: {err}") from err
-    kind, cfg, mcfg, tcfg, normaliser = _model_from_state(state)
+    kind, cfg, mcfg, tcfg, normaliser = model_from_state(state)
     model = build_model(kind, cfg, mcfg, seed=tcfg.seed)
     weights = load_file(str(ckpt / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -322,7 +322,7 @@ def load_checkpoint(path: str | Path, *, which: str = "latest", device: str | to
     return Checkpoint(ckpt, kind, cfg, mcfg, tcfg, normaliser, model, state)
 
 
-def _optim_tensors(trainers: dict[str, torch.optim.Optimizer | None]) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_state_tensors(trainers: dict[str, torch.optim.Optimizer | None]) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, Any] = {}
     for name, opt in trainers.items():
@@ -337,7 +337,7 @@ def _optim_tensors(trainers: dict[str, torch.optim.Optimizer | None]) -> tuple[d
     return tensors, groups
 
 
-def _load_optim(trainers: dict[str, torch.optim.Optimizer | None], tensors: dict[str, torch.Tensor],
+def load_optimizer_state(trainers: dict[str, torch.optim.Optimizer | None], tensors: dict[str, torch.Tensor],
                 groups: dict[str, Any]) -> None:
     for name, opt in trainers.items():
         if opt is None:
@@ -350,7 +350,7 @@ def _load_optim(trainers: dict[str, torch.optim.Optimizer | None], tensors: dict
         opt.load_state_dict({"state": state, "param_groups": groups[name]})
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -363,7 +363,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -399,10 +399,10 @@ def predict(model: SplitModel, normaliser: LabelNormaliser, y: torch.Tensor, x: 
     with torch.no_grad():
         psi = normaliser.denormalise(model(y, x).prediction)
     model.train(was)
-    return _split_psi(psi, model.cfg.n_targets)
+    return split_psi(psi, model.cfg.n_targets)
 
 
-def _split_psi(psi: torch.Tensor, Q: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_psi(psi: torch.Tensor, Q: int) -> tuple[torch.Tensor, torch.Tensor]:
     B = psi.shape[0]
     return psi[:, : 2 * Q].reshape(B, Q, 2).cpu(), psi[:, 2 * Q:].reshape(B, Q, 2).cpu()
 
@@ -422,7 +422,7 @@ def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource,
             target = normaliser.normalise(b["labels"].to(device))
             sq += float(F.mse_loss(pred, target, reduction="sum"))
             count += target.numel()
-            pos, vel = _split_psi(normaliser.denormalise(pred), model.cfg.n_targets)
+            pos, vel = split_psi(normaliser.denormalise(pred), model.cfg.n_targets)
             acc = accuracy(pos, vel, b["positions"], b["velocities"])
             pe.append(acc.position_errors)
             ve.append(acc.velocity_errors)
@@ -432,7 +432,7 @@ def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource,
             "val_velocity_rmse": float(ve_all.pow(2).mean().sqrt())}
 
 
-def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
@@ -471,7 +471,7 @@ def plot_loss(path: Path, history: Sequence[dict[str, Any]], steps: Sequence[dic
     os.replace(tmp, path)
 
 
-def _read_steps(path: Path, upto: int) -> list[dict[str, Any]]:
+def read_steps(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -496,7 +496,7 @@ def train(
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
         ckpt = find_checkpoint(out)
         state = json.loads((ckpt / "state.json").read_text())
-        kind, cfg0, mcfg0, tcfg0, normaliser = _model_from_state(state)
+        kind, cfg0, mcfg0, tcfg0, normaliser = model_from_state(state)
         if cfg0 != cfg or mcfg0 != mcfg:
             raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
         diff = [k for k in tcfg.to_dict() if k not in RESUMABLE_CHANGES and getattr(tcfg, k) != getattr(tcfg0, k)]
@@ -521,17 +521,17 @@ def train(
         model.load_state_dict(weights)
         opt_tensors = load_file(str(ckpt / "optim.safetensors"))
         torch.set_rng_state(opt_tensors.pop("rng.torch"))
-        _load_optim(optimizers, {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()},
-                    state["optim"])
+        moved = {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()}
+        load_optimizer_state(optimizers, moved, state["optim"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step"], state["global_step"]
         history, elapsed0, best = state["history"], state["elapsed_s"], state.get("best_val_loss")
-        steps = _read_steps(out / "steps.csv", global_step)
+        steps = read_steps(out / "steps.csv", global_step)
         log(f"resuming {out} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
     else:
         out.mkdir(parents=True, exist_ok=True)
         normaliser = LabelNormaliser.fit(train_src.labels(NORMALISER_MAX_SAMPLES))
         epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
-    for line in _summary(tcfg.kind, cfg, mcfg):
+    for line in model_summary_lines(tcfg.kind, cfg, mcfg):
         log(line)
 
     def save(finished: bool) -> Path:
@@ -544,7 +544,7 @@ def train(
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
-        tensors, groups = _optim_tensors(optimizers)
+        tensors, groups = optimizer_state_tensors(optimizers)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optim.safetensors"))
         val_loss = history[-1]["val_loss"] if history else None
@@ -565,19 +565,19 @@ def train(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(out)
+        fsync_dir(out)
         pointer = {"checkpoint": name, "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
-        _write_json_atomic(out / "latest.json", pointer)
+        write_json_atomic(out / "latest.json", pointer)
         if is_best:
-            _write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
+            write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
         keep = {name}
         if (out / "best.json").is_file():
             keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
         for old in out.glob("ckpt-e*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
-        _write_csv(out / "history.csv", HISTORY_FIELDS, history)
-        _write_csv(out / "steps.csv", STEP_FIELDS, steps)
+        write_csv(out / "history.csv", HISTORY_FIELDS, history)
+        write_csv(out / "steps.csv", STEP_FIELDS, steps)
         return final
 
     t_start = time.monotonic()
@@ -592,7 +592,7 @@ def train(
         batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
         todo = batches[step_in_epoch:]
         sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
-        bar = _bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
+        bar = progress_bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
         for b in _prefetch(train_src, todo, tcfg.workers):
             y, x = b["y"].to(device), b["x"].to(device)
             target = normaliser.normalise(b["labels"].to(device))
@@ -611,7 +611,7 @@ def train(
                           "mse": r["mse"], "commitment": r["commitment"], "perplexity": perp})
             elapsed = elapsed0 + time.monotonic() - t_start
             if bar is not None:
-                pos, vel = _split_psi(normaliser.denormalise(r["prediction"]), cfg.n_targets)
+                pos, vel = split_psi(normaliser.denormalise(r["prediction"]), cfg.n_targets)
                 acc = accuracy(pos, vel, b["positions"], b["velocities"])
                 post = {"loss": f"{r['loss']:.4f}", "rmse_pos": f"{acc.position_rmse:.1f}m",
                         "rmse_vel": f"{acc.velocity_rmse:.1f}m/s"}
@@ -653,7 +653,7 @@ def train(
     return TrainResult(out, last_ckpt, history, not stopped, model, normaliser)
 
 
-def _bar(progress: bool, total: int, initial: int, desc: str):
+def progress_bar(progress: bool, total: int, initial: int, desc: str):
     if not progress:
         return None
     from tqdm import tqdm
@@ -661,7 +661,7 @@ def _bar(progress: bool, total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _summary(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> list[str]:
+def model_summary_lines(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> list[str]:
     from .fronthaul import format_bits, learned_bits
     from .models import summary_lines
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .train import MODEL_PRESETS, _parse_set, add_system_arguments, system_from_args
+from .train import MODEL_PRESETS, add_system_arguments, parse_set, system_from_args
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def _configs(args: argparse.Namespace):
 
     cfg = system_from_args(args)
     preset = args.model_preset or (args.preset if args.preset in MODEL_PRESETS else "quick")
-    mcfg = ModelConfig.preset(preset, **_parse_set(args.set))
+    mcfg = ModelConfig.preset(preset, **parse_set(args.set))
     tcfg = TrainConfig(kind=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        device=args.device, amp=args.amp)
@@ -165,12 +165,12 @@ def run_dist_train(args: argparse.Namespace) -> int:
 
 
 def _sense_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..train import _model_from_state, find_checkpoint
+    from ..train import find_checkpoint, model_from_state
 
     ckpt = find_checkpoint(args.checkpoint, args.which)
     seed = args.seed
     if seed is None:
-        seed = _model_from_state(json.loads((ckpt / "state.json").read_text()))[3].seed + 1
+        seed = model_from_state(json.loads((ckpt / "state.json").read_text()))[3].seed + 1
     return {"checkpoint": str(args.checkpoint), "which": args.which, "seed": seed, "n": args.n, "start": args.start,
             "batch_size": args.batch_size, "coder": args.coder,
             "entropy_model": str(args.entropy_model) if args.entropy_model else None,

@@ -36,7 +36,7 @@ def system_from_args(args: argparse.Namespace, base: SystemConfig | None = None)
     return cfg.replace(**over) if over else cfg
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = system_from_args(args)
     preset = args.model_preset or (args.preset if args.preset in MODEL_PRESETS else "quick")
-    over = _parse_set(args.set)
+    over = parse_set(args.set)
     if args.front_end:
         over["front_end"] = args.front_end
     if args.input_norm:

@@ -104,7 +104,16 @@ def ddp_train(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..train import _adam, _bar, _load_optim, _model_from_state, _optim_tensors, _read_steps, _split_psi, _summary
+    from ..train import (
+        load_optimizer_state,
+        make_adam,
+        model_from_state,
+        model_summary_lines,
+        optimizer_state_tensors,
+        progress_bar,
+        read_steps,
+        split_psi,
+    )
 
     if not dist.is_initialized():
         raise ValueError("ddp_train needs an initialised process group (launch with torchrun)")
@@ -128,7 +137,7 @@ def ddp_train(
         if not (out / "latest.json").is_file():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
         ckpt, state, weights, opt_tensors = read_checkpoint(out)
-        kind0, cfg0, mcfg0, tcfg0, normaliser = _model_from_state(state)
+        kind0, cfg0, mcfg0, tcfg0, normaliser = model_from_state(state)
         if cfg0 != cfg or mcfg0 != mcfg:
             raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
         diff = [k for k in tcfg.to_dict()
@@ -142,16 +151,16 @@ def ddp_train(
     for ap in model.aps:
         if ap.quantizer is not None:
             ap.quantizer.stats_hook = codebook_allreduce_hook(group)
-    optimizers = {**{f"ap{m}": _adam(ap, tcfg.lr) for m, ap in enumerate(model.aps)},
-                  "cpu": _adam(model.cpu_side, tcfg.lr)}
+    optimizers = {**{f"ap{m}": make_adam(ap, tcfg.lr) for m, ap in enumerate(model.aps)},
+                  "cpu": make_adam(model.cpu_side, tcfg.lr)}
     if resume:
         model.load_state_dict(weights)
         torch.set_rng_state(opt_tensors.pop("rng.torch"))
-        _load_optim(optimizers, {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()},
-                    state["optim"])
+        moved = {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()}
+        load_optimizer_state(optimizers, moved, state["optim"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step"], state["global_step"]
         history, elapsed0, best = state["history"], state["elapsed_s"], state.get("best_val_loss")
-        steps = _read_steps(out / "steps.csv", global_step)
+        steps = read_steps(out / "steps.csv", global_step)
         last_ckpt: Path | None = ckpt
     else:
         if rank == 0:
@@ -159,7 +168,7 @@ def ddp_train(
         normaliser = LabelNormaliser.fit(DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
         epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
         last_ckpt = None
-    for line in _summary(tcfg.kind, cfg, mcfg):
+    for line in model_summary_lines(tcfg.kind, cfg, mcfg):
         log(line)
     log(f"data parallel: {world} replicas, global batch {tcfg.batch_size}, device {device}")
     import inspect
@@ -175,7 +184,7 @@ def ddp_train(
     def save(finished: bool) -> Path:
         path = out / f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}"
         if rank == 0:
-            tensors, groups = _optim_tensors(optimizers)
+            tensors, groups = optimizer_state_tensors(optimizers)
             path = writer.write(model, tensors, groups, epoch=epoch, step=step_in_epoch, global_step=global_step,
                                 elapsed=elapsed, history=history, steps=steps, finished=finished)
         dist.barrier(group=group)
@@ -196,7 +205,7 @@ def ddp_train(
                 target = normaliser.normalise(b["labels"].to(device))
                 sq += float(F.mse_loss(pred, target, reduction="sum"))
                 count += target.numel()
-                pos, vel = _split_psi(normaliser.denormalise(pred), cfg.n_targets)
+                pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
                 acc = accuracy(pos, vel, b["positions"], b["velocities"])
                 pe2 += float(acc.position_errors.pow(2).sum())
                 ve2 += float(acc.velocity_errors.pow(2).sum())
@@ -219,7 +228,7 @@ def ddp_train(
             break
         batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
         sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
-        bar = _bar(progress and rank == 0, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
+        bar = progress_bar(progress and rank == 0, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
         while step_in_epoch < len(batches):
             rows = batches[step_in_epoch]
             mine = shard(rows, rank, world)

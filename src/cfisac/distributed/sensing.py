@@ -61,10 +61,10 @@ def load_side(checkpoint: str | Path, role: str, m: int = 0, *, which: str = "la
     """
     from safetensors import safe_open
 
-    from ..train import _model_from_state, find_checkpoint
+    from ..train import find_checkpoint, model_from_state
 
     ckpt = find_checkpoint(checkpoint, which)
-    kind, cfg, mcfg, tcfg, normaliser = _model_from_state(json.loads((ckpt / "state.json").read_text()))
+    kind, cfg, mcfg, tcfg, normaliser = model_from_state(json.loads((ckpt / "state.json").read_text()))
     if role == "ap":
         side, prefix = build_ap_side(kind, cfg, mcfg, m, seed=tcfg.seed), f"aps.{m}."
     elif role == "cpu":

@@ -276,9 +276,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                 y_m = ap_echoes(cfg, tcfg.seed, batches[epoch][r], m).to(device)
                 t1 = time.perf_counter()
                 payload = trainer.forward(y_m)
-                out = getattr(trainer, "_out", None)
-                if out is None:
-                    raise RuntimeError("cfisac.train.ApTrainer no longer exposes its last output (_out)")
+                out = trainer.last_output
                 stats = (float(out.commitment.detach()), out.perplexity, out.usage)
                 parts, flags = payload_parts(payload, out, stats)
                 action = _fault(fault, "forward", s, link)
@@ -354,7 +352,7 @@ def run_cpu_training(
     Same options, outputs and checkpoint format as :func:`cfisac.train.train` (``resume`` continues from
     ``out/latest.json``, also a checkpoint of an in-process run). ``links[m]`` connects to receive AP m.
     """
-    from ..train import _bar, _read_steps, _split_psi, _summary
+    from ..train import model_summary_lines, progress_bar, read_steps, split_psi
 
     out = Path(out)
     log = log or (lambda s: None)
@@ -371,9 +369,9 @@ def run_cpu_training(
         if not (out / "latest.json").is_file():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
         ckpt, state, weights, opt_tensors = read_checkpoint(out)
-        from ..train import _model_from_state
+        from ..train import model_from_state
 
-        kind0, cfg0, mcfg0, tcfg0, normaliser = _model_from_state(state)
+        kind0, cfg0, mcfg0, tcfg0, normaliser = model_from_state(state)
         if cfg0 != cfg or mcfg0 != mcfg:
             raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
         diff = [k for k in tcfg.to_dict() if k not in RESUMABLE_CHANGES and getattr(tcfg, k) != getattr(tcfg0, k)]
@@ -403,7 +401,7 @@ def run_cpu_training(
         epoch, step_in_epoch, global_step = state["epoch"], state["step"], state["global_step"]
         history, elapsed0 = state["history"], state["elapsed_s"]
         best = state.get("best_val_loss")
-        steps = _read_steps(out / "steps.csv", global_step)
+        steps = read_steps(out / "steps.csv", global_step)
         last_ckpt: Path | None = ckpt
         log(f"resuming {out} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
     else:
@@ -411,7 +409,7 @@ def run_cpu_training(
         normaliser = LabelNormaliser.fit(DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
         epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
         last_ckpt = None
-    for line in _summary(tcfg.kind, cfg, mcfg):
+    for line in model_summary_lines(tcfg.kind, cfg, mcfg):
         log(line)
     extra = {"runtime": dcfg.to_dict(), "uplink": uplink, "world_size": cfg.n_rx + 1}
     writer = CheckpointWriter(out, kind=tcfg.kind, cfg=cfg, mcfg=mcfg, tcfg=tcfg, normaliser=normaliser,
@@ -481,12 +479,12 @@ def run_cpu_training(
 
     def write_report() -> None:
         """out/distributed.json: this session's traffic per AP link and the CPU's time per step phase."""
-        from ..train import _write_json_atomic
+        from ..train import write_json_atomic
 
         rep = {"uplink": uplink, "world_size": cfg.n_rx + 1, "cpu_timings_s": timings,
                "recent_step_s": list(recent),
                "traffic": {f"ap{m}": link.traffic.to_dict() for m, link in enumerate(links)}}
-        _write_json_atomic(out / "distributed.json", rep)
+        write_json_atomic(out / "distributed.json", rep)
 
     def validate() -> dict[str, float]:
         if tcfg.n_val == 0:
@@ -503,7 +501,7 @@ def run_cpu_training(
                 target = normaliser.normalise(b["labels"].to(device))
                 sq += float(F.mse_loss(pred, target, reduction="sum"))
                 count += target.numel()
-                pos, vel = _split_psi(normaliser.denormalise(pred), cfg.n_targets)
+                pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
                 acc = accuracy(pos, vel, b["positions"], b["velocities"])
                 pe.append(acc.position_errors)
                 ve.append(acc.velocity_errors)
@@ -537,7 +535,7 @@ def run_cpu_training(
                 break
             batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
             sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
-            bar = _bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
+            bar = progress_bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
             while step_in_epoch < len(batches):
                 rows = batches[step_in_epoch]
                 where.update(epoch=epoch, step=step_in_epoch, global_step=global_step)
@@ -579,7 +577,7 @@ def run_cpu_training(
                               "mse": r["mse"], "commitment": r["commitment"], "perplexity": perp})
                 elapsed = elapsed0 + time.monotonic() - t_start
                 if bar is not None:
-                    pos, vel = _split_psi(normaliser.denormalise(pred), cfg.n_targets)
+                    pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
                     acc = accuracy(pos, vel, b["positions"], b["velocities"])
                     post = {"loss": f"{r['loss']:.4f}", "rmse_pos": f"{acc.position_rmse:.1f}m",
                             "rmse_vel": f"{acc.velocity_rmse:.1f}m/s"}
