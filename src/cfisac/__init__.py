@@ -12,12 +12,18 @@ from .waveform import CommunicationLinks, communication_links, transmit_signals
 __version__ = "0.1.0"
 
 
+_LAZY_SUBMODULES = {
+    "data", "distributed", "entropy", "estimators", "evaluate", "experiments", "front_ends", "fronthaul", "metrics",
+    "models", "quantize", "train",
+}
+
+
 def __getattr__(name: str):  # lazy: keeps ``import cfisac`` light
     import importlib
 
     if name == "crlb":
         return importlib.import_module(".crlb", __name__).crlb
-    if name in ("estimators", "models", "experiments", "metrics"):
+    if name in _LAZY_SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cfisac' has no attribute {name!r}")
 
