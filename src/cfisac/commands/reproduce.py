@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -31,6 +32,25 @@ def _experiments(names: list[str]) -> list[str]:
             if e not in out:
                 out.append(e)
     return out
+
+
+def _threads(requested: str) -> tuple[int, str]:
+    """Torch intra-op threads: a number, or ``auto``: every core on an idle machine, one thread when the load
+    average already fills the cores (OpenMP threads that wait for a busy core make small 3D convolutions several
+    times slower than one thread)."""
+    cores = os.cpu_count() or 1
+    if requested != "auto":
+        try:
+            n = int(requested)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--threads must be a positive integer or 'auto', got {requested!r}")
+        return n, "--threads"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= cores - 0.5:
+        return 1, f"auto, load average {load:.1f} on {cores} cores"
+    return cores, f"auto, load average {load:.1f} on {cores} cores"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = make_context(args.preset, root=args.out, seed=args.seed, device=device, force=args.force, **overrides)
     ctx.force_training = args.retrain
     ctx.progress = not args.no_progress
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads, why = _threads(args.threads)
+    torch.set_num_threads(threads)
     if args.list_points:
         for name in names:
             for k, p in enumerate(get(name).points(ctx)):
@@ -66,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     if not args.report_only:
         ctx.log(f"cfisac reproduce {' '.join(names)} --preset {args.preset} -> {ctx.root} (device {device}, "
-                f"{torch.get_num_threads()} threads)")
+                f"{torch.get_num_threads()} torch threads: {why})")
         for name in names:
             only = [args.point] if args.point is not None else None
             counts = run_experiment(name, ctx, only=only, fail_fast=args.fail_fast)
@@ -101,7 +121,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing point")
     p.add_argument("--device", help="cpu | cuda (default: cuda for --preset paper when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", default="auto",
+                   help="torch CPU threads, or auto (default): all cores, 1 when the machine is already loaded")
     p.add_argument("--n-test", type=int, help="override the number of test scenes per point")
     p.add_argument("--train-seconds", type=float, help="override the training budget of every learned model (s)")
     p.add_argument("--schemes", help="comma-separated schemes to evaluate (default: the preset's), e.g. music,dvqvae")
