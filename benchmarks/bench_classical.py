@@ -9,7 +9,7 @@
 2. Position / velocity RMSE (after Hungarian assignment, :func:`cfisac.metrics.accuracy`) and medians at the
    ``quick`` preset over ``--scenes`` scenes for every power of ``--powers``, next to the prior predictor; the same
    target positions and velocities for every scheme (``sample_scenes`` draws them before anything that depends on
-   the AP layout). ``music-raw`` is the MUSIC scheme on the paper-literal raw covariance.
+   the AP layout). ``music-gated`` is the MUSIC scheme with ``covariance="gated"``.
 
 BLAS is pinned to one thread unless ``--blas-threads`` says otherwise (set before numpy loads): the estimators make
 many small matrix products, for which a multi-threaded BLAS on a shared machine is slower, not faster.
@@ -30,7 +30,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--paper-scenes", type=int, default=1, help="scenes for the paper-preset timing")
     p.add_argument("--no-paper", action="store_true", help="skip the paper-preset timing")
     p.add_argument("--sweep-scenes", type=int, default=20, help="scenes for the powers other than the first")
-    p.add_argument("--schemes", type=str, default="music,cs,monostatic,music-raw")
+    p.add_argument("--schemes", type=str, default="music,cs,monostatic,music-gated")
     p.add_argument("--blas-threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--out", type=str, default=os.path.join(os.path.dirname(__file__), "results", "classical.md"))
@@ -63,8 +63,8 @@ def config(scheme: str, preset: str, power: float | None = None) -> cfisac.Syste
 
 
 def estimator(scheme: str, cfg: cfisac.SystemConfig):
-    if scheme == "music-raw":
-        return create("music", cfg, covariance="raw")
+    if scheme == "music-gated":
+        return create("music", cfg, covariance="gated")
     return create(scheme, cfg)
 
 
@@ -107,7 +107,7 @@ def main() -> int:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     lines += [
-        f"Command: `.venv/bin/python benchmarks/bench_classical.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `{' '.join(['.venv/bin/python benchmarks/bench_classical.py', *sys.argv[1:]])}`",
         f"Date: {stamp}. Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}, BLAS threads {args.blas_threads}; load "
         f"average at start {load[0]} (shared machine: timings may be inflated by other jobs).", "",

@@ -3,18 +3,19 @@
 Each receive AP m processes only its own echoes Y_m [Mr, Ns, Ts] and the known transmit signals X (the receive AP
 is assumed to know X, i.e. the data symbols and precoders, for this scheme; see :mod:`.signal_processing`):
 
-1. **AoA by MUSIC** on a spatial covariance. ``covariance="raw"`` uses the cells of Y_m as snapshots,
-   ``R = Y_m Y_m^H / (Ns Ts)``, as [11] (the random data make the targets' echoes uncorrelated over the cells).
-   The default ``covariance="gated"`` first compresses every receive antenna's data in range and Doppler with the
-   known X (matched filter per transmit antenna, 2-D DFT) and keeps only the bins a target in the area can produce
-   (:meth:`MusicEstimator.gated_covariance`): the same MUSIC, on snapshots from which the noise of impossible ranges
-   / Dopplers is removed (about 5 dB at the ``quick`` preset, far more at ``paper``). Forward-backward averaging is
-   applied. The signal subspace dimension is Q, or estimated by MDL / AIC (Wax-Kailath) with
-   ``model_order="mdl" | "aic"``. Peaks of the pseudo-spectrum are found on a fine direction-cosine grid
-   (``scipy.signal.find_peaks``; the grid is circular for half-wavelength spacing, so endfire targets are handled)
-   and refined by zooming on the exact pseudo-spectrum. When fewer than Q peaks exist (targets unresolved in
-   angle), the strongest peaks are reused: such a beam then carries several targets, which the range / Doppler
-   stage separates.
+1. **AoA by MUSIC** on the spatial covariance ``R = Y_m Y_m^H / (Ns Ts)`` of the cells of Y_m, as [11] (the random
+   data make the targets' echoes uncorrelated over the cells, so every cell is a snapshot), with forward-backward
+   averaging. Option ``covariance="gated"`` uses instead the range-Doppler-compressed snapshots inside the feasible
+   gates (:meth:`MusicEstimator.gated_covariance`); at the ``quick`` preset it did not locate AoAs better than the
+   raw covariance (benchmarks/results/classical.md), so it is not the default. The signal subspace dimension is Q,
+   or estimated by MDL / AIC (Wax-Kailath) with ``model_order="mdl" | "aic"``. Peaks of the pseudo-spectrum are
+   found on a fine direction-cosine grid (``scipy.signal.find_peaks``; the grid is circular for half-wavelength
+   spacing, so endfire targets are handled) and refined by zooming on the exact pseudo-spectrum. When fewer than Q
+   peaks exist (targets unresolved in angle), the strongest peaks are reused: such a beam then carries several
+   targets, which the range / Doppler stage separates. MUSIC needs the per-antenna SNR of a cell to exceed roughly
+   ``2 sqrt(Mr / (Ns Ts)) / Mr`` (signal eigenvalue above the spread of the noise eigenvalues): with the paper's
+   Table I powers this is the scheme's threshold. It is reached 9 dB later at the ``quick`` preset (1024 cells)
+   than at ``paper`` (65536 cells), and the coherent range-Doppler gain is 18 dB lower there.
 2. **Receive beams**: least-squares (zero-forcing) spatial separation onto the distinct MUSIC steering vectors,
    ``r = A^+ y`` per cell.
 3. **Range and Doppler per transmit AP** on every beam. Symbol removal is geometry-constrained matched filtering:
@@ -148,16 +149,16 @@ class MusicEstimator:
     stopped early once no path moves by 1e-5 cell); ``n_candidates`` target candidates tried at every detection
     step (refined and jointly polished; the one leaving the smallest least-squares residual wins) (3);
     ``angle_grid`` MUSIC grid size (default ``max(512, 64 Mr)``); ``forward_backward`` forward-backward averaging
-    of the covariance (True; valid for the ULA, it doubles the effective snapshots); ``covariance`` ``"gated"``
-    (default: snapshots after range-Doppler compression, inside the feasible gates, :meth:`gated_covariance`) or
-    ``"raw"`` (the cells of Y_m, as [11]).
+    of the covariance (True; valid for the ULA, it doubles the effective snapshots); ``covariance`` ``"raw"``
+    (default: the cells of Y_m, as [11]) or ``"gated"`` (snapshots after range-Doppler compression, inside the
+    feasible gates, :meth:`gated_covariance`).
     """
 
     name = "music"
 
     def __init__(self, cfg: SystemConfig, *, model_order: str = "given", oversample: int = 4, refine_rounds: int = 8,
                  n_candidates: int = 3, angle_grid: int | None = None, forward_backward: bool = True,
-                 covariance: str = "gated") -> None:
+                 covariance: str = "raw") -> None:
         if cfg.n_targets >= cfg.n_rx_antennas:
             raise ValueError(
                 f"MUSIC resolves at most Mr - 1 = {cfg.n_rx_antennas - 1} targets per receive AP, got n_targets="
@@ -243,9 +244,10 @@ class MusicEstimator:
         For every transmit AP n and transmit antenna l, each receive antenna's data is matched-filtered with
         ``conj(x_{n,l})`` and transformed by an (unpadded) 2-D DFT over subcarriers and symbols onto the bistatic
         range / Doppler grid; only the bins a target in the area can produce (bistatic range between the Tx-Rx
-        baseline and the farthest corner, |Doppler| up to the largest possible) are kept as snapshots. The targets'
-        energy is kept while the noise of the impossible bins is discarded (a gain of the ungated / gated bin
-        ratio), so MUSIC works at lower SNR; the covariance keeps the Q-source structure. Returns (R, snapshots).
+        baseline and the farthest corner, |Doppler| up to the largest possible) are kept as snapshots: the targets'
+        energy is kept while the noise of the impossible bins is discarded; the covariance keeps the Q-source
+        structure. The snapshots of different transmit antennas are strongly correlated (the precoded signals span
+        only K user streams), which offsets most of the gain at the ``quick`` preset. Returns (R, snapshots).
         """
         cfg, comb, lay = self.cfg, self.comb, self.layout
         mr, ns, ts = ym.shape

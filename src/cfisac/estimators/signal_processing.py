@@ -30,7 +30,8 @@ the zero-padded FFT only has to land in the main lobe.
 
 CPU fusion (:func:`fuse_messages`): each receive AP sends, per target, the AoA cosine, the N bistatic ranges and
 the N bistatic Dopplers (one per transmit AP). The CPU (1) locates every AP's targets from the AoA line and the
-bistatic ellipses, (2) associates the targets across receive APs by the Hungarian algorithm on these locations,
+bistatic ellipses, (2) associates the targets across receive APs by the Hungarian algorithm on the cost of fitting
+one position to both APs' measurements,
 (3) fuses positions by robust (Cauchy loss, multi-start) nonlinear least squares over all AoAs and bistatic
 ranges, residuals in units of the resolution cells, and (4) solves the velocity vector by robust linear least
 squares from all N*M bistatic Dopplers ``lambda f_D = (e_n + e_m) . v``. Positions are constrained to the area and
@@ -511,13 +512,14 @@ REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCA
 
 
 def _fit_position(g0s: list[np.ndarray], lay: Layout, aps: np.ndarray, u: np.ndarray, d: np.ndarray,
-                  comb: Comb) -> np.ndarray:
+                  comb: Comb, refit: bool = True) -> tuple[np.ndarray, float]:
     """Robust bounded least squares position from several starts; the lowest cost wins.
 
     Residuals are in resolution cells; the Cauchy loss (scale :data:`ROBUST_SCALE` cells) is a redescending
     M-estimator: a wrong range or angle from one AP (a detection captured by another path) is rejected instead of
     pulling the fit, as a quadratic or soft-L1 loss would. Measurements farther than ``REJECT * ROBUST_SCALE`` cells
-    from the robust fit are then dropped and the others refitted by plain least squares.
+    from the robust fit are then dropped and the others refitted by plain least squares (``refit``). Returns the
+    position and the robust cost (used to associate target slots across APs).
     """
     best, best_cost = None, np.inf
     lo, hi = lay.lower, lay.upper
@@ -528,6 +530,8 @@ def _fit_position(g0s: list[np.ndarray], lay: Layout, aps: np.ndarray, u: np.nda
                             loss="cauchy", f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
         if sol.cost < best_cost:
             best, best_cost = sol.x, sol.cost
+    if not refit:
+        return best, best_cost
     # Hard rejection: measurements more than REJECT cells off the robust fit are dropped and the rest refitted by
     # plain least squares (exact on consistent measurements), if enough remain to stay over-determined.
     res = _position_residuals(best, lay, aps, u, d, comb)[0]
@@ -537,7 +541,7 @@ def _fit_position(g0s: list[np.ndarray], lay: Layout, aps: np.ndarray, u: np.nda
                             jac=lambda g: _position_residuals(g, lay, aps, u, d, comb)[1][keep], bounds=(lo, hi),
                             xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
         best = sol.x
-    return best
+    return best, best_cost
 
 
 def _fit_velocity(g: np.ndarray, lay: Layout, f: np.ndarray, comb: Comb, vmax: float) -> np.ndarray:
@@ -590,9 +594,11 @@ def local_location(u: float, d: np.ndarray, lay: Layout, m: int, comb: Comb) -> 
 def fuse_messages(cfg: SystemConfig, msgs: ApMessages, *, velocity: bool = True) -> Estimate:
     """CPU fusion of the receive APs' messages into positions / velocities [B, Q, 2] float64 (module docstring).
 
-    Per AP and target slot, initial locations are the AoA-line / bistatic-ellipse intersections (averaged over the
-    transmit APs); slots are associated across APs (:func:`associate`); each target's position is then the robust
-    bounded least-squares fit of all M AoAs and N*M bistatic ranges (multi-start from every AP's location), and its
+    Per AP and target slot, initial locations are the AoA-line / bistatic-ellipse intersections (per transmit AP and
+    averaged); the slots of every AP m are associated with AP 0's by the Hungarian algorithm on the robust cost of
+    fitting one position to both slots' measurements (a slot with one wrong range still associates correctly, which
+    distances between per-AP locations do not guarantee); each target's position is then the robust bounded
+    least-squares fit of all M AoAs and N*M bistatic ranges (multi-start from all those intersections), and its
     velocity the robust least-squares fit of all N*M bistatic Dopplers. ``velocity=False`` returns NaN velocities.
     """
     comb = Comb.from_config(cfg)
@@ -607,16 +613,33 @@ def fuse_messages(cfg: SystemConfig, msgs: ApMessages, *, velocity: bool = True)
             np.stack([local_location(msgs.aoa[b, m, q], msgs.ranges[b, m, q], lay, m, comb) for q in range(Q)])
             for m in range(M)
         ])  # [M, Q, 2]
-        perm = associate(local)
+
+        def starts(ms: np.ndarray, sl: np.ndarray, b: int = b, local: np.ndarray = local) -> list[np.ndarray]:
+            """Fit starts: each slot's mean location and its N AoA-line x ellipse intersections."""
+            out = [local[m, s] for m, s in zip(ms, sl, strict=True)]
+            for m, s in zip(ms, sl, strict=True):
+                out += [np.clip(locate_on_ray(np.float64(msgs.aoa[b, m, s]), np.float64(msgs.ranges[b, m, s, n]),
+                                              lay.rx[m], lay.rx_axes[m], lay.rx_side[m], lay.tx[n]),
+                                lay.lower, lay.upper) for n in range(N)]
+            return out
+
+        # Association: the cost of merging AP 0's slot a with AP m's slot b is the robust cost of their joint fit.
+        perm = np.tile(np.arange(Q), (M, 1))
+        for m in range(1, M):
+            pair = np.array([0, m])
+            cost = np.empty((Q, Q))
+            for a in range(Q):
+                for c in range(Q):
+                    sl = np.array([a, c])
+                    cost[a, c] = _fit_position(starts(pair, sl), lay, pair, msgs.aoa[b, pair, sl],
+                                               msgs.ranges[b, pair, sl], comb, refit=False)[1]
+            rows, cols = linear_sum_assignment(cost)
+            perm[m, rows] = cols
         for q in range(Q):
             sl = perm[:, q]
             u = msgs.aoa[b, aps, sl]
             d = msgs.ranges[b, aps, sl]  # [M, N]
-            starts = [local[m, sl[m]] for m in range(M)] + [
-                np.clip(locate_on_ray(np.float64(u[m]), np.float64(d[m, n]), lay.rx[m], lay.rx_axes[m],
-                                      lay.rx_side[m], lay.tx[n]), lay.lower, lay.upper)
-                for m in range(M) for n in range(N)]
-            g = _fit_position(starts, lay, aps, u, d, comb)
+            g, _ = _fit_position(starts(aps, sl), lay, aps, u, d, comb)
             pos[b, q] = g
             if velocity:
                 vel[b, q] = _fit_velocity(g, lay, msgs.dopplers[b, aps, sl].reshape(M, N), comb, cfg.max_speed)
