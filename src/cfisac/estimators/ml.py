@@ -723,11 +723,74 @@ class MLEstimator:
         keep[:, 0] |= ~keep.any(1)
         rows, cols = keep.nonzero(as_tuple=True)
         th, fit = self._refine_local(resid, cand[rows, cols][:, None], x, x_idx, m_idx, tol, rows=rows)
+        # Doppler retry: a candidate found through one strong path may carry a noise Doppler for the others (LM
+        # steps cannot cross Doppler sidelobes); search every path's Doppler again at the refined geometry
+        th2, fit2 = self._refine_local(resid, self._doppler_search(resid, th, x, x_idx, m_idx, rows), x, x_idx,
+                                       m_idx, tol, rows=rows)
+        better = fit2.energy > fit.energy
+        th = torch.where(better[:, None, None], th2, th)
+        fit.energy = torch.where(better, fit2.energy, fit.energy)
         energy = torch.full((L, C), -float("inf"), dtype=F64, device=dev)
         energy[rows, cols] = fit.energy
         best = cand.clone()
         best[rows, cols] = th[:, 0]
         return best[torch.arange(L, device=dev), energy.argmax(1)]
+
+    def _doppler_search(self, yl, theta, x, x_idx, m_idx, rows, sweeps: int = 2) -> torch.Tensor:
+        """Single targets ``theta`` [L, 1, 2 + N] with the N Dopplers re-searched globally at the target's position
+        (data ``yl[rows]``): coordinate ascent over the paths, each path's Doppler over a 4x oversampled grid
+        (|f| <= the largest physical Doppler) maximising the exact N-path explained energy ``Sy^H G^-1 Sy`` with
+        the other paths' Dopplers fixed. The cross terms ``G_nk`` matter: both transmit APs send the same user
+        symbols, so two paths of one target at close delays are strongly correlated and a per-path periodogram
+        would lock onto the stronger path's Doppler.
+
+        With ``s_n[i, t] = e^{-j 2 pi i df d_n / c} e^{j 2 pi t f_n dT} b_n[i, t]`` and ``z = a_r^H y``:
+        ``Sy_n(f) = sum_t r_n[t] e^{-j 2 pi t f dT}`` with ``r_n[t] = sum_i conj(b_n) e^{j 2 pi i df d_n / c} z``,
+        ``G_nk(f_n, f_k) = sum_t c_nk[t] e^{-j 2 pi t (f_n - f_k) dT}`` with
+        ``c_nk[t] = sum_i conj(b_n) b_k e^{j 2 pi i df (d_n - d_k) / c}`` (a_r^H a_r = 1: one AoA per target).
+        """
+        cfg = self.cfg
+        geo = self._geometry(theta.device)
+        dev = theta.device
+        L, N, Mr = theta.shape[0], cfg.n_tx, cfg.n_rx_antennas
+        Ns, Ts = cfg.n_subcarriers, cfg.n_symbols
+        geom, _ = geo.local_paths(m_idx[rows], theta)
+        u, d, _, w = geom  # [L, N]
+        lt = 4 * Ts
+        fg = torch.fft.fftfreq(lt, cfg.symbol_stride * cfg.symbol_duration, dtype=F64, device=dev)
+        fg = fg[fg.abs() <= geo.f_max]  # [J]
+        t_abs = geo.t_abs.to(dev)
+        E = torch.polar(torch.ones((), dtype=F64, device=dev), -TWO_PI * geo.dT * t_abs[:, None] * fg)  # [Ts, J]
+        out = theta.clone()
+        eye = torch.eye(N, dtype=C128, device=dev)
+        step = max(1, _CHUNK_BYTES // (N * (cfg.n_tx_antennas + 4) * Ns * Ts * 16 + Mr * Ns * Ts * 16))
+        for s0 in range(0, L, step):
+            sl = slice(s0, min(L, s0 + step))
+            nl = sl.stop - sl.start
+            z = (geo.steer(u[sl, :1], Mr).conj() @ yl[rows[sl]].to(C128).reshape(nl, Mr, Ns * Ts)).view(nl, Ns, Ts)
+            b = _beams(geo.steer(w[sl], cfg.n_tx_antennas).conj(), x[x_idx[rows[sl]]], self._paths(1, dev))
+            bd = b * _phases(geo, d[sl], torch.zeros_like(d[sl]))[..., 0][..., None]  # s_n at f = 0: [nl, N, Ns, Ts]
+            r = (bd.conj() * z[:, None]).sum(-2)  # [nl, N, Ts]
+            c = torch.einsum("lnit,lkit->lnkt", bd.conj(), bd)  # [nl, N, N, Ts]
+            f = out[sl, 0, 2:].clone()  # [nl, N]
+            for _ in range(sweeps):
+                for n in range(N):
+                    ph = torch.polar(torch.ones((), dtype=F64, device=dev), TWO_PI * geo.dT * f[..., None] * t_abs)
+                    sy = (r * ph.conj()).sum(-1)  # Sy_k at the current Dopplers [nl, N]
+                    G = torch.einsum("lnkt,lnt,lkt->lnk", c, ph.conj(), ph)  # [nl, N, N] at current Dopplers
+                    Sy = sy[:, None, :].expand(nl, fg.numel(), N).clone()
+                    Sy[:, :, n] = r[:, n] @ E  # Sy_n over the grid
+                    Gj = G[:, None].expand(nl, fg.numel(), N, N).clone()
+                    row = (c[:, n] * ph) @ E  # G_nk(f_grid, f_k): sum_t c_nk e^{-j f_grid t} e^{+j f_k t}
+                    Gj[:, :, n, :] = row.transpose(1, 2)
+                    Gj[:, :, :, n] = row.transpose(1, 2).conj()
+                    Gj[:, :, n, n] = c[:, n, n].sum(-1)[:, None]
+                    tr = torch.diagonal(Gj, dim1=-2, dim2=-1).real.sum(-1).clamp_min(1e-300)
+                    alpha = torch.linalg.solve(Gj + (1e-10 * tr / N)[..., None, None] * eye, Sy[..., None])[..., 0]
+                    energy = (Sy.conj() * alpha).sum(-1).real  # [nl, J]
+                    f[:, n] = fg[energy.argmax(-1)]
+            out[sl, 0, 2:] = f
+        return out
 
     def _signals(self, theta, gains, x, x_idx, m_idx) -> torch.Tensor:
         geo = self._geometry(theta.device)
