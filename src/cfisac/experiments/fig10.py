@@ -1,7 +1,7 @@
 """Fig. 10: estimated locations and velocities against the ground truth on a few test scenes (Section V-B).
 
-The D-VQVAE of Fig. 6 (trained at P = 30 dBm, the same cached model) and the other schemes of the preset on the
-first test scenes at P = 30 dBm; arrows show one second of motion (true: black, estimated: the scheme's colour).
+The learned schemes of Fig. 6 (trained at the operating power P0: the same cached models) and the classical ones on
+the first test scenes at P0; arrows show one second of motion (true: black, estimated: the scheme's colour).
 The estimates are stored in ``artifacts/fig10/<scheme>.npz``.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from .common import Context, is_learned, scheme_label, scheme_style
+from .common import Context, is_learned, operating_config, scheme_label, scheme_style, titled
 from .discuss import fmt_pair
 from .plotting import plt, save
 from .store import Point
 
 NAME = "fig10"
-TITLE = "Fig. 10: estimates versus ground truth (P = 30 dBm)"
+TITLE = "Fig. 10: estimates versus ground truth (operating power P0)"
 N_SCENES = {"tiny": 2, "quick": 4, "paper": 4}
 PAPER = "D-VQVAE location errors below 1 m; estimated velocities close to the ground truth."
 
@@ -37,7 +37,7 @@ def points(ctx: Context) -> list[Point]:
     from .common import estimates_of
     from .learned import training_spec
 
-    cfg = ctx.base_cfg.replace(power_dbm=30.0)
+    cfg = operating_config(ctx)
     n = N_SCENES[ctx.preset]
     pts = []
     for k, scheme in enumerate(schemes(ctx)):
@@ -108,7 +108,7 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
-    fig.suptitle(TITLE + "; arrows: 1 s of motion (m/s -> m)", fontsize=11)
+    fig.suptitle(titled(ctx, TITLE) + "; arrows: 1 s of motion (m/s -> m)", fontsize=11)
     return save(fig, ctx.figures_dir / NAME)
 
 

@@ -1,8 +1,8 @@
 """Fig. 11: D-VQVAE training loss versus epoch for the learning rates 1e-3, 1e-4 and 1e-5 (Section V-B).
 
-Each learning rate trains the D-VQVAE at P = 30 dBm under the same budget (the 1e-4 run is the model of Figs. 6 and
-10). Plotted: the training loss of Algorithm 1 (normalised MSE of Eq. 17 + commitment of Eq. 21) per step (thin)
-and per epoch (markers), and the validation loss per epoch (dashed); curves in ``artifacts/fig11/``.
+Each learning rate trains the D-VQVAE at the operating power P0 under the same budget (the 1e-4 run is the model of
+Figs. 6 and 10). Plotted: the training loss of Algorithm 1 (normalised MSE of Eq. 17 + commitment of Eq. 21) per
+step (thin) and per epoch (markers), and the validation loss per epoch (dashed); curves in ``artifacts/fig11/``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .common import Context
+from .common import Context, operating_config
 from .plotting import log_ticks, plt, save
 from .store import Point
 
@@ -32,7 +32,7 @@ def _dir(ctx: Context, lr: float) -> Path:
 def points(ctx: Context) -> list[Point]:
     from .learned import ensure_trained, training_info, training_spec
 
-    cfg = ctx.base_cfg.replace(power_dbm=30.0)
+    cfg = operating_config(ctx)
     pts = []
     for lr in RATES:
         spec = {"training": training_spec(ctx, "dvqvae", [cfg], learning_rate=lr)}

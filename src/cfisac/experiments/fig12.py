@@ -1,9 +1,9 @@
 """Fig. 12: D-VQVAE location and velocity RMSE versus the fronthaul bits per AP and update (codebook size Nc).
 
-One D-VQVAE per codebook size Nc at P = 30 dBm; the fronthaul of each is Nb L bits with Nb = log2(Nc) (Section
-III-D), computed from the message the AP actually emits. The root-CRLB and the prior predictor of the same scenes
-do not depend on Nc and are drawn as horizontal lines; the D-VAE (continuous latents, 32 bits per value) is shown
-at its own fronthaul cost for reference.
+One D-VQVAE per codebook size Nc at the operating power P0; the fronthaul of each is Nb L bits with Nb = log2(Nc)
+(Section III-D), computed from the message the AP actually emits. The root-CRLB and the prior predictor of the same
+scenes do not depend on Nc and are drawn as horizontal lines; the D-VAE (continuous latents, 32 bits per value) is
+shown at its own fronthaul cost for reference.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 
 from matplotlib.ticker import FuncFormatter
 
-from .common import Context, evaluate_scheme, scheme_label, scheme_style
+from .common import Context, evaluate_scheme, operating_config, scheme_label, scheme_style, titled
 from .discuss import fmt_pair
 from .plotting import log_ticks, plt, save
 from .store import Point
 
 NAME = "fig12"
-TITLE = "Fig. 12: D-VQVAE RMSE versus the fronthaul overhead (codebook size Nc, P = 30 dBm)"
+TITLE = "Fig. 12: D-VQVAE RMSE versus the fronthaul overhead (codebook size Nc, operating power P0)"
 CODEBOOKS = {"tiny": (4, 16), "quick": (4, 32, 256), "paper": (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)}
 PAPER = ("A larger codebook lowers the error; Nc = 32 (Nb = 5 bit, 82 kbit per update at the paper's scale) already "
          "performs well, larger codebooks bring small gains.")
@@ -29,7 +29,7 @@ def points(ctx: Context) -> list[Point]:
     from ..fronthaul import learned_bits
     from .learned import model_config, training_spec
 
-    cfg = ctx.base_cfg.replace(power_dbm=30.0)
+    cfg = operating_config(ctx)
     base = {"n_test": ctx.budget.n_test, "crlb_max_scenes": ctx.budget.crlb_max_scenes}
     prior_spec = {**base, "n_test": ctx.budget.n_test_of("prior")}
     pts = [
@@ -94,7 +94,7 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     axes[1].set_title("(b) velocity")
     h, lab = axes[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="outside lower center", ncol=min(4, len(lab)), fontsize=8.5, frameon=False)
-    fig.suptitle(TITLE, fontsize=11)
+    fig.suptitle(titled(ctx, TITLE), fontsize=11)
     return save(fig, ctx.figures_dir / NAME)
 
 

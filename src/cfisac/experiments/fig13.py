@@ -1,5 +1,5 @@
 """Fig. 13: location and velocity RMSE versus the number of clutter scatterers S for clutter variances
-chi~^2 in {1, 0.1, 0.01} (Section V-D, Eq. 29), P = 30 dBm.
+chi~^2 in {1, 0.1, 0.01} (Section V-D, Eq. 29), the operating power P0.
 
 Static scatterers uniform in the area (Eq. 29). Every learned scheme is trained on the clutter condition it is
 evaluated on (one model per (S, chi~^2)). The root-CRLB treats the scatterers' positions and coefficients as
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context
+from .common import Context, operating_config, titled
 from .discuss import curve, fmt_pair
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
 
 NAME = "fig13"
-TITLE = "Fig. 13: RMSE versus the number of clutter scatterers S (P = 30 dBm)"
+TITLE = "Fig. 13: RMSE versus the number of clutter scatterers S (operating power P0)"
 X_NAME = "n_clutter"
 VALUES = {"tiny": (3, 9), "quick": (3, 9, 18), "paper": (3, 6, 9, 12, 15, 18)}
 VARIANCES = {"tiny": ("1", "0.01"), "quick": ("1", "0.1", "0.01"), "paper": ("1", "0.1", "0.01")}
@@ -34,7 +34,7 @@ def schemes(ctx: Context) -> list[str]:
 
 def sweep(ctx: Context) -> AccuracySweep:
     def cfg_for(ctx: Context, s: float, series: str) -> SystemConfig:
-        return ctx.base_cfg.replace(n_clutter=int(s), clutter_variance=float(series), power_dbm=30.0)
+        return operating_config(ctx, n_clutter=int(s), clutter_variance=float(series))
 
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
                          schemes=schemes(ctx), series=VARIANCES[ctx.preset], training="per_point",
@@ -47,7 +47,8 @@ def points(ctx: Context) -> list[Point]:
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     vals = VALUES[ctx.preset]
-    return plot_accuracy(rows, x_label="number of clutter scatterers S", title=TITLE, out_base=ctx.figures_dir / NAME,
+    return plot_accuracy(rows, x_label="number of clutter scatterers S", title=titled(ctx, TITLE),
+                         out_base=ctx.figures_dir / NAME,
                          x_ticks=vals, x_ticklabels=[str(v) for v in vals],
                          series_label=r"clutter variance $\tilde{\chi}^2$ = ", series_order=VARIANCES[ctx.preset],
                          crlb_label="root-CRLB (clutter unknown)")

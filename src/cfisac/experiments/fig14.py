@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context
+from .common import Context, operating_config, titled
 from .discuss import compare_lines, growth_line
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
 
 NAME = "fig14"
-TITLE = "Fig. 14: RMSE under residual timing / frequency offsets (P = 30 dBm)"
+TITLE = "Fig. 14: RMSE under residual timing / frequency offsets (operating power P0)"
 X_NAME = "offset_level"
 VALUES = {"tiny": (0.0, 10.0), "quick": (0.0, 1.0, 3.0, 10.0), "paper": (0.0, 1.0, 3.0, 10.0, 30.0)}
 SERIES = {"tiny": ("TO+CFO",), "quick": ("TO+CFO",), "paper": ("TO", "CFO", "TO+CFO")}
@@ -40,7 +40,7 @@ def offsets(level: float, series: str) -> dict[str, float]:
 
 def sweep(ctx: Context) -> AccuracySweep:
     def cfg_for(ctx: Context, s: float, series: str) -> SystemConfig:
-        return ctx.base_cfg.replace(power_dbm=30.0, **offsets(s, series))
+        return operating_config(ctx, **offsets(s, series))
 
     series = SERIES[ctx.preset]
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for, schemes=schemes(ctx),
@@ -60,7 +60,7 @@ def points(ctx: Context) -> list[Point]:
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     vals = VALUES[ctx.preset]
-    return plot_accuracy(rows, x_label="offset level s (sigma_tau = s ns, sigma_f = s kHz)", title=TITLE,
+    return plot_accuracy(rows, x_label="offset level s (sigma_tau = s ns, sigma_f = s kHz)", title=titled(ctx, TITLE),
                          out_base=ctx.figures_dir / NAME, x_symlog=True, x_ticks=vals,
                          x_ticklabels=[f"{v:g}" for v in vals], crlb_label="root-CRLB (offsets known)",
                          note=f"offsets: {' / '.join(SERIES[ctx.preset])}, independent per AP pair and OFDM symbol")

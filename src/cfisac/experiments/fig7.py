@@ -1,4 +1,4 @@
-"""Fig. 7: location and velocity RMSE versus the number of targets Q at P = 30 dBm (Section V-B).
+"""Fig. 7: location and velocity RMSE versus the number of targets Q at the operating power P0 (Section V-B).
 
 The network's output has 4Q numbers, so every learned scheme is trained once per Q. MUSIC needs Q < Mr.
 """
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context
+from .common import Context, operating_config, titled
 from .discuss import compare_lines, curve, growth_line
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
 
 NAME = "fig7"
-TITLE = "Fig. 7: RMSE versus the number of targets Q (P = 30 dBm)"
+TITLE = "Fig. 7: RMSE versus the number of targets Q (operating power P0)"
 X_NAME = "n_targets"
 VALUES = {"tiny": (1, 2), "quick": (1, 2, 3), "paper": (1, 2, 3, 4, 5)}
 REFERENCE = {"tiny": 1, "quick": 2, "paper": 2}
@@ -27,7 +27,7 @@ PAPER = ("As Q grows, the conventional schemes (monostatic, CS, MUSIC) degrade s
 
 def sweep(ctx: Context) -> AccuracySweep:
     def cfg_for(ctx: Context, q: float, series: str) -> SystemConfig:
-        return ctx.base_cfg.replace(n_targets=int(q), power_dbm=30.0)
+        return operating_config(ctx, n_targets=int(q))
 
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
                          schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
@@ -39,7 +39,8 @@ def points(ctx: Context) -> list[Point]:
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     vals = VALUES[ctx.preset]
-    return plot_accuracy(rows, x_label="number of targets Q", title=TITLE, out_base=ctx.figures_dir / NAME,
+    return plot_accuracy(rows, x_label="number of targets Q", title=titled(ctx, TITLE),
+                         out_base=ctx.figures_dir / NAME,
                          x_ticks=vals, x_ticklabels=[str(v) for v in vals])
 
 

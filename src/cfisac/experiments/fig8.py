@@ -1,4 +1,4 @@
-"""Fig. 8: location and velocity RMSE versus the number of OFDM symbols Ts at P = 30 dBm (Section V-B).
+"""Fig. 8: location and velocity RMSE versus the number of OFDM symbols Ts at the operating power P0 (Section V-B).
 
 The symbol stride of the preset's sensing comb is kept, so fewer symbols mean a shorter frame and a coarser Doppler
 resolution, as in the paper. The encoder's input grid changes, so every learned scheme is trained once per Ts.
@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context
+from .common import Context, operating_config, titled
 from .discuss import compare_lines, growth_line
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
 
 NAME = "fig8"
-TITLE = "Fig. 8: RMSE versus the number of OFDM symbols Ts (P = 30 dBm)"
+TITLE = "Fig. 8: RMSE versus the number of OFDM symbols Ts (operating power P0)"
 X_NAME = "n_symbols"
 VALUES = {"tiny": (4, 8), "quick": (4, 8, 16), "paper": (32, 64, 128, 256)}
 
@@ -27,7 +27,7 @@ PAPER = ("Ts has little effect on location; fewer symbols degrade velocity (coar
 
 def sweep(ctx: Context) -> AccuracySweep:
     def cfg_for(ctx: Context, ts: float, series: str) -> SystemConfig:
-        return ctx.base_cfg.replace(n_symbols=int(ts), power_dbm=30.0)
+        return operating_config(ctx, n_symbols=int(ts))
 
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
                          schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
@@ -41,7 +41,8 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     vals = VALUES[ctx.preset]
     stride = ctx.base_cfg.symbol_stride
     note = f"symbol stride {stride}: the frame spans Ts x {stride} OFDM symbols" if stride > 1 else ""
-    return plot_accuracy(rows, x_label="number of OFDM symbols Ts", title=TITLE, out_base=ctx.figures_dir / NAME,
+    return plot_accuracy(rows, x_label="number of OFDM symbols Ts", title=titled(ctx, TITLE),
+                         out_base=ctx.figures_dir / NAME,
                          x_log=True, x_ticks=vals, x_ticklabels=[str(v) for v in vals], note=note)
 
 

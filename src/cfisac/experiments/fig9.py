@@ -1,4 +1,4 @@
-"""Fig. 9: location and velocity RMSE versus the number of receive antennas Mr at P = 30 dBm (Section V-B).
+"""Fig. 9: location and velocity RMSE versus the number of receive antennas Mr at the operating power P0 (Section V-B).
 
 The encoder's input grid changes, so every learned scheme is trained once per Mr.
 """
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context
+from .common import Context, operating_config, titled
 from .discuss import compare_lines, growth_line
 from .plotting import plot_accuracy
 from .store import Point
 from .sweep import AccuracySweep
 
 NAME = "fig9"
-TITLE = "Fig. 9: RMSE versus the number of antennas per receive AP Mr (P = 30 dBm)"
+TITLE = "Fig. 9: RMSE versus the number of antennas per receive AP Mr (operating power P0)"
 X_NAME = "n_rx_antennas"
 VALUES = {"tiny": (4, 8), "quick": (4, 8, 16), "paper": (4, 8, 16, 32)}
 
@@ -25,7 +25,7 @@ PAPER = ("More receive antennas improve localization (finer angular resolution);
 
 def sweep(ctx: Context) -> AccuracySweep:
     def cfg_for(ctx: Context, mr: float, series: str) -> SystemConfig:
-        return ctx.base_cfg.replace(n_rx_antennas=int(mr), power_dbm=30.0)
+        return operating_config(ctx, n_rx_antennas=int(mr))
 
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
                          schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
@@ -37,7 +37,8 @@ def points(ctx: Context) -> list[Point]:
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
     vals = VALUES[ctx.preset]
-    return plot_accuracy(rows, x_label="antennas per receive AP Mr", title=TITLE, out_base=ctx.figures_dir / NAME,
+    return plot_accuracy(rows, x_label="antennas per receive AP Mr", title=titled(ctx, TITLE),
+                         out_base=ctx.figures_dir / NAME,
                          x_log=True, x_ticks=vals, x_ticklabels=[str(v) for v in vals])
 
 

@@ -43,19 +43,23 @@ def _bits(v: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- summary
-def summary_rows(ctx: Context) -> list[dict[str, Any]]:
-    """Fig. 6 rows at the reference power (one per scheme; ``crlb`` first), in the paper's scheme order."""
-    from . import fig6, load_rows
+def summary_rows(ctx: Context, power: float | None = None) -> list[dict[str, Any]]:
+    """Fig. 6 rows at ``power`` (default: the preset's operating power P0), one per scheme, ``crlb`` first."""
+    from . import load_rows
+    from .common import operating_power
     from .plotting import _order
 
-    rows = [r for r in load_rows(ctx, "fig6") if abs(r["x_value"] - fig6.REFERENCE_POWER) < 1e-9]
-    if not rows:  # e.g. a preset whose power sweep misses 30 dBm: take the largest power
-        allr = load_rows(ctx, "fig6")
-        if not allr:
-            return []
-        top = max(r["x_value"] for r in allr)
-        rows = [r for r in allr if r["x_value"] == top]
+    p = operating_power(ctx) if power is None else power
+    rows = [r for r in load_rows(ctx, "fig6") if abs(r["x_value"] - p) < 1e-9]
     return sorted(rows, key=lambda r: _order(r["scheme"]))
+
+
+def summary_powers(ctx: Context) -> list[float]:
+    """The paper's 30 dBm and the preset's operating power P0 (when they differ), where Fig. 6 has rows."""
+    from . import fig6
+    from .common import operating_power
+
+    return [p for p in dict.fromkeys((fig6.REFERENCE_POWER, operating_power(ctx))) if summary_rows(ctx, p)]
 
 
 def _fronthaul_bits(ctx: Context) -> dict[str, float]:
@@ -67,10 +71,18 @@ def _fronthaul_bits(ctx: Context) -> dict[str, float]:
 
 
 def format_summary(ctx: Context) -> str:
-    """The compact final table printed at the end of ``cfisac reproduce`` (plain text)."""
-    rows = summary_rows(ctx)
-    if not rows:
-        return "(no Fig. 6 results stored yet)"
+    """The compact final table(s) printed at the end of ``cfisac reproduce`` (plain text): Fig. 6 at the paper's
+    30 dBm and at the preset's operating power P0."""
+    powers = summary_powers(ctx)
+    if not powers:
+        return "(no Fig. 6 results stored yet at 30 dBm or the operating power)"
+    return "\n\n".join(_summary_block(ctx, p) for p in powers)
+
+
+def _summary_block(ctx: Context, power: float) -> str:
+    from .common import operating_power
+
+    rows = summary_rows(ctx, power)
     crlb = next((r for r in rows if r["scheme"] == "crlb"), None)
     bits = _fronthaul_bits(ctx)
     head = ("scheme", "location RMSE (m)", "velocity RMSE (m/s)", "root-CRLB (m | m/s)", "fronthaul bits/AP/update",
@@ -90,10 +102,13 @@ def format_summary(ctx: Context) -> str:
         table.append(("root-CRLB (bound)", _num(crlb["root_crlb_position"]), _num(crlb["root_crlb_velocity"]),
                       "", "", _num(crlb["n_scenes"])))
     widths = [max(len(t[k]) for t in table) for k in range(len(head))]
-    lines = [f"Fig. 6 at P = {rows[0]['x_value']:g} dBm, preset {ctx.preset} (root-CRLB of the scenes each scheme was "
-             "evaluated on):"]
+    what = "the paper's operating power" if power == 30.0 else ""
+    if power == operating_power(ctx) and power != 30.0:
+        what = "the preset's operating power P0: the paper's integrated SNR"
+    lines = [f"Fig. 6 at P = {power:g} dBm ({what}), preset {ctx.preset}; root-CRLB of the scenes each scheme was "
+             "evaluated on:"]
     for i, t in enumerate(table):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)))
+        lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -210,8 +225,8 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
         f"(git {ident['git_commit'] or 'n/a'}). Machine: {_machine()}.", "",
     ]
     summary = format_summary(ctx)
-    if summary_rows(ctx):
-        md += ["## Summary (Fig. 6 at the reference power)", "", "```", summary, "```", ""]
+    if summary_powers(ctx):
+        md += ["## Summary (Fig. 6)", "", "```", summary, "```", ""]
     md += ["## How to reproduce", "", "```bash"]
     md += list(commands) or [f"cfisac reproduce --preset {ctx.preset}"]
     md += [f"cfisac reproduce all --preset {ctx.preset}          # every figure and table (resumes)",
