@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(VENV)/.installed
-	$(CFISAC) simulate --preset quick --n 2000 --out data/quick.h5
+	$(CFISAC) reproduce --preset quick
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
