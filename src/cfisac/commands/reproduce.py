@@ -34,6 +34,37 @@ def _experiments(names: list[str]) -> list[str]:
     return out
 
 
+def limit_blas_threads(n: int) -> list[str]:
+    """Set the thread count of every OpenBLAS library loaded in this process (numpy's and scipy's bundled copies),
+    as threadpoolctl does, after they are loaded (environment variables only act before). The classical estimators
+    make many small matrix products, for which several BLAS threads on a busy machine are 10-30x slower than one.
+    Returns the libraries changed."""
+    import ctypes
+
+    import numpy  # noqa: F401 - load the libraries first
+    import scipy.linalg  # noqa: F401
+
+    changed = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
+    except OSError:
+        return changed
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn(int(n))
+                changed.append(path)
+                break
+    return changed
+
+
 def _threads(requested: str) -> tuple[int, str]:
     """Torch intra-op threads: a number, or ``auto``: every core on an idle machine, one thread when the load
     average already fills the cores (OpenMP threads that wait for a busy core make small 3D convolutions several
@@ -77,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     ctx.progress = not args.no_progress
     threads, why = _threads(args.threads)
     torch.set_num_threads(threads)
+    if args.blas_threads < 1:
+        raise ValueError(f"--blas-threads must be positive, got {args.blas_threads}")
+    limit_blas_threads(args.blas_threads)
     if args.list_points:
         for name in names:
             for k, p in enumerate(get(name).points(ctx)):
@@ -86,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     if not args.report_only:
         ctx.log(f"cfisac reproduce {' '.join(names)} --preset {args.preset} -> {ctx.root} (device {device}, "
-                f"{torch.get_num_threads()} torch threads: {why})")
+                f"{torch.get_num_threads()} torch threads: {why}; {args.blas_threads} BLAS thread(s))")
         for name in names:
             only = [args.point] if args.point is not None else None
             counts = run_experiment(name, ctx, only=only, fail_fast=args.fail_fast)
@@ -123,6 +157,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu | cuda (default: cuda for --preset paper when available)")
     p.add_argument("--threads", default="auto",
                    help="torch CPU threads, or auto (default): all cores, 1 when the machine is already loaded")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OpenBLAS threads of numpy / scipy (default 1: the estimators' small products are fastest so)")
     p.add_argument("--n-test", type=int, help="override the number of test scenes per point")
     p.add_argument("--train-seconds", type=float, help="override the training budget of every learned model (s)")
     p.add_argument("--schemes", help="comma-separated schemes to evaluate (default: the preset's), e.g. music,dvqvae")
