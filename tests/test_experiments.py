@@ -257,6 +257,22 @@ def test_monostatic_sees_the_same_targets_and_spec_hash_is_stable(tmp_path):
     assert TEST_START >= 1_000_000
 
 
+def test_streamed_test_scenes_equal_the_cached_ones(tmp_path, monkeypatch):
+    """Large (paper-scale) test sets are simulated chunk by chunk instead of cached: same scenes, same CRLB."""
+    from cfisac.experiments import common
+
+    ctx = tiny_ctx(tmp_path)
+    cfg = ctx.base_cfg
+    cached = common.evaluation_batch(ctx, cfg, 1, 3)
+    bound = common.crlb_of_scenes(ctx, cfg)
+    monkeypatch.setattr(common, "CACHE_BYTES", 0)
+    ctx2 = tiny_ctx(tmp_path)
+    streamed = common.evaluation_batch(ctx2, cfg, 1, 3)
+    for k in ("y", "x", "positions", "velocities"):
+        assert torch.equal(cached[k], streamed[k]), k
+    assert common.crlb_of_scenes(ctx2, cfg) == bound
+
+
 def test_markdown_to_html_subset():
     html = markdown_to_html("# T\n\npara **b** `c`\n\n- x\n- y\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```\n<k>\n```\n"
                             "![alt](f.png)")

@@ -221,26 +221,47 @@ def monostatic_config(cfg: SystemConfig) -> SystemConfig:
                        tx_axes=((-1.0, 0.0),), rx_axes=((1.0, 0.0),))
 
 
+CACHE_BYTES = 2**30  # a test set smaller than this (echoes + transmit signals) is simulated once and kept
+
+
+def _scene_bytes(cfg: SystemConfig) -> int:
+    return 8 * (cfg.n_rx * cfg.n_rx_antennas + cfg.n_tx * cfg.n_tx_antennas) * cfg.n_subcarriers * cfg.n_symbols
+
+
+def _cacheable(ctx: Context, cfg: SystemConfig) -> bool:
+    return ctx.budget.n_test * _scene_bytes(cfg) <= CACHE_BYTES
+
+
 def evaluation_data(ctx: Context, cfg: SystemConfig) -> dict[str, torch.Tensor]:
-    """The test scenes of ``cfg`` (indices ``TEST_START ..``, the run's seed), simulated once per process."""
+    """All test scenes of ``cfg`` (indices ``TEST_START ..``, the run's seed), simulated once per process (only for
+    test sets under :data:`CACHE_BYTES`; larger ones are streamed by :func:`evaluation_batch`)."""
     key = ("test", cfg.to_json(), ctx.seed, ctx.budget.n_test)
     if key in ctx._cache:
         ctx._cache[key] = ctx._cache.pop(key)  # most recently used last
     else:
         while len([k for k in ctx._cache if k[0] == "test"]) >= 4:  # bound memory: keep 4 configs (LRU)
             del ctx._cache[next(k for k in ctx._cache if k[0] == "test")]
-        idx = range(TEST_START, TEST_START + ctx.budget.n_test)
-        parts = [simulate_batch(cfg, ctx.seed, list(idx)[lo:lo + ctx.budget.eval_batch])
+        idx = list(range(TEST_START, TEST_START + ctx.budget.n_test))
+        parts = [simulate_batch(cfg, ctx.seed, idx[lo:lo + ctx.budget.eval_batch])
                  for lo in range(0, ctx.budget.n_test, ctx.budget.eval_batch)]
         ctx._cache[key] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return ctx._cache[key]
 
 
-def evaluation_scenes(ctx: Context, cfg: SystemConfig):
-    """The :class:`cfisac.Scene` batch of the test set (for the CRLB)."""
+def evaluation_batch(ctx: Context, cfg: SystemConfig, lo: int, hi: int) -> dict[str, torch.Tensor]:
+    """Test scenes ``lo .. hi - 1`` of ``cfg``: a slice of the cached set, or simulated now for large test sets (the
+    paper preset: 33 MB per scene); bit-identical either way (a sample is a function of (cfg, seed, index))."""
+    if _cacheable(ctx, cfg):
+        return {k: v[lo:hi] for k, v in evaluation_data(ctx, cfg).items()}
+    return simulate_batch(cfg, ctx.seed, list(range(TEST_START + lo, TEST_START + hi)))
+
+
+def evaluation_scenes(ctx: Context, cfg: SystemConfig, n: int | None = None):
+    """The :class:`cfisac.Scene` batch of the first ``n`` test scenes (default all): positions, velocities, ..."""
     from ..scene import sample_scenes
 
-    idx = torch.arange(TEST_START, TEST_START + ctx.budget.n_test, dtype=torch.int64)
+    n = ctx.budget.n_test if n is None else n
+    idx = torch.arange(TEST_START, TEST_START + n, dtype=torch.int64)
     return sample_scenes(cfg, len(idx), ctx.seed, indices=idx)
 
 
@@ -255,18 +276,23 @@ def _crlb_per_scene(ctx: Context, cfg: SystemConfig, n: int, crlb_options: dict[
     have = ctx._cache.get(key)
     if have is not None and have[0].numel() >= n:
         return have[0][:n], have[1][:n]
-    data = evaluation_data(ctx, cfg)
-    scenes = evaluation_scenes(ctx, cfg).select(slice(0, n))
-    x = data["x"][:n]
+    scenes = evaluation_scenes(ctx, cfg, n)
     pos = torch.full((n,), math.nan, dtype=torch.float64)
     vel = torch.full((n,), math.nan, dtype=torch.float64)
     chunk = max(1, min(ctx.budget.eval_batch, 64))
     for lo in range(0, n, chunk):
-        rows = list(range(lo, min(n, lo + chunk)))
+        hi = min(n, lo + chunk)
+        if _cacheable(ctx, cfg):
+            x_chunk = evaluation_batch(ctx, cfg, lo, hi)["x"]
+        else:  # only the transmit signals are needed: the same x as simulate_batch draws
+            from ..waveform import transmit_signals
+
+            x_chunk = transmit_signals(cfg, scenes.select(slice(lo, hi)), ctx.seed)
+        rows = list(range(lo, hi))
         while rows:
             sel = torch.tensor(rows)
             try:
-                bound = crlb_mod.crlb(cfg, scenes.select(sel), x[sel], **crlb_options)
+                bound = crlb_mod.crlb(cfg, scenes.select(sel), x_chunk[sel - lo], **crlb_options)
             except crlb_mod.SingularFisherError as err:
                 del rows[err.scene]
                 continue
@@ -320,24 +346,26 @@ def _accuracy_result(est_pos: torch.Tensor, est_vel: torch.Tensor, data: dict[st
     }
 
 
-def run_estimator(est: Any, data: dict[str, torch.Tensor], batch: int, *, max_seconds: float | None = None,
-                  log: Callable[[str], Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Call ``est(y, x)`` on the test scenes in order: positions, velocities [k, Q, 2] float64 and seconds per
-    scene. Batches start at 1 scene and grow to ``batch`` for fast estimators (about 5 s per call); with
-    ``max_seconds`` the evaluation stops after the call that exceeds it, so ``k`` may be less than the number of
-    scenes (always the first k). A progress line goes to ``log`` every 20 s."""
+def run_estimator(est: Any, batches: Callable[[int, int], dict[str, torch.Tensor]], n: int, batch: int, *,
+                  max_seconds: float | None = None, log: Callable[[str], Any] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Call ``est(y, x)`` on test scenes 0, 1, ... (``batches(lo, hi)`` gives them): positions, velocities
+    [k, Q, 2] float64 and seconds per scene. Calls start at 1 scene and grow to ``batch`` (about 5 s per call);
+    with ``max_seconds`` the evaluation stops after the call that exceeds it, so ``k`` may be less than ``n``
+    (always the first k scenes). A progress line goes to ``log`` every 20 s."""
     pos, vel = [], []
     t0 = last = time.perf_counter()
-    n = data["y"].shape[0]
     step, lo = 1, 0
     with torch.no_grad():
         while lo < n:
             t_b = time.perf_counter()
-            out = est(data["y"][lo:lo + step], data["x"][lo:lo + step])
+            hi = min(n, lo + step)
+            b = batches(lo, hi)
+            out = est(b["y"], b["x"])
             pos.append(out.positions.detach().double().cpu())
             vel.append(out.velocities.detach().double().cpu())
-            k = min(step, n - lo)
-            lo += k
+            k = hi - lo
+            lo = hi
             now = time.perf_counter()
             step = int(max(1, min(batch, 5.0 / max((now - t_b) / k, 1e-6))))
             if max_seconds is not None and now - t0 > max_seconds and lo < n:
@@ -351,6 +379,24 @@ def run_estimator(est: Any, data: dict[str, torch.Tensor], batch: int, *, max_se
     return torch.cat(pos), torch.cat(vel), (time.perf_counter() - t0) / lo
 
 
+def _estimator_and_data(ctx: Context, scheme: str, cfg: SystemConfig, train_cfgs: list[SystemConfig] | None,
+                        train_options: dict[str, Any] | None) -> tuple[Any, SystemConfig]:
+    """The estimator of ``scheme`` and the config whose test scenes it sees (the monostatic BS has its own)."""
+    from .. import estimators
+
+    if is_learned(scheme):
+        from .learned import learned_estimator
+
+        return learned_estimator(ctx, scheme, train_cfgs or [cfg], eval_cfg=cfg, **(train_options or {})), cfg
+    if scheme == "monostatic":
+        mono = monostatic_config(cfg)
+        a, b = evaluation_scenes(ctx, cfg, 4), evaluation_scenes(ctx, mono, 4)
+        if not torch.equal(a.positions, b.positions):
+            raise RuntimeError("monostatic test scenes differ from the cooperative ones (scene sampling changed?)")
+        return estimators.create("monostatic", mono), mono
+    return estimators.create(scheme, cfg), cfg
+
+
 def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs: list[SystemConfig] | None = None,
                     train_options: dict[str, Any] | None = None,
                     crlb_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -362,34 +408,19 @@ def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs:
     :func:`cfisac.experiments.learned.ensure_trained` (cached under ``reports/<preset>/cache/models``), then
     evaluated on ``cfg``'s test scenes. The root-CRLB of the same scenes is attached to every accuracy result.
     """
-    from .. import estimators
-
     if scheme == "crlb":
         return crlb_of_scenes(ctx, cfg, **(crlb_options or {}))
-    if is_learned(scheme):
-        from .learned import learned_estimator
-
-        est = learned_estimator(ctx, scheme, train_cfgs or [cfg], eval_cfg=cfg, **(train_options or {}))
-        data = evaluation_data(ctx, cfg)
-    elif scheme == "monostatic":
-        mono = monostatic_config(cfg)
-        est = estimators.create("monostatic", mono)
-        data = evaluation_data(ctx, mono)
-        ref = evaluation_data(ctx, cfg)
-        if not torch.equal(data["positions"], ref["positions"]):
-            raise RuntimeError("monostatic test scenes differ from the cooperative ones (scene sampling changed?)")
-    else:
-        est = estimators.create(scheme, cfg)
-        data = evaluation_data(ctx, cfg)
+    est, data_cfg = _estimator_and_data(ctx, scheme, cfg, train_cfgs, train_options)
     n = ctx.budget.n_test_of(scheme)
-    data = {k: v[:n] for k, v in data.items()}
-    pos, vel, sec = run_estimator(est, data, ctx.budget.eval_batch, log=ctx.log,
+    pos, vel, sec = run_estimator(est, lambda lo, hi: evaluation_batch(ctx, data_cfg, lo, hi), n,
+                                  ctx.budget.eval_batch, log=ctx.log,
                                   max_seconds=None if is_learned(scheme) else ctx.budget.scheme_seconds)
     capped = pos.shape[0] < n
     n = pos.shape[0]
-    data = {k: v[:n] for k, v in data.items()}
+    scenes = evaluation_scenes(ctx, cfg, n)
     bits = getattr(est, "fronthaul_bits_per_ap", None)
-    res = _accuracy_result(pos, vel, data, None if bits is None else float(bits),
+    res = _accuracy_result(pos, vel, {"positions": scenes.positions, "velocities": scenes.velocities},
+                           None if bits is None else float(bits),
                            {"seconds_per_scene": sec, **({"time_capped": True} if capped else {})})
     try:
         bound = crlb_of_scenes(ctx, cfg, n=n, **(crlb_options or {}))
@@ -403,24 +434,13 @@ def evaluate_scheme(ctx: Context, scheme: str, cfg: SystemConfig, *, train_cfgs:
 def estimates_of(ctx: Context, scheme: str, cfg: SystemConfig, n: int, **kw: Any) -> dict[str, torch.Tensor]:
     """Estimates of ``scheme`` on the first ``n`` test scenes of ``cfg`` (Fig. 10): true and estimated positions /
     velocities [n, Q, 2] float64 (estimates permuted to the Hungarian assignment of the true targets)."""
-    from .. import estimators
     from ..metrics import assign_targets
 
-    if is_learned(scheme):
-        from .learned import learned_estimator
-
-        est = learned_estimator(ctx, scheme, kw.get("train_cfgs") or [cfg], eval_cfg=cfg,
-                                **kw.get("train_options", {}))
-        data = evaluation_data(ctx, cfg)
-    elif scheme == "monostatic":
-        est = estimators.create("monostatic", monostatic_config(cfg))
-        data = evaluation_data(ctx, monostatic_config(cfg))
-    else:
-        est = estimators.create(scheme, cfg)
-        data = evaluation_data(ctx, cfg)
-    sub = {k: v[:n] for k, v in data.items()}
-    pos, vel, _ = run_estimator(est, sub, ctx.budget.eval_batch)
-    perm = assign_targets(pos, sub["positions"])
+    est, data_cfg = _estimator_and_data(ctx, scheme, cfg, kw.get("train_cfgs"), kw.get("train_options"))
+    pos, vel, _ = run_estimator(est, lambda lo, hi: evaluation_batch(ctx, data_cfg, lo, hi), n,
+                                ctx.budget.eval_batch)
+    scenes = evaluation_scenes(ctx, cfg, n)
+    perm = assign_targets(pos, scenes.positions)
     idx = perm[..., None].expand(-1, -1, 2)
-    return {"true_positions": sub["positions"], "true_velocities": sub["velocities"],
+    return {"true_positions": scenes.positions, "true_velocities": scenes.velocities,
             "est_positions": torch.gather(pos, 1, idx), "est_velocities": torch.gather(vel, 1, idx)}
