@@ -11,6 +11,8 @@
    target positions and velocities for every scheme (``sample_scenes`` draws them before anything that depends on
    the AP layout). ``music-gated`` is the MUSIC scheme with ``covariance="gated"``.
 
+The script writes the tables; the "Findings" section of results/classical.md was written by hand from the run.
+
 BLAS is pinned to one thread unless ``--blas-threads`` says otherwise (set before numpy loads): the estimators make
 many small matrix products, for which a multi-threaded BLAS on a shared machine is slower, not faster.
 """
@@ -105,12 +107,12 @@ def main() -> int:
     powers = [float(p) for p in args.powers.split(",")]
     lines = ["# Classical baselines: runtime and accuracy", ""]
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),)
     lines += [
         f"Command: `{' '.join(['.venv/bin/python benchmarks/bench_classical.py', *sys.argv[1:]])}`",
-        f"Date: {stamp}. Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"Date: {stamp}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}, BLAS threads {args.blas_threads}; load "
-        f"average at start {load[0]} (shared machine: timings may be inflated by other jobs).", "",
+        f"average at start {load[0]:.1f} (shared machine: timings may be inflated by other jobs).", "",
     ]
     print("\n".join(lines), flush=True)
 
