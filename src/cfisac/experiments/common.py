@@ -111,7 +111,7 @@ BUDGETS: dict[str, Budget] = {
                     train_seconds={"dvqvae-matched": 150.0, "dvqvae": 60.0, "*": 30.0}, max_epochs=None,
                     classical=("music", "cs", "monostatic"), learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
                     crlb_max_scenes=100, scheme_n_test={"music": 50, "cs": 20, "monostatic": 50, "ml": 10},
-                    scheme_seconds=15.0),
+                    scheme_seconds=12.0),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",

@@ -45,8 +45,10 @@ def points(ctx: Context) -> list[Point]:
 
 
 def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
+    p0 = operating_power(ctx)
+    marks = [(p0, "P0: the paper's\nintegrated SNR")] if p0 != REFERENCE_POWER else []
     return plot_accuracy(rows, x_label="maximum transmit power P (dBm)", title=TITLE,
-                         out_base=ctx.figures_dir / NAME,
+                         out_base=ctx.figures_dir / NAME, x_marks=marks,
                          note="monostatic BS: radial velocity only, no velocity vector (absent from (b))")
 
 

@@ -61,14 +61,14 @@ def plot_accuracy(
     rows: Sequence[dict[str, Any]], *, x_label: str, title: str, out_base: Path, x_log: bool = False,
     x_symlog: bool = False, x_ticks: Sequence[float] | None = None, x_ticklabels: Sequence[str] | None = None,
     series_label: str = "", series_order: Sequence[str] | None = None, crlb_label: str = "root-CRLB",
-    note: str = "",
+    note: str = "", x_marks: Sequence[tuple[float, str]] = (),
 ) -> list[Path]:
     """Two panels, (a) location RMSE (m) and (b) velocity RMSE (m/s) against ``x_value`` on a log y axis.
 
     One curve per (scheme, series); the ``crlb`` scheme is drawn as a thick black line without markers (its values
     are in ``root_crlb_position`` / ``root_crlb_velocity``), the prior predictor as a dotted grey line. With several
     series (e.g. clutter variances) the colour gives the scheme and the line style the series, each with its own
-    legend entries.
+    legend entries. ``x_marks``: vertical dashed lines with a label (e.g. the operating power).
     """
     from matplotlib.lines import Line2D
 
@@ -104,6 +104,8 @@ def plot_accuracy(
             label = crlb_label if scheme == "crlb" else scheme_label(scheme)
             if scheme not in schemes_drawn:
                 schemes_drawn.append(scheme)
+            if scheme == "prior":  # often level with schemes that learned nothing: keep it visible on top
+                style.update(zorder=10, linewidth=2.2)
             (line,) = ax.plot(xs, ys, label=None if multi else label, markersize=6,
                               **{k: v for k, v in style.items() if v is not None})
             few = [(r["x_value"], r[key]) for r in pts if _finite(r[key]) and r.get("n_scenes", math.inf) < FEW]
@@ -121,6 +123,10 @@ def plot_accuracy(
         if x_log or x_symlog:
             ax.xaxis.set_minor_locator(plt.NullLocator())
         log_ticks(ax)
+        for xm, text in x_marks:
+            ax.axvline(xm, color="0.45", linestyle=(0, (4, 3)), linewidth=1.0, zorder=0)
+            ax.annotate(text, (xm, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
+                        textcoords="offset points", ha="left", va="bottom", fontsize=7.5, color="0.3")
         ax.set_xlabel(x_label)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.4)
