@@ -9,11 +9,15 @@ is assumed to know X, i.e. the data symbols and precoders, for this scheme; see 
    (Eq. 6 with the data kept in the atom: this is how the known symbols are removed, and it separates the
    simultaneously transmitting APs, whose atoms differ); its coefficients are free per receive antenna and symbol
    (they carry the AoA and the Doppler), so the sparse support is shared by the Mr * Ts measurement vectors. The
-   AoD is a nuisance parameter of the atom, searched on an oversampled transmit beam grid. Each OMP step picks the
-   atom with the largest normalised correlation energy ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` (zero-padded
-   FFTs over subcarriers and transmit antennas), refines its range and AoD continuously (Newtonised-OMP-like local
-   zoom, so that an off-grid path leaves no residual that would be picked again), and re-fits all atoms by least
-   squares per symbol. Q atoms are taken per transmit AP; cyclic refinement rounds follow.
+   AoD is a nuisance parameter of the atom, searched on an oversampled transmit beam grid. Each OMP step ranks the
+   grid atoms by their normalised correlation energy ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` with the
+   residual (zero-padded FFTs over subcarriers and transmit antennas), refines the ``n_candidates`` best ones
+   continuously in range and AoD with the atoms already chosen projected out (Newtonised-OMP-like local zoom on the
+   concentrated least-squares objective, so that an off-grid path leaves no residual that would be picked again),
+   and keeps the one leaving the smallest least-squares residual (per-symbol LS fit of all atoms). Q atoms are taken
+   per transmit AP; cyclic refinement rounds follow, the first two re-detecting every atom on the data with the
+   others removed. The detection is non-coherent over antennas and symbols (the Doppler and AoA are not yet
+   known): this is the scheme's SNR limit (benchmarks/results/classical.md).
 2. **Angle and radial velocity per detected path** from the least-squares coefficients ``C[k, t] ~ alpha
    a_r(u_rx)[k] exp(+j 2 pi t f_D dT)``: a zero-padded 2-D DFT over receive antennas and symbols and a continuous
    zoom on its peak.
