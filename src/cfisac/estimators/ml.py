@@ -630,8 +630,8 @@ class MLEstimator:
         resid = yl.to(C128)
         self._maps = [] if self.joint else None  # the first detection's maps feed the CPU's coarse search
         for q in range(Q):
-            cand, score = self._candidates(resid, rows, x, x_idx, m_idx, maps=self._maps if q == 0 else None)
-            best = self._best_single(resid, cand, score, x, x_idx, m_idx, tol)  # [L, K1]
+            cand, keep = self._candidates(resid, rows, x, x_idx, m_idx, maps=self._maps if q == 0 else None)
+            best = self._best_single(resid, cand, keep, x, x_idx, m_idx, tol)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
             resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
@@ -643,10 +643,10 @@ class MLEstimator:
                     others = [k for k in range(Q) if k != q]
                     sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
                     r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
-                    cand, score = self._candidates(r_q, rows, x, x_idx, m_idx)
+                    cand, keep = self._candidates(r_q, rows, x, x_idx, m_idx)
                     cand = torch.cat([cand, new[:, q:q + 1]], 1)  # the current estimate competes too
-                    score = torch.cat([score, score.max(1, keepdim=True).values], 1)
-                    new[:, q] = self._best_single(r_q, cand, score, x, x_idx, m_idx, tol)
+                    keep = torch.cat([keep, torch.ones_like(keep[:, :1])], 1)
+                    new[:, q] = self._best_single(r_q, cand, keep, x, x_idx, m_idx, tol)
                     new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
                 better = nfit.energy > energy
                 theta = torch.where(better[:, None, None], new, theta)
@@ -714,12 +714,12 @@ class MLEstimator:
                                        project, tol=tol, max_iter=self.max_iter, max_step=per_target.repeat(Q))
         return th.view(L, Q, K1), fit
 
-    def _best_single(self, resid, cand, score, x, x_idx, m_idx, tol) -> torch.Tensor:
-        """Refine the candidates [L, C, K1] whose coarse ``score`` [L, C] is at least ``_CANDIDATE_RATIO`` of the
-        problem's best as single targets on ``resid`` [L, ...]; keep the most likely (exact likelihood)."""
+    def _best_single(self, resid, cand, keep, x, x_idx, m_idx, tol) -> torch.Tensor:
+        """Refine the candidates [L, C, K1] flagged in ``keep`` [L, C] as single targets on ``resid`` [L, ...];
+        keep the most likely (exact likelihood)."""
         L, C, K1 = cand.shape
         dev = cand.device
-        keep = score >= _CANDIDATE_RATIO * score.max(1, keepdim=True).values
+        keep = keep.clone()
         keep[:, 0] |= ~keep.any(1)
         rows, cols = keep.nonzero(as_tuple=True)
         th, fit = self._refine_local(resid, cand[rows, cols][:, None], x, x_idx, m_idx, tol, rows=rows)
@@ -839,13 +839,16 @@ class MLEstimator:
 
     def _candidates(self, r: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, x_idx: torch.Tensor,
                     m_idx: torch.Tensor, maps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``n_candidates`` best local maxima of the coarse target statistic per problem: [L, C, 2 + N]
-        (local position and the N Dopplers) and their statistic [L, C].
+        """Candidates per problem: [L, 2C, 2 + N] (local position and the N Dopplers) and which of them to refine
+        [L, 2C] bool (statistic at least ``_CANDIDATE_RATIO`` of its list's best), with C = ``n_candidates``.
 
         For every grid point g and transmit AP n: the receive beam towards g, symbols removed by the matched filter
         of the transmit beam towards g (``conj(a_t^H x)``), a zero-padded DFT over subcarriers read at the range
         bin of d_n(g), a zero-padded DFT over symbols, the best Doppler, GLRT-normalised by the transmit beam
-        energy ``a_t^H R_x a_t``; the target statistic is the sum over n (module docstring, step 1).
+        energy ``a_t^H R_x a_t``. Two lists of C peaks: of the sum over n (non-coherent over a target's paths) and of
+        the max over n. Both transmit APs send the same user symbols, so a strong path of transmit AP k also
+        excites transmit AP n's matched filter wherever d_n(g) matches its delay; the sum then counts it twice and
+        can outrank the true position, the max cannot (the exact likelihood arbitrates between the lists).
         With ``maps`` (a list), every problem's per-path statistics [N, G] and best Doppler bins [N, G] are appended.
         """
         cfg = self.cfg
@@ -858,8 +861,8 @@ class MLEstimator:
         L = rows.numel()
         radius = self._geometry(dev).range_res
         Cn = self.n_candidates
-        out = torch.empty(L, Cn, 2 + N, dtype=F64, device=dev)
-        score = torch.empty(L, Cn, dtype=F64, device=dev)
+        out = torch.empty(L, 2 * Cn, 2 + N, dtype=F64, device=dev)
+        keep = torch.empty(L, 2 * Cn, dtype=torch.bool, device=dev)
         step_u = max(1, min(U, _CHUNK_BYTES // (Nt * lf * Ts * 8 * 3)))
         step_g = max(1, _CHUNK_BYTES // (Nt * Ts * 8 * 4))
         zero = torch.zeros((), device=dev)
@@ -893,13 +896,18 @@ class MLEstimator:
             Tn = torch.where(grid["ok"][m], Tn, zero)
             if maps is not None:
                 maps.append((Tn, Fi))
-            T = torch.where(grid["ok"][m], Tn.sum(0), torch.full_like(Tn[0], -1.0))
-            top = _peaks(T, grid["pts"], Cn, radius)
+            tops = []
+            for T in (Tn.sum(0), Tn.max(0).values):
+                T = torch.where(grid["ok"][m], T, torch.full_like(T, -1.0))
+                top = _peaks(T, grid["pts"], Cn, radius)
+                tops.append(top)
+                k = slice(Cn * (len(tops) - 1), Cn * len(tops))
+                keep[l0, k] = T[top] >= _CANDIDATE_RATIO * T[top].max()
+            top = torch.cat(tops)
             out[l0, :, :2] = grid["pts"][top]
-            score[l0] = T[top].to(F64)
             for n in range(N):
                 out[l0, :, 2 + n] = grid["f"][Fi[n, top]]
-        return out, score
+        return out, keep
 
     # ------------------------------------------------------------------------------------------ CPU fusion
     def fisher_weights(self, msgs: ApMessages, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
