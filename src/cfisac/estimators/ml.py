@@ -51,10 +51,15 @@ Per-AP algorithm (vectorised over scenes and APs)
    fast with position, see ``_grid``): for every point g and transmit AP n, the receive beam towards g, the
    symbols removed by the matched filter of the transmit beam towards g, a zero-padded DFT over subcarriers read
    at the range bin of d_n(g), a zero-padded DFT over symbols, the best Doppler, GLRT-normalised by the transmit
-   beam energy; a target's statistic is the sum over n (non-coherent over its N paths).
-2. Likelihood check and retries: the ``n_candidates`` best peaks (non-maximum suppression over a range cell) with a
-   statistic of at least 30 % of the best are refined as single targets on the residual and the one with the
-   highest exact likelihood is kept: the grid's straddle losses are judged by the exact likelihood.
+   beam energy. Peaks are taken from two statistics: the sum over n (non-coherent over a target's N paths) and
+   the max over n. Both transmit APs send the same user symbols (cell-free joint transmission), so a strong path
+   of one transmit AP also excites the other's matched filter wherever the delays match: the sum can count one
+   path twice and peak metres away from the target, the max cannot.
+2. Likelihood check and retries: the ``n_candidates`` best peaks of each statistic (non-maximum suppression over a
+   range cell, at least 30 % of the list's best) are refined as single targets on the residual by LM; each is
+   refined a second time after a global re-search of its N Dopplers at the refined position (coordinate ascent
+   on the exact N-path likelihood, cross terms included: a candidate found through one strong path may carry a
+   noise Doppler for the others, and LM steps cannot cross Doppler sidelobes); the most likely result is kept.
 3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
 4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
    others cancelled; a round is kept only where the joint likelihood increased.
