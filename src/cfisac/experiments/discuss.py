@@ -42,13 +42,15 @@ def monotone(values: Sequence[float], *, decreasing: bool, rtol: float = 0.0) ->
     return all(b >= a * (1 - rtol) for a, b in zip(vals, vals[1:], strict=False))
 
 
-def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit: str, series: str = "") -> list[str]:
-    """Ranking at the reference x, factor above the root-CRLB, and which schemes do not beat the prior."""
+def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit: str, series: str = "",
+                  few_note: bool = True) -> list[str]:
+    """Ranking at the reference x, factor above the root-CRLB, and which schemes do not beat the prior
+    (``few_note``: first say which schemes were evaluated on few scenes)."""
     lines: list[str] = []
     prior = row_at(rows, "prior", reference_x, series)
     few = sorted({scheme_label(r["scheme"]) for r in rows if r["series"] == series and _ok(r.get("n_scenes"))
                   and r["n_scenes"] < 20 and r["scheme"] != "crlb"})
-    if few:
+    if few and few_note:
         lines.append("- **Few scenes:** " + ", ".join(few) + " were evaluated on fewer than 20 test scenes at some "
                      "points (their per-point time budget ran out): those RMSEs are rough.")
     crlb = row_at(rows, "crlb", reference_x, series)
@@ -107,6 +109,9 @@ def ratio_line(rows: Sequence[dict[str, Any]], a: str, b: str, x: float, x_unit:
     rp = ra["position_rmse"] / rb["position_rmse"]
     both = _ok(ra["velocity_rmse"]) and _ok(rb["velocity_rmse"])
     rv = ra["velocity_rmse"] / rb["velocity_rmse"] if both else math.nan
+    prior = row_at(rows, "prior", x, series)
+    if prior is not None and min(ra["position_rmse"], rb["position_rmse"]) >= 0.8 * prior["position_rmse"]:
+        claim += "; both are near the prior predictor here, so the ratio says nothing about the claim"
     return [f"- **{scheme_label(a)} / {scheme_label(b)} at {x:g} {x_unit}:** location RMSE ratio {rp:.3g}, velocity "
             f"{rv:.3g} ({claim})."]
 

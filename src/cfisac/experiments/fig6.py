@@ -76,8 +76,8 @@ def discussion(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
     if p0 != REFERENCE_POWER:
         lines.append(f"- **Operating power:** the {ctx.preset} preset senses 1/64 of the paper's cells, so "
                      f"P0 = {p0:g} dBm gives the paper's integrated SNR at 30 dBm; comparisons below at both.")
-    for ref in dict.fromkeys((REFERENCE_POWER, p0)):
-        lines += compare_lines(rows, reference_x=ref, x_unit="dBm")
+    for k, ref in enumerate(dict.fromkeys((REFERENCE_POWER, p0))):
+        lines += compare_lines(rows, reference_x=ref, x_unit="dBm", few_note=k == 0)
     lines += saturation_line(rows, VALUES[ctx.preset])
     lines += ratio_line(rows, "dvqvae", "dvae", p0, "dBm", "paper: D-VQVAE comparable to D-VAE")
     lines += ratio_line(rows, "cnn", "dvqvae", p0, "dBm", "paper: CNN centralized worse than D-VQVAE")
