@@ -57,6 +57,24 @@ def log_ticks(ax: Any, axis: str = "y") -> None:
         a.set_minor_formatter(NullFormatter())
 
 
+def _mark_at_prior(ax: Any, rows: Sequence[dict[str, Any]], col: str, series: str) -> None:
+    """Name the curves hidden under the prior predictor's line (within 10 % of it at every x)."""
+    prior = {r["x_value"]: r[col] for r in rows if r["scheme"] == "prior" and r["series"] == series
+             and _finite(r[col])}
+    if not prior:
+        return
+    hidden = []
+    for scheme in sorted({r["scheme"] for r in rows} - {"prior", "crlb"}, key=_order):
+        pts = [r for r in rows if r["scheme"] == scheme and r["series"] == series and _finite(r[col])]
+        if pts and all(r["x_value"] in prior and abs(r[col] / prior[r["x_value"]] - 1) < 0.1 for r in pts):
+            hidden.append(scheme_label(scheme).split(" [")[0])
+    if len(hidden) >= 2:
+        x1 = max(prior)
+        ax.annotate("level with the prior: " + ", ".join(hidden), (x1, prior[x1]), xytext=(-2, -8),
+                    textcoords="offset points", fontsize=7, color="0.2", va="top", ha="right", zorder=11,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+
+
 def plot_accuracy(
     rows: Sequence[dict[str, Any]], *, x_label: str, title: str, out_base: Path, x_log: bool = False,
     x_symlog: bool = False, x_ticks: Sequence[float] | None = None, x_ticklabels: Sequence[str] | None = None,
@@ -123,6 +141,7 @@ def plot_accuracy(
         if x_log or x_symlog:
             ax.xaxis.set_minor_locator(plt.NullLocator())
         log_ticks(ax)
+        _mark_at_prior(ax, rows, col, series_all[0] if multi else "")
         for xm, text in x_marks:
             ax.axvline(xm, color="0.45", linestyle=(0, (4, 3)), linewidth=1.0, zorder=0)
             ax.annotate(text, (xm, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
