@@ -90,11 +90,19 @@ def table(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
         verdict = "" if paper is None else "matches" if int(bits) == paper else "DIFFERS"
         body.append((r["series"] if r["series"] == "paper" else ctx.preset, scheme_label(r["scheme"]),
                      m.get("formula", ""), f"{format_bits(bits)} ({int(bits):,})",
-                     f"{100 * m.get('reduction_vs_centralized', 0):.2f} %",
+                     _reduction(m.get("reduction_vs_centralized", 0.0), bits),
                      format_bits(m["downlink_bits_per_ap"]) if m.get("downlink_bits_per_ap") else "–",
                      "–" if paper is None else f"{format_bits(paper)} ({verdict})"))
     return _md_table(("system", "scheme", "formula", "bits per AP per update", "less than centralized",
                       "downlink of X per AP", "paper (Section V-C)"), body)
+
+
+def _reduction(red: float, bits: float) -> str:
+    if bits == 0:
+        return "n/a (nothing sent)"
+    if red < 0:
+        return f"none: {1 - red:.3g}x the centralized bits"
+    return f"{100 * red:.4f} %" if red > 0.9999 else f"{100 * red:.2f} %"
 
 
 def discussion(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
