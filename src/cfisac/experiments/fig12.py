@@ -66,14 +66,22 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
         for r in rows:
             if r["scheme"].startswith("dvqvae"):
                 vq.setdefault(r["scheme"], []).append(r)
-        for scheme, pts in vq.items():
+        labelled: set[float] = set()
+        for scheme, pts in sorted(vq.items(), key=lambda kv: kv[0] == "dvqvae"):
             pts.sort(key=lambda r: r["x_value"])
-            st = scheme_style(scheme)
-            ax.plot([r["x_value"] for r in pts], [r[col] for r in pts], label=scheme_label(scheme),
-                    **{k: v for k, v in st.items() if v is not None})
+            st = {k2: v for k2, v in scheme_style(scheme).items() if v is not None}
+            if scheme != "dvqvae":  # front-end variants under the paper's curve, dashed, so both stay visible
+                st.update(linestyle="--", markersize=9, markerfacecolor="none")
+            else:
+                st.update(linewidth=1.6)
+            ax.plot([r["x_value"] for r in pts], [r[col] for r in pts], label=scheme_label(scheme), **st)
             for r in pts:
-                ax.annotate(r["series"].replace("Nc=", "Nc "), (r["x_value"], r[col]), textcoords="offset points",
-                            xytext=(4, 6), fontsize=7.5, color=st["color"])
+                if r["x_value"] not in labelled:
+                    labelled.add(r["x_value"])
+                    up = len(labelled) % 2 == 0  # alternate below / above: neighbouring sizes are close in bits
+                    ax.annotate(r["series"].replace("Nc=", "Nc "), (r["x_value"], r[col]),
+                                textcoords="offset points", xytext=(0, 9 if up else -15), ha="center",
+                                fontsize=7.5, color="0.3")
         for r in rows:
             if r["scheme"] == "dvae":
                 st = scheme_style("dvae")
