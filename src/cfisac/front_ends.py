@@ -77,6 +77,7 @@ All computations are batched: einsum / matmul over chunks of the batch whose int
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -535,8 +536,8 @@ def _matched(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = N
 
 
 @register_front_end("image")
-def _image(cfg: SystemConfig, *, norm: str = "noise", **options: Any) -> ImageFrontEnd:
-    return ImageFrontEnd(cfg, norm=norm, **options)
+def _image(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None, **options: Any) -> ImageFrontEnd:
+    return ImageFrontEnd(cfg, norm=norm, ap_index=ap_index, **options)
 
 
 @register_front_end("covariance")
@@ -545,11 +546,25 @@ def _covariance(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None 
     return CovarianceFrontEnd(cfg, norm=norm, **options)
 
 
-def create_front_end(name: str, cfg: SystemConfig, *, norm: str = "noise", **options: Any) -> FrontEnd:
-    """Build the front end ``name`` ("raw", "matched", "covariance", ...) for ``cfg`` (alias of
-    :func:`cfisac.models.front_end.make_front_end`). The object has ``name``, ``in_channels``, ``spatial_shape``,
-    ``output_shape`` ((C, D1, D2, D3) of one sample), ``needs_x`` and is called as ``fe(y_m, x)``."""
+def create_front_end(name: str, cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
+                     **options: Any) -> FrontEnd:
+    """Build the front end ``name`` ("raw", "matched", "image", "covariance", ...) for ``cfg``: the registry of
+    :func:`cfisac.models.front_end.make_front_end`, plus ``ap_index`` (the receive AP m), handed only to factories
+    that take it (``"image"`` needs it; ``"raw"`` does not know it). The object has ``name``, ``in_channels``,
+    ``spatial_shape``, ``output_shape`` ((C, D1, D2, D3) of one sample), ``needs_x`` and is called as ``fe(y_m, x)``.
+    """
+    if ap_index is not None and _takes_ap_index(name):
+        options["ap_index"] = ap_index
     return make_front_end(name, cfg, norm=norm, **options)
+
+
+def _takes_ap_index(name: str) -> bool:
+    from .models.front_end import FRONT_ENDS, available_front_ends
+
+    if name not in FRONT_ENDS:
+        available_front_ends()
+    factory = FRONT_ENDS.get(name)
+    return factory is not None and "ap_index" in inspect.signature(factory).parameters
 
 
 def front_end_output_shape(name: str, cfg: SystemConfig, **options: Any) -> tuple[int, int, int, int]:

@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["n_test"] = args.n_test
     if args.train_seconds is not None:
         overrides["train_seconds"] = {"*": float(args.train_seconds)}
+    if args.scheme_seconds is not None:
+        overrides["scheme_seconds"] = float(args.scheme_seconds) if args.scheme_seconds > 0 else None
     if args.schemes is not None:
         from ..experiments.common import is_learned
 
@@ -161,6 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="OpenBLAS threads of numpy / scipy (default 1: the estimators' small products are fastest so)")
     p.add_argument("--n-test", type=int, help="override the number of test scenes per point")
     p.add_argument("--train-seconds", type=float, help="override the training budget of every learned model (s)")
+    p.add_argument("--scheme-seconds", type=float,
+                   help="wall-clock cap of a classical point's evaluation (s; 0: none, all its test scenes)")
     p.add_argument("--schemes", help="comma-separated schemes to evaluate (default: the preset's), e.g. music,dvqvae")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

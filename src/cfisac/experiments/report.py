@@ -134,8 +134,8 @@ CAVEATS = (
     "**Time-capped classical points.** To keep the demo near 10 minutes a classical estimator gets a wall-clock "
     "budget per point (`Budget.scheme_seconds`): it is evaluated on the first test scenes it gets through in that "
     "time (at least one; `n_scenes` of the row, hollow markers in the figures). Its RMSE is then rough and depends "
-    "on the machine's load; the root-CRLB attached to the row is that of the same scenes. Rerun a point with "
-    "`--force` and a larger budget (or on an idle machine) for more scenes.",
+    "on the machine's load; the root-CRLB attached to the row is that of the same scenes. Rerun with "
+    "`--scheme-seconds 0` (no cap: all of `scheme_n_test`) for deterministic counts.",
     "**Unstated paper settings.** The paper gives no x-axis values for Figs. 6-9, 13 and 14 and no offset "
     "magnitudes for Fig. 14; the values used here are in each experiment module (`VALUES`). Eq. (30) is applied with "
     "the subcarrier index in the timing term and real-valued offsets (see `cfisac.sensing`). The fully distributed "
