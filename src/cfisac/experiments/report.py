@@ -237,7 +237,11 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
     md += [f"cfisac reproduce all --preset {ctx.preset}          # every figure and table (resumes)",
            f"cfisac reproduce fig7 --preset {ctx.preset} --list-points   # a sweep's points",
            f"cfisac reproduce fig7 --preset {ctx.preset} --point 3 --no-report   # one point (job arrays)",
-           f"cfisac reproduce all --preset {ctx.preset} --report-only   # collect what is stored", "```", ""]
+           f"cfisac reproduce all --preset {ctx.preset} --report-only   # collect what is stored",
+           "# a job array (e.g. SLURM) spreads a sweep over machines sharing reports/; then --report-only:",
+           f"#   sbatch --array=0-$(( $(cfisac reproduce fig6 --preset {ctx.preset} --list-points | wc -l) - 1 )) "
+           f"--wrap 'cfisac reproduce fig6 --preset {ctx.preset} --point $SLURM_ARRAY_TASK_ID --no-report'",
+           "```", ""]
     md += ["## Configuration", "",
            f"System preset `{ctx.preset}` (`cfisac.SystemConfig.preset('{ctx.preset}')`; each point's deviations are "
            f"in the `config_diff` column of `points/<experiment>.csv`, full configs in `points/configs/`):", "",
