@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import cfisac
@@ -136,6 +137,156 @@ def run_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+# ---------------------------------------------------------------------------------------------------- cached mode
+# Representation comparison at equal network compute: the AP front ends are fixed transforms (nothing in them is
+# trained), so their outputs are computed once for a fixed training set (an HDF5 cache of ``cfisac.data.write_hdf5``)
+# and the held-out test scenes, stored as float32 memory maps, and every variant then trains the same D-VQVAE
+# (Algorithm 1 through ``cfisac.train.train_step``, each AP's front end replaced by the identity on its cached
+# output) for the same wall-clock budget. The front-end cost per update is measured and reported separately.
+CACHED: dict[str, tuple[str, dict[str, Any], str]] = {  # name -> (front end, options, normalisation)
+    "raw": ("raw", {}, "rms"),
+    "raw-noise": ("raw", {}, "noise"),
+    "covariance": ("covariance", {}, "noise"),
+    "matched-max": ("matched", dict(beam_pool="max"), "noise"),
+    "image": ("image", {}, "noise"),
+}
+
+
+class _Cached(torch.nn.Module):
+    """Identity front end: the AP's input already is its front end's output [B, C, D1, D2, D3] float32."""
+
+    needs_x = False
+
+    def forward(self, v: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return v
+
+
+def _front_ends(name: str, cfg: cfisac.SystemConfig) -> list[torch.nn.Module]:
+    from cfisac.front_ends import create_front_end
+
+    fe, opts, norm = CACHED[name]
+    return [create_front_end(fe, cfg, norm=norm, ap_index=m, **opts) for m in range(cfg.n_rx)]
+
+
+def prepare_features(name: str, cfg: cfisac.SystemConfig, source: Any, n: int, path: Path,
+                     chunk: int = 32) -> np.ndarray:
+    """Front-end outputs of the M receive APs for samples 0..n-1 of ``source`` (a callable range -> batch dict):
+    a float32 memory map [n, M, C, D1, D2, D3] at ``path`` (reused when complete)."""
+    fes = _front_ends(name, cfg)
+    shape = (n, cfg.n_rx, *fes[0].output_shape)
+    done = path.with_suffix(".done")
+    if done.exists() and json.loads(done.read_text()) == list(shape):
+        return np.lib.format.open_memmap(path, mode="r")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    t0, t_fe = time.time(), 0.0
+    for lo in range(0, n, chunk):
+        b = source(range(lo, min(n, lo + chunk)))
+        t1 = time.time()
+        with torch.no_grad():
+            for m, fe in enumerate(fes):
+                mm[lo:lo + len(b["y"]), m] = fe(b["y"][:, m], b["x"] if fe.needs_x else None).numpy()
+        t_fe += time.time() - t1
+        if (lo // chunk) % 16 == 0:
+            print(f"[features {name}] {lo + len(b['y'])}/{n} ({time.time() - t0:.0f} s)", flush=True)
+    mm.flush()
+    done.write_text(json.dumps(list(shape)))
+    (path.with_suffix(".json")).write_text(json.dumps({"front_end_seconds_per_sample_per_ap": t_fe / n / cfg.n_rx}))
+    return np.lib.format.open_memmap(path, mode="r")
+
+
+def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Train the D-VQVAE on the cached outputs of front end ``name`` for ``--minutes``; test on ``test`` (a
+    ``simulate_batch`` dict of the test scenes)."""
+    from cfisac.data import open_hdf5
+    from cfisac.metrics import accuracy
+    from cfisac.models import LabelNormaliser, build_model
+    from cfisac.train import ApTrainer, CpuTrainer, epoch_batches, train_step
+
+    cfg = _config(args)
+    cache = open_hdf5(args.data)
+    if cache.cfg != cfg:
+        raise SystemExit(f"{args.data} was simulated with another configuration than --preset/--power-dbm")
+    n_train = min(args.n_train, len(cache))
+
+    def train_source(idx: range) -> dict[str, torch.Tensor]:
+        rows = cache.__getitems__(list(idx))
+        return {k: torch.stack([r[k] for r in rows]) for k in ("y", "x", "labels")}
+
+    def test_source(idx: range) -> dict[str, torch.Tensor]:
+        return {k: test[k][idx.start:idx.stop] for k in ("y", "x")}
+
+    feat_dir = args.feature_dir / f"{args.preset}-P{args.power_dbm:g}"
+    tr = prepare_features(name, cfg, train_source, n_train, feat_dir / f"{name}-train{n_train}.npy")
+    te = prepare_features(name, cfg, test_source, args.n_test, feat_dir / f"{name}-test{args.n_test}-seed"
+                          f"{args.test_seed}.npy")
+    fe_cost = json.loads((feat_dir / f"{name}-train{n_train}.json").read_text())
+    labels = torch.stack([r["labels"] for r in cache.__getitems__(list(range(min(n_train, 20_000))))]).double()
+    normaliser = LabelNormaliser.fit(labels)
+
+    fe_name, opts, norm = CACHED[name]
+    mcfg = ModelConfig.preset(args.model_preset, front_end=fe_name, input_norm=norm,
+                              front_end_options={**opts, **({"ap_index": 0} if fe_name == "image" else {})})
+    torch.manual_seed(args.train_seed)
+    model = build_model("dvqvae", cfg, mcfg, seed=args.train_seed)
+    for ap in model.aps:
+        ap.front_end = _Cached()
+    aps = [ApTrainer(ap, lr=args.lr) for ap in model.aps]
+    cpu = CpuTrainer(model.cpu_side, lr=args.lr)
+
+    def test_rmse(k: int | None = None) -> tuple[float, float]:
+        k = args.n_test if k is None else k
+        model.sync_codebooks()
+        model.eval()
+        pos, vel = [], []
+        with torch.no_grad():
+            for lo in range(0, k, 128):
+                sl = slice(lo, min(k, lo + 128))
+                feats = torch.from_numpy(np.asarray(te[sl]))
+                # Algorithm 2: bit-packed index messages from each AP, decoded at the CPU.
+                messages = [ap.encode(feats[:, m]) for m, ap in enumerate(model.aps)]
+                psi = normaliser.denormalise(model.cpu_side.decode(messages, test["x"][sl]))
+                Q = cfg.n_targets
+                pos.append(psi[:, : 2 * Q].reshape(-1, Q, 2))
+                vel.append(psi[:, 2 * Q:].reshape(-1, Q, 2))
+        model.train()
+        acc = accuracy(torch.cat(pos), torch.cat(vel), test["positions"][:k], test["velocities"][:k])
+        return acc.position_rmse, acc.velocity_rmse
+
+    # The budget counts training steps only (reading the cached batch included), not the test-256 evaluations.
+    budget, trained, step, epoch, curve, next_eval = args.minutes * 60.0, 0.0, 0, 0, [], 0.0
+    while trained < budget:
+        for idx in epoch_batches(args.train_seed, epoch, n_train, args.batch_size):
+            t1 = time.time()
+            idx = sorted(idx)
+            feats = torch.from_numpy(np.asarray(tr[idx]))
+            rows = cache.__getitems__(idx)
+            x = torch.stack([r["x"] for r in rows])
+            target = normaliser.normalise(torch.stack([r["labels"] for r in rows]).double()).float()
+            train_step(aps, cpu, feats, x, target)
+            step += 1
+            trained += time.time() - t1
+            if trained >= next_eval or trained >= budget:
+                p, v = test_rmse(min(256, args.n_test))
+                curve.append({"train_s": round(trained, 1), "steps": step, "epoch": epoch, "position_rmse_256": p,
+                              "velocity_rmse_256": v})
+                print(f"[{name} cached] {trained:.0f} s, step {step}, epoch {epoch}: test-256 RMSE {p:.2f} m / "
+                      f"{v:.2f} m/s", flush=True)
+                next_eval = trained + args.eval_every
+            if trained >= budget:
+                break
+        epoch += 1
+    p, v = test_rmse()
+    row = {**_meta(args), "variant": f"{name} (cached)", "mode": "cached", "front_end": fe_name,
+           "front_end_options": opts, "input_norm": norm, "lr": args.lr, "batch_size": args.batch_size,
+           "n_train": n_train, "steps": step, "samples": step * args.batch_size, "train": {"minutes": args.minutes},
+           "position_rmse": p, "velocity_rmse": v, "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap,
+           "front_end_seconds_per_sample_per_ap": fe_cost["front_end_seconds_per_sample_per_ap"],
+           "curve": curve, "data": str(args.data)}
+    print(f"[{name} cached] test RMSE {p:.2f} m / {v:.2f} m/s after {step} steps", flush=True)
+    return row
+
+
 def report(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     head = ("| variant | P (dBm) | budget (min) | steps | scenes seen | fronthaul bit/AP | position RMSE (m) | "
@@ -173,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench_front_ends"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", action="store_true", help="print the Markdown table of <out>/results.jsonl")
+    p.add_argument("--cached", nargs="*", default=[], choices=sorted(CACHED),
+                   help="cached mode (see the comment above CACHED): train on precomputed front-end outputs")
+    p.add_argument("--data", type=Path, help="cached mode: HDF5 training cache (cfisac.data.write_hdf5)")
+    p.add_argument("--feature-dir", type=Path, default=Path("data/front_end_features"))
+    p.add_argument("--lr", type=float, default=1e-3, help="cached mode: Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=32, help="cached mode: batch size")
+    p.add_argument("--eval-every", type=float, default=120.0, help="cached mode: seconds between test-256 points")
     args = p.parse_args(argv)
     results = args.out / "results.jsonl"
     if args.report:
@@ -183,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         _append(results, run_variant(name, args))
     for name in args.baselines:
         _append(results, run_baseline(name, args))
+    if args.cached:
+        from cfisac.data import simulate_batch
+
+        test = simulate_batch(_config(args), args.test_seed, range(args.n_test))
+        for name in args.cached:
+            _append(results, run_cached(name, args, test))
     return 0
 
 
