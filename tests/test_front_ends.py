@@ -9,6 +9,7 @@ from cfisac.front_ends import (
     CovarianceFrontEnd,
     ImageFrontEnd,
     MatchedFrontEnd,
+    VelocityImageFrontEnd,
     area_extent,
     create_front_end,
     front_end_output_shape,
@@ -381,3 +382,86 @@ def test_image_needs_its_receive_ap():
         ImageFrontEnd(CFG, ap_index=0)(torch.zeros(1, 4, 16, 8, dtype=torch.complex64))
     # matched / covariance accept (and ignore) the receive AP index the model may pass
     assert create_front_end("matched", CFG, ap_index=1).output_shape == create_front_end("matched", CFG).output_shape
+
+
+# ------------------------------------------------------------------------------------------- velocity image
+def literal_velocity_image(cfg: SystemConfig, fe: VelocityImageFrontEnd, y: torch.Tensor,
+                           x: torch.Tensor) -> torch.Tensor:
+    """VelocityImageFrontEnd (norm='none') by hand: for every pixel, velocity (vx, vy) and transmit AP n the matched
+    filter with the pixel's delay, angles and the bistatic Doppler v . (e_n + e_m) fc / c; root-mean over n."""
+    m = fe.ap_index
+    i_idx, t_idx = sensing_indices(cfg)
+    df, dT, fc = cfg.subcarrier_spacing, cfg.symbol_duration, cfg.carrier_frequency
+    gx, gy, vxn = fe.spatial_shape
+    vyn = fe.in_channels
+    out = torch.zeros(x.shape[0], vyn, gx, gy, vxn, dtype=torch.float64)
+    rp, ra = cfg.rx_positions[m], cfg.rx_axes[m]
+    for a, px in enumerate(fe.grid["x"].tolist()):
+        for b, py in enumerate(fe.grid["y"].tolist()):
+            dm = math.dist(rp, (px, py))
+            em = ((px - rp[0]) / dm, (py - rp[1]) / dm)
+            cos_r = ra[0] * em[0] + ra[1] * em[1]
+            ya = torch.einsum("r,brit->bit", steer(cos_r, cfg.n_rx_antennas).conj(), y)
+            for n in range(cfg.n_tx):
+                tp, ta = cfg.tx_positions[n], cfg.tx_axes[n]
+                dn = math.dist(tp, (px, py))
+                en = ((px - tp[0]) / dn, (py - tp[1]) / dn)
+                s = torch.einsum("k,bkit->bit", steer(ta[0] * en[0] + ta[1] * en[1], cfg.n_tx_antennas).conj(), x[:, n])
+                for ky, vy in enumerate(fe.grid["velocity_y"].tolist()):
+                    for kx, vx in enumerate(fe.grid["velocity_x"].tolist()):
+                        fd = (vx * (en[0] + em[0]) + vy * (en[1] + em[1])) * fc / C
+                        ph = 2 * math.pi * (i_idx[:, None] * df * (dn + dm) / C - t_idx[None, :] * fd * dT)
+                        v = (ya * s.conj() * torch.polar(torch.ones_like(ph), ph)).sum((1, 2))
+                        out[:, ky, a, b, kx] += v.abs() ** 2 / (cfg.n_subcarriers * cfg.n_symbols) / cfg.n_tx
+    return out.sqrt()
+
+
+def test_velocity_image_equals_literal_back_projection_and_chunking_is_exact():
+    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
+    g = torch.Generator().manual_seed(7)
+    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
+    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    for m in range(cfg.n_rx):
+        fe = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 2))
+        assert fe.output_shape == (2, 3, 2, 3)
+        ref = literal_velocity_image(cfg, fe, y, x)
+        torch.testing.assert_close(fe(y, x), ref.float(), rtol=1e-5, atol=1e-6)
+        small = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 2),
+                                      chunk_cells=5)  # one pixel and one sample per chunk
+        torch.testing.assert_close(small(y, x), fe(y, x))
+
+
+def test_velocity_image_of_a_noiseless_target_peaks_at_its_position_and_velocity():
+    """MMSE-precoded x of the simulator, one target, both transmit APs: each receive AP's map peaks within a pixel of
+    the target and within one velocity bin of its velocity (the velocity grid spans the prior box)."""
+    cfg = SystemConfig.preset("tiny", n_subcarriers=32, n_symbols=16, symbol_stride=8, n_rx_antennas=8)
+    scenes = cfisac.sample_scenes(cfg, 6, 3)
+    x = cfisac.transmit_signals(cfg, scenes, 3, dtype=torch.complex128)
+    y = cfisac.noiseless_echoes(cfg, scenes, x)
+    hits = 0
+    for m in range(cfg.n_rx):
+        fe = create_front_end("velocity-image", cfg, ap_index=m, velocity_bins=(16, 16))
+        assert fe.output_shape == (16, 16, 16, 16)  # (Vy, Gx, Gy, Vx)
+        out = fe(y[:, m], x)
+        for b in range(6):
+            ky, gx, gy, kx = argmax_bins(out[b])
+            want = (nearest(fe.grid["velocity_y"], float(scenes.velocities[b, 0, 1])),
+                    nearest(fe.grid["x"], float(scenes.positions[b, 0, 0])),
+                    nearest(fe.grid["y"], float(scenes.positions[b, 0, 1])),
+                    nearest(fe.grid["velocity_x"], float(scenes.velocities[b, 0, 0])))
+            hits += max(abs(ky - want[0]), abs(gx - want[1]), abs(gy - want[2]), abs(kx - want[3])) <= 1
+    assert hits >= 10, hits  # of 12
+
+
+def test_models_give_each_receive_ap_its_own_index():
+    from cfisac.models import ModelConfig, build_model
+
+    mcfg = ModelConfig.preset("tiny", front_end="image", input_norm="noise")
+    model = build_model("dvqvae", CFG, mcfg)
+    assert [ap.front_end.ap_index for ap in model.aps] == list(range(CFG.n_rx))
+    # an explicit ap_index in the options does not pin every AP to one receive AP
+    mcfg = ModelConfig.preset("tiny", front_end="velocity-image", input_norm="noise",
+                              front_end_options={"ap_index": 0, "velocity_bins": (8, 4)})
+    model = build_model("dvqvae", CFG, mcfg)
+    assert [ap.front_end.ap_index for ap in model.aps] == list(range(CFG.n_rx))
+    assert model.fronthaul_bits_per_ap == build_model("dvqvae", CFG, ModelConfig.preset("tiny")).fronthaul_bits_per_ap

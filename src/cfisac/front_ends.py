@@ -77,7 +77,6 @@ All computations are batched: einsum / matmul over chunks of the batch whose int
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from typing import Any
 
@@ -89,8 +88,8 @@ from .models.front_end import FrontEnd, make_front_end, register_front_end
 from .sensing import sensing_indices
 
 __all__ = [
-    "CovarianceFrontEnd", "ImageFrontEnd", "MatchedFrontEnd", "area_extent", "create_front_end",
-    "front_end_output_shape",
+    "CovarianceFrontEnd", "ImageFrontEnd", "MatchedFrontEnd", "VelocityImageFrontEnd", "area_extent",
+    "create_front_end", "front_end_output_shape",
 ]
 
 DEFAULT_CHUNK_CELLS = 2**23  # complex cells of the [chunk, N, Nb, D1, Ns, Ts] product (64 MB in complex64)
@@ -403,8 +402,8 @@ class ImageFrontEnd(FrontEnd):
         super().__init__()
         _check_options(norm, compress, chunk_cells)
         if not isinstance(ap_index, int) or isinstance(ap_index, bool) or not 0 <= ap_index < cfg.n_rx:
-            raise ValueError(f"the 'image' front end is specific to its receive AP: ap_index must be an integer in "
-                             f"[0, {cfg.n_rx}), got {ap_index!r}")
+            raise ValueError(f"the {self.name!r} front end is specific to its receive AP: ap_index must be an "
+                             f"integer in [0, {cfg.n_rx}), got {ap_index!r}")
         if pixels is None:
             pixels = _default_pixels(cfg)
         if not (isinstance(pixels, (tuple, list)) and len(pixels) == 2):
@@ -434,13 +433,13 @@ class ImageFrontEnd(FrontEnd):
         _check_y(y_m, self._y_shape)
         _check_x(x, self._x_shape, y_m.shape[0], self.name)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
-        B, N, (gx, gy, d3) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape
+        B, N, (gx, gy) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[:2]
         G, Ns, Ts = gx * gy, self.cfg.n_subcarriers, self.cfg.n_symbols
-        rx_w, tx_w, dph, fmat = (m.to(device=y_m.device, dtype=cdt) for m in
-                                 (self.rx_weights, self.tx_weights, self.delay_phase, self.doppler_matrix))
+        rx_w, tx_w, dph = (m.to(device=y_m.device, dtype=cdt) for m in
+                           (self.rx_weights, self.tx_weights, self.delay_phase))
         noise_std = math.sqrt(self.cfg.noise_watt)
         chunk = max(1, self.chunk_cells // (2 * G * Ns * Ts))
-        out = torch.empty(B, N, G, d3, dtype=cdt, device=y_m.device)
+        out = torch.empty(B, N, G, *self._doppler_shape(), dtype=cdt, device=y_m.device)
         for lo in range(0, B, chunk):
             yc = y_m[lo:lo + chunk].to(cdt)
             b = yc.shape[0]
@@ -450,20 +449,109 @@ class ImageFrontEnd(FrontEnd):
                 s = torch.matmul(tx_w[n], xc.reshape(b, -1, Ns * Ts)).reshape(b, G, Ns, Ts)  # a_t(c_n(g))^H x_n
                 q = r * s.conj()
                 p = torch.matmul(dph[n][:, None, :], q).squeeze(-2)  # sum over i with the delay phase [b, G, Ts]
-                f = torch.matmul(p, fmat.mT)  # [b, G, D3]
                 if self.norm == "noise":
                     pw = _beam_power(tx_w[n], xc)  # [b, G] = mean_{i,t} |a_t(c_n(g))^H x_n|^2
-                    f = f / pw.sqrt().mul_(noise_std).clamp_min_(1e-30)[..., None]
-                out[lo:lo + chunk, n] = f
+                    p = p / pw.sqrt().mul_(noise_std).clamp_min_(1e-30)[..., None]
+                out[lo:lo + chunk, n] = self._doppler_stage(p, n)
         if self.norm == "rms":
-            out = out / _abs2(out).mean((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-30)
-        return out.reshape(B, N, gx, gy, d3)
+            out = out / _abs2(out).mean(tuple(range(1, out.dim())), keepdim=True).sqrt().clamp_min(1e-30)
+        return out.reshape(B, N, gx, gy, *out.shape[3:])
+
+    def _doppler_shape(self) -> tuple[int, ...]:
+        return (self.spatial_shape[2],)
+
+    def _doppler_stage(self, p: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum over the symbols t of the delay-summed, data-removed product p [b, G, Ts] of transmit AP n with the
+        Doppler phases of the grid: [b, G, D3]."""
+        return torch.matmul(p, self.doppler_matrix.to(device=p.device, dtype=p.dtype).mT)
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         v = _abs2(self.complex_map(y_m, x)).sqrt()
         if self.compress == "log":
             v = torch.log1p(v)
         return v.float()
+
+
+class VelocityImageFrontEnd(ImageFrontEnd):
+    """Position-velocity back-projection: the image of :class:`ImageFrontEnd` with its bistatic-Doppler axis replaced by
+    the target velocity v = (v_x, v_y) itself. For a point g the bistatic Doppler of transmit AP n is
+    f_n(g, v) = v . (e_n(g) + e_m(g)) f_c / c (Eq. 9-11, e the unit vectors from the APs to g), so one receive AP
+    with N >= 2 transmit APs (not collinear with g) already fixes both velocity components. With p_n[g, t] the
+    delay-summed, data-removed product of :class:`ImageFrontEnd`,
+
+        V[g, k, l] = sqrt( 1/N sum_n | 1/sqrt(Ts) sum_{t'} p_n[g, t] e^{-j 2 pi t f_n(g, (vx_l, vy_k)) dT} |^2 )
+
+    (non-coherent over the transmit APs: each path has its own random reflection phase), evaluated on a grid of
+    ``velocity_bins`` = (Vx, Vy) velocities evenly spanning [-max_speed, max_speed] per axis (the prior box of the
+    scenes). Output [B, Vy, Gx, Gy, Vx] float32: the Vy velocities are the encoder's input channels, the pixels and
+    Vx its grid. Defaults Gx Gy = Mr Ns and Vx = Ts (the raw grid size, hence the same encoder L and fronthaul bits),
+    Vy = 16. A target is a single peak at (its pixel, its velocity) in every receive AP's map: position and velocity
+    are read off the grid position alike, and the decoder's fusion of the APs' latents (concatenated channels,
+    Section III-C) sees the evidence of all APs aligned. Needs X at the receive AP (like ``"image"``); the pixel
+    Doppler phases are built per chunk of pixels (memory bounded by ``chunk_cells``), so the paper preset fits.
+    ``grid``: ``x`` [Gx], ``y`` [Gy] (m), ``velocity_x`` [Vx], ``velocity_y`` [Vy] (m/s).
+    """
+
+    name = "velocity-image"
+
+    def __init__(
+        self, cfg: SystemConfig, *, ap_index: int | None = None, norm: str = "noise",
+        pixels: tuple[int, int] | None = None, velocity_bins: tuple[int, int] | None = None, compress: str = "none",
+        chunk_cells: int = DEFAULT_CHUNK_CELLS,
+    ) -> None:
+        if velocity_bins is None:
+            velocity_bins = (cfg.n_symbols, 16)
+        if not (isinstance(velocity_bins, (tuple, list)) and len(velocity_bins) == 2):
+            raise ValueError(f"velocity_bins must be a pair (Vx, Vy), got {velocity_bins!r}")
+        vx_n, vy_n = (_check_bins("velocity_bins", v) for v in velocity_bins)
+        super().__init__(cfg, ap_index=ap_index, norm=norm, pixels=pixels, doppler_bins=vx_n, compress=compress,
+                         chunk_cells=chunk_cells)
+        self.in_channels = vy_n
+        f64 = torch.float64
+        with torch.device("cpu"):
+            vx = torch.linspace(-cfg.max_speed, cfg.max_speed, vx_n, dtype=f64) if vx_n > 1 else torch.zeros(1)
+            vy = torch.linspace(-cfg.max_speed, cfg.max_speed, vy_n, dtype=f64) if vy_n > 1 else torch.zeros(1)
+            xs, ys = self.grid["x"], self.grid["y"]
+            pts = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(1, -1, 2)
+            geo = bistatic_geometry(cfg, pts, torch.zeros_like(pts))
+            u = geo.tx.direction[0] + geo.rx.direction[0, ap_index][None]  # [N, G, 2] = e_n(g) + e_m(g)
+            _, t_idx = sensing_indices(cfg)
+        self.grid = {"x": xs, "y": ys, "velocity_x": vx.to(f64), "velocity_y": vy.to(f64)}
+        # -2 pi dT f_c / c t: the Doppler phase per unit of v . u at every sensing symbol t [Ts].
+        scale = -2 * math.pi * cfg.symbol_duration * cfg.carrier_frequency / SPEED_OF_LIGHT
+        self.register_buffer("phase_per_mps", scale * t_idx.to(f64), persistent=False)
+        self.register_buffer("bistatic_directions", u, persistent=False)
+        self.register_buffer("velocity_x", vx.to(f64), persistent=False)
+        self.register_buffer("velocity_y", vy.to(f64), persistent=False)
+
+    def _doppler_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.spatial_shape[2])  # (Vy, Vx)
+
+    def _doppler_stage(self, p: torch.Tensor, n: int) -> torch.Tensor:
+        """p [b, G, Ts] of transmit AP n -> sum_t p e^{-j 2 pi t f_n(g, v) dT} / sqrt(Ts) on the velocity grid,
+        [b, G, Vy, Vx]; the phase factorises as e^{j phi_t vx ux(g)} e^{j phi_t vy uy(g)}."""
+        b, G, Ts = p.shape
+        vy_n, vx_n = self._doppler_shape()
+        out = torch.empty(b, G, vy_n, vx_n, dtype=p.dtype, device=p.device)
+        f64 = torch.float64
+        phi = self.phase_per_mps.to(device=p.device, dtype=f64)
+        u = self.bistatic_directions[n].to(device=p.device, dtype=f64)  # [G, 2]
+        vx, vy = self.velocity_x.to(device=p.device), self.velocity_y.to(device=p.device)
+        step = max(1, self.chunk_cells // max(1, b * vy_n * Ts))
+        one = torch.ones((), dtype=f64, device=p.device)
+        for lo in range(0, G, step):
+            ug = u[lo:lo + step]
+            ex = torch.polar(one, ug[:, 0, None, None] * vx[None, :, None] * phi).to(p.dtype) / math.sqrt(Ts)
+            ey = torch.polar(one, ug[:, 1, None, None] * vy[None, :, None] * phi).to(p.dtype)  # [g, Vy, Ts]
+            out[:, lo:lo + step] = torch.matmul(p[:, lo:lo + step, None, :] * ey, ex.mT)  # [b, g, Vy, Vx]
+        return out
+
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.complex_map(y_m, x)  # [B, N, Gx, Gy, Vy, Vx]
+        v = _abs2(c).mean(1).sqrt().permute(0, 3, 1, 2, 4)  # [B, Vy, Gx, Gy, Vx]
+        if self.compress == "log":
+            v = torch.log1p(v)
+        return v.float().contiguous()
 
 
 # --------------------------------------------------------------------------------------------------- covariance
@@ -540,6 +628,12 @@ def _image(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = Non
     return ImageFrontEnd(cfg, norm=norm, ap_index=ap_index, **options)
 
 
+@register_front_end("velocity-image")
+def _velocity_image(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
+                    **options: Any) -> VelocityImageFrontEnd:
+    return VelocityImageFrontEnd(cfg, norm=norm, ap_index=ap_index, **options)
+
+
 @register_front_end("covariance")
 def _covariance(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
                 **options: Any) -> CovarianceFrontEnd:
@@ -553,18 +647,7 @@ def create_front_end(name: str, cfg: SystemConfig, *, norm: str = "noise", ap_in
     that take it (``"image"`` needs it; ``"raw"`` does not know it). The object has ``name``, ``in_channels``,
     ``spatial_shape``, ``output_shape`` ((C, D1, D2, D3) of one sample), ``needs_x`` and is called as ``fe(y_m, x)``.
     """
-    if ap_index is not None and _takes_ap_index(name):
-        options["ap_index"] = ap_index
-    return make_front_end(name, cfg, norm=norm, **options)
-
-
-def _takes_ap_index(name: str) -> bool:
-    from .models.front_end import FRONT_ENDS, available_front_ends
-
-    if name not in FRONT_ENDS:
-        available_front_ends()
-    factory = FRONT_ENDS.get(name)
-    return factory is not None and "ap_index" in inspect.signature(factory).parameters
+    return make_front_end(name, cfg, norm=norm, ap_index=ap_index, **options)
 
 
 def front_end_output_shape(name: str, cfg: SystemConfig, **options: Any) -> tuple[int, int, int, int]:

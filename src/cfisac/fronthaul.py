@@ -111,7 +111,8 @@ def fronthaul_table(cfg: SystemConfig, mcfg=None) -> list[FronthaulRow]:
 
     mcfg = mcfg or ModelConfig.preset("paper")
     central = centralized_bits(cfg)
-    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm, **mcfg.front_end_options)
+    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm,
+                        **{"ap_index": 0, **mcfg.front_end_options})
     down = transmit_signal_bits(cfg) if fe.needs_x else 0
     rows = [
         ("fully distributed", fully_distributed_bits(cfg), 0),

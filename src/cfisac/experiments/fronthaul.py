@@ -47,7 +47,7 @@ def count(ctx: Context, scheme: str, cfg: SystemConfig, model_preset: str) -> di
         kind, fe = split_scheme(scheme)
         mcfg = ModelConfig.preset(model_preset, front_end=fe)
         bits = learned_bits(kind, cfg, mcfg)
-        if make_front_end(fe, cfg, norm=mcfg.input_norm, **mcfg.front_end_options).needs_x:
+        if make_front_end(fe, cfg, norm=mcfg.input_norm, **{"ap_index": 0, **mcfg.front_end_options}).needs_x:
             down = transmit_signal_bits(cfg)
     elif scheme == "monostatic":
         bits = 0

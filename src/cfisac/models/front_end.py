@@ -22,6 +22,7 @@ power); ``"none"`` leaves the values (in volts, ~1e-6) as they are.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -64,15 +65,20 @@ def _load_plugins() -> None:
             raise
 
 
-def make_front_end(name: str, cfg: SystemConfig, *, norm: str = "rms", **options: Any) -> FrontEnd:
-    """Build the registered front end ``name`` for ``cfg``."""
+def make_front_end(name: str, cfg: SystemConfig, *, norm: str = "rms", ap_index: int | None = None,
+                   **options: Any) -> FrontEnd:
+    """Build the registered front end ``name`` for ``cfg``. ``ap_index`` (the receive AP m) is handed to factories
+    that take it (front ends specific to their AP, e.g. ``"image"``) and ignored by the others."""
     if name not in FRONT_ENDS:
         _load_plugins()
     if name not in FRONT_ENDS:
         raise ValueError(f"unknown front end {name!r}; choose one of {sorted(FRONT_ENDS)}")
     if norm not in NORMS:
         raise ValueError(f"unknown input normalisation {norm!r}; choose one of {list(NORMS)}")
-    return FRONT_ENDS[name](cfg, norm=norm, **options)
+    factory = FRONT_ENDS[name]
+    if ap_index is not None and "ap_index" in inspect.signature(factory).parameters:
+        options["ap_index"] = ap_index
+    return factory(cfg, norm=norm, **options)
 
 
 def complex_to_channels(v: torch.Tensor, *, norm: str, noise_std: float = 1.0) -> torch.Tensor:

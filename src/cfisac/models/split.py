@@ -57,7 +57,7 @@ def _check_kind(kind: str) -> None:
 def payload_shape(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> tuple[int, int, int, int]:
     """Per-sample shape (C, d1, d2, d3) of what one AP sends during training (see the module docstring)."""
     _check_kind(kind)
-    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm, **mcfg.front_end_options)
+    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm, **{"ap_index": 0, **mcfg.front_end_options})
     if kind == "cnn":
         return fe.output_shape
     grid = downsampled_grid(fe.spatial_shape, mcfg.encoder_layers, f"front end {mcfg.front_end!r} output")
@@ -124,8 +124,9 @@ class ApSide(nn.Module):
         if not 0 <= index < cfg.n_rx:
             raise ValueError(f"AP index {index} out of range for {cfg.n_rx} receive APs")
         self.kind, self.index, self.num_codes = kind, index, mcfg.num_codes
+        # Front ends specific to their receive AP (e.g. "image") get this AP's index m.
         self.front_end: FrontEnd = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm,
-                                                  **mcfg.front_end_options)
+                                                  **{**mcfg.front_end_options, "ap_index": index})
         self.encoder: Encoder | None = None
         self.projector: nn.Linear | None = None
         self.quantizer: VectorQuantizer | None = None
