@@ -91,7 +91,7 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, m
     cfg = cfisac.SystemConfig.preset(preset, n_targets=Q, power_dbm=power)
     est = MLEstimator(cfg, joint=True)
     errs = {k: [] for k in ("jp", "jv", "dp", "dv")}
-    bounds, snrs, seconds, singular = [], [], 0.0, 0
+    bounds, snrs, seconds, singular, kept = [], [], 0.0, 0, []
     all_idx = scene_indices(cfg, n, seed, min_sep)
     for start in range(0, n, batch):
         idx = all_idx[start:start + batch]
@@ -104,6 +104,7 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, m
         bound = cfisac.crlb(cfg, sc, x, singular="nan")
         ok = ~torch.isnan(bound).flatten(1).any(1)
         singular += int((~ok).sum())
+        kept.append(idx[ok])
         rp, rv = root_crlb(bound[ok])
         bounds.append(torch.stack([rp, rv], 1))
         snrs.append(path_snr_db(cfg, sc, x))
@@ -126,6 +127,8 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, m
             inlier[v + k] = float(e[v + k][good].pow(2).mean().sqrt() / bd[good, i].pow(2).mean().sqrt()) \
                 if bool(good.any()) else float("nan")
     snr = np.concatenate(snrs)
+    idx_ok = torch.cat(kept)
+    out_idx = {v: idx_ok[bad[v + "p"] | bad[v + "v"]].tolist() for v in ("j", "d")}
     return {
         "preset": preset, "Q": Q, "power_dbm": power, "scenes": n, "seed": seed, "singular_excluded": singular,
         "crlb_position": cp, "crlb_velocity": cv,
@@ -133,6 +136,7 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, m
         "dist_position": rmse["dp"], "dist_velocity": rmse["dv"],
         "min_separation_cells": min_sep,
         "outliers_joint": int((bad["jp"] | bad["jv"]).sum()), "outliers_dist": int((bad["dp"] | bad["dv"]).sum()),
+        "outlier_scenes_joint": out_idx["j"], "outlier_scenes_dist": out_idx["d"],
         "inlier_ratio_joint": [inlier["jp"], inlier["jv"]], "inlier_ratio_dist": [inlier["dp"], inlier["dv"]],
         "path_snr_db_median": float(np.median(snr)), "path_snr_db_p10": float(np.percentile(snr, 10)),
         "seconds_per_scene": seconds / n,

@@ -222,3 +222,45 @@ def test_bad_inputs_raise_clear_errors():
         MLEstimator(cfg, n_candidates=0)
     with pytest.raises(ValueError, match="false_alarm"):
         MLEstimator(cfg, false_alarm=2.0)
+
+
+def test_two_level_detection_thresholds_by_hand():
+    """A slot is detected by its strongest path against the search-wide threshold log(cells / pfa); a further path
+    of a detected slot only against the Doppler-search threshold log(2 f_max / Doppler cell / pfa)."""
+    cfg = cfisac.SystemConfig.preset("tiny", n_targets=2)
+    est = MLEstimator(cfg)
+    res = cfg.resolution()
+    doppler_cells = 2 * res["max_doppler_hz"] / res["doppler_resolution_hz"]
+    assert math.isclose(est.path_threshold, math.log(doppler_cells / 1e-3))
+    cells = 2 * cfg.n_rx_antennas * cfg.antenna_spacing * res["max_bistatic_range_m"] / res["range_resolution_m"] \
+        * doppler_cells
+    assert math.isclose(est.threshold, math.log(cells / 1e-3))
+    t, tp = est.threshold, est.path_threshold
+    stat = torch.tensor([[[t + 1, tp + 0.1], [t - 0.1, t - 0.2]], [[tp - 0.1, t + 5], [0.0, 0.0]]])
+    use, det = est._detect(stat)
+    assert det.tolist() == [[[True, True], [False, False]], [[False, True], [False, False]]]
+    # paths of undetected slots stay in the model (sent as NaN), weak paths of detected slots leave it
+    assert use.tolist() == [[[True, True], [True, True]], [[False, True], [True, True]]]
+    # a path switched off before does not count
+    _, det = est._detect(stat, use=torch.tensor([[[False, True], [True, True]], [[True, True], [True, True]]]))
+    assert det[0, 0].tolist() == [False, False]
+
+
+def test_weak_second_path_of_a_detected_target_is_sent_and_accurate():
+    """Transmit AP 0's paths attenuated (x0.15): at least one is below the search-wide threshold but above the
+    Doppler-search one; it is sent (a single threshold would drop it, and the AP's position would then rest on one
+    path), and every sent Doppler is within a third of a Doppler cell of the truth (the weak paths are real)."""
+    cfg = cfisac.SystemConfig.preset("tiny", n_targets=1, power_dbm=40.0)
+    sc = cfisac.sample_scenes(cfg, 4, 21)
+    sc.reflection[:, 0] *= 0.15
+    x = cfisac.transmit_signals(cfg, sc, 21, dtype=torch.complex128)
+    y = cfisac.sensing_echoes(cfg, sc, x, seed=21)
+    est = MLEstimator(cfg)
+    msgs = est.ap_messages(y, x)
+    stat = msgs.statistic[:, :, 0]  # [B, M, N]
+    sent = torch.isfinite(msgs.theta[:, :, 0, 2:])
+    weak = sent & (stat < est.threshold)
+    assert bool(weak.any()) and bool((stat[weak] >= est.path_threshold).all())
+    truth = cfisac.geometry.bistatic_geometry(cfg, sc.positions, sc.velocities).doppler[..., 0].permute(0, 2, 1)
+    err = (msgs.theta[:, :, 0, 2:] - truth)[sent].abs()
+    assert float(err.max()) < cfg.resolution()["doppler_resolution_hz"] / 3

@@ -60,13 +60,23 @@ Per-AP algorithm (vectorised over scenes and APs)
    refined a second time after a global re-search of its N Dopplers at the refined position (coordinate ascent
    on the exact N-path likelihood, cross terms included: a candidate found through one strong path may carry a
    noise Doppler for the others, and LM steps cannot cross Doppler sidelobes); the most likely result is kept.
+   Then a second coarse search with the winner's strongest path cancelled, whose candidates compete again on the
+   same residual with all paths: a target on a transmit-receive baseline has a dominant forward-scatter path that
+   ranks the whole baseline alike (and leaks into the other transmit AP's matched filter), so every first-stage
+   candidate may sit metres away on the baseline, a local maximum LM cannot leave (``_search``).
 3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
 4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
    others cancelled; a round is kept only where the joint likelihood increased.
-5. Model-order selection: a path whose GLRT statistic (drop of the explained energy when it alone is removed, over
-   xi^2; Exp(1) under noise) is below ``detection_threshold`` (default ``log(cells / false_alarm)``, the level a
-   noise peak maximised over the search's resolution cells exceeds with probability ``false_alarm``) leaves the
-   model and the rest is refined again. Undetected paths are sent as NaN (no extra bits).
+5. Model-order selection (two-level GLRT): a target slot is detected when its strongest path's GLRT statistic
+   (drop of the explained energy when it alone is removed, over xi^2; Exp(1) under noise) reaches
+   ``detection_threshold`` (default ``log(cells / false_alarm)``, the level a noise peak maximised over the
+   search's resolution cells exceeds with probability ``false_alarm``); a further path of a detected slot only
+   needs ``path_threshold`` (default ``log(Doppler cells / false_alarm)``: its delay, AoA and AoD follow from the
+   target's position, only its Doppler is searched). Paths below leave the model and the rest is refined again.
+   With a single search-wide threshold, real paths at 10-13 dB were dropped and the re-refinement then rested on
+   fewer paths (a forward-scatter path alone does not fix the position): the main source of the distributed
+   variant's gross errors at quick Q = 2 (benchmarks/results/ml.md). Undetected paths are sent as NaN (no extra
+   bits).
 
 Message (float32): per target ``g_x, g_y, f_{0..N-1}, Re/Im alpha_{0..N-1}``: ``32 (2 + 3N) Q`` bits per AP and
 update (256 Q for N = 2; the paper's fully distributed count is 96 Q). The CPU knows X, so it recomputes
@@ -511,19 +521,21 @@ class MLEstimator:
     ``relax_rounds`` re-detection rounds for Q > 1 (1); ``angle_oversample`` receive beams per ``Mr / 2`` (2: a
     ``2 Mr``-beam grid); ``oversample`` zero padding of the range / Doppler DFTs and position-grid density (2: half a
     range cell); ``grid_refinement`` density of the adaptive grid near the APs (1.0; 0.5 measurably misses
-    targets close to a transmit AP); ``max_iter`` LM iterations (40); ``detection_threshold`` per-path GLRT
-    threshold (default ``log(cells / false_alarm)`` with ``false_alarm`` 1e-3); ``threads`` torch intra-op threads
-    during a call (1: the work is many small tensor operations, which multi-threading slows down on a shared
-    machine; restored afterwards; None leaves the global setting); ``device`` where the heavy tensors live
-    (default: that of y).
+    targets close to a transmit AP); ``max_iter`` LM iterations (40); ``detection_threshold`` GLRT
+    threshold of a target slot's strongest path (default ``log(cells / false_alarm)`` with ``false_alarm`` 1e-3);
+    ``path_threshold`` of its further paths (default ``log(Doppler cells / false_alarm)``, at most the former);
+    ``threads`` torch intra-op threads during a call (1: the work is many small tensor operations, which
+    multi-threading slows down on a shared machine; restored afterwards; None leaves the global setting);
+    ``device`` where the heavy tensors live (default: that of y).
 
     Attributes: ``fronthaul_bits_per_ap`` (of the chosen variant), ``message_bits_per_ap`` (distributed message),
-    ``centralized_bits_per_ap``, ``threshold``.
+    ``centralized_bits_per_ap``, ``threshold``, ``path_threshold``.
     """
 
     def __init__(self, cfg: SystemConfig, *, joint: bool = False, n_candidates: int = 3, relax_rounds: int = 1,
                  angle_oversample: int = 2, oversample: int = 2, max_iter: int = 40,
-                 detection_threshold: float | None = None, false_alarm: float = 1e-3, grid_refinement: float = 1.0,
+                 detection_threshold: float | None = None, path_threshold: float | None = None,
+                 false_alarm: float = 1e-3, grid_refinement: float = 1.0,
                  threads: int | None = 1, device: str | torch.device | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
             raise ValueError("the ML estimator needs at least two transmit/receive AP pairs: a single pair observes "
@@ -564,6 +576,15 @@ class MLEstimator:
                 and detection_threshold >= 0):
             raise ValueError(f"detection_threshold must be a finite number >= 0, got {detection_threshold!r}")
         self.threshold = float(detection_threshold)
+        if path_threshold is None:
+            # a further path of a detected target: its delay / angles follow from the target's position, only its
+            # Doppler is searched (2 f_max / Doppler cell independent cells)
+            res = cfg.resolution()
+            path_threshold = math.log(max(1.0, 2 * res["max_doppler_hz"] / res["doppler_resolution_hz"])
+                                      / false_alarm)
+        if not (isinstance(path_threshold, (int, float)) and math.isfinite(path_threshold) and path_threshold >= 0):
+            raise ValueError(f"path_threshold must be a finite number >= 0, got {path_threshold!r}")
+        self.path_threshold = min(float(path_threshold), self.threshold)
         N, Q = cfg.n_tx, cfg.n_targets
         self.message_bits_per_ap = 32 * (2 + 3 * N) * Q
         self.centralized_bits_per_ap = 64 * cfg.n_rx_antennas * cfg.n_subcarriers * cfg.n_symbols
@@ -635,8 +656,7 @@ class MLEstimator:
         resid = yl.to(C128)
         self._maps = [] if self.joint else None  # the first detection's maps feed the CPU's coarse search
         for q in range(Q):
-            cand, keep = self._candidates(resid, rows, x, x_idx, m_idx, maps=self._maps if q == 0 else None)
-            best = self._best_single(resid, cand, keep, x, x_idx, m_idx, tol)  # [L, K1]
+            best = self._search(resid, rows, x, x_idx, m_idx, tol, maps=self._maps if q == 0 else None)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
             resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
@@ -648,29 +668,41 @@ class MLEstimator:
                     others = [k for k in range(Q) if k != q]
                     sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
                     r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
-                    cand, keep = self._candidates(r_q, rows, x, x_idx, m_idx)
-                    cand = torch.cat([cand, new[:, q:q + 1]], 1)  # the current estimate competes too
-                    keep = torch.cat([keep, torch.ones_like(keep[:, :1])], 1)
-                    new[:, q] = self._best_single(r_q, cand, keep, x, x_idx, m_idx, tol)
+                    new[:, q] = self._search(r_q, rows, x, x_idx, m_idx, tol, current=new[:, q])
                     new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
                 better = nfit.energy > energy
                 theta = torch.where(better[:, None, None], new, theta)
                 energy = torch.where(better, nfit.energy, energy)
-        # model-order selection: paths below the detection threshold leave the AP's model, the rest is refined again
+        # model-order selection (two-level GLRT): a target slot is detected when its strongest path passes the
+        # search-wide threshold; a further path of a detected target only needs the Doppler-search threshold (its
+        # delay, AoA and AoD are fixed by the target's position). Paths below it leave the model, the rest is
+        # refined again.
         theta, fit = self._fit_local(yl, theta, x, x_idx, m_idx)
-        det = (fit.path_energy / cfg.noise_watt >= self.threshold).view(L, Q, N)
-        use = det | ~det.any(-1, keepdim=True)  # a target without detected path keeps its paths (sent as NaN)
+        use, _ = self._detect((fit.path_energy / cfg.noise_watt).view(L, Q, N))
         if not bool(use.all()):
             theta, _ = self._refine_local(yl, theta, x, x_idx, m_idx, tol, mask=use.view(L, Q * N))
         theta, fit = self._fit_local(yl, theta, x, x_idx, m_idx, mask=use.view(L, Q * N))
         stat = (fit.path_energy / cfg.noise_watt).view(L, Q, N)
-        det = use & (stat >= self.threshold)
+        _, det = self._detect(stat, use)
         theta = theta.clone()
         nan = torch.tensor(float("nan"), dtype=F64, device=dev)
         theta[..., 2:] = torch.where(det, theta[..., 2:], nan)
         theta[..., :2] = torch.where(det.any(-1, keepdim=True), theta[..., :2], nan)
         gains = torch.where(det, fit.gains.view(L, Q, N), torch.complex(nan, nan))
         return ApMessages(theta.reshape(B, M, Q, K1), gains.reshape(B, M, Q, N), stat.reshape(B, M, Q, N))
+
+    def _detect(self, stat: torch.Tensor, use: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-level detection from the per-path GLRT statistics ``stat`` [L, Q, N] of the paths in ``use``
+        (default all): a slot is detected when its largest statistic reaches ``threshold`` (search-wide), a path
+        of a detected slot when its own reaches ``path_threshold`` (Doppler search only). Returns the paths to keep
+        in the model (those of undetected slots too, their values are sent as NaN) and the detected paths, both
+        [L, Q, N] bool."""
+        if use is None:
+            use = torch.ones_like(stat, dtype=torch.bool)
+        stat = torch.where(use, stat, torch.zeros_like(stat))
+        slot = stat.amax(-1, keepdim=True) >= self.threshold
+        det = use & slot & (stat >= self.path_threshold)
+        return det | (use & ~slot), det
 
     def _paths(self, Q: int, dev: torch.device) -> torch.Tensor:
         return torch.arange(self.cfg.n_tx, device=dev).repeat(Q)
@@ -718,6 +750,33 @@ class MLEstimator:
         th, fit = _levenberg_marquardt(evaluate, self._project_local(theta, m_idx[rows]).reshape(L, Q * K1),
                                        project, tol=tol, max_iter=self.max_iter, max_step=per_target.repeat(Q))
         return th.view(L, Q, K1), fit
+
+    def _search(self, resid, rows, x, x_idx, m_idx, tol, current=None, maps=None) -> torch.Tensor:
+        """One target [L, 2 + N] on ``resid`` [L, ...]: coarse candidates refined by LM, the most likely kept
+        (``current`` [L, 2 + N] competes too); then a second coarse search with the best result's strongest path
+        cancelled, whose candidates compete again on ``resid`` with all paths.
+
+        The second search handles a dominant path that does not fix the position: a target on a transmit-receive
+        baseline scatters forward on it, and that path's delay, AoA, AoD and Doppler (0) are the same at every point
+        of the baseline, so its coarse statistic ranks the whole baseline alike (up to a ~20 % straddle-loss ripple
+        that hides the weaker paths) and its leakage into the other transmit AP's matched filter (same user
+        streams) fills that map along the baseline too: every first-stage candidate may sit on the baseline metres
+        away from the target, where LM stays on a local maximum. Cancelling the strongest path (exactly, wherever
+        on the baseline it was fitted) leaves the other paths' own peaks at the target."""
+        def refine(cand: torch.Tensor, keep: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+            if extra is not None:  # competes too
+                cand = torch.cat([cand, extra[:, None]], 1)
+                keep = torch.cat([keep, torch.ones_like(keep[:, :1])], 1)
+            return self._best_single(resid, cand, keep, x, x_idx, m_idx, tol)
+
+        best = refine(*self._candidates(resid, rows, x, x_idx, m_idx, maps=maps), current)
+        if self.cfg.n_tx < 2:
+            return best
+        _, fit = self._fit_local(resid, best[:, None], x, x_idx, m_idx)
+        strongest = fit.path_energy.argmax(-1, keepdim=True)  # [L, 1]
+        only = torch.zeros_like(fit.gains).scatter(-1, strongest, fit.gains.gather(-1, strongest))
+        r2 = resid - self._signals(best[:, None], only, x, x_idx, m_idx)
+        return refine(*self._candidates(r2, rows, x, x_idx, m_idx), best)
 
     def _best_single(self, resid, cand, keep, x, x_idx, m_idx, tol) -> torch.Tensor:
         """Refine the candidates [L, C, K1] flagged in ``keep`` [L, C] as single targets on ``resid`` [L, ...];
