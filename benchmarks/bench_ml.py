@@ -4,18 +4,25 @@ Sections (each result is stored in ``benchmarks/results/ml.json`` as soon as it 
 ``benchmarks/results/ml.md`` is re-rendered from the JSON after every section, so partial runs keep their numbers):
 
 - ``accuracy``: RMSE of the distributed (``joint=False``) and centralized (``joint=True``) variants against the
-  root-CRLB averaged like the RMSE, over ``--scenes`` scenes (default 200) for the presets / target counts / powers
-  of ``--configs`` (default: tiny Q=1,2 at 40 dBm, quick Q=1,2 at 50 dBm: the powers where the per-path SNRs of
-  these presets reach the asymptotic regime).
-- ``sweep``: the same at the quick preset, Q = 2, over the powers of Fig. 6 (0, 5, ..., 30 dBm) and 40, 50 dBm,
-  ``--sweep-scenes`` scenes per power.
-- ``timing``: seconds per scene at the quick and paper presets (Q = 2, 30 dBm).
+  root-CRLB averaged like the RMSE, over ``--scenes`` scenes (default 200) for the configs of ``--configs``, each
+  ``preset:Q:power_dbm[:min_separation_cells]`` (the last field draws only scenes whose targets are separated by
+  that many resolution cells, :func:`separation_cells`).
+- ``sweep``: the same at the quick preset, Q = 2, over the powers of Fig. 6 (0, 5, ..., 30 dBm) and 40, 50 dBm
+  (``--sweep-powers``), ``--sweep-scenes`` scenes per power.
+- ``timing``: seconds per scene at the quick and paper presets (Q = 2, 30 dBm; ``--timing-scenes`` /
+  ``--paper-scenes`` scenes, 0 skips a preset) and the peak resident memory.
 
-Both variants come from one call (``joint=True`` also returns the distributed fusion), timed together; the
-distributed variant alone costs the per-AP stage plus the fusion (``--timing`` reports both).
+Rows are merged into the stored JSON (a row with the same preset / Q / power / separation is replaced, the others
+are kept), and every row records the commit of ``src/cfisac/estimators/ml.py`` that produced it (``ml_code``) and
+its date; the markdown marks the rows computed with an older ml.py as stale.
 
-    .venv/bin/python benchmarks/bench_ml.py [--sections accuracy sweep timing] [--scenes 200] [--sweep-scenes 50]
-        [--configs tiny:1:40 tiny:2:40 quick:1:50 quick:2:50] [--threads 1] [--batch 25]
+Both variants come from one call (``joint=True`` also returns the distributed fusion), timed together in the
+accuracy sections; the ``timing`` section times the distributed variant alone (its own call at the quick preset,
+the time until the fusion returned inside the joint call at the paper preset).
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ml.py [--sections accuracy sweep timing]
+        [--scenes 200] [--sweep-scenes 50] [--sweep-powers 30 40 50] [--configs quick:2:55:1 tiny:2:50:1]
+        [--timing-scenes 3] [--paper-scenes 2] [--threads 1] [--batch 25]
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +49,28 @@ from cfisac.geometry import bistatic_geometry
 from cfisac.metrics import accuracy
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+ML_SOURCE = "src/cfisac/estimators/ml.py"
 SWEEP_POWERS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
+
+
+def code_version() -> dict:
+    """The code that produces a row: ``ml_code`` = the last commit touching ml.py (``+dirty`` when the working
+    tree differs from it), ``head`` = the repository HEAD; ``?`` outside a git checkout."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "?"
+    ml = git("log", "-1", "--format=%h", "--", ML_SOURCE) or "?"
+    dirty = git("status", "--porcelain", "--", ML_SOURCE)
+    return {"ml_code": ml + ("+dirty" if dirty and dirty != "?" else ""), "head": git("rev-parse", "--short", "HEAD")}
+
+
+def merge(rows: list[dict], new: dict, keys: tuple[str, ...]) -> list[dict]:
+    """``rows`` with ``new`` replacing the row that has the same values of ``keys`` (appended otherwise)."""
+    out = [r for r in rows if any(r.get(k) != new.get(k) for k in keys)]
+    return out + [new]
 
 
 def path_snr_db(cfg: cfisac.SystemConfig, scenes: cfisac.Scene, x: torch.Tensor) -> np.ndarray:
@@ -144,22 +173,59 @@ def evaluate(preset: str, Q: int, power: float, n: int, seed: int, batch: int, m
     }
 
 
-def timing(preset: str, Q: int, scenes: int, seed: int) -> dict:
-    """Seconds per scene of the distributed variant alone and of the joint variant (one scene per call)."""
+def _rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def timing(preset: str, Q: int, scenes: int, seed: int, *, separate: bool = True) -> dict:
+    """Seconds per scene of the distributed variant alone and of the joint variant (one scene per call).
+
+    ``separate``: the distributed variant is timed in its own call (``joint=False``); otherwise (for the paper
+    preset, where one call takes minutes) only the joint call runs and the distributed time is the time until its
+    fusion returned (the per-AP stage of a joint call also keeps the first detection's maps for the CPU search:
+    slightly more work than ``joint=False``). Peak RSS is the process maximum (``ru_maxrss``), which includes the
+    signal generation and any earlier section of the same process; ``rss_before_mib`` is the RSS before the first
+    estimator call."""
     cfg = cfisac.SystemConfig.preset(preset, n_targets=Q, power_dbm=30.0)
+    t0 = time.perf_counter()
     sc = cfisac.sample_scenes(cfg, scenes, seed)
     x = cfisac.transmit_signals(cfg, sc, seed)
     y = cfisac.sensing_echoes(cfg, sc, x, seed=seed)
-    out = {"preset": preset, "Q": Q, "scenes": scenes}
-    for name, joint in (("distributed", False), ("joint", True)):
-        est = MLEstimator(cfg, joint=joint)
-        t = []
-        for b in range(scenes):
+    out = {"preset": preset, "Q": Q, "scenes": scenes, "simulate_seconds": time.perf_counter() - t0,
+           "rss_before_mib": _rss_mib(),
+           "distributed_from": "separate call" if separate else "joint call, until fusion"}
+    dist, joint = [], []
+    for b in range(scenes):
+        if separate:
+            est = MLEstimator(cfg, joint=False)
             t0 = time.perf_counter()
             est(y[b:b + 1], x[b:b + 1])
-            t.append(time.perf_counter() - t0)
-        out[f"{name}_seconds"] = float(np.median(t))
-        out[f"{name}_seconds_max"] = float(np.max(t))
+            dist.append(time.perf_counter() - t0)
+        est = MLEstimator(cfg, joint=True)
+        mark: list[float] = []
+        fuse = est.fuse
+
+        def timed_fuse(*a, _fuse=fuse, _mark=mark, **k):
+            r = _fuse(*a, **k)
+            _mark.append(time.perf_counter())
+            return r
+
+        est.fuse = timed_fuse
+        t0 = time.perf_counter()
+        est(y[b:b + 1], x[b:b + 1])
+        joint.append(time.perf_counter() - t0)
+        if not separate:
+            dist.append(mark[0] - t0)
+        print(f"timing {preset} scene {b}: distributed {dist[-1]:.1f} s, joint {joint[-1]:.1f} s", flush=True)
+    out["distributed_seconds"], out["distributed_seconds_max"] = float(np.median(dist)), float(np.max(dist))
+    out["joint_seconds"], out["joint_seconds_max"] = float(np.median(joint)), float(np.max(joint))
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -168,12 +234,20 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b > 0 and math.isfinite(b) else "-"
 
 
+def _code(r: dict, current: str) -> str:
+    c = r.get("ml_code", "?")
+    return f"{c}" if c == current else f"{c} (**stale**)"
+
+
 def render(data: dict) -> str:
     meta = data.get("meta", {})
+    current = data.get("current_ml_code", "?")
     lines = [
         "# ML estimator benchmark (`cfisac.estimators.ml`)", "",
-        f"- command: `{meta.get('command', '')}`",
-        f"- date: {meta.get('date', '')}",
+        f"- last command: `{meta.get('command', '')}`",
+        f"- date of the last command: {meta.get('date', '')}",
+        f"- code column: the last commit of `{ML_SOURCE}` when the row was computed (and the row's date); rows "
+        f"computed with an older version than the current one (`{current}`) are marked **stale**",
         f"- machine: {meta.get('machine', '')}; the machine is shared by several agents and may have been loaded "
         "(timings are upper bounds)",
         "- both variants from one call per batch: `ml` (distributed: per-AP ML, float32 messages, Fisher-weighted "
@@ -193,8 +267,8 @@ def render(data: dict) -> str:
         lines += [title, "",
                   "| preset | Q | sep. | P (dBm) | scenes | path SNR median / p10 (dB) | root-CRLB pos (m) | "
                   "vel (m/s) | ml pos | ml vel | **ratio** pos / vel | outl. | inlier ratio | ml-joint pos | "
-                  "ml-joint vel | **ratio** pos / vel | outl. | inlier ratio | s/scene |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "ml-joint vel | **ratio** pos / vel | outl. | inlier ratio | s/scene | code (ml.py), date |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ij, id_ = r.get("inlier_ratio_joint", [math.nan] * 2), r.get("inlier_ratio_dist", [math.nan] * 2)
             sep = r.get("min_separation_cells", 0)
@@ -207,17 +281,22 @@ def render(data: dict) -> str:
                 f" | {r['outliers_dist']} | {id_[0]:.2f} / {id_[1]:.2f} | {r['joint_position']:.3g} | "
                 f"{r['joint_velocity']:.3g} | {_ratio(r['joint_position'], r['crlb_position'])} / "
                 f"{_ratio(r['joint_velocity'], r['crlb_velocity'])} | {r['outliers_joint']} | "
-                f"{ij[0]:.2f} / {ij[1]:.2f} | {r['seconds_per_scene']:.2f} |")
+                f"{ij[0]:.2f} / {ij[1]:.2f} | {r['seconds_per_scene']:.2f} | {_code(r, current)}, "
+                f"{r.get('date', '?')[:16]} |")
         lines.append("")
     rows = data.get("timing", [])
     if rows:
         lines += ["## Seconds per scene (one scene per call, 30 dBm)", "",
-                  "| preset | Q | scenes | ml (distributed) median / max | ml-joint median / max | peak RSS (MiB) |",
-                  "|---|---|---|---|---|---|"]
+                  "| preset | Q | scenes | ml (distributed) median / max | distributed timed as | "
+                  "ml-joint median / max | RSS before / peak (MiB) | code (ml.py), date |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            before = r.get("rss_before_mib", math.nan)
             lines.append(f"| {r['preset']} | {r['Q']} | {r['scenes']} | {r['distributed_seconds']:.2f} / "
-                         f"{r['distributed_seconds_max']:.2f} | {r['joint_seconds']:.2f} / {r['joint_seconds_max']:.2f}"
-                         f" | {r['peak_rss_mib']:.0f} |")
+                         f"{r['distributed_seconds_max']:.2f} | {r.get('distributed_from', 'separate call')} | "
+                         f"{r['joint_seconds']:.2f} / {r['joint_seconds_max']:.2f} | "
+                         f"{'-' if math.isnan(before) else f'{before:.0f}'} / {r['peak_rss_mib']:.0f} | "
+                         f"{_code(r, current)}, {r.get('date', '?')[:16]} |")
         lines.append("")
     if "bits" in data:
         b = data["bits"]
@@ -236,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["accuracy", "sweep", "timing", "render"], help="render: only re-render the markdown")
     p.add_argument("--scenes", type=int, default=200)
     p.add_argument("--sweep-scenes", type=int, default=50)
+    p.add_argument("--sweep-powers", type=float, nargs="+", default=list(SWEEP_POWERS))
     p.add_argument("--configs", nargs="+",
                    default=["tiny:1:40", "tiny:2:40:1", "tiny:2:50:1", "quick:1:50", "quick:2:50:1", "quick:2:45:1"],
                    help="preset:Q:power_dbm[:min_separation_cells]")
     p.add_argument("--timing-scenes", type=int, default=3)
-    p.add_argument("--paper-scenes", type=int, default=2)
+    p.add_argument("--paper-scenes", type=int, default=2, help="0 skips the paper preset")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--seed", type=int, default=2024)
@@ -249,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
     mk = args.out.with_suffix(".md")
+    version = code_version()
+    data["current_ml_code"] = version["ml_code"]
     if args.sections == ["render"]:
         mk.write_text(render(data))
         return 0
@@ -263,33 +345,42 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(data, indent=1))
         mk.write_text(render(data))
 
+    def stamp(r: dict) -> dict:
+        return {**r, **version, "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+    order = {"tiny": 0, "quick": 1, "paper": 2}
+
     q2 = cfisac.SystemConfig.preset("quick", n_targets=2)
     p2 = cfisac.SystemConfig.preset("paper", n_targets=2)
     data["bits"] = {"distributed": MLEstimator(q2).message_bits_per_ap,
                     "joint_quick": MLEstimator(q2, joint=True).fronthaul_bits_per_ap,
                     "joint_paper": MLEstimator(p2, joint=True).fronthaul_bits_per_ap}
+    # rows are merged into the stored ones (same preset / Q / power / separation replaced), so a partial run keeps
+    # the other rows; each row records the code version and date that produced it
     if "accuracy" in args.sections:
-        data["accuracy"] = []
         for spec in args.configs:
             preset, q, power, *sep = spec.split(":")
-            r = evaluate(preset, int(q), float(power), args.scenes, args.seed, args.batch,
-                         float(sep[0]) if sep else 0.0)
+            r = stamp(evaluate(preset, int(q), float(power), args.scenes, args.seed, args.batch,
+                               float(sep[0]) if sep else 0.0))
             print(json.dumps(r), flush=True)
-            data["accuracy"].append(r)
+            rows = merge(data.get("accuracy", []), r, ("preset", "Q", "power_dbm", "min_separation_cells"))
+            data["accuracy"] = sorted(rows, key=lambda a: (order.get(a["preset"], 9), a["Q"], a["power_dbm"]))
             save()
     if "sweep" in args.sections:
-        data["sweep"] = []
-        for power in SWEEP_POWERS:
-            r = evaluate("quick", 2, power, args.sweep_scenes, args.seed, args.batch)
+        for power in args.sweep_powers:
+            r = stamp(evaluate("quick", 2, power, args.sweep_scenes, args.seed, args.batch))
             print(json.dumps(r), flush=True)
-            data["sweep"].append(r)
+            rows = merge(data.get("sweep", []), r, ("preset", "Q", "power_dbm", "min_separation_cells"))
+            data["sweep"] = sorted(rows, key=lambda a: a["power_dbm"])
             save()
     if "timing" in args.sections:
-        data["timing"] = []
         for preset, n in (("quick", args.timing_scenes), ("paper", args.paper_scenes)):
-            r = timing(preset, 2, n, args.seed)
+            if n <= 0:
+                continue
+            r = stamp(timing(preset, 2, n, args.seed, separate=preset != "paper"))
             print(json.dumps(r), flush=True)
-            data["timing"].append(r)
+            data["timing"] = sorted(merge(data.get("timing", []), r, ("preset", "Q")),
+                                    key=lambda a: order.get(a["preset"], 9))
             save()
     save()
     return 0
