@@ -149,6 +149,7 @@ CACHED: dict[str, tuple[str, dict[str, Any], str]] = {  # name -> (front end, op
     "covariance": ("covariance", {}, "noise"),
     "matched-max": ("matched", dict(beam_pool="max"), "noise"),
     "image": ("image", {}, "noise"),
+    "velocity-image": ("velocity-image", {}, "noise"),
 }
 
 
@@ -178,14 +179,15 @@ def prepare_features(name: str, cfg: cfisac.SystemConfig, source: Any, n: int, p
     if done.exists() and json.loads(done.read_text()) == list(shape):
         return np.lib.format.open_memmap(path, mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    # float16 storage (3 significant digits of a non-negative magnitude; halves disk and memory), float32 in training
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     t0, t_fe = time.time(), 0.0
     for lo in range(0, n, chunk):
         b = source(range(lo, min(n, lo + chunk)))
         t1 = time.time()
         with torch.no_grad():
             for m, fe in enumerate(fes):
-                mm[lo:lo + len(b["y"]), m] = fe(b["y"][:, m], b["x"] if fe.needs_x else None).numpy()
+                mm[lo:lo + len(b["y"]), m] = fe(b["y"][:, m], b["x"] if fe.needs_x else None).numpy().astype(np.float16)
         t_fe += time.time() - t1
         if (lo // chunk) % 16 == 0:
             print(f"[features {name}] {lo + len(b['y'])}/{n} ({time.time() - t0:.0f} s)", flush=True)
@@ -217,16 +219,20 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
         return {k: test[k][idx.start:idx.stop] for k in ("y", "x")}
 
     feat_dir = args.feature_dir / f"{args.preset}-P{args.power_dbm:g}"
-    tr = prepare_features(name, cfg, train_source, n_train, feat_dir / f"{name}-train{n_train}.npy")
+    tr = prepare_features(name, cfg, train_source, n_train, feat_dir / f"{name}-train{n_train}.f16.npy")
     te = prepare_features(name, cfg, test_source, args.n_test, feat_dir / f"{name}-test{args.n_test}-seed"
-                          f"{args.test_seed}.npy")
-    fe_cost = json.loads((feat_dir / f"{name}-train{n_train}.json").read_text())
-    labels = torch.stack([r["labels"] for r in cache.__getitems__(list(range(min(n_train, 20_000))))]).double()
-    normaliser = LabelNormaliser.fit(labels)
+                          f"{args.test_seed}.f16.npy")
+    fe_cost = json.loads((feat_dir / f"{name}-train{n_train}.f16.json").read_text())
+    tr = torch.from_numpy(np.ascontiguousarray(tr))  # in memory (float16): random batches without disk reads
+    rows = cache.__getitems__(list(range(n_train)))
+    train_x = torch.stack([r["x"] for r in rows])
+    train_labels = torch.stack([r["labels"] for r in rows]).double()
+    del rows
+    normaliser = LabelNormaliser.fit(train_labels)
 
     fe_name, opts, norm = CACHED[name]
     mcfg = ModelConfig.preset(args.model_preset, front_end=fe_name, input_norm=norm,
-                              front_end_options={**opts, **({"ap_index": 0} if fe_name == "image" else {})})
+                              front_end_options=opts, **(args.model_overrides or {}))
     torch.manual_seed(args.train_seed)
     model = build_model("dvqvae", cfg, mcfg, seed=args.train_seed)
     for ap in model.aps:
@@ -242,7 +248,7 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
         with torch.no_grad():
             for lo in range(0, k, 128):
                 sl = slice(lo, min(k, lo + 128))
-                feats = torch.from_numpy(np.asarray(te[sl]))
+                feats = torch.from_numpy(np.asarray(te[sl], dtype=np.float32))
                 # Algorithm 2: bit-packed index messages from each AP, decoded at the CPU.
                 messages = [ap.encode(feats[:, m]) for m, ap in enumerate(model.aps)]
                 psi = normaliser.denormalise(model.cpu_side.decode(messages, test["x"][sl]))
@@ -258,12 +264,9 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
     while trained < budget:
         for idx in epoch_batches(args.train_seed, epoch, n_train, args.batch_size):
             t1 = time.time()
-            idx = sorted(idx)
-            feats = torch.from_numpy(np.asarray(tr[idx]))
-            rows = cache.__getitems__(idx)
-            x = torch.stack([r["x"] for r in rows])
-            target = normaliser.normalise(torch.stack([r["labels"] for r in rows]).double()).float()
-            train_step(aps, cpu, feats, x, target)
+            idx = torch.as_tensor(idx)
+            target = normaliser.normalise(train_labels[idx]).float()
+            train_step(aps, cpu, tr[idx].float(), train_x[idx], target)
             step += 1
             trained += time.time() - t1
             if trained >= next_eval or trained >= budget:
@@ -278,7 +281,8 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
         epoch += 1
     p, v = test_rmse()
     row = {**_meta(args), "variant": f"{name} (cached)", "mode": "cached", "front_end": fe_name,
-           "front_end_options": opts, "input_norm": norm, "lr": args.lr, "batch_size": args.batch_size,
+           "front_end_options": opts, "input_norm": norm,
+           "model_overrides": args.model_overrides, "lr": args.lr, "batch_size": args.batch_size,
            "n_train": n_train, "steps": step, "samples": step * args.batch_size, "train": {"minutes": args.minutes},
            "position_rmse": p, "velocity_rmse": v, "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap,
            "front_end_seconds_per_sample_per_ap": fe_cost["front_end_seconds_per_sample_per_ap"],
@@ -330,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feature-dir", type=Path, default=Path("data/front_end_features"))
     p.add_argument("--lr", type=float, default=1e-3, help="cached mode: Adam learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="cached mode: batch size")
+    p.add_argument("--model-overrides", type=json.loads, default=None,
+                   help='cached mode: JSON ModelConfig overrides, e.g. {"kmeans_init": true, "dead_code_threshold": 1}')
     p.add_argument("--eval-every", type=float, default=120.0, help="cached mode: seconds between test-256 points")
     args = p.parse_args(argv)
     results = args.out / "results.jsonl"
