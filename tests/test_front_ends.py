@@ -465,3 +465,9 @@ def test_models_give_each_receive_ap_its_own_index():
     model = build_model("dvqvae", CFG, mcfg)
     assert [ap.front_end.ap_index for ap in model.aps] == list(range(CFG.n_rx))
     assert model.fronthaul_bits_per_ap == build_model("dvqvae", CFG, ModelConfig.preset("tiny")).fronthaul_bits_per_ap
+    # Algorithm 1 forward and Algorithm 2 messages run through the velocity-image front end
+    batch = cfisac.data.simulate_batch(CFG, 0, range(3))
+    assert model(batch["y"], batch["x"]).prediction.shape == (3, 4 * CFG.n_targets)
+    messages = model.encode(batch["y"], batch["x"])
+    assert all(len(m) == 3 for m in messages)
+    assert model.decode(messages, batch["x"]).shape == (3, 4 * CFG.n_targets)
