@@ -223,7 +223,7 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
     te = prepare_features(name, cfg, test_source, args.n_test, feat_dir / f"{name}-test{args.n_test}-seed"
                           f"{args.test_seed}.f16.npy")
     fe_cost = json.loads((feat_dir / f"{name}-train{n_train}.f16.json").read_text())
-    tr = torch.from_numpy(np.ascontiguousarray(tr))  # in memory (float16): random batches without disk reads
+    tr = torch.from_numpy(np.array(tr))  # a copy in memory (float16): random batches without disk reads
     rows = cache.__getitems__(list(range(n_train)))
     train_x = torch.stack([r["x"] for r in rows])
     train_labels = torch.stack([r["labels"] for r in rows]).double()
