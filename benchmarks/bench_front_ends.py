@@ -140,7 +140,7 @@ def run_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- cached mode
 # Representation comparison at equal network compute: the AP front ends are fixed transforms (nothing in them is
 # trained), so their outputs are computed once for a fixed training set (an HDF5 cache of ``cfisac.data.write_hdf5``)
-# and the held-out test scenes, stored as float32 memory maps, and every variant then trains the same D-VQVAE
+# and the held-out test scenes, stored as float16 arrays, and every variant then trains the same D-VQVAE
 # (Algorithm 1 through ``cfisac.train.train_step``, each AP's front end replaced by the identity on its cached
 # output) for the same wall-clock budget. The front-end cost per update is measured and reported separately.
 CACHED: dict[str, tuple[str, dict[str, Any], str]] = {  # name -> (front end, options, normalisation)
@@ -153,13 +153,39 @@ CACHED: dict[str, tuple[str, dict[str, Any], str]] = {  # name -> (front end, op
 }
 
 
-class _Cached(torch.nn.Module):
+class CachedFrontEnd(torch.nn.Module):
     """Identity front end: the AP's input already is its front end's output [B, C, D1, D2, D3] float32."""
 
     needs_x = False
 
     def forward(self, v: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return v
+
+
+def message_rmse(model: Any, normaliser: Any, features: Any, test: dict[str, torch.Tensor], k: int, *,
+                 prep: Any = None, chunk: int = 128) -> tuple[float, float]:
+    """Position / velocity RMSE of Algorithm 2 on the first ``k`` test scenes: each AP's bit-packed index messages of
+    its cached front-end output ``features`` [n, M, C, D1, D2, D3] (``prep`` maps a chunk to the encoder input,
+    default float32), decoded at the CPU with ``test["x"]``, Hungarian-assigned to ``test`` positions / velocities."""
+    from cfisac.metrics import accuracy
+    from cfisac.train import split_psi
+
+    model.sync_codebooks()
+    model.eval()
+    pos, vel = [], []
+    with torch.no_grad():
+        for lo in range(0, k, chunk):
+            sl = slice(lo, min(k, lo + chunk))
+            f = torch.as_tensor(np.asarray(features[sl]))
+            f = prep(f) if prep is not None else f.float()
+            messages = [ap.encode(f[:, m]) for m, ap in enumerate(model.aps)]
+            p, v = split_psi(normaliser.denormalise(model.cpu_side.decode(messages, test["x"][sl])),
+                             model.cfg.n_targets)
+            pos.append(p)
+            vel.append(v)
+    model.train()
+    acc = accuracy(torch.cat(pos), torch.cat(vel), test["positions"][:k], test["velocities"][:k])
+    return acc.position_rmse, acc.velocity_rmse
 
 
 def _front_ends(name: str, cfg: cfisac.SystemConfig) -> list[torch.nn.Module]:
@@ -201,7 +227,6 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
     """Train the D-VQVAE on the cached outputs of front end ``name`` for ``--minutes``; test on ``test`` (a
     ``simulate_batch`` dict of the test scenes)."""
     from cfisac.data import open_hdf5
-    from cfisac.metrics import accuracy
     from cfisac.models import LabelNormaliser, build_model
     from cfisac.train import ApTrainer, CpuTrainer, epoch_batches, train_step
 
@@ -236,28 +261,12 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
     torch.manual_seed(args.train_seed)
     model = build_model("dvqvae", cfg, mcfg, seed=args.train_seed)
     for ap in model.aps:
-        ap.front_end = _Cached()
+        ap.front_end = CachedFrontEnd()
     aps = [ApTrainer(ap, lr=args.lr) for ap in model.aps]
     cpu = CpuTrainer(model.cpu_side, lr=args.lr)
 
     def test_rmse(k: int | None = None) -> tuple[float, float]:
-        k = args.n_test if k is None else k
-        model.sync_codebooks()
-        model.eval()
-        pos, vel = [], []
-        with torch.no_grad():
-            for lo in range(0, k, 128):
-                sl = slice(lo, min(k, lo + 128))
-                feats = torch.from_numpy(np.asarray(te[sl], dtype=np.float32))
-                # Algorithm 2: bit-packed index messages from each AP, decoded at the CPU.
-                messages = [ap.encode(feats[:, m]) for m, ap in enumerate(model.aps)]
-                psi = normaliser.denormalise(model.cpu_side.decode(messages, test["x"][sl]))
-                Q = cfg.n_targets
-                pos.append(psi[:, : 2 * Q].reshape(-1, Q, 2))
-                vel.append(psi[:, 2 * Q:].reshape(-1, Q, 2))
-        model.train()
-        acc = accuracy(torch.cat(pos), torch.cat(vel), test["positions"][:k], test["velocities"][:k])
-        return acc.position_rmse, acc.velocity_rmse
+        return message_rmse(model, normaliser, te, test, args.n_test if k is None else k)
 
     # The budget counts training steps only (reading the cached batch included), not the test-256 evaluations.
     budget, trained, step, epoch, curve, next_eval = args.minutes * 60.0, 0.0, 0, 0, [], 0.0

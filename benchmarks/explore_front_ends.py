@@ -32,20 +32,13 @@ import numpy as np
 import torch
 
 import cfisac
+from bench_front_ends import CachedFrontEnd, message_rmse  # benchmarks/ is the script's directory
 from cfisac.data import open_hdf5, simulate_batch
-from cfisac.metrics import accuracy
 from cfisac.models import LabelNormaliser, ModelConfig, build_model
 from cfisac.train import ApTrainer, CpuTrainer, train_step
 
 FRONT_ENDS = {"velocity-image": ("velocity-image", {}), "image": ("image", {}), "matched-max": ("matched",
               {"beam_pool": "max"}), "raw": ("raw", {}), "covariance": ("covariance", {})}
-
-
-class _Cached(torch.nn.Module):
-    needs_x = False
-
-    def forward(self, v: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        return v
 
 
 def _load(path: Path) -> torch.Tensor:
@@ -91,27 +84,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("dvqvae", cfg, mcfg, seed=0)
     for ap in model.aps:
-        ap.front_end = _Cached()
+        ap.front_end = CachedFrontEnd()
     aps = [ApTrainer(ap, lr=a.lr) for ap in model.aps]
     cpu = CpuTrainer(model.cpu_side, lr=a.lr)
     if a.zero_x:
         X, test["x"] = torch.zeros_like(X), torch.zeros_like(test["x"])
 
     def rmse(k: int = 500) -> tuple[float, float]:
-        model.sync_codebooks()
-        model.eval()
-        pos, vel = [], []
-        with torch.no_grad():
-            for lo in range(0, k, 125):
-                f = prep(te[lo:lo + 125])
-                msgs = [ap.encode(f[:, m]) for m, ap in enumerate(model.aps)]  # Algorithm 2: bit-packed indices
-                psi = norm.denormalise(model.cpu_side.decode(msgs, test["x"][lo:lo + 125]))
-                Q = cfg.n_targets
-                pos.append(psi[:, : 2 * Q].reshape(-1, Q, 2))
-                vel.append(psi[:, 2 * Q:].reshape(-1, Q, 2))
-        model.train()
-        acc = accuracy(torch.cat(pos), torch.cat(vel), test["positions"][:k], test["velocities"][:k])
-        return acc.position_rmse, acc.velocity_rmse
+        return message_rmse(model, norm, te, test, k, prep=prep, chunk=125)
 
     g = torch.Generator().manual_seed(0)
     t0, step, nxt = time.time(), 0, 30.0
