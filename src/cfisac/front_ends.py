@@ -509,20 +509,20 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         self.in_channels = vy_n
         f64 = torch.float64
         with torch.device("cpu"):
-            vx = torch.linspace(-cfg.max_speed, cfg.max_speed, vx_n, dtype=f64) if vx_n > 1 else torch.zeros(1)
-            vy = torch.linspace(-cfg.max_speed, cfg.max_speed, vy_n, dtype=f64) if vy_n > 1 else torch.zeros(1)
+            vx, vy = (torch.linspace(-cfg.max_speed, cfg.max_speed, k, dtype=f64) if k > 1 else
+                      torch.zeros(1, dtype=f64) for k in (vx_n, vy_n))
             xs, ys = self.grid["x"], self.grid["y"]
             pts = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(1, -1, 2)
             geo = bistatic_geometry(cfg, pts, torch.zeros_like(pts))
             u = geo.tx.direction[0] + geo.rx.direction[0, ap_index][None]  # [N, G, 2] = e_n(g) + e_m(g)
             _, t_idx = sensing_indices(cfg)
-        self.grid = {"x": xs, "y": ys, "velocity_x": vx.to(f64), "velocity_y": vy.to(f64)}
+        self.grid = {"x": xs, "y": ys, "velocity_x": vx, "velocity_y": vy}
         # -2 pi dT f_c / c t: the Doppler phase per unit of v . u at every sensing symbol t [Ts].
         scale = -2 * math.pi * cfg.symbol_duration * cfg.carrier_frequency / SPEED_OF_LIGHT
         self.register_buffer("phase_per_mps", scale * t_idx.to(f64), persistent=False)
         self.register_buffer("bistatic_directions", u, persistent=False)
-        self.register_buffer("velocity_x", vx.to(f64), persistent=False)
-        self.register_buffer("velocity_y", vy.to(f64), persistent=False)
+        self.register_buffer("velocity_x", vx, persistent=False)
+        self.register_buffer("velocity_y", vy, persistent=False)
 
     def _doppler_shape(self) -> tuple[int, ...]:
         return (self.in_channels, self.spatial_shape[2])  # (Vy, Vx)

@@ -107,13 +107,11 @@ class FronthaulRow:
 def fronthaul_table(cfg: SystemConfig, mcfg=None) -> list[FronthaulRow]:
     """Rows for the fully distributed, centralized, D-VAE and D-VQVAE schemes (``mcfg`` default: the paper's
     Table II, :class:`cfisac.models.ModelConfig`)."""
-    from .models import ModelConfig, make_front_end
+    from .models import ModelConfig, model_front_end
 
     mcfg = mcfg or ModelConfig.preset("paper")
     central = centralized_bits(cfg)
-    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm,
-                        **{"ap_index": 0, **mcfg.front_end_options})
-    down = transmit_signal_bits(cfg) if fe.needs_x else 0
+    down = transmit_signal_bits(cfg) if model_front_end(cfg, mcfg).needs_x else 0
     rows = [
         ("fully distributed", fully_distributed_bits(cfg), 0),
         ("centralized", central, 0),

@@ -37,7 +37,7 @@ def _schemes(ctx: Context) -> list[str]:
 def count(ctx: Context, scheme: str, cfg: SystemConfig, model_preset: str) -> dict[str, Any]:
     from .. import estimators
     from ..fronthaul import centralized_bits, learned_bits, transmit_signal_bits
-    from ..models import make_front_end
+    from ..models import model_front_end
     from ..models.config import ModelConfig
     from .learned import split_scheme
 
@@ -47,7 +47,7 @@ def count(ctx: Context, scheme: str, cfg: SystemConfig, model_preset: str) -> di
         kind, fe = split_scheme(scheme)
         mcfg = ModelConfig.preset(model_preset, front_end=fe)
         bits = learned_bits(kind, cfg, mcfg)
-        if make_front_end(fe, cfg, norm=mcfg.input_norm, **{"ap_index": 0, **mcfg.front_end_options}).needs_x:
+        if model_front_end(cfg, mcfg).needs_x:
             down = transmit_signal_bits(cfg)
     elif scheme == "monostatic":
         bits = 0

@@ -16,6 +16,7 @@ from .front_end import (
     available_front_ends,
     complex_to_channels,
     make_front_end,
+    model_front_end,
     register_front_end,
 )
 from .split import (
@@ -37,5 +38,6 @@ __all__ = [
     "FRONT_ENDS", "MODEL_KINDS", "ApOutput", "ApSide", "CpuSide", "FrontEnd", "LabelNormaliser", "ModelConfig",
     "ModelOutput", "RawFrontEnd", "SplitModel", "TxFrontEnd", "available_front_ends", "build_ap_side",
     "build_cpu_side", "build_model", "complex_to_channels", "macs_per_sample", "make_front_end", "meta_model",
+    "model_front_end",
     "parameter_counts", "payload_shape", "register_front_end", "side_seed", "summary_lines",
 ]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import SystemConfig
+from .config import ModelConfig
 
 __all__ = [
     "FRONT_ENDS", "NORMS", "FrontEnd", "RawFrontEnd", "TxFrontEnd", "available_front_ends", "complex_to_channels",
@@ -79,6 +80,13 @@ def make_front_end(name: str, cfg: SystemConfig, *, norm: str = "rms", ap_index:
     if ap_index is not None and "ap_index" in inspect.signature(factory).parameters:
         options["ap_index"] = ap_index
     return factory(cfg, norm=norm, **options)
+
+
+def model_front_end(cfg: SystemConfig, mcfg: ModelConfig, ap_index: int = 0) -> FrontEnd:
+    """The input front end of receive AP ``ap_index`` of a learned model: ``mcfg.front_end`` with its options and
+    normalisation; front ends specific to their AP (e.g. ``"image"``) get ``ap_index`` (it overrides one in the
+    options). Shapes and ``needs_x`` do not depend on the AP, so index 0 serves callers that only need those."""
+    return make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm, **{**mcfg.front_end_options, "ap_index": ap_index})
 
 
 def complex_to_channels(v: torch.Tensor, *, norm: str, noise_std: float = 1.0) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..quantize import VectorQuantizer, message_nbytes, pack_index_batch, unpack
 from .cnn import CnnCentralized
 from .config import MODEL_KINDS, ModelConfig
 from .dvqvae import Encoder, FusionDecoder, downsampled_grid
-from .front_end import FrontEnd, make_front_end
+from .front_end import FrontEnd, model_front_end
 
 __all__ = [
     "ApOutput", "ApSide", "CpuSide", "LabelNormaliser", "ModelOutput", "SplitModel", "build_ap_side",
@@ -57,7 +57,7 @@ def _check_kind(kind: str) -> None:
 def payload_shape(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> tuple[int, int, int, int]:
     """Per-sample shape (C, d1, d2, d3) of what one AP sends during training (see the module docstring)."""
     _check_kind(kind)
-    fe = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm, **{"ap_index": 0, **mcfg.front_end_options})
+    fe = model_front_end(cfg, mcfg)
     if kind == "cnn":
         return fe.output_shape
     grid = downsampled_grid(fe.spatial_shape, mcfg.encoder_layers, f"front end {mcfg.front_end!r} output")
@@ -124,9 +124,7 @@ class ApSide(nn.Module):
         if not 0 <= index < cfg.n_rx:
             raise ValueError(f"AP index {index} out of range for {cfg.n_rx} receive APs")
         self.kind, self.index, self.num_codes = kind, index, mcfg.num_codes
-        # Front ends specific to their receive AP (e.g. "image") get this AP's index m.
-        self.front_end: FrontEnd = make_front_end(mcfg.front_end, cfg, norm=mcfg.input_norm,
-                                                  **{**mcfg.front_end_options, "ap_index": index})
+        self.front_end: FrontEnd = model_front_end(cfg, mcfg, index)
         self.encoder: Encoder | None = None
         self.projector: nn.Linear | None = None
         self.quantizer: VectorQuantizer | None = None
