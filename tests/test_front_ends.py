@@ -303,28 +303,42 @@ def test_front_ends_build_inside_a_meta_device_context():
     assert fe.output_shape == (8, 4, 16, 8)
 
 
-def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """ImageFrontEnd's I_n[g, l] (norm='none') with the geometry of every pixel computed by hand."""
+def literal_pixel_paths(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor):
+    """For every pixel (a, b) of ``fe.grid`` and transmit AP n, with the geometry computed by hand: yields
+    (a, b, n, z, delay phase, u) with z [B, Ns, Ts] = a_r(c_m(g))^H y conj(a_t(c_n(g))^H x_n) (the data-removed
+    product), the delay phase e^{+j 2 pi i df (d_n + d_m) / c} [Ns, 1] and u = e_n(g) + e_m(g)."""
     m = fe.ap_index
-    i_idx, t_idx = sensing_indices(cfg)
-    df, dT, fc = cfg.subcarrier_spacing, cfg.symbol_duration, cfg.carrier_frequency
-    gx, gy, d3 = fe.spatial_shape
-    out = torch.zeros(x.shape[0], cfg.n_tx, gx, gy, d3, dtype=torch.complex128)
+    i_idx, _ = sensing_indices(cfg)
     rp, ra = cfg.rx_positions[m], cfg.rx_axes[m]
     for a, px in enumerate(fe.grid["x"].tolist()):
         for b, py in enumerate(fe.grid["y"].tolist()):
             dm = math.dist(rp, (px, py))
-            cos_r = (ra[0] * (px - rp[0]) + ra[1] * (py - rp[1])) / dm
-            ya = torch.einsum("r,brit->bit", steer(cos_r, cfg.n_rx_antennas).conj(), y)
+            em = ((px - rp[0]) / dm, (py - rp[1]) / dm)
+            ya = torch.einsum("r,brit->bit", steer(ra[0] * em[0] + ra[1] * em[1], cfg.n_rx_antennas).conj(), y)
             for n in range(cfg.n_tx):
                 tp, ta = cfg.tx_positions[n], cfg.tx_axes[n]
                 dn = math.dist(tp, (px, py))
-                cos_t = (ta[0] * (px - tp[0]) + ta[1] * (py - tp[1])) / dn
-                s = torch.einsum("k,bkit->bit", steer(cos_t, cfg.n_tx_antennas).conj(), x[:, n])
-                for lv, v in enumerate(fe.grid["bistatic_velocity"].tolist()):
-                    ph = 2 * math.pi * (i_idx[:, None] * df * (dn + dm) / C - t_idx[None, :] * (v * fc / C) * dT)
-                    w = torch.polar(torch.ones_like(ph), ph)
-                    out[:, n, a, b, lv] = (ya * s.conj() * w).sum((1, 2)) / math.sqrt(cfg.n_subcarriers * cfg.n_symbols)
+                en = ((px - tp[0]) / dn, (py - tp[1]) / dn)
+                s = torch.einsum("k,bkit->bit", steer(ta[0] * en[0] + ta[1] * en[1], cfg.n_tx_antennas).conj(), x[:, n])
+                ph = 2 * math.pi * i_idx[:, None] * cfg.subcarrier_spacing * (dn + dm) / C
+                yield a, b, n, ya * s.conj(), torch.polar(torch.ones_like(ph), ph), (en[0] + em[0], en[1] + em[1])
+
+
+def doppler_phase(cfg: SystemConfig, fd: float) -> torch.Tensor:
+    """e^{-j 2 pi t fD dT} at the sensing symbols [1, Ts]."""
+    _, t_idx = sensing_indices(cfg)
+    ph = -2 * math.pi * t_idx[None, :] * fd * cfg.symbol_duration
+    return torch.polar(torch.ones_like(ph), ph)
+
+
+def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ImageFrontEnd's I_n[g, l] (norm='none') with the geometry of every pixel computed by hand."""
+    gx, gy, d3 = fe.spatial_shape
+    out = torch.zeros(x.shape[0], cfg.n_tx, gx, gy, d3, dtype=torch.complex128)
+    for a, b, n, z, w_delay, _ in literal_pixel_paths(cfg, fe, y, x):
+        for lv, v in enumerate(fe.grid["bistatic_velocity"].tolist()):
+            w = w_delay * doppler_phase(cfg, v * cfg.carrier_frequency / C)
+            out[:, n, a, b, lv] = (z * w).sum((1, 2)) / math.sqrt(cfg.n_subcarriers * cfg.n_symbols)
     return out
 
 
@@ -389,30 +403,14 @@ def literal_velocity_image(cfg: SystemConfig, fe: VelocityImageFrontEnd, y: torc
                            x: torch.Tensor) -> torch.Tensor:
     """VelocityImageFrontEnd (norm='none') by hand: for every pixel, velocity (vx, vy) and transmit AP n the matched
     filter with the pixel's delay, angles and the bistatic Doppler v . (e_n + e_m) fc / c; root-mean over n."""
-    m = fe.ap_index
-    i_idx, t_idx = sensing_indices(cfg)
-    df, dT, fc = cfg.subcarrier_spacing, cfg.symbol_duration, cfg.carrier_frequency
     gx, gy, vxn = fe.spatial_shape
-    vyn = fe.in_channels
-    out = torch.zeros(x.shape[0], vyn, gx, gy, vxn, dtype=torch.float64)
-    rp, ra = cfg.rx_positions[m], cfg.rx_axes[m]
-    for a, px in enumerate(fe.grid["x"].tolist()):
-        for b, py in enumerate(fe.grid["y"].tolist()):
-            dm = math.dist(rp, (px, py))
-            em = ((px - rp[0]) / dm, (py - rp[1]) / dm)
-            cos_r = ra[0] * em[0] + ra[1] * em[1]
-            ya = torch.einsum("r,brit->bit", steer(cos_r, cfg.n_rx_antennas).conj(), y)
-            for n in range(cfg.n_tx):
-                tp, ta = cfg.tx_positions[n], cfg.tx_axes[n]
-                dn = math.dist(tp, (px, py))
-                en = ((px - tp[0]) / dn, (py - tp[1]) / dn)
-                s = torch.einsum("k,bkit->bit", steer(ta[0] * en[0] + ta[1] * en[1], cfg.n_tx_antennas).conj(), x[:, n])
-                for ky, vy in enumerate(fe.grid["velocity_y"].tolist()):
-                    for kx, vx in enumerate(fe.grid["velocity_x"].tolist()):
-                        fd = (vx * (en[0] + em[0]) + vy * (en[1] + em[1])) * fc / C
-                        ph = 2 * math.pi * (i_idx[:, None] * df * (dn + dm) / C - t_idx[None, :] * fd * dT)
-                        v = (ya * s.conj() * torch.polar(torch.ones_like(ph), ph)).sum((1, 2))
-                        out[:, ky, a, b, kx] += v.abs() ** 2 / (cfg.n_subcarriers * cfg.n_symbols) / cfg.n_tx
+    out = torch.zeros(x.shape[0], fe.in_channels, gx, gy, vxn, dtype=torch.float64)
+    for a, b, _, z, w_delay, u in literal_pixel_paths(cfg, fe, y, x):
+        for ky, vy in enumerate(fe.grid["velocity_y"].tolist()):
+            for kx, vx in enumerate(fe.grid["velocity_x"].tolist()):
+                w = w_delay * doppler_phase(cfg, (vx * u[0] + vy * u[1]) * cfg.carrier_frequency / C)
+                v = (z * w).sum((1, 2))
+                out[:, ky, a, b, kx] += v.abs() ** 2 / (cfg.n_subcarriers * cfg.n_symbols) / cfg.n_tx
     return out.sqrt()
 
 
