@@ -394,6 +394,12 @@ def test_image_needs_its_receive_ap():
         ImageFrontEnd(CFG, ap_index=2)
     with pytest.raises(ValueError, match="needs the transmit signals"):
         ImageFrontEnd(CFG, ap_index=0)(torch.zeros(1, 4, 16, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="'velocity-image' front end is specific to its receive AP"):
+        create_front_end("velocity-image", CFG)
+    with pytest.raises(ValueError, match="velocity_bins must be a pair"):
+        VelocityImageFrontEnd(CFG, ap_index=0, velocity_bins=(8,))
+    with pytest.raises(ValueError, match="velocity_bins"):
+        VelocityImageFrontEnd(CFG, ap_index=0, velocity_bins=(8, 0))
     # matched / covariance accept (and ignore) the receive AP index the model may pass
     assert create_front_end("matched", CFG, ap_index=1).output_shape == create_front_end("matched", CFG).output_shape
 
