@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -249,21 +250,21 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
                           f"{args.test_seed}.f16.npy")
     fe_cost = json.loads((feat_dir / f"{name}-train{n_train}.f16.json").read_text())
     tr = torch.from_numpy(np.array(tr))  # a copy in memory (float16): random batches without disk reads
-    rows = cache.__getitems__(list(range(n_train)))
-    train_x = torch.stack([r["x"] for r in rows])
-    train_labels = torch.stack([r["labels"] for r in rows]).double()
-    del rows
+    # Only X and the labels are held in memory (X alone is 4.3 GB for 16384 quick scenes); Y is in the features.
+    train_x = torch.from_numpy(cache._f()["x"][:n_train])
+    train_labels = torch.from_numpy(cache._f()["labels"][:n_train]).double()
     normaliser = LabelNormaliser.fit(train_labels)
 
     fe_name, opts, norm = CACHED[name]
     mcfg = ModelConfig.preset(args.model_preset, front_end=fe_name, input_norm=norm,
                               front_end_options=opts, **(args.model_overrides or {}))
     torch.manual_seed(args.train_seed)
-    model = build_model("dvqvae", cfg, mcfg, seed=args.train_seed)
+    model = build_model(args.kind, cfg, mcfg, seed=args.train_seed)
     for ap in model.aps:
         ap.front_end = CachedFrontEnd()
     aps = [ApTrainer(ap, lr=args.lr) for ap in model.aps]
-    cpu = CpuTrainer(model.cpu_side, lr=args.lr)
+    cpu = CpuTrainer(model.cpu_side, lr=args.lr, loss=args.loss)
+    optimizers = [t.optimizer for t in (*aps, cpu) if t.optimizer is not None]
 
     def test_rmse(k: int | None = None) -> tuple[float, float]:
         return message_rmse(model, normaliser, te, test, args.n_test if k is None else k)
@@ -272,6 +273,10 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
     budget, trained, step, epoch, curve, next_eval = args.minutes * 60.0, 0.0, 0, 0, [], 0.0
     while trained < budget:
         for idx in epoch_batches(args.train_seed, epoch, n_train, args.batch_size):
+            if args.lr_schedule == "cosine":  # lr follows the spent share of the wall-clock budget down to 0
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * min(1.0, trained / budget)))
             t1 = time.time()
             idx = torch.as_tensor(idx)
             target = normaliser.normalise(train_labels[idx]).float()
@@ -289,7 +294,9 @@ def run_cached(name: str, args: argparse.Namespace, test: dict[str, torch.Tensor
                 break
         epoch += 1
     p, v = test_rmse()
-    row = {**_meta(args), "variant": f"{name} (cached)", "mode": "cached", "front_end": fe_name,
+    row = {**_meta(args), "variant": f"{name} (cached{'' if args.kind == 'dvqvae' else ', ' + args.kind})",
+           "mode": "cached", "kind": args.kind, "lr_schedule": args.lr_schedule,
+           "loss": args.loss, "front_end": fe_name,
            "front_end_options": opts, "input_norm": norm,
            "model_overrides": args.model_overrides, "lr": args.lr, "batch_size": args.batch_size,
            "n_train": n_train, "steps": step, "samples": step * args.batch_size, "train": {"minutes": args.minutes},
@@ -345,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="cached mode: batch size")
     p.add_argument("--model-overrides", type=json.loads, default=None,
                    help='cached mode: JSON ModelConfig overrides, e.g. {"kmeans_init": true, "dead_code_threshold": 1}')
+    p.add_argument("--kind", default="dvqvae", choices=["dvqvae", "dvae"],
+                   help="cached mode: dvae = continuous float32 latents (diagnostic: is the quantizer the bottleneck?)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cached mode: cosine = lr decays to 0 over the wall-clock budget")
+    p.add_argument("--loss", default="canonical", choices=["canonical", "assignment"],
+                   help="cached mode: training loss (cfisac.train.estimation_loss)")
     p.add_argument("--eval-every", type=float, default=120.0, help="cached mode: seconds between test-256 points")
     args = p.parse_args(argv)
     results = args.out / "results.jsonl"

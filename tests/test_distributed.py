@@ -436,3 +436,24 @@ def test_processes_on_loopback(reference, tmp_path):
     assert "CPU (rank 0) aborted the run" in r1["result"]["fault"]
     assert (tmp_path / "fault" / "ckpt-e0000-s000000" / "state.json").is_file()
     assert wall < 120
+
+
+def test_distributed_training_uses_the_assignment_loss(tmp_path):
+    """TrainConfig.loss reaches the CPU rank: two targets, distributed = in-process with the assignment loss."""
+    cfg = CFG.replace(n_targets=2)
+    tcfg = TrainConfig(epochs=1, n_train=8, n_val=4, batch_size=4, loss="assignment")
+    ref = train(cfg, MCFG, tcfg, tmp_path / "ref", progress=False, log=None)
+    canon = train(cfg, MCFG, TrainConfig(epochs=1, n_train=8, n_val=4, batch_size=4), tmp_path / "canon",
+                  progress=False, log=None)
+    res, _, errors = run_threads(
+        lambda links: run_cpu_training(links, cfg, MCFG, tcfg, tmp_path / "run", dcfg=FAST, progress=False,
+                                       log=None),
+        lambda link, m: run_ap_training(link, m), cfg.n_rx, timeout_s=FAST.timeout_s)
+    assert errors == [None, None]
+    _assert_same_weights(_weights(res.checkpoint), _weights(ref.checkpoint))
+    st = json.loads((res.checkpoint / "state.json").read_text())
+    assert st["train"]["loss"] == "assignment"
+    assert st["history"][-1]["val_loss"] == pytest.approx(ref.history[-1]["val_loss"], rel=1e-5)
+    assert ref.history[-1]["val_loss"] != pytest.approx(canon.history[-1]["val_loss"], rel=1e-3)
+    w, wc = _weights(ref.checkpoint), _weights(canon.checkpoint)
+    assert any(not torch.allclose(w[k], wc[k], rtol=1e-4, atol=1e-6) for k in w)  # the option changed the steps

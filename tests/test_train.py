@@ -191,3 +191,90 @@ def test_training_from_an_hdf5_cache_matches_on_the_fly_simulation(tmp_path):
     with pytest.raises(ValueError, match="holds 32 samples"):
         train(TINY, TINY_M, _tcfg(n_train=64, data=str(tmp_path / "train.h5")), tmp_path / "x", progress=False,
               log=None, plot=False)
+
+
+def _psi(targets: list[tuple[float, float, float, float]]) -> torch.Tensor:
+    """psi [4Q] = [g_1x, g_1y, .., g_Qx, g_Qy, v_1x, v_1y, .., v_Qy] from rows (gx, gy, vx, vy) per target."""
+    t = torch.tensor(targets, dtype=torch.float32)
+    return torch.cat([t[:, :2].reshape(-1), t[:, 2:].reshape(-1)])
+
+
+def test_assignment_loss_hand_computed():
+    from cfisac.train import estimation_loss, target_assignment
+
+    target = _psi([(0.1, 0.9, 0.5, 0.5), (0.2, 0.1, 0.0, 1.0)])[None]
+    # slot 0 is near target 1 and slot 1 near target 0: squared errors 0.01 (target 0, slot 1: g_y off by 0.1)
+    # and 0.04 (target 1, slot 0: v_x off by 0.2); the canonical order pays the swapped targets instead.
+    pred = _psi([(0.2, 0.1, 0.2, 1.0), (0.1, 0.8, 0.5, 0.5)])[None]
+    assert target_assignment(pred, target, 2).tolist() == [[1, 0]]
+    assert float(estimation_loss(pred, target, 2, "assignment")) == pytest.approx((0.01 + 0.04) / 8)
+    assert float(estimation_loss(pred, target, 2, "assignment", reduction="sum")) == pytest.approx(0.05)
+    swapped = ((0.2 - 0.1) ** 2 + (0.1 - 0.9) ** 2 + (0.2 - 0.5) ** 2 + (1.0 - 0.5) ** 2  # slot 0 - target 0
+               + (0.1 - 0.2) ** 2 + (0.8 - 0.1) ** 2 + (0.5 - 0.0) ** 2 + (0.5 - 1.0) ** 2)  # slot 1 - target 1
+    assert float(estimation_loss(pred, target, 2, "canonical")) == pytest.approx(swapped / 8)
+    assert float(estimation_loss(pred, target, 2)) == pytest.approx(float(F.mse_loss(pred, target)))
+    # in the canonical order already: both losses agree; Q = 1: nothing to assign
+    assert float(estimation_loss(target + 0.1, target, 2, "assignment")) == pytest.approx(0.01)
+    one = _psi([(0.3, 0.4, 0.5, 0.6)])[None]
+    assert float(estimation_loss(one + 0.2, one, 1, "assignment")) == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        estimation_loss(pred, target, 2, "l1")
+
+
+def test_assignment_gradient_reaches_the_assigned_slots_only():
+    from cfisac.train import estimation_loss
+
+    target = _psi([(0.1, 0.9, 0.5, 0.5), (0.2, 0.1, 0.0, 1.0)])[None]
+    pred = _psi([(0.2, 0.1, 0.2, 1.0), (0.1, 0.8, 0.5, 0.5)])[None].requires_grad_()
+    estimation_loss(pred, target, 2, "assignment", reduction="sum").backward()
+    # d/d pred of (pred - assigned target)^2: slot 0 minus target 1, slot 1 minus target 0
+    expected = 2 * (pred.detach() - _psi([(0.2, 0.1, 0.0, 1.0), (0.1, 0.9, 0.5, 0.5)])[None])
+    assert torch.allclose(pred.grad, expected)
+
+
+def test_assignment_exhaustive_and_hungarian_agree():
+    from cfisac.train import _MAX_PERMUTATION_TARGETS, target_assignment
+
+    g = torch.Generator().manual_seed(3)
+    for Q in (3, 5):
+        pred, target = torch.rand(16, 4 * Q, generator=g), torch.rand(16, 4 * Q, generator=g)
+        exhaustive = target_assignment(pred, target, Q)
+        import cfisac.train as tr
+
+        old = tr._MAX_PERMUTATION_TARGETS
+        tr._MAX_PERMUTATION_TARGETS = 0  # force the Hungarian branch
+        try:
+            hungarian = target_assignment(pred, target, Q)
+        finally:
+            tr._MAX_PERMUTATION_TARGETS = old
+        assert torch.equal(exhaustive, hungarian)
+        assert all(sorted(p) == list(range(Q)) for p in exhaustive.tolist())
+    assert _MAX_PERMUTATION_TARGETS == 6
+
+
+def test_train_config_rejects_an_unknown_loss():
+    with pytest.raises(ValueError, match="unknown loss 'hungarian'"):
+        TrainConfig(loss="hungarian")
+    model = build_model("dvqvae", TINY, TINY_M, seed=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        CpuTrainer(model.cpu_side, lr=1e-3, loss="hungarian")
+
+
+@pytest.mark.parametrize("loss", ["canonical", "assignment"])
+def test_assignment_training_ignores_the_label_order(loss):
+    """Two targets: with the assignment loss, training on labels whose targets are swapped gives the same parameters
+    (the loss sees unordered targets); the canonical loss of Eq. (17) does not."""
+    cfg = TINY.replace(n_targets=2)
+    b = simulate_batch(cfg, 0, range(8))
+    target = LabelNormaliser.fit(b["labels"]).normalise(b["labels"])
+    swapped = target.reshape(8, 2, 2, 2).flip(2).reshape(8, 8)  # target 0 <-> target 1, positions and velocities
+    states = []
+    for t in (target, swapped):
+        model = build_model("dvae", cfg, TINY_M, seed=4)
+        aps = [ApTrainer(ap, lr=1e-3) for ap in model.aps]
+        cpu = CpuTrainer(model.cpu_side, lr=1e-3, loss=loss)
+        for _ in range(2):
+            train_step(aps, cpu, b["y"], b["x"], t)
+        states.append(model.state_dict())
+    same = all(torch.allclose(states[0][k], states[1][k], rtol=1e-5, atol=1e-7) for k in states[0])
+    assert same == (loss == "assignment")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -65,6 +66,52 @@ FORMAT_VERSION = 1
 NORMALISER_MAX_SAMPLES = 20_000
 
 
+# ---------------------------------------------------------------------------------------------------- loss
+LOSSES = ("canonical", "assignment")
+_MAX_PERMUTATION_TARGETS = 6  # Q! permutations enumerated up to Q = 6 (720); the Hungarian algorithm beyond
+
+
+def _per_target(psi: torch.Tensor, Q: int) -> torch.Tensor:
+    """psi [B, 4Q] = [g_1x, g_1y, .., g_Qx, g_Qy, v_1x, .., v_Qy] -> [B, Q, 4] rows (g_qx, g_qy, v_qx, v_qy)."""
+    return psi.reshape(psi.shape[0], 2, Q, 2).transpose(1, 2).reshape(psi.shape[0], Q, 4)
+
+
+def target_assignment(pred: torch.Tensor, target: torch.Tensor, Q: int) -> torch.Tensor:
+    """The output slot of each true target that minimises the summed squared error of (normalised) position and
+    velocity: [B, Q] int64, ``perm[b, q]`` the slot assigned to target q. Exhaustive over the Q! permutations
+    (vectorised) up to Q = 6, the Hungarian algorithm (scipy) per sample beyond."""
+    p, t = _per_target(pred.detach(), Q), _per_target(target.detach(), Q)
+    cost = (p[:, :, None, :] - t[:, None, :, :]).pow(2).sum(-1)  # [B, slot, target]
+    if Q <= _MAX_PERMUTATION_TARGETS:
+        perms = torch.tensor(list(itertools.permutations(range(Q))), device=cost.device)  # [P, Q]: target -> slot
+        total = cost.transpose(1, 2)[:, torch.arange(Q, device=cost.device), perms].sum(-1)  # [B, P]
+        return perms[total.argmin(1)]
+    from scipy.optimize import linear_sum_assignment
+
+    c = cost.transpose(1, 2).double().cpu().numpy()  # [B, target, slot]
+    return torch.from_numpy(np.stack([linear_sum_assignment(cb)[1] for cb in c])).to(pred.device)
+
+
+def estimation_loss(pred: torch.Tensor, target: torch.Tensor, Q: int, kind: str = "canonical",
+                    reduction: str = "mean") -> torch.Tensor:
+    """L_est of Eq. (17) on min-max normalised psi, ``pred`` / ``target`` [B, 4Q] float32.
+
+    ``"canonical"`` (the paper): squared error with the targets in the canonical order of :mod:`cfisac.scene`
+    (ascending x). ``"assignment"``: the targets are unordered, so each scene's targets are first assigned to the
+    output slots that fit them best (:func:`target_assignment`, on position and velocity), then the squared error is
+    taken; the order-by-x labels jump when two targets' x cross, which a canonical-order regression can only average
+    over. ``reduction`` "mean" (over batch and 4Q, as F.mse_loss) or "sum"."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; choose one of {list(LOSSES)}")
+    if kind == "assignment" and Q > 1:
+        perm = target_assignment(pred, target, Q)  # [B, Q]
+        slots = _per_target(pred, Q).gather(1, perm[..., None].expand(-1, -1, 4))  # [B, Q(target), 4]
+        t = _per_target(target, Q)
+        sq = (slots - t).pow(2)
+        return sq.mean() if reduction == "mean" else sq.sum()
+    return F.mse_loss(pred, target, reduction=reduction)
+
+
 # ---------------------------------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
 class TrainConfig:
@@ -85,8 +132,11 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False
     data: str | None = None
+    loss: str = "canonical"
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose one of {list(MODEL_KINDS)}")
         for name in ("epochs", "batch_size", "n_train"):
@@ -235,8 +285,10 @@ class CpuTrainer:
     """The CPU's part of Algorithm 1: decoding (line 12), decoder update (line 13) and the gradients w.r.t. the
     received payloads (line 14). Holds its own Adam optimizer."""
 
-    def __init__(self, cpu: CpuSide, *, lr: float, amp: bool = False) -> None:
-        self.cpu, self.amp = cpu, amp
+    def __init__(self, cpu: CpuSide, *, lr: float, amp: bool = False, loss: str = "canonical") -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+        self.cpu, self.amp, self.loss = cpu, amp, loss
         self.optimizer = make_adam(cpu, lr)
 
     def step(self, payloads: Sequence[torch.Tensor], x: torch.Tensor, target: torch.Tensor,
@@ -246,7 +298,7 @@ class CpuTrainer:
         inputs = [p.detach().requires_grad_(need_grads) for p in payloads]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             pred = self.cpu(inputs, x)
-        loss = F.mse_loss(pred.float(), target)  # Eq. (17), mean over batch and 4Q
+        loss = estimation_loss(pred.float(), target, self.cpu.n_targets, self.loss)  # Eq. (17), mean
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -408,8 +460,9 @@ def split_psi(psi: torch.Tensor, Q: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource, *, batch_size: int,
-             device: torch.device) -> dict[str, float]:
-    """Validation loss (normalised MSE) and Hungarian-assigned RMSEs (m, m/s) on every sample of ``source``."""
+             device: torch.device, loss: str = "canonical") -> dict[str, float]:
+    """Validation loss (normalised MSE, :func:`estimation_loss` ``loss``) and Hungarian-assigned RMSEs (m, m/s) on
+    every sample of ``source``."""
     if source.n == 0:
         return {"val_loss": float("nan"), "val_position_rmse": float("nan"), "val_velocity_rmse": float("nan")}
     sq, count, pe, ve = 0.0, 0, [], []
@@ -420,7 +473,7 @@ def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource,
             y, x = b["y"].to(device), b["x"].to(device)
             pred = model(y, x).prediction.float()
             target = normaliser.normalise(b["labels"].to(device))
-            sq += float(F.mse_loss(pred, target, reduction="sum"))
+            sq += float(estimation_loss(pred, target, model.cfg.n_targets, loss, reduction="sum"))
             count += target.numel()
             pos, vel = split_psi(normaliser.denormalise(pred), model.cfg.n_targets)
             acc = accuracy(pos, vel, b["positions"], b["velocities"])
@@ -508,7 +561,7 @@ def train(
 
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed).to(device)
     ap_trainers = [ApTrainer(ap, lr=tcfg.lr, amp=tcfg.amp) for ap in model.aps]
-    cpu_trainer = CpuTrainer(model.cpu_side, lr=tcfg.lr, amp=tcfg.amp)
+    cpu_trainer = CpuTrainer(model.cpu_side, lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
     optimizers = {**{f"ap{m}": t.optimizer for m, t in enumerate(ap_trainers)}, "cpu": cpu_trainer.optimizer}
     train_src = DataSource(cfg, tcfg.seed, tcfg.n_train, cache=tcfg.data)
     val_seed = train_src.cache.seed if train_src.cache is not None else tcfg.seed
@@ -630,7 +683,8 @@ def train(
                "train_loss": sums["loss"] / n, "train_mse": sums["mse"] / n,
                "train_commitment": sums["commitment"] / n, "perplexity": sums["perplexity"] / n,
                "usage": sums["usage"] / n}
-        row.update(validate(model, normaliser, val_src, batch_size=max(tcfg.batch_size, 64), device=device))
+        row.update(validate(model, normaliser, val_src, batch_size=max(tcfg.batch_size, 64), device=device,
+                            loss=tcfg.loss))
         row["elapsed_s"] = elapsed
         if step_in_epoch >= len(batches):
             epoch, step_in_epoch = epoch + 1, 0

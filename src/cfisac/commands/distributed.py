@@ -33,6 +33,8 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--batch-size", type=int, default=32, help="(global) batch size")
+    p.add_argument("--loss", choices=("canonical", "assignment"), default="canonical",
+                   help="estimation loss (cfisac.train.estimation_loss; canonical = Eq. (17) of the paper)")
     p.add_argument("--n-train", type=int, default=16_000)
     p.add_argument("--n-val", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -57,7 +59,7 @@ def _configs(args: argparse.Namespace):
     mcfg = ModelConfig.preset(preset, **parse_set(args.set))
     tcfg = TrainConfig(kind=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
-                       device=args.device, amp=args.amp)
+                       device=args.device, amp=args.amp, loss=args.loss)
     return cfg, mcfg, tcfg
 
 

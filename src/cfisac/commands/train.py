@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--loss", choices=("canonical", "assignment"), default="canonical",
+                   help="canonical: Eq. (17) with the targets ordered by x (the paper); assignment: each scene's "
+                        "targets matched to the output slots first (unordered targets)")
     p.add_argument("--n-train", type=int, default=16_000, help="training samples (paper: 16000)")
     p.add_argument("--n-val", type=int, default=500, help="validation samples")
     p.add_argument("--seed", type=int, default=0, help="dataset / initialisation seed")
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(kind=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        workers=args.workers, device=args.device, amp=args.amp,
-                       data=str(args.data) if args.data else None)
+                       data=str(args.data) if args.data else None, loss=args.loss)
     res = train(cfg, mcfg, tcfg, args.out, resume=args.resume, progress=not args.no_progress)
     last = res.history[-1] if res.history else None
     status = "finished" if res.finished else "stopped by the time budget (continue with --resume)"

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import SystemConfig
@@ -44,6 +43,7 @@ from ..train import (
     TrainConfig,
     TrainResult,
     epoch_batches,
+    estimation_loss,
 )
 from .checkpoint import CheckpointWriter, read_checkpoint
 from .training import validation_batches
@@ -203,7 +203,7 @@ def ddp_train(
                 b = simulate_batch(cfg, tcfg.seed, [tcfg.n_train + p for p in mine])
                 pred = model(b["y"].to(device), b["x"].to(device)).prediction.float()
                 target = normaliser.normalise(b["labels"].to(device))
-                sq += float(F.mse_loss(pred, target, reduction="sum"))
+                sq += float(estimation_loss(pred, target, cfg.n_targets, tcfg.loss, reduction="sum"))
                 count += target.numel()
                 pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
                 acc = accuracy(pos, vel, b["positions"], b["velocities"])
@@ -237,7 +237,7 @@ def ddp_train(
             target = normaliser.normalise(b["labels"].to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.amp):
                 pred, commitment, perps, usages = ddp(y, x)
-            mse = F.mse_loss(pred.float(), target)
+            mse = estimation_loss(pred.float(), target, cfg.n_targets, tcfg.loss)
             weight = len(mine) * world / len(rows)
             for opt in optimizers.values():
                 if opt is not None:

@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import SystemConfig
 from ..metrics import accuracy
@@ -67,6 +66,7 @@ from ..train import (
     TrainConfig,
     TrainResult,
     epoch_batches,
+    estimation_loss,
 )
 from .checkpoint import CheckpointWriter, read_checkpoint
 from .common import (
@@ -385,7 +385,7 @@ def run_cpu_training(
     if any(ap.needs_x for ap in model.aps):
         raise ValueError(f"front end {mcfg.front_end!r} needs X at the receive AP; the distributed runtime keeps X "
                          "at the CPU (paper Section III-C)")
-    cpu_trainer = CpuTrainer(model.cpu_side.to(device), lr=tcfg.lr, amp=tcfg.amp)
+    cpu_trainer = CpuTrainer(model.cpu_side.to(device), lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
     ap_optim: dict[int, dict[str, torch.Tensor]] = {m: {} for m in range(cfg.n_rx)}
     groups: dict[str, Any] = {}
     if resume:
@@ -499,7 +499,7 @@ def run_cpu_training(
                 x = b["x"].to(device)
                 pred = model.cpu_side(payloads, x).float()
                 target = normaliser.normalise(b["labels"].to(device))
-                sq += float(F.mse_loss(pred, target, reduction="sum"))
+                sq += float(estimation_loss(pred, target, cfg.n_targets, tcfg.loss, reduction="sum"))
                 count += target.numel()
                 pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
                 acc = accuracy(pos, vel, b["positions"], b["velocities"])

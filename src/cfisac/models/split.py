@@ -209,6 +209,7 @@ class CpuSide(nn.Module):
         super().__init__()
         _check_kind(kind)
         self.kind, self.num_aps, self.num_codes = kind, cfg.n_rx, mcfg.num_codes
+        self.n_targets = cfg.n_targets
         self.payload_shape = payload_shape(kind, cfg, mcfg)
         c, grid = self.payload_shape[0], self.payload_shape[1:]
         self.decoder: nn.Module = (CnnCentralized(cfg, mcfg, c, grid) if kind == "cnn"
