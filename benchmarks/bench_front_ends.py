@@ -151,6 +151,7 @@ CACHED: dict[str, tuple[str, dict[str, Any], str]] = {  # name -> (front end, op
     "matched-max": ("matched", dict(beam_pool="max"), "noise"),
     "image": ("image", {}, "noise"),
     "velocity-image": ("velocity-image", {}, "noise"),
+    "velocity-marginals": ("velocity-image", dict(velocity_output="marginals"), "noise"),
 }
 
 

@@ -400,6 +400,10 @@ def test_image_needs_its_receive_ap():
         VelocityImageFrontEnd(CFG, ap_index=0, velocity_bins=(8,))
     with pytest.raises(ValueError, match="velocity_bins"):
         VelocityImageFrontEnd(CFG, ap_index=0, velocity_bins=(8, 0))
+    with pytest.raises(ValueError, match="velocity_output must be 'plane' or 'marginals'"):
+        VelocityImageFrontEnd(CFG, ap_index=0, velocity_output="max")
+    with pytest.raises(ValueError, match="as many v_x as v_y bins"):
+        VelocityImageFrontEnd(CFG, ap_index=0, velocity_bins=(8, 4), velocity_output="marginals")
     # matched / covariance accept (and ignore) the receive AP index the model may pass
     assert create_front_end("matched", CFG, ap_index=1).output_shape == create_front_end("matched", CFG).output_shape
 
@@ -433,6 +437,14 @@ def test_velocity_image_equals_literal_back_projection_and_chunking_is_exact():
         small = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 2),
                                       chunk_cells=5)  # one pixel and one sample per chunk
         torch.testing.assert_close(small(y, x), fe(y, x))
+        # the marginals: max over v_y of the literal plane (the v_x profile), max over v_x (the v_y profile)
+        marg = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 3),
+                                     velocity_output="marginals")
+        plane = literal_velocity_image(cfg, VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2),
+                                                                  velocity_bins=(3, 3)), y, x)  # [B, Vy, Gx, Gy, Vx]
+        assert marg.output_shape == (2, 3, 2, 3)
+        want = torch.stack([plane.amax(1), plane.amax(4).permute(0, 2, 3, 1)], 1)  # [B, 2, Gx, Gy, V]
+        torch.testing.assert_close(marg(y, x), want.float(), rtol=1e-5, atol=1e-6)
 
 
 def test_velocity_image_of_a_noiseless_target_peaks_at_its_position_and_velocity():
@@ -442,7 +454,7 @@ def test_velocity_image_of_a_noiseless_target_peaks_at_its_position_and_velocity
     scenes = cfisac.sample_scenes(cfg, 6, 3)
     x = cfisac.transmit_signals(cfg, scenes, 3, dtype=torch.complex128)
     y = cfisac.noiseless_echoes(cfg, scenes, x)
-    hits = 0
+    hits = marg_hits = 0
     for m in range(cfg.n_rx):
         fe = create_front_end("velocity-image", cfg, ap_index=m, velocity_bins=(16, 16))
         assert fe.output_shape == (16, 16, 16, 16)  # (Vy, Gx, Gy, Vx)
@@ -454,7 +466,20 @@ def test_velocity_image_of_a_noiseless_target_peaks_at_its_position_and_velocity
                     nearest(fe.grid["y"], float(scenes.positions[b, 0, 1])),
                     nearest(fe.grid["velocity_x"], float(scenes.velocities[b, 0, 0])))
             hits += max(abs(ky - want[0]), abs(gx - want[1]), abs(gy - want[2]), abs(kx - want[3])) <= 1
+        # marginals: at the peak pixel of the v_x profile, the v_x and v_y profiles peak at the two components
+        marg = create_front_end("velocity-image", cfg, ap_index=m, velocity_output="marginals",
+                                velocity_bins=(16, 16))(y[:, m], x)
+        assert marg.shape == (6, 2, 16, 16, 16)
+        for b in range(6):
+            gx, gy, kx = argmax_bins(marg[b, 0])
+            ky = int(marg[b, 1, gx, gy].argmax())
+            want = (nearest(fe.grid["x"], float(scenes.positions[b, 0, 0])),
+                    nearest(fe.grid["y"], float(scenes.positions[b, 0, 1])),
+                    nearest(fe.grid["velocity_x"], float(scenes.velocities[b, 0, 0])),
+                    nearest(fe.grid["velocity_y"], float(scenes.velocities[b, 0, 1])))
+            marg_hits += max(abs(gx - want[0]), abs(gy - want[1]), abs(kx - want[2]), abs(ky - want[3])) <= 1
     assert hits >= 10, hits  # of 12
+    assert marg_hits >= 10, marg_hits
 
 
 def test_models_give_each_receive_ap_its_own_index():

@@ -489,6 +489,13 @@ class VelocityImageFrontEnd(ImageFrontEnd):
     are read off the grid position alike, and the decoder's fusion of the APs' latents (concatenated channels,
     Section III-C) sees the evidence of all APs aligned. Needs X at the receive AP (like ``"image"``); the pixel
     Doppler phases are built per chunk of pixels (memory bounded by ``chunk_cells``), so the paper preset fits.
+    ``velocity_output="marginals"`` replaces the velocity plane by its two max-projections,
+
+        W[0, g, k] = max_l V[g, l, k]   (the v_x profile),      W[1, g, k] = max_l V[g, k, l]   (the v_y profile),
+
+    [B, 2, Gx, Gy, V] with V = Vx = Vy (default 16): like ``"image"``, two input channels and a grid of pixels x one
+    velocity axis, but each channel's peak sits at a velocity component itself (no position-dependent bistatic
+    geometry left for the decoder to undo); the pairing of v_x and v_y of one target is kept by its pixel.
     ``grid``: ``x`` [Gx], ``y`` [Gy] (m), ``velocity_x`` [Vx], ``velocity_y`` [Vy] (m/s).
     """
 
@@ -497,16 +504,23 @@ class VelocityImageFrontEnd(ImageFrontEnd):
     def __init__(
         self, cfg: SystemConfig, *, ap_index: int | None = None, norm: str = "noise",
         pixels: tuple[int, int] | None = None, velocity_bins: tuple[int, int] | None = None, compress: str = "none",
-        chunk_cells: int = DEFAULT_CHUNK_CELLS,
+        chunk_cells: int = DEFAULT_CHUNK_CELLS, velocity_output: str = "plane",
     ) -> None:
+        if velocity_output not in ("plane", "marginals"):
+            raise ValueError(f"velocity_output must be 'plane' or 'marginals', got {velocity_output!r}")
         if velocity_bins is None:
-            velocity_bins = (cfg.n_symbols, 16)
+            velocity_bins = (cfg.n_symbols, 16 if velocity_output == "plane" else cfg.n_symbols)
         if not (isinstance(velocity_bins, (tuple, list)) and len(velocity_bins) == 2):
             raise ValueError(f"velocity_bins must be a pair (Vx, Vy), got {velocity_bins!r}")
         vx_n, vy_n = (_check_bins("velocity_bins", v) for v in velocity_bins)
+        if velocity_output == "marginals" and vx_n != vy_n:
+            raise ValueError(f"velocity_output='marginals' needs as many v_x as v_y bins (one velocity axis), got "
+                             f"velocity_bins={tuple(velocity_bins)!r}")
         super().__init__(cfg, ap_index=ap_index, norm=norm, pixels=pixels, doppler_bins=vx_n, compress=compress,
                          chunk_cells=chunk_cells)
-        self.in_channels = vy_n
+        self.velocity_output = velocity_output
+        self.velocity_bins = (vx_n, vy_n)
+        self.in_channels = vy_n if velocity_output == "plane" else 2
         f64 = torch.float64
         with torch.device("cpu"):
             vx, vy = (torch.linspace(-cfg.max_speed, cfg.max_speed, k, dtype=f64) if k > 1 else
@@ -524,8 +538,11 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         self.register_buffer("velocity_x", vx, persistent=False)
         self.register_buffer("velocity_y", vy, persistent=False)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", velocity_output={self.velocity_output!r}"
+
     def _doppler_shape(self) -> tuple[int, ...]:
-        return (self.in_channels, self.spatial_shape[2])  # (Vy, Vx)
+        return self.velocity_bins[::-1]  # (Vy, Vx)
 
     def _doppler_stage(self, p: torch.Tensor, n: int) -> torch.Tensor:
         """p [b, G, Ts] of transmit AP n -> sum_t p e^{-j 2 pi t f_n(g, v) dT} / sqrt(Ts) on the velocity grid,
@@ -548,7 +565,11 @@ class VelocityImageFrontEnd(ImageFrontEnd):
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         c = self.complex_map(y_m, x)  # [B, N, Gx, Gy, Vy, Vx]
-        v = _abs2(c).mean(1).sqrt().permute(0, 3, 1, 2, 4)  # [B, Vy, Gx, Gy, Vx]
+        v = _abs2(c).mean(1).sqrt()  # [B, Gx, Gy, Vy, Vx]
+        if self.velocity_output == "marginals":
+            v = torch.stack([v.amax(3), v.amax(4)], 1)  # [B, 2, Gx, Gy, V]: v_x profile, v_y profile
+        else:
+            v = v.permute(0, 3, 1, 2, 4)  # [B, Vy, Gx, Gy, Vx]
         if self.compress == "log":
             v = torch.log1p(v)
         return v.float().contiguous()
