@@ -137,6 +137,20 @@ def test_figures_and_report(all_run):
         assert get(name).TITLE in text
     assert "**Paper:**" in text and "cfisac reproduce" in text and "Machine:" in text
     assert "Points missing" not in text
+    # the plain verdict on the learned schemes: their RMSE as a fraction of the prior predictor's, from the rows
+    from cfisac.experiments.common import is_learned
+    from cfisac.experiments.report import summary_powers, summary_rows, verdict_lines
+
+    verdict = verdict_lines(ctx)
+    assert "## How the learned schemes fare" in text and all(v in text for v in verdict)
+    p0 = summary_powers(ctx)[-1]
+    rows = summary_rows(ctx, p0)
+    prior = next(r for r in rows if r["scheme"] == "prior")
+    learned = [r for r in rows if is_learned(r["scheme"])]
+    assert learned and len([v for v in verdict if v.startswith(f"At {p0:g} dBm")]) == len(learned)
+    r = learned[0]
+    frac = f"{r['position_rmse'] / prior['position_rmse']:.2f} / {r['velocity_rmse'] / prior['velocity_rmse']:.2f}"
+    assert any(frac + " of the prior predictor's RMSE" in v for v in verdict), (frac, verdict)
     html = (ctx.root / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and '<img alt="' in html and "<table>" in html
     summary = format_summary(ctx)

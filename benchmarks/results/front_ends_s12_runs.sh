@@ -1,0 +1,20 @@
+#!/bin/sh
+# Issue 9, second stop: 10-minute cached runs at the quick preset, 48 dBm, 16384 training scenes, two at a time
+# (one per core). Without the feature caches, bench_front_ends.py computes them first (prepare_features; the
+# velocity-marginals ones were computed by two processes over halves of the scenes, the same computation).
+cd "$(dirname "$0")/../.." || exit 1
+OV='{"kmeans_init": true, "dead_code_threshold": 1.0}'
+B="env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_front_ends.py --preset quick --threads 1 --minutes 10 --eval-every 60 --out runs/s12 --power-dbm 48 --data data/quick-P48-seed0-n16384.h5 --n-train 16384"
+$B --cached image --kind dvqvae --lr-schedule cosine --model-overrides "$OV"
+$B --cached image --kind dvae --lr-schedule constant --model-overrides "$OV"
+$B --cached image --kind dvqvae --lr-schedule cosine --loss assignment --model-overrides "$OV"
+$B --cached image --kind dvqvae --lr-schedule constant --model-overrides "$OV"
+$B --cached velocity-marginals --kind dvqvae --lr-schedule cosine --model-overrides "$OV"
+$B --cached velocity-marginals --kind dvqvae --lr-schedule constant --model-overrides "$OV"
+# feasibility and the non-learned readout of the same test scenes
+env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_feasibility.py --powers 30 48 --n 500 --threads 1
+.venv/bin/python benchmarks/peak_readout.py --features data/front_end_features/quick-P48 --power-dbm 48
+# curves
+.venv/bin/python benchmarks/plot_front_ends.py benchmarks/results/front_ends.jsonl \
+    --out benchmarks/results/front_ends_curves.png --power-dbm 48 --prior 40.56 16.32 --train-mean 37.25 16.32 \
+    --crlb 0.172 0.751 --ml 2.30 1.62
