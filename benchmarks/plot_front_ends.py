@@ -28,6 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def label(row: dict) -> str:
     extra = [f"{row['n_train']} scenes"]
+    minutes = (row.get("train") or {}).get("minutes", 10)
+    if minutes != 10:
+        extra.append(f"{minutes:g} min")
     if row.get("kind", "dvqvae") != "dvqvae":
         extra.append(f"{row['kind']} (no quantizer)")
     if row.get("lr_schedule", "constant") != "constant":
@@ -58,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in rows if r.get("curve") and r["power_dbm"] == args.power_dbm]
     if not rows:
         raise SystemExit(f"no cached-mode rows with curves at {args.power_dbm:g} dBm in {args.results}")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for k, (ax, what, unit) in enumerate(zip(axes, ("position", "velocity"), ("m", "m/s"), strict=True)):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors[:len(rows)])
         for r in rows:
             c = r["curve"]
             ax.plot([e["train_s"] for e in c], [e[f"{what}_rmse_256"] for e in c], marker=".", label=label(r))

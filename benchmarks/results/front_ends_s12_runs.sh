@@ -11,6 +11,9 @@ $B --cached image --kind dvqvae --lr-schedule cosine --loss assignment --model-o
 $B --cached image --kind dvqvae --lr-schedule constant --model-overrides "$OV"
 $B --cached velocity-marginals --kind dvqvae --lr-schedule cosine --model-overrides "$OV"
 $B --cached velocity-marginals --kind dvqvae --lr-schedule constant --model-overrides "$OV"
+# the same recipe for 30 minutes (what 3x the training buys)
+$B --cached image --kind dvqvae --lr-schedule cosine --minutes 30 --eval-every 120 --model-overrides "$OV"
+$B --cached velocity-marginals --kind dvqvae --lr-schedule cosine --minutes 30 --eval-every 120 --model-overrides "$OV"
 # feasibility and the non-learned readout of the same test scenes
 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_feasibility.py --powers 30 48 --n 500 --threads 1
 .venv/bin/python benchmarks/peak_readout.py --features data/front_end_features/quick-P48 --power-dbm 48
