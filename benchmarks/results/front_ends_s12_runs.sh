@@ -14,6 +14,11 @@ $B --cached velocity-marginals --kind dvqvae --lr-schedule constant --model-over
 # the same recipe for 30 minutes (what 3x the training buys)
 $B --cached image --kind dvqvae --lr-schedule cosine --minutes 30 --eval-every 120 --model-overrides "$OV"
 $B --cached velocity-marginals --kind dvqvae --lr-schedule cosine --minutes 30 --eval-every 120 --model-overrides "$OV"
+# twice the distinct scenes: a 32768-scene cache (its first 16384 scenes are those above) and its image features
+.venv/bin/cfisac simulate --preset quick --power-dbm 48 --n 32768 --seed 0 --out data/quick-P48-seed0-n32768.h5
+B32="env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_front_ends.py --preset quick --threads 1 --out runs/s12 --power-dbm 48 --data data/quick-P48-seed0-n32768.h5 --n-train 32768"
+$B32 --cached image --kind dvqvae --lr-schedule cosine --minutes 10 --eval-every 60 --model-overrides "$OV"
+$B32 --cached image --kind dvqvae --lr-schedule cosine --minutes 30 --eval-every 120 --model-overrides "$OV"
 # feasibility and the non-learned readout of the same test scenes
 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_feasibility.py --powers 30 48 --n 500 --threads 1
 .venv/bin/python benchmarks/peak_readout.py --features data/front_end_features/quick-P48 --power-dbm 48
