@@ -18,14 +18,13 @@ Fisher information (NaN bound) are left out of both columns and counted.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 from datetime import UTC, datetime
 
 import torch
 
 import cfisac
-from cfisac.crlb import crlb
+from cfisac.crlb import average_root_crlb, crlb
 from cfisac.scene import sample_scenes
 from cfisac.waveform import transmit_signals
 
@@ -36,7 +35,7 @@ def bounds(cfg: cfisac.SystemConfig, seed: int, n: int, chunk: int = 50) -> dict
     (x0, x1), (y0, y1) = cfg.area
     var = torch.tensor([(x1 - x0) ** 2 / 12, (y1 - y0) ** 2 / 12] * Q + [(2 * cfg.max_speed) ** 2 / 12] * (2 * Q),
                        dtype=torch.float64)
-    c_pos, c_vel, b_pos, b_vel, singular = [], [], [], [], 0
+    bounds_crlb, bounds_prior, singular = [], [], 0
     for lo in range(0, n, chunk):
         idx = range(lo, min(n, lo + chunk))
         scenes = sample_scenes(cfg, len(idx), seed, indices=torch.as_tensor(list(idx)))
@@ -45,14 +44,12 @@ def bounds(cfg: cfisac.SystemConfig, seed: int, n: int, chunk: int = 50) -> dict
         ok = ~torch.isnan(c).any(-1).any(-1)
         singular += int((~ok).sum())
         c = c[ok]
-        b = torch.linalg.inv(torch.linalg.inv(c) + torch.diag(1.0 / var))
-        for mat, pos, vel in ((c, c_pos, c_vel), (b, b_pos, b_vel)):
-            d = torch.diagonal(mat, dim1=-2, dim2=-1)
-            pos.append(d[:, :2 * Q].reshape(-1, Q, 2).sum(-1).reshape(-1))
-            vel.append(d[:, 2 * Q:].reshape(-1, Q, 2).sum(-1).reshape(-1))
-    rms = [math.sqrt(float(torch.cat(v).mean())) for v in (c_pos, c_vel, b_pos, b_vel)]
-    return {"root_crlb_position": rms[0], "root_crlb_velocity": rms[1], "prior_informed_position": rms[2],
-            "prior_informed_velocity": rms[3], "singular": singular}
+        bounds_crlb.append(c)
+        bounds_prior.append(torch.linalg.inv(torch.linalg.inv(c) + torch.diag(1.0 / var)))
+    crlb_pos, crlb_vel = average_root_crlb(torch.cat(bounds_crlb))
+    prior_pos, prior_vel = average_root_crlb(torch.cat(bounds_prior))
+    return {"root_crlb_position": crlb_pos, "root_crlb_velocity": crlb_vel, "prior_informed_position": prior_pos,
+            "prior_informed_velocity": prior_vel, "singular": singular}
 
 
 def main(argv: list[str] | None = None) -> int:

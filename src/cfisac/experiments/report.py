@@ -134,7 +134,7 @@ def verdict_lines(ctx: Context) -> list[str]:
             fp, fv = (r[k] / prior[k] for k in ("position_rmse", "velocity_rmse"))
             learned = [what for what, f in (("location", fp), ("velocity", fv)) if f < LEARNED_AT_PRIOR]
             what = (" and ".join(learned) + " learned" if learned else
-                    "nothing learned: within 10 % of the prior predictor in both")
+                    f"nothing learned: within {1 - LEARNED_AT_PRIOR:.0%} of the prior predictor in both")
             crlb = ""
             if math.isfinite(r["root_crlb_position"]) and r["root_crlb_position"] > 0:
                 crlb = (f"; {_num(r['position_rmse'] / r['root_crlb_position'])} / "
