@@ -10,8 +10,8 @@ import torch
 import cfisac
 from cfisac import SystemConfig
 from cfisac.estimators import create
-from cfisac.estimators.music import estimate_model_order, music_doa
-from cfisac.estimators.signal_processing import (
+from cfisac.estimators.reference.music import estimate_model_order, music_doa
+from cfisac.estimators.reference.signal_processing import (
     ApMessages,
     Comb,
     delay_doppler_spectrum,

@@ -4,11 +4,15 @@
 ``y`` [B, M, Mr, Ns, Ts] and ``x`` [B, N, Nt, Ns, Ts] returns an :class:`Estimate` (``positions`` [B, Q, 2] m,
 ``velocities`` [B, Q, 2] m/s, float64; NaN velocities where a scheme cannot estimate them, e.g. monostatic).
 Every estimator reports ``fronthaul_bits_per_ap``: the bits each receive AP sends to the CPU per update.
+
+The names are those the estimator modules give to :func:`register`: the registry imports every module of this
+package (and :mod:`cfisac.models.estimator`, the learned schemes) the first time a name is looked up.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,38 +38,46 @@ class Estimator(Protocol):
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> Estimate: ...
 
 
-# name -> module that registers it on import (kept here so that ``create`` can import lazily).
-_PROVIDERS: dict[str, str] = {
-    "prior": "cfisac.estimators.prior",
-    "music": "cfisac.estimators.music",
-    "cs": "cfisac.estimators.cs",
-    "monostatic": "cfisac.estimators.monostatic",
-    "ml": "cfisac.estimators.ml",
-    "dvqvae": "cfisac.models.estimator",
-    "dvae": "cfisac.models.estimator",
-    "cnn": "cfisac.models.estimator",
-}
 _FACTORIES: dict[str, Callable[..., Estimator]] = {}
+_EXTRA_PROVIDERS = ("cfisac.models.estimator",)  # learned schemes live with their models
+_discovered = False
 
 
 def register(name: str) -> Callable[[Callable[..., Estimator]], Callable[..., Estimator]]:
     """Decorator registering ``factory(cfg, checkpoint=None, **options) -> Estimator`` under ``name``."""
 
     def deco(factory: Callable[..., Estimator]) -> Callable[..., Estimator]:
+        known = _FACTORIES.get(name)
+        if known is not None and known is not factory and known.__module__ != factory.__module__:
+            raise ValueError(f"estimator name {name!r} registered twice ({known.__module__}, {factory.__module__})")
         _FACTORIES[name] = factory
         return factory
 
     return deco
 
 
+def _discover() -> None:
+    """Import every estimator module once so that each has made its :func:`register` calls."""
+    global _discovered
+    if _discovered:
+        return
+    for info in pkgutil.walk_packages(__path__, prefix=__name__ + "."):
+        importlib.import_module(info.name)
+    for name in _EXTRA_PROVIDERS:
+        importlib.import_module(name)
+    _discovered = True
+
+
 def available() -> list[str]:
-    return sorted(_PROVIDERS)
+    """Every registered estimator name, sorted."""
+    _discover()
+    return sorted(_FACTORIES)
 
 
 def create(name: str, cfg: SystemConfig, checkpoint: str | None = None, **options: Any) -> Estimator:
     """Build the estimator ``name`` for ``cfg`` (learned ones load ``checkpoint``)."""
-    if name not in _PROVIDERS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {available()}")
     if name not in _FACTORIES:
-        importlib.import_module(_PROVIDERS[name])
+        _discover()
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {available()}")
     return _FACTORIES[name](cfg, checkpoint=checkpoint, **options)

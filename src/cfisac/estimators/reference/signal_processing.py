@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares, linear_sum_assignment
 
-from ..config import SPEED_OF_LIGHT, SystemConfig
-from ..sensing import check_transmit_signals, sensing_indices
-from . import Estimate
+from ...config import SPEED_OF_LIGHT, SystemConfig
+from ...sensing import check_transmit_signals, sensing_indices
+from .. import Estimate
 
 __all__ = [
     "ApMessages", "Comb", "Layout", "Path", "aoa_direction", "associate", "delay_doppler_spectrum", "direction_cosine",

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from scipy.ndimage import maximum_filter
 
-from ..config import SPEED_OF_LIGHT, SystemConfig
-from . import Estimate, register
+from ...config import SPEED_OF_LIGHT, SystemConfig
+from .. import Estimate, register
 from .signal_processing import (
     ApMessages,
     Comb,
@@ -334,7 +334,8 @@ class CsEstimator:
         return float(np.clip(ref + np.sum(w[ok] * du[ok]) / np.sum(w[ok]), -1.0, 1.0))
 
 
-@register("cs")
+@register("cs")  # until the batched cs of cfisac.estimators lands
+@register("cs-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> CsEstimator:
     if checkpoint is not None:
         raise ValueError("the CS baseline has no checkpoint")

@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from scipy.signal import find_peaks
 
-from ..config import SPEED_OF_LIGHT, SystemConfig
-from . import Estimate, register
+from ...config import SPEED_OF_LIGHT, SystemConfig
+from .. import Estimate, register
 from .signal_processing import (
     ApMessages,
     Comb,
@@ -433,8 +433,18 @@ class MusicEstimator:
         return (sigs @ amps).reshape(r.shape)
 
 
-@register("music")
+@register("music")  # until the batched music of cfisac.estimators lands
+@register("music-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
     if checkpoint is not None:
         raise ValueError("the MUSIC baseline has no checkpoint")
     return MusicEstimator(cfg, **options)
+
+
+@register("music-gated")  # until the batched music of cfisac.estimators lands
+@register("music-gated-reference")
+def _create_gated(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
+    """MUSIC on the range-Doppler-gated covariance (``covariance="gated"``)."""
+    if checkpoint is not None:
+        raise ValueError("the MUSIC baseline has no checkpoint")
+    return MusicEstimator(cfg, covariance="gated", **options)

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from scipy.ndimage import maximum_filter
 
-from ..config import SystemConfig
-from . import Estimate, register
+from ...config import SystemConfig
+from .. import Estimate, register
 from .signal_processing import (
     Comb,
     Layout,
@@ -230,7 +230,8 @@ class MonostaticEstimator:
         return paths
 
 
-@register("monostatic")
+@register("monostatic")  # until the batched monostatic of cfisac.estimators lands
+@register("monostatic-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
     if checkpoint is not None:
         raise ValueError("the monostatic baseline has no checkpoint")
