@@ -30,15 +30,6 @@ TINY = dict(n_test=3, eval_batch=3, n_train=8, n_val=2, train_seconds={"*": 60.0
             classical=(), learned=("dvqvae",), crlb_max_scenes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP synchronisation costs that dominate on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_ctx(root, **kw):
     return make_context("tiny", root=root, log=lambda s: None, **{**TINY, **kw})
 

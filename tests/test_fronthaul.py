@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 import cfisac
 from cfisac.estimators import create
@@ -21,15 +20,6 @@ from cfisac.fronthaul import (
     transmit_signal_bits,
 )
 from cfisac.models import ModelConfig, payload_shape
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_paper_figures_exactly():

@@ -33,15 +33,6 @@ TINY_M = ModelConfig.preset("tiny")
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def conv(cin: int, cout: int, k: int) -> int:
     return cin * cout * k**3 + cout
 

@@ -19,15 +19,6 @@ from cfisac.quantize import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _vq(codebook: list[list[float]], **kw) -> VectorQuantizer:
     vq = VectorQuantizer(len(codebook), len(codebook[0]), **kw)
     vq.codebook.copy_(torch.tensor(codebook))

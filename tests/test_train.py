@@ -20,15 +20,6 @@ TINY = cfisac.SystemConfig.preset("tiny")
 TINY_M = ModelConfig.preset("tiny")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def batch32():
     b = simulate_batch(TINY, 0, range(32))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["AccuracyReport", "assign_targets", "accuracy"]
+__all__ = ["AccuracyReport", "accuracy", "assign_targets", "rmse_confidence_interval"]
 
 
 def assign_targets(est_positions: torch.Tensor, true_positions: torch.Tensor) -> torch.Tensor:
@@ -59,3 +59,28 @@ def accuracy(est_positions: torch.Tensor, est_velocities: torch.Tensor, true_pos
     pe = torch.linalg.vector_norm(p - true_positions.double().to(p.device), dim=-1).cpu()
     ve = torch.linalg.vector_norm(v - true_velocities.double().to(v.device), dim=-1).cpu()
     return AccuracyReport(pe, ve)
+
+
+def rmse_confidence_interval(errors: torch.Tensor, *, level: float = 0.95, n_boot: int = 2000,
+                             seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of an RMSE over scenes: (low, high).
+
+    ``errors`` [B, Q] per-target errors (m or m/s) of B scenes; the targets of one scene share its echoes, so whole
+    scenes are resampled (B with replacement, ``n_boot`` times, from an explicit ``seed``) and the RMSE
+    ``sqrt(mean(errors^2))`` of each resample is computed; the interval holds the central ``level`` of them.
+    NaN errors (a scheme without velocities) give (NaN, NaN).
+    """
+    if errors.dim() != 2 or errors.shape[0] == 0:
+        raise ValueError(f"errors must be [B, Q] with B >= 1, got {tuple(errors.shape)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    e = errors.detach().double().cpu()
+    if not bool(torch.isfinite(e).all()):
+        return float("nan"), float("nan")
+    per_scene = e.pow(2).mean(1)  # [B]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, e.shape[0], (n_boot, e.shape[0]), generator=gen)
+    boot = per_scene[idx].mean(1).sqrt()
+    a = (1.0 - level) / 2
+    lo, hi = torch.quantile(boot, torch.tensor([a, 1.0 - a], dtype=torch.float64))
+    return float(lo), float(hi)

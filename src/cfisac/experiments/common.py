@@ -331,14 +331,16 @@ def crlb_of_scenes(ctx: Context, cfg: SystemConfig, *, n: int | None = None, **c
 # ---------------------------------------------------------------------------------------------------- schemes
 def _accuracy_result(est_pos: torch.Tensor, est_vel: torch.Tensor, data: dict[str, torch.Tensor],
                      bits: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from ..metrics import accuracy
+    from ..metrics import accuracy, rmse_confidence_interval
 
     rep = accuracy(est_pos, est_vel, data["positions"], data["velocities"])
     pe, ve = rep.position_errors.flatten(), rep.velocity_errors.flatten()
     vel_ok = bool(torch.isfinite(ve).all())
     metrics = {
         "position_median": float(pe.median()), "position_p90": float(pe.quantile(0.9)),
-        **({"velocity_median": float(ve.median()), "velocity_p90": float(ve.quantile(0.9))} if vel_ok else {}),
+        "position_rmse_ci95": list(rmse_confidence_interval(rep.position_errors)),
+        **({"velocity_median": float(ve.median()), "velocity_p90": float(ve.quantile(0.9)),
+            "velocity_rmse_ci95": list(rmse_confidence_interval(rep.velocity_errors))} if vel_ok else {}),
         **(extra or {}),
     }
     return {

@@ -126,6 +126,16 @@ def plot_accuracy(
                 style.update(zorder=10, linewidth=2.2)
             (line,) = ax.plot(xs, ys, label=None if multi else label, markersize=6,
                               **{k: v for k, v in style.items() if v is not None})
+            kind = col.split("_")[0]
+            bars = [(r["x_value"], r[key], (r.get("metrics") or {}).get(f"{kind}_rmse_ci95")) for r in pts
+                    if _finite(r[key])]
+            bars = [(x, y, ci) for x, y, ci in bars if ci and all(_finite(c) for c in ci)]
+            if bars and scheme != "crlb":  # 95 % bootstrap interval of every RMSE
+                bx, by, bci = zip(*bars, strict=True)
+                err = [[max(y - c[0], 0.0) for y, c in zip(by, bci, strict=True)],
+                       [max(c[1] - y, 0.0) for y, c in zip(by, bci, strict=True)]]
+                ax.errorbar(bx, by, yerr=err, fmt="none", ecolor=line.get_color(), elinewidth=1.0, capsize=2.5,
+                            alpha=0.8, zorder=line.get_zorder())
             few = [(r["x_value"], r[key]) for r in pts if _finite(r[key]) and r.get("n_scenes", math.inf) < FEW]
             if few and scheme != "crlb" and style.get("marker"):
                 ax.plot(*zip(*few, strict=True), linestyle="none", marker=style["marker"], markersize=6,
@@ -173,5 +183,6 @@ def plot_accuracy(
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8.5, frameon=False)
     if few_any:
         note = (note + "; " if note else "") + f"hollow markers: fewer than {FEW} test scenes (time-capped)"
+    note = (note + "; " if note else "") + "error bars: 95 % bootstrap intervals over the test scenes"
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     return save(fig, out_base)

@@ -34,6 +34,16 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
+def _with_ci(r: dict[str, Any], kind: str) -> str:
+    """``RMSE [low-high]``: the stored RMSE of ``kind`` ("position" / "velocity") with its 95 % bootstrap interval
+    (:func:`cfisac.metrics.rmse_confidence_interval`) when the row has one."""
+    ci = (r.get("metrics") or {}).get(f"{kind}_rmse_ci95")
+    value = _num(r[f"{kind}_rmse"])
+    if not ci or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci):
+        return value
+    return f"{value} [{_num(ci[0])}-{_num(ci[1])}]"
+
+
 def _bits(v: Any) -> str:
     if not isinstance(v, (int, float)) or not math.isfinite(v):
         return "–"
@@ -96,7 +106,7 @@ def _summary_block(ctx: Context, power: float) -> str:
             b = bits.get(r["scheme"], math.nan)
         cr = (f"{_num(r['root_crlb_position'])} | {_num(r['root_crlb_velocity'])}" if math.isfinite(
             r["root_crlb_position"]) else "–")
-        table.append((scheme_label(r["scheme"]), _num(r["position_rmse"]), _num(r["velocity_rmse"]), cr,
+        table.append((scheme_label(r["scheme"]), _with_ci(r, "position"), _with_ci(r, "velocity"), cr,
                       _bits(b), _num(r["n_scenes"])))
     if crlb is not None:
         table.append(("root-CRLB (bound)", _num(crlb["root_crlb_position"]), _num(crlb["root_crlb_velocity"]),
@@ -105,8 +115,8 @@ def _summary_block(ctx: Context, power: float) -> str:
     what = "the paper's operating power" if power == 30.0 else ""
     if power == operating_power(ctx) and power != 30.0:
         what = "the preset's operating power P0: the paper's integrated SNR"
-    lines = [f"Fig. 6 at P = {power:g} dBm ({what}), preset {ctx.preset}; root-CRLB of the scenes each scheme was "
-             "evaluated on:"]
+    lines = [f"Fig. 6 at P = {power:g} dBm ({what}), preset {ctx.preset}; RMSE [95 % bootstrap interval over "
+             "scenes]; root-CRLB of the scenes each scheme was evaluated on:"]
     for i, t in enumerate(table):
         lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip())
         if i == 0:
@@ -204,7 +214,8 @@ def _points_table(rows: Sequence[dict[str, Any]]) -> list[str]:
                     continue
                 p, v = (("root_crlb_position", "root_crlb_velocity") if scheme == "crlb" else
                         ("position_rmse", "velocity_rmse"))
-                cell = f"{_num(r[p])} / {_num(r[v])}"
+                cell = (f"{_num(r[p])} / {_num(r[v])}" if scheme == "crlb" else
+                        f"{_with_ci(r, 'position')} / {_with_ci(r, 'velocity')}")
                 if math.isfinite(r["n_scenes"]) and r["n_scenes"] < n_max:
                     cell += f" ({int(r['n_scenes'])})"
                 cells.append(cell)
@@ -214,7 +225,8 @@ def _points_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         if series:
             out += [f"*Series {series}:*", ""]
         out += _md_table(head, body) + [""]
-    out.append(f"Cells: location RMSE (m) / velocity RMSE (m/s) on {int(n_max)} test scenes unless marked (k); "
+    out.append(f"Cells: location RMSE (m) / velocity RMSE (m/s) [95 % bootstrap interval over scenes] on "
+               f"{int(n_max)} test scenes unless marked (k); "
                "root-CRLB row: the bound on the same scenes. Full rows (seeds, configs, wall times) in "
                "`points/<experiment>.csv`.")
     return out
