@@ -10,6 +10,7 @@ import torch
 
 from ..config import SystemConfig
 from . import Estimate, register
+from .base import check_inputs
 
 
 class PriorEstimator:
@@ -20,6 +21,7 @@ class PriorEstimator:
         self.cfg = cfg
 
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> Estimate:
+        check_inputs(self.cfg, y, x)  # the same contract as every estimator, though the echoes are not used
         B, Q = y.shape[0], self.cfg.n_targets
         (x0, x1), (y0, y1) = self.cfg.area
         centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], dtype=torch.float64)

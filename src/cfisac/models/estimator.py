@@ -19,6 +19,7 @@ import torch
 
 from ..config import SystemConfig
 from ..estimators import Estimate, register
+from ..estimators.base import check_inputs
 from .config import ModelConfig
 from .split import LabelNormaliser, SplitModel, build_model
 
@@ -67,9 +68,7 @@ class LearnedEstimator:
         return Estimate(psi[:, : 2 * Q].reshape(B, Q, 2).cpu(), psi[:, 2 * Q:].reshape(B, Q, 2).cpu())
 
     def __call__(self, y: torch.Tensor, x: torch.Tensor) -> Estimate:
-        if y.dim() != 5 or x.dim() != 5 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"y [B, M, Mr, Ns, Ts] and x [B, N, Nt, Ns, Ts] must share B, got {tuple(y.shape)} "
-                             f"and {tuple(x.shape)}")
+        check_inputs(self.cfg, y, x)
         parts = []
         for lo in range(0, y.shape[0], self.batch_size):
             ys, xs = y[lo: lo + self.batch_size], x[lo: lo + self.batch_size]
