@@ -1,0 +1,346 @@
+"""Batched signal processing of the bistatic baselines (MUSIC, CS; paper Section V-A), in PyTorch on any device.
+
+Every function works on P independent problems at once (a problem is one beam / receive AP / scene / candidate of
+the caller), tensors on the inputs' device, float64 parameters and complex data in the data's dtype. They are the
+batched counterparts of :mod:`cfisac.estimators.reference.signal_processing` (the literal scene-at-a-time
+references): same grids, same zoom searches, same objectives.
+
+Signal model (Eq. 6). On the sensed subcarrier with absolute index ``i`` and the sensed symbol with absolute index
+``t`` (:class:`cfisac.physics.SensingGrid`), one path of bistatic range ``d`` (m), bistatic Doppler ``f`` (Hz) and
+AoD cosine ``u_tx`` from transmit AP n contributes, at a receive-beam output,
+
+    s[i, t] = exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT) b[i, t],     b[i, t] = a_t^H(u_tx) x_{i,n}[t]
+
+(:func:`path_signatures`). Symbol removal is the matched filter ``conj(b)``; paths are separated by least squares on
+the known x (:func:`joint_fit`, and the projection of :func:`refine_delay_doppler`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..config import SPEED_OF_LIGHT
+from ..geometry import steering_vectors
+from ..physics import SensingGrid, delay_phase, direction_cosine, doppler_phase, ray_distance
+
+__all__ = [
+    "MAP_CHUNK_CELLS", "delay_doppler_dft", "endfire_alias", "find_peaks", "joint_fit", "music_null_spectrum",
+    "path_signatures", "ray_delay_doppler_map", "refine_delay_doppler", "top_peaks", "transmit_covariance",
+    "zoom_maximize", "zoom_maximize_2d",
+]
+
+MAP_CHUNK_CELLS = 2**23  # complex cells of the padded per-antenna DFT of ray_delay_doppler_map per sub-batch
+
+
+# ---------------------------------------------------------------------------------------------------- grids
+def _range_grid(grid: SensingGrid, n_sub: int, oversample: int, device: torch.device) -> torch.Tensor:
+    """Bistatic ranges ``d_k = k c / (L_f s_f df)`` [L_f] float64 of a zero-padded subcarrier DFT."""
+    lf = oversample * n_sub
+    return torch.arange(lf, dtype=torch.float64, device=device) * (SPEED_OF_LIGHT / (lf * grid.subcarrier_stride
+                                                                                     * grid.df))
+
+
+def _doppler_grid(grid: SensingGrid, n_sym: int, oversample: int, device: torch.device) -> torch.Tensor:
+    """Ascending Dopplers ``fftshift(fftfreq(L_t, s_t dT))`` [L_t] float64 (Hz)."""
+    lt = oversample * n_sym
+    f = torch.fft.fftfreq(lt, grid.symbol_stride * grid.dT, dtype=torch.float64, device=device)
+    return torch.fft.fftshift(f)
+
+
+def delay_doppler_dft(z: torch.Tensor, grid: SensingGrid, *, oversample: int = 4, d_max: float | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-padded 2-D DFT of symbol-removed data ``z`` [..., Ns, Ts] onto the bistatic range / Doppler grid.
+
+    ``S[k, j] = sum_{i', t'} z[i', t'] exp(+j 2 pi s_f i' d_k df / c) exp(-j 2 pi s_t t' f_j dT)`` (the conjugate
+    Eq. 6 phases at the comb's relative indices) on ``d_k = k c / (L_f s_f df)``, ``L_f = oversample Ns`` (only
+    ``d_k <= d_max`` kept) and ``f_j`` = fft-shifted ``fftfreq(L_t, s_t dT)``, ``L_t = oversample Ts``. The common
+    phase of the comb offset ``t = 1 + s_t t'`` is omitted (magnitudes only). Returns (S [..., K, L_t] complex, d [K],
+    f [L_t] float64).
+    """
+    ns, ts = z.shape[-2:]
+    lf, lt = oversample * ns, oversample * ts
+    d = _range_grid(grid, ns, oversample, z.device)
+    keep = lf if d_max is None else int(torch.searchsorted(d, torch.tensor(d_max, dtype=d.dtype, device=d.device),
+                                                           right=True))
+    s = torch.fft.ifft(z, n=lf, dim=-2)[..., :keep, :] * lf
+    s = torch.fft.fftshift(torch.fft.fft(s, n=lt, dim=-1), dim=-1)
+    return s, d[:keep], _doppler_grid(grid, ts, oversample, z.device)
+
+
+def transmit_covariance(x_n: torch.Tensor) -> torch.Tensor:
+    """``R_x = sum_{i,t} x_{i,n}[t] x_{i,n}[t]^H`` [..., Nt, Nt] of transmit signals ``x_n`` [..., Nt, Ns, Ts].
+
+    ``a_t^H R_x a_t = sum |b|^2`` is the energy of the symbols a point at AoD ``a_t`` sees (matched-filter norm).
+    """
+    xf = x_n.reshape(*x_n.shape[:-2], -1)
+    return xf @ xf.conj().transpose(-1, -2)
+
+
+def _beam_energy(a: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
+    """``a^H R_x a`` [P, G] float64 for steering vectors ``a`` [P, G, Nt] and ``R_x`` [P, Nt, Nt]."""
+    return torch.einsum("pgk,pkl,pgl->pg", a.conj(), rx, a).real.to(torch.float64)
+
+
+def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid, *, rx: torch.Tensor,
+                          e: torch.Tensor, tx: torch.Tensor, tx_axis: torch.Tensor, d_max: torch.Tensor,
+                          oversample: int = 4,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Geometry-constrained matched filter of P receive beams against one transmit AP each: 2-D DFT power maps.
+
+    ``r`` [P, Ns, Ts] are receive-beam outputs towards the AoA rays ``rx + rho e`` (``rx``, ``e`` [P, 2]), ``x_n``
+    [P, Nt, Ns, Ts] the transmit AP's signals (AP at ``tx`` [P, 2] or [2], axis ``tx_axis``). Every bistatic range
+    bin ``d_k`` fixes the point of the ray on the bistatic ellipse (:func:`cfisac.physics.ray_distance`) and hence
+    the AoD ``u_tx(d_k)`` whose transmit beam ``b = a_t^H(u_tx) x`` is removed by matched filtering:
+
+    M[p,k,j] = |sum_{i,t} r[i,t] conj(b_{u_tx(d_k)}[i,t]) e^{+j 2 pi i d_k df / c} e^{-j 2 pi t f_j dT}|^2 / E(d_k)
+
+    with ``E = sum |b|^2`` (GLRT normalisation); zero-padded subcarrier DFT per transmit antenna, transmit
+    beamforming per range bin, zero-padded symbol DFT (:func:`delay_doppler_dft` grid). Problem p keeps the bins
+    ``d_k <= d_max[p]`` (at least one); the common grid runs to the largest ``d_max``. Computed in sub-batches of
+    :data:`MAP_CHUNK_CELLS` cells. Returns (M [P, K, L_t] float64, d [K], f [L_t], u_tx [P, K], valid [P, K] bool).
+    """
+    P, nt, ns, ts = x_n.shape
+    lf, lt = oversample * ns, oversample * ts
+    d = _range_grid(grid, ns, oversample, r.device)
+    keep_p = torch.searchsorted(d, d_max.to(torch.float64).contiguous(), right=True).clamp_min(1)  # [P]
+    keep = int(keep_p.max())
+    d = d[:keep]
+    valid = torch.arange(keep, device=r.device)[None, :] < keep_p[:, None]
+    rho = ray_distance(d[None, :], rx[:, None, :], e[:, None, :], tx[..., None, :] if tx.dim() == 2 else tx)
+    pts = rx[:, None, :] + rho[..., None] * e[:, None, :]
+    u_tx = direction_cosine(pts, tx[..., None, :] if tx.dim() == 2 else tx,
+                            tx_axis[..., None, :] if tx_axis.dim() == 2 else tx_axis)
+    a = steering_vectors(u_tx, nt, grid.spacing, r.dtype)  # [P, K, Nt]; conj(b) = a^T conj(x)
+    energy = _beam_energy(a, transmit_covariance(x_n)).clamp_min(1e-300)
+    step = max(1, MAP_CHUNK_CELLS // (nt * lf * ts))
+    z = torch.empty((P, keep, ts), dtype=r.dtype, device=r.device)
+    for lo in range(0, P, step):  # bounded memory: the padded per-antenna DFT is nt * lf * ts cells per problem
+        g = r[lo:lo + step, None] * x_n[lo:lo + step].conj()  # [p, Nt, Ns, Ts]
+        f1 = torch.fft.ifft(g, n=lf, dim=2)[:, :, :keep, :] * lf  # [p, Nt, K, Ts]
+        z[lo:lo + step] = torch.einsum("pkl,plkt->pkt", a[lo:lo + step], f1)
+    s = torch.fft.fftshift(torch.fft.fft(z, n=lt, dim=-1), dim=-1)
+    power = s.abs().to(torch.float64) ** 2 / energy[..., None]
+    return power, d, _doppler_grid(grid, ts, oversample, r.device), u_tx, valid
+
+
+def endfire_alias(u: torch.Tensor, spacing: float, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The other direction cosine with (almost) the same steering vector near endfire: (alias [...], exists [...]).
+
+    Only half-wavelength arrays have one inside [-1, 1]: ``u - sign(u) / spacing`` clipped to the endfire point,
+    for ``|u| > 1 - margin`` (the estimators use half a receive resolution cell).
+    """
+    alias = (u - torch.sign(u) / spacing).clamp(-1.0, 1.0)
+    alias = torch.where(u == 0, u - 1.0 / spacing, alias).clamp(-1.0, 1.0)  # copysign(+0) is +
+    exists = (u.abs() > 1.0 - margin) & (spacing >= 0.5 - 1e-12)
+    return alias, exists
+
+
+# ---------------------------------------------------------------------------------------------------- peaks
+def find_peaks(values: torch.Tensor, valid: torch.Tensor | None = None, *, circular: bool = False) -> torch.Tensor:
+    """Strict local maxima of ``values`` [..., G] along the last axis: bool [..., G].
+
+    ``values[g] > values[g-1]`` and ``values[g] > values[g+1]``; the ends compare with ``-inf`` (every problem's
+    first and last valid entries can be peaks) unless ``circular``. Entries with ``valid`` False (padding) are
+    ``-inf`` and never peaks. As ``scipy.signal.find_peaks`` except that flat plateaus give no peak.
+    """
+    v = values if valid is None else torch.where(valid, values, torch.full_like(values, -math.inf))
+    if circular:
+        left, right = v.roll(1, -1), v.roll(-1, -1)
+    else:
+        pad = torch.full_like(v[..., :1], -math.inf)
+        left = torch.cat([pad, v[..., :-1]], -1)
+        right = torch.cat([v[..., 1:], pad], -1)
+    peak = (v > left) & (v > right)
+    return peak if valid is None else peak & valid
+
+
+def top_peaks(values: torch.Tensor, peaks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` highest peaks of ``values`` [..., G] (``peaks`` bool [..., G]), best first.
+
+    Returns (index [..., k] long, value [..., k], exists [..., k] bool); missing peaks have ``exists`` False.
+    """
+    masked = torch.where(peaks, values, torch.full_like(values, -math.inf))
+    kk = min(k, values.shape[-1])
+    val, idx = torch.topk(masked, kk, dim=-1)
+    if kk < k:
+        pad = k - kk
+        idx = torch.cat([idx, idx[..., :1].expand(*idx.shape[:-1], pad)], -1)
+        val = torch.cat([val, torch.full_like(val[..., :1], -math.inf).expand(*val.shape[:-1], pad)], -1)
+    return idx, val, val > -math.inf
+
+
+def music_null_spectrum(noise: torch.Tensor, u: torch.Tensor, spacing: float) -> torch.Tensor:
+    """MUSIC null spectrum ``||E_n^H a(u)||^2`` [P, G] float64 (its inverse is the pseudo-spectrum).
+
+    ``noise`` [P, Mr, Mr] complex: noise-subspace eigenvectors as columns, columns outside the subspace zeroed (so
+    every problem may have its own subspace dimension); ``u`` [P, G] direction cosines; Eq. (2) steering vectors.
+    """
+    a = steering_vectors(u, noise.shape[-2], spacing, noise.dtype)  # [P, G, Mr]
+    return (a.conj() @ noise).abs().to(torch.float64).pow(2).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------- zoom searches
+def zoom_maximize(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, step: torch.Tensor | float,
+                  *, lower: float | None = None, upper: float | None = None, n_points: int = 5, n_iter: int = 14,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local 1-D maximisation by successive zooming, batched: problems ``x0`` [...] float64.
+
+    ``objective(c)`` maps candidates [..., G] to values [..., G]. Each iteration evaluates ``n_points`` equispaced
+    candidates in ``[x - step, x + step]`` (clipped to [lower, upper]), moves to the best (first on ties) and halves
+    the step: accuracy ``step / 2^n_iter`` if the start lies within ``step / 2`` of the maximum's lobe. Returns
+    (argmax [...], max value [...]).
+    """
+    x = x0.to(torch.float64).clone()
+    h = torch.as_tensor(step, dtype=torch.float64, device=x.device).expand(x.shape).clone()
+    offs = torch.linspace(-1.0, 1.0, n_points, dtype=torch.float64, device=x.device)
+    best = torch.zeros_like(x)
+    for _ in range(n_iter):
+        cand = x[..., None] + h[..., None] * offs
+        if lower is not None or upper is not None:
+            cand = cand.clamp(lower, upper)
+        val = objective(cand)
+        k = val.argmax(-1, keepdim=True)
+        x = cand.gather(-1, k)[..., 0]
+        best = val.gather(-1, k)[..., 0]
+        h = h * 0.5
+    return x, best
+
+
+def zoom_maximize_2d(z: torch.Tensor, kernel_a: Callable[[torch.Tensor], torch.Tensor],
+                     kernel_b: Callable[[torch.Tensor], torch.Tensor], a0: torch.Tensor, b0: torch.Tensor,
+                     step_a: float, step_b: float, *, n_points: int = 5, n_iter: int = 14,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maximise ``|k_a(a)^T z k_b(b)|`` over two continuous parameters by zooming, batched over P problems.
+
+    ``z`` [P, A, B] complex; ``kernel_a(c)`` maps candidates [P, G] float64 to [P, G, A] (``kernel_b`` likewise to
+    [P, G, B]). Starts at (a0, b0) [P] with half-widths (step_a, step_b), halved ``n_iter`` times. Returns (a [P],
+    b [P], value [P] complex: the bilinear form at the optimum).
+    """
+    a, b = a0.to(torch.float64).clone(), b0.to(torch.float64).clone()
+    ha, hb = float(step_a), float(step_b)
+    offs = torch.linspace(-1.0, 1.0, n_points, dtype=torch.float64, device=z.device)
+    rows = torch.arange(a.shape[0], device=z.device)
+    val = torch.zeros(a.shape[0], dtype=z.dtype, device=z.device)
+    for _ in range(n_iter):
+        ca, cb = a[:, None] + ha * offs, b[:, None] + hb * offs
+        s = kernel_a(ca) @ (z @ kernel_b(cb).transpose(1, 2))  # [P, G, G]
+        flat = s.abs().reshape(a.shape[0], -1).argmax(1)
+        ia, ib = flat // n_points, flat % n_points
+        a, b, val = ca[rows, ia], cb[rows, ib], s[rows, ia, ib]
+        ha, hb = ha * 0.5, hb * 0.5
+    return a, b, val
+
+
+def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f0: torch.Tensor, *,
+                         beam: torch.Tensor | None = None, x_n: torch.Tensor | None = None,
+                         aod: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         others: torch.Tensor | None = None, step_d: float | None = None,
+                         step_f: float | None = None, n_points: int = 5, n_iter: int = 14,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Continuous least-squares refinement of one path's bistatic range and Doppler, batched over P problems.
+
+    The path signature on data ``r`` [P, Ns, Ts] is ``s(d, f) = b exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT)``
+    (Eq. 6) with fixed symbols ``b = beam`` [P, Ns, Ts], or, when the AoD follows the range (bistatic geometry on a
+    known AoA ray), ``b = a_t^H(aod(d)) x_n`` with ``x_n`` [P, Nt, Ns, Ts] and ``aod`` mapping candidate ranges
+    [P, G] to AoD cosines [P, G]. Maximised is the energy the path explains,
+
+        ``|s^H P r|^2 / (s^H P s)``,
+
+    with ``P = I`` (matched-filter periodogram, single-path ML) or, given the other paths' signatures ``others``
+    [P, K, Ns, Ts] (all-zero rows are padding), the projector orthogonal to them (alternating projection,
+    Ziskind-Wax: the joint least-squares fit of all paths maximised over this path's (d, f) only; ``O^H O`` is
+    pseudo-inverted). The search zooms on ``n_points^2`` grids around ``(d0, f0)`` [P] with half-widths ``step_d``
+    (m) / ``step_f`` (Hz) (default half a resolution cell), halved ``n_iter`` times; every grid contains the current
+    point, so the objective never decreases. Returns (d [P], f [P], amplitude [P] complex, objective [P] float64).
+    """
+    if (beam is None) == (x_n is None) or (x_n is not None and aod is None):
+        raise ValueError("refine_delay_doppler needs either beam, or x_n together with aod")
+    P = r.shape[0]
+    dev, cdt = r.device, r.dtype
+    d = d0.to(torch.float64).clone()
+    f = f0.to(torch.float64).clone()
+    hd = torch.full_like(d, grid.range_res / 2 if step_d is None else step_d)
+    hf = torch.full_like(f, grid.doppler_res / 2 if step_f is None else step_f)
+    offs = torch.linspace(-1.0, 1.0, n_points, dtype=torch.float64, device=dev)
+    rows = torch.arange(P, device=dev)
+    data = r[:, None] if others is None else torch.cat([r[:, None], others], 1)  # [P, 1 + K, Ns, Ts]
+    if others is not None:
+        gram = torch.einsum("pkit,plit->pkl", others.conj(), others)
+        ginv = torch.linalg.pinv(gram, rtol=1e-15, hermitian=True)
+        w = ginv @ torch.einsum("pkit,pit->pk", others.conj(), r)[..., None]  # [P, K, 1]
+    if beam is not None:
+        zb = data * beam.conj()[:, None]  # [P, 1 + K, Ns, Ts]
+        energy = beam.abs().to(torch.float64).pow(2).sum((1, 2))[:, None, None]
+    else:
+        nt = x_n.shape[1]
+        xf = x_n.reshape(P, nt, -1)
+        rx_cov = transmit_covariance(x_n)
+    amp = torch.zeros(P, dtype=cdt, device=dev)
+    best = torch.zeros(P, dtype=torch.float64, device=dev)
+    for _ in range(n_iter):
+        cd = d[:, None] + hd[:, None] * offs  # [P, G]
+        cf = f[:, None] + hf[:, None] * offs
+        ed = delay_phase(grid, cd).conj().to(cdt)  # exp(+j ...) [P, G, Ns]
+        ef = doppler_phase(grid, cf).conj().to(cdt).transpose(1, 2)  # exp(-j ...) [P, Ts, G]
+        if beam is not None:
+            t1 = torch.einsum("pgi,pkit->pkgt", ed, zb)  # [P, 1 + K, G, Ts]
+            en = energy
+        else:
+            a = steering_vectors(aod(cd), nt, grid.spacing, cdt)  # [P, G, Nt]
+            bc = (a @ xf.conj()).reshape(P, -1, *r.shape[1:])  # conj(b) [P, G, Ns, Ts]
+            t1 = torch.einsum("pkit,pgit->pkgt", data, ed[..., None] * bc)
+            en = _beam_energy(a, rx_cov)[:, :, None]
+        s = t1 @ ef[:, None]  # [P, 1 + K, G, G]: s^H r and s^H o_k
+        num = s[:, 0]
+        if others is None:
+            den = en.expand(num.shape)
+        else:
+            c = s[:, 1:]  # [P, K, G, G]
+            num = num - (c * w[..., None]).sum(1)
+            quad = torch.einsum("pkab,pkl,plab->pab", c, ginv, c.conj()).real.to(torch.float64)
+            den = torch.maximum(en - quad, 1e-12 * en)
+        den = den.clamp_min(1e-300)
+        obj = num.abs().to(torch.float64) ** 2 / den
+        flat = obj.reshape(P, -1).argmax(1)
+        ia, ib = flat // n_points, flat % n_points
+        d, f = cd[rows, ia], cf[rows, ib]
+        amp = num[rows, ia, ib] / den[rows, ia, ib]
+        best = obj[rows, ia, ib]
+        hd, hf = hd * 0.5, hf * 0.5
+    return d, f, amp, best
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+def path_signatures(grid: SensingGrid, x: torch.Tensor, n: torch.Tensor, u_tx: torch.Tensor, d: torch.Tensor,
+                    f: torch.Tensor) -> torch.Tensor:
+    """Unit-amplitude path signatures (Eq. 6 at a beam output): [P, L, Ns, Ts] in the dtype of ``x``.
+
+    ``x`` [P, N, Nt, Ns, Ts] transmit signals of each problem; per problem and path slot l: transmit AP ``n``
+    [L] or [P, L] (long), AoD cosine ``u_tx``, bistatic range ``d`` (m) and Doppler ``f`` (Hz) [P, L] float64.
+    ``s = exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT) a_t^H(u_tx) x_n``.
+    """
+    P, N, nt, ns, ts = x.shape
+    n = n.expand(u_tx.shape)
+    a = steering_vectors(u_tx, nt, grid.spacing, x.dtype).conj()  # [P, L, Nt]
+    b = torch.zeros((P, u_tx.shape[1], ns * ts), dtype=x.dtype, device=x.device)
+    for k in range(N):
+        sel = (n == k)
+        if bool(sel.any()):
+            b = b + (a * sel[..., None]) @ x[:, k].reshape(P, nt, -1)
+    phase = (delay_phase(grid, d)[..., :, None] * doppler_phase(grid, f)[..., None, :]).to(x.dtype)
+    return phase * b.reshape(P, -1, ns, ts)
+
+
+def joint_fit(r: torch.Tensor, sigs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint least-squares amplitudes of signatures ``sigs`` [P, L, Ns, Ts] to data ``r`` [P, Ns, Ts].
+
+    ``alpha = (S^H S)^+ S^H r`` (all-zero signatures are padding and get amplitude 0; pseudo-inverse, so coincident
+    paths share their amplitude). Returns (alpha [P, L], fitted signal ``S alpha`` [P, Ns, Ts]).
+    """
+    gram = torch.einsum("plit,pkit->plk", sigs.conj(), sigs)
+    rhs = torch.einsum("plit,pit->pl", sigs.conj(), r)
+    amps = (torch.linalg.pinv(gram, rtol=1e-15, hermitian=True) @ rhs[..., None])[..., 0]
+    return amps, torch.einsum("pl,plit->pit", amps, sigs)
