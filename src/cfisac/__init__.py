@@ -1,7 +1,7 @@
 """cfisac: cooperative ISAC in cell-free MIMO systems (Wang, Wong, Schober), end to end.
 
-Public API (DESIGN.md): ``SystemConfig``, ``Scene``, ``sample_scenes``, ``transmit_signals``, ``sensing_echoes``,
-``communication_links``, ``noiseless_echoes``, ``labels_from_scene``.
+Public API (docs/architecture.md): ``SystemConfig``, ``Scene``, ``sample_scenes``, ``transmit_signals``,
+``sensing_echoes``, ``communication_links``, ``noiseless_echoes``, ``labels_from_scene``.
 """
 
 from .config import SPEED_OF_LIGHT, SystemConfig

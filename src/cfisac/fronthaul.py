@@ -12,7 +12,7 @@ Bits each receive AP sends to the CPU per update (one sensing frame):
 taken from the model, so L follows from the front end and the encoder). At the paper presets this reproduces
 Section V-C exactly: 192 bit, 67 Mbit (67,108,864), 82 kbit (81,920) and a 99 % (99.88 %) reduction.
 
-Front ends that need X at the receive AP (issue 9) add a downlink of X (``64 N Nt Ns Ts`` bits per update) that
+Front ends that need X at the receive AP add a downlink of X (``64 N Nt Ns Ts`` bits per update) that
 :func:`fronthaul_table` reports in its own column: the paper's receive AP has no such downlink.
 """
 

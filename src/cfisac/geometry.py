@@ -1,9 +1,9 @@
 """AP / target geometry: ranges, angles and radial velocities (paper Eq. 1-2, 7-11), for any ULA orientation.
 
-Conventions (DESIGN.md): for an AP at ``p`` with unit array axis ``u`` and a point ``g``, the unit direction is
-``e = (g - p) / ||g - p||``, the angle satisfies ``cos(angle) = u . e`` and the radial velocity of a point moving
-with ``v`` is ``v . e`` (positive when moving away). In the paper's layout (transmit axis (-1, 0), receive axis
-(+1, 0), targets between the AP rows) this is exactly Eq. (10)-(11).
+Conventions (pinned in :mod:`cfisac.physics`): for an AP at ``p`` with unit array axis ``u`` and a point ``g``, the
+unit direction is ``e = (g - p) / ||g - p||``, the angle satisfies ``cos(angle) = u . e`` and the radial velocity
+of a point moving with ``v`` is ``v . e`` (positive when moving away). In the paper's layout (transmit axis (-1, 0),
+receive axis (+1, 0), targets between the AP rows) this is exactly Eq. (10)-(11).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Why our own ~100 lines instead of ``vector-quantize-pytorch``: the paper's quant
 that library would have to be pinned and would still not match: its EMA decay defaults to 0.8 (the paper's
 gamma is a free hyper-parameter; VQ-VAE used 0.99), its rotation trick (on by default) changes the straight-through
 gradient that Algorithm 1 copies to the encoder, ``sync_codebook`` all-reduces the codebook statistics across
-processes (which would mix the codebooks of different receive APs when the APs run as separate ranks, issue 7),
+processes (which would mix the codebooks of different receive APs when the APs run as separate ranks),
 and its EMA initialisation differs from Eq. (18)-(19). Owning the code also lets the EMA statistics pass through one
 explicit hook (``stats_hook``: all-reduce across data-parallel replicas of the *same* AP only).
 

@@ -1,6 +1,6 @@
 """Sensing echoes at the receive APs: Eq. (6) with clutter (Eq. 29), clock offsets (Eq. 30) and noise.
 
-Eq. (6), literally (DESIGN.md), for subcarrier i, symbol t, receive AP m:
+Eq. (6), literally (conventions in :mod:`cfisac.physics`), for subcarrier i, symbol t, receive AP m:
 
     y_{i,m}[t] = sum_n sum_q beta_{n,m,q} sqrt(PL(d_{n,m,q})) e^{-j 2 pi (i tau_{n,m,q} df - t f_D,n,m,q dT)}
                  a_r(vartheta_{m,q}) a_t^H(theta_{n,q}) x_{i,n}[t] + z_{i,m}[t]

@@ -2,7 +2,7 @@
 
 Rank 0 runs :func:`run_cpu_training`, rank 1 + m runs :func:`run_ap_training` for receive AP m; they exchange framed
 messages (:mod:`cfisac.distributed.wire`) over links (:mod:`cfisac.distributed.transport`). The AP side and the CPU
-side are the objects of issue 4 (:class:`cfisac.train.ApTrainer`, :class:`cfisac.train.CpuTrainer`), so k steps give
+side are the trainer objects (:class:`cfisac.train.ApTrainer`, :class:`cfisac.train.CpuTrainer`), so k steps give
 the parameters of k steps of :func:`cfisac.train.train` with the same seeds.
 
 Fixed schedule (AP m <-> CPU; every arrow is one message; the CPU drives, the APs follow):

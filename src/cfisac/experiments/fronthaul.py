@@ -5,7 +5,7 @@ Two blocks: ``preset`` (this run's system and model presets: the bits behind the
 64 Mr Ns Ts = 67 Mbit for the centralized one, Nb L = 82 kbit for the D-VQVAE and a 99 % reduction). Learned schemes
 are counted from the message their AP side emits (:func:`cfisac.fronthaul.learned_bits`, no model is allocated);
 classical estimators report ``fronthaul_bits_per_ap`` themselves. Front ends that need the transmit signals at the
-receive AP (issue 9) also need a CPU -> receive AP downlink of X, listed in its own column.
+receive AP (the physics-aware front ends) also need a CPU -> receive AP downlink of X, listed in its own column.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Learned schemes in the experiments: train once per training spec (cached, resumable), then evaluate.
 
-A learned scheme is ``"dvqvae"``, ``"dvae"`` or ``"cnn"``, optionally with an AP front end of issue 9 as
+A learned scheme is ``"dvqvae"``, ``"dvae"`` or ``"cnn"``, optionally with a physics-aware AP front end as
 ``"<model>-<front end>"`` (e.g. ``"dvqvae-matched"``; plain names use the paper's ``"raw"`` front end). Its training
 spec (:func:`training_spec`) holds everything the trained weights depend on: the model kind and
 :class:`cfisac.models.config.ModelConfig`, the training system configs (one, or several whose scenes are pooled:

@@ -129,7 +129,7 @@ LEARNED_AT_PRIOR = 0.9  # a learned scheme within 10 % of the prior predictor's 
 
 def verdict_lines(ctx: Context) -> list[str]:
     """Plain statements, computed from the stored Fig. 6 rows at each summary power, of how every learned scheme
-    fares against the prior predictor (area centre, zero velocity) and the root-CRLB of its scenes (issue 9)."""
+    fares against the prior predictor (area centre, zero velocity) and the root-CRLB of its scenes."""
     from .common import is_learned
 
     out: list[str] = []
@@ -166,11 +166,11 @@ CAVEATS = (
     "it. Medians are stored in the `metrics` column. Scenes with a singular Fisher information are left out.",
     "**What the receive AP knows.** In the paper the receive AP sees only Y_m (Section III-C); the classical "
     "baselines (MUSIC, CS, ML) divide by / correlate with the transmit symbols, i.e. assume X at the receive AP. "
-    "The `matched` front end of the learned schemes (issue 9, beyond the paper) makes the same assumption and its "
+    "The `matched` front end of the learned schemes (beyond the paper) makes the same assumption and its "
     "downlink of X is listed in the fronthaul table; the paper's D-VQVAE (`raw`) does not.",
     "**Why the paper's D-VQVAE struggles.** Independent data symbols randomise the phase of every (subcarrier, symbol) "
     "cell of Y_m, so its second-order statistics carry the angle of arrival but no delay or Doppler; range and "
-    "velocity are reachable only through X, which the decoder sees after heavy compression (DESIGN.md, issue 9). "
+    "velocity are reachable only through X, which the decoder sees after heavy compression (docs/architecture.md). "
     "Compare it with the prior predictor (area centre, zero velocity), drawn in every accuracy figure.",
     "**Time-capped classical points.** To keep the demo near 10 minutes a classical estimator gets a wall-clock "
     "budget per point (`Budget.scheme_seconds`): it is evaluated on the first test scenes it gets through in that "

@@ -10,8 +10,8 @@
 - :class:`SplitModel`: M AP sides and one CPU side with an in-graph ``forward`` (straight-through estimator inside
   the graph), used for evaluation and by data-parallel training; ``encode`` / ``decode`` are Algorithm 2.
 
-Every side is built under its own seed (:func:`side_seed`), so a process that builds only AP m (issue 7) gets the
-same initial parameters as the in-process model.
+Every side is built under its own seed (:func:`side_seed`), so a process that builds only AP m (a distributed rank)
+gets the same initial parameters as the in-process model.
 
 Labels (Section III-C, canonical target order of :mod:`cfisac.scene`: ascending x, ties by y):
 ``psi = [g_1x, g_1y, ..., g_Qx, g_Qy, v_1x, v_1y, ..., v_Qx, v_Qy]``, min-max normalised per entry to [0, 1] with

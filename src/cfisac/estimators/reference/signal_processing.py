@@ -8,7 +8,8 @@ index ``i`` and the sensed symbol with absolute index ``t`` (:func:`cfisac.sensi
     alpha_p a_r(u_rx) exp(-j 2 pi i d df / c) exp(+j 2 pi t f_D dT) b_p[i, t],     b_p[i, t] = a_t^H(u_tx) x_{i,n}[t]
 
 with ``d`` the bistatic range (m), ``f_D`` the bistatic Doppler (Hz), ``u_rx = cos(AoA)`` and ``u_tx = cos(AoD)`` the
-direction cosines w.r.t. the array axes (``cos(angle) = axis . e``, DESIGN.md) and ``alpha_p = beta sqrt(PL)``.
+direction cosines w.r.t. the array axes (``cos(angle) = axis . e``, :mod:`cfisac.physics`) and
+``alpha_p = beta sqrt(PL)``.
 
 Symbol removal (documented choice). The scalar "symbol" ``b_p`` seen by a target is the precoded transmit vector
 projected on the transmit steering vector of its unknown AoD; with N transmit APs sending simultaneously, the echoes
@@ -22,7 +23,7 @@ then refined with all the others projected out (alternating projection, the join
 :func:`refine_delay_doppler`). This matters because the two transmit APs' data are correlated (both send
 precoded combinations of the same user streams), so one AP's echo leaks into the other's matched filter. The
 receive AP is assumed to know the transmit signals X (equivalently the data symbols and precoders) for these
-schemes (DESIGN.md, "Known slips"): the paper's own D-VQVAE receive APs do not.
+schemes (docs/architecture.md, "what the receive AP knows"): the paper's own D-VQVAE receive APs do not.
 
 Peak refinement: every FFT peak is refined by a vectorised local zoom search on the exact DTFT of the matched-filter
 output (:func:`zoom_maximize`, :func:`refine_delay_doppler`), i.e. a continuous maximisation of the periodogram;
