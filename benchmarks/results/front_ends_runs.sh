@@ -1,6 +1,6 @@
 #!/bin/sh
 # Issue 9 final 10-minute cached runs (quick preset), one at a time on one core.
-cd /work/main
+cd "$(dirname "$0")/../.."
 while [ ! -f data/front_end_features/quick-P48/image-train16384.f16.done ]; do sleep 10; done
 OV='{"kmeans_init": true, "dead_code_threshold": 1.0}'
 B=".venv/bin/python benchmarks/bench_front_ends.py --preset quick --threads 1 --minutes 10 --eval-every 60 --out runs/bench_front_ends_final"
