@@ -1,0 +1,486 @@
+"""CS-based fully distributed sensing (paper Section V-A, after [25]), batched over scenes in PyTorch.
+
+This is the product path of ``create("cs", cfg)``; the scene-at-a-time literal reference is
+:mod:`cfisac.estimators.reference.cs` (``"cs-reference"``), whose algorithm is reproduced step by step for all
+scenes x receive APs (x OMP candidates) in lockstep, on the inputs' device. Each receive AP m processes only its own
+echoes Y_m [Mr, Ns, Ts] and the known transmit signals X:
+
+1. **Delays by simultaneous OMP** over an oversampled (bistatic range, transmit AP, AoD) dictionary. The atom of
+   transmit AP n, range ``d`` and AoD cosine ``u_tx`` on symbol t is ``phi_t[i] = exp(-j 2 pi i d df / c)
+   a_t^H(u_tx) x_{i,n}[t]`` (Eq. 6 with the data kept in the atom); its coefficients are free per receive antenna and
+   symbol, so the support is shared by the Mr * Ts measurement vectors. Each step ranks the grid atoms by
+   ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` (zero-padded FFTs over subcarriers and transmit antennas, local
+   maxima of a 3 x 3 max filter, transmit APs with their quota of Q atoms used up excluded), refines the
+   ``n_candidates`` best continuously in range and AoD with the chosen atoms projected out (:meth:`_refine`:
+   alternating 5-point zoom searches, 14 halvings, on the concentrated least-squares objective), gives every trial
+   set one cyclic polish round and keeps the trial leaving the smallest least-squares residual. N Q atoms are taken;
+   a final cyclic polish (``refine_rounds`` rounds, per AP stopped once nothing moves by 1e-5 cell; the first two
+   rounds re-detect every atom on the data with the others' least-squares fit removed) follows.
+2. **AoA and Doppler per atom** from the per-symbol least-squares coefficients ``C[k, t] ~ alpha a_r(u_rx)[k]
+   exp(+j 2 pi t f_D dT)``: a zero-padded 2-D DFT peak and a continuous 2-D zoom.
+3. **Pairing**: the paths of transmit APs n > 0 are matched to those of AP 0 (minimum-cost assignment on the
+   disagreement of the locations they imply plus the AoA difference, in cells, by enumerating the Q! assignments);
+   a target's AoA is the power-weighted mean of its paths' AoAs that agree with the strongest within a cell.
+4. **CPU fusion**: :func:`cfisac.estimators.fusion.fuse_bistatic`, as MUSIC.
+
+Batching: every stage works on R "rows" (one receive AP of one scene, or one OMP candidate of it) at once; the
+sequential parts (OMP steps, the cyclic polish over atoms, polish rounds) are Python loops over the small fixed
+numbers N Q (atoms) and rounds, never over scenes; converged rows drop out of the polish. Memory is bounded by the
+chunk size (:meth:`CsEstimator.default_chunk_size`) and by computing the correlation statistic in blocks of rows x
+symbols of at most :data:`PICK_BLOCK` complex cells. Results equal the reference's up to floating-point rounding
+(``tests/test_cs.py`` states the tolerance).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import SPEED_OF_LIGHT, SystemConfig
+from ..physics import (
+    ApLayout,
+    SensingGrid,
+    aoa_direction,
+    delay_phase,
+    doppler_phase,
+    ray_distance,
+    steering_vectors,
+    transmit_beam,
+    wrap_cosine,
+)
+from .base import BatchedEstimator
+from .dsp import path_signatures, zoom_maximize, zoom_maximize_2d
+from .fusion import BistaticMessages, fuse_bistatic
+
+__all__ = ["CsEstimator"]
+
+PICK_BLOCK = 2**21  # complex cells of the padded per-antenna delay DFT computed at once by the correlation step
+ROW_BUDGET = 2**22  # complex cells of x (over all rows of a chunk, candidates included) per default chunk
+TINY = 1e-300  # floor of denominators (as the reference)
+REPLACE = 1e-6  # a re-detected atom replaces the refined one when it explains (1 + REPLACE) times more energy
+CONVERGED = 1e-5  # a polish round moving no atom by more than this fraction of a cell stops the polish of that AP
+REDETECT = 2  # polish rounds that re-detect every atom
+
+
+def _abs2(z: torch.Tensor) -> torch.Tensor:
+    return z.real.square() + z.imag.square()
+
+
+@dataclass
+class _Rows:
+    """The data of R rows (receive AP of a scene, or a candidate of one): ``y`` [R, Mr, Ns, Ts], ``x`` [R, N, Nt, Ns,
+    Ts] (the scene's transmit signals), ``rxx`` [R, N, Ts, Nt, Nt] (``sum_i x x^H`` per symbol), ``m`` [R] long."""
+
+    y: torch.Tensor
+    x: torch.Tensor
+    rxx: torch.Tensor
+    m: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> _Rows:
+        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx])
+
+    def repeat(self, c: int) -> _Rows:
+        """Every row ``c`` times (row r * c + j is copy j of row r)."""
+        return _Rows(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.rxx, self.m)))
+
+
+@dataclass
+class _Context:
+    """Device-side constants: sensing grid, AP layout, dictionary grids and the per-(n, m) range windows."""
+
+    grid: SensingGrid
+    layout: ApLayout
+    u_tx: torch.Tensor  # [La] transmit direction cosines of the AoD grid (spatial-FFT bins)
+    u_valid: torch.Tensor  # [La] bool, |u| <= 1
+    a_tx: torch.Tensor  # [La, Nt] complex steering vectors of the AoD grid
+    bins: tuple[int, int]  # delay bins [b0, b1) covering every (n, m) window
+    d_bins: torch.Tensor  # [b1 - b0] bistatic ranges of those bins
+    window: torch.Tensor  # [N, M, b1 - b0] bool, bin inside the feasible range window of (n, m)
+
+
+class CsEstimator(BatchedEstimator):
+    """Batched CS-based fully distributed sensing (module docstring). ``est(y, x) -> Estimate``.
+
+    Options (keyword-only, as the reference): ``delay_oversample`` / ``aod_oversample`` dictionary oversampling of the
+    range grid (vs. ``c / B``) and of the transmit beam grid (vs. ``Nt``) (4, 4); ``oversample`` zero padding of the
+    angle / Doppler DFT (4); ``refine_rounds`` maximum cyclic refinement rounds after OMP (8); ``n_candidates`` grid
+    atoms tried at every OMP step (3); ``symbol_chunk`` most symbols per block of the correlation step (32); plus the
+    :class:`BatchedEstimator` keywords ``device``, ``dtype``, ``chunk_size``.
+    """
+
+    name = "cs"
+
+    def __init__(self, cfg: SystemConfig, *, delay_oversample: int = 4, aod_oversample: int = 4, oversample: int = 4,
+                 refine_rounds: int = 8, n_candidates: int = 3, symbol_chunk: int = 32,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.complex128,
+                 chunk_size: int | None = None) -> None:
+        super().__init__(cfg, device=device, dtype=dtype, chunk_size=chunk_size)
+        if cfg.n_tx * cfg.n_targets > cfg.n_subcarriers // 2:
+            raise ValueError(
+                f"CS needs N Q <= Ns / 2 atoms per symbol: N={cfg.n_tx}, Q={cfg.n_targets}, Ns={cfg.n_subcarriers}")
+        for name, v in (("delay_oversample", delay_oversample), ("aod_oversample", aod_oversample),
+                        ("oversample", oversample), ("symbol_chunk", symbol_chunk), ("n_candidates", n_candidates)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(refine_rounds, int) or isinstance(refine_rounds, bool) or refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be a non-negative integer, got {refine_rounds!r}")
+        self.delay_oversample = delay_oversample
+        self.aod_oversample = aod_oversample
+        self.oversample = oversample
+        self.refine_rounds = refine_rounds
+        self.n_candidates = n_candidates
+        self.symbol_chunk = symbol_chunk
+        self.fronthaul_bits_per_ap = 96 * cfg.n_targets
+        self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
+        self.lf = delay_oversample * cfg.n_subcarriers
+        self.la = aod_oversample * cfg.n_tx_antennas
+        self.periodic = cfg.antenna_spacing >= 0.5 - 1e-12
+        self._contexts: dict[torch.device, _Context] = {}
+
+    def default_chunk_size(self) -> int:
+        """Scenes per chunk: the rows' copies of x (M APs x ``n_candidates``) stay under :data:`ROW_BUDGET` cells
+        (64 scenes at ``quick``, 1 at ``paper``)."""
+        cfg = self.cfg
+        per_scene = cfg.n_rx * self.n_candidates * cfg.n_tx * cfg.n_tx_antennas * cfg.n_subcarriers * cfg.n_symbols
+        return max(1, ROW_BUDGET // per_scene)
+
+    # ------------------------------------------------------------------ constants
+    def _context(self, device: torch.device) -> _Context:
+        if device in self._contexts:
+            return self._contexts[device]
+        cfg = self.cfg
+        grid = SensingGrid.from_config(cfg, device)
+        layout = ApLayout.from_config(cfg, device)
+        f64 = dict(dtype=torch.float64, device=device)
+        d_grid = torch.arange(self.lf, **f64) * SPEED_OF_LIGHT / (self.lf * cfg.subcarrier_stride
+                                                                     * cfg.subcarrier_spacing)
+        (x0, x1), (y0, y1) = cfg.area
+        corners = torch.tensor([[x0, y0], [x0, y1], [x1, y0], [x1, y1]], **f64)
+        to_c = lambda p: torch.linalg.vector_norm(corners[None] - p[:, None], dim=-1)  # noqa: E731  [A, 4]
+        lo = torch.linalg.vector_norm(layout.tx[:, None] - layout.rx[None], dim=-1) - grid.range_res  # [N, M]
+        hi = (to_c(layout.tx)[:, None] + to_c(layout.rx)[None]).amax(-1) + grid.range_res
+        inside = (d_grid >= lo[..., None]) & (d_grid <= hi[..., None])  # [N, M, Lf]
+        used = inside.any(0).any(0).nonzero()[:, 0]
+        b0, b1 = int(used.min()), int(used.max()) + 1
+        u_tx = torch.fft.fftfreq(self.la, **f64) / cfg.antenna_spacing
+        ctx = _Context(grid=grid, layout=layout, u_tx=u_tx, u_valid=u_tx.abs() <= 1.0,
+                       a_tx=steering_vectors(u_tx, cfg.n_tx_antennas, cfg.antenna_spacing, self.dtype),
+                       bins=(b0, b1), d_bins=d_grid[b0:b1], window=inside[..., b0:b1])
+        self._contexts[device] = ctx
+        return ctx
+
+    # ------------------------------------------------------------------ stages
+    def ap_messages(self, y: torch.Tensor, x: torch.Tensor) -> BistaticMessages:
+        """Every receive AP's message (steps 1-3): AoA [b, M, Q], ranges / Dopplers [b, M, Q, N] float64."""
+        cfg = self.cfg
+        S, M, N, Q = y.shape[0], cfg.n_rx, cfg.n_tx, cfg.n_targets
+        ctx = self._context(y.device)
+        rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
+        rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
+                     torch.arange(M, device=y.device).repeat(S))
+        n, d, u = self._omp(ctx, rows)
+        coeffs, _ = self._least_squares(ctx, rows, n, d, u)
+        u_rx, f, amp = self._angle_doppler(ctx, coeffs)
+        aoa, ranges, dopplers = self._pair(ctx, rows.m, n, d, u_rx, f, amp)
+        return BistaticMessages(aoa.reshape(S, M, Q), ranges.reshape(S, M, Q, N), dopplers.reshape(S, M, Q, N))
+
+    def fuse(self, messages: BistaticMessages, x: torch.Tensor) -> object:
+        """CPU fusion (step 4): :func:`cfisac.estimators.fusion.fuse_bistatic`."""
+        return fuse_bistatic(self.cfg, messages)
+
+    # ------------------------------------------------------------------ OMP
+    def _omp(self, ctx: _Context, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Greedy atom picking with quotas, candidate refinement + one polish round, smallest residual wins, then the
+        final polish. Returns the atoms' transmit AP n [P, NQ] long, range d and AoD u [P, NQ] float64."""
+        cfg = self.cfg
+        P, dev = rows.y.shape[0], rows.y.device
+        N, Q, C = cfg.n_tx, cfg.n_targets, self.n_candidates
+        n = torch.zeros((P, 0), dtype=torch.long, device=dev)
+        d = torch.zeros((P, 0), dtype=torch.float64, device=dev)
+        u = torch.zeros_like(d)
+        quota = torch.full((P, N), Q, dtype=torch.long, device=dev)
+        residual = rows.y
+        crows = rows.repeat(C)
+        for _ in range(N * Q):
+            cn, cd, cu, ok = self._pick(ctx, residual, rows, quota > 0, C)  # [P, C]
+            on, od, ou = (t.repeat_interleave(C, 0) for t in (n, d, u))
+            others = (on, od, ou) if on.shape[1] else None
+            nd, nu, _ = self._refine(ctx, crows, cn.reshape(-1), cd.reshape(-1), cu.reshape(-1), others, first=True)
+            tn = torch.cat([on, cn.reshape(-1, 1)], 1)
+            td, tu = self._polish(ctx, crows, tn, torch.cat([od, nd[:, None]], 1), torch.cat([ou, nu[:, None]], 1),
+                                  rounds=1, redetect=0)
+            _, fit = self._least_squares(ctx, crows, tn, td, tu)
+            err = _abs2(crows.y - fit).sum((1, 2, 3)).sqrt()
+            err = torch.where(ok.reshape(-1), err, torch.full_like(err, math.inf)).reshape(P, C)
+            sel = torch.arange(P, device=dev) * C + err.argmin(1)
+            n, d, u = tn[sel], td[sel], tu[sel]
+            quota[torch.arange(P, device=dev), n[:, -1]] -= 1
+            residual = rows.y - self._least_squares(ctx, rows, n, d, u)[1]
+        d, u = self._polish(ctx, rows, n, d, u, rounds=self.refine_rounds, redetect=REDETECT)
+        return n, d, u
+
+    def _pick(self, ctx: _Context, r: torch.Tensor, rows: _Rows, allowed: torch.Tensor, top: int,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """OMP selection: the ``top`` grid atoms with the largest normalised correlation energy
+        ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` among the local maxima (3 x 3 max filter, wrapping in AoD for a
+        half-wavelength array) of every allowed transmit AP's statistic, inside each (n, m) range window; best first.
+
+        ``r`` [R, Mr, Ns, Ts] residuals, ``allowed`` [R, N] bool. Returns (n [R, top] long, d, u [R, top] float64,
+        exists [R, top] bool).
+        """
+        R, N = r.shape[0], self.cfg.n_tx
+        kw = ctx.d_bins.shape[0]
+        stat = torch.full((R, N, self.la, kw), -math.inf, dtype=torch.float64, device=r.device)
+        for k in range(N):
+            idx = allowed[:, k].nonzero()[:, 0]
+            if idx.numel() == 0:
+                continue
+            s = self._correlation(ctx, r[idx], rows.x[idx, k], rows.rxx[idx, k])
+            ok = ctx.window[k][rows.m[idx]][:, None, :] & ctx.u_valid[None, :, None]
+            stat[idx, k] = torch.where(ok, s, torch.full_like(s, -math.inf))
+        # 3 x 3 max filter: 'wrap' (periodic AoD) or 'nearest' along AoD, 'nearest' along range (-inf outside windows)
+        pad_u = (stat[:, :, -1:], stat, stat[:, :, :1]) if self.periodic else (stat[:, :, :1], stat, stat[:, :, -1:])
+        su = torch.cat(pad_u, 2)
+        mu = torch.maximum(torch.maximum(su[:, :, :-2], su[:, :, 1:-1]), su[:, :, 2:])
+        sg = torch.cat([mu[..., :1], mu, mu[..., -1:]], -1)
+        mf = torch.maximum(torch.maximum(sg[..., :-2], sg[..., 1:-1]), sg[..., 2:])
+        peaks = (mf == stat) & torch.isfinite(stat)
+        vals = torch.where(peaks, stat, torch.full_like(stat, -math.inf)).reshape(R, -1)
+        kk = min(top, vals.shape[1])
+        best, flat = torch.topk(vals, kk, dim=1)
+        if kk < top:
+            flat = torch.cat([flat, flat[:, :1].expand(R, top - kk)], 1)
+            best = torch.cat([best, torch.full_like(best[:, :1], -math.inf).expand(R, top - kk)], 1)
+        g = flat % kw
+        p = (flat // kw) % self.la
+        n = flat // (kw * self.la)
+        return n, ctx.d_bins[g], ctx.u_tx[p], best > -math.inf
+
+    def _correlation(self, ctx: _Context, r: torch.Tensor, x_n: torch.Tensor, rxx_n: torch.Tensor) -> torch.Tensor:
+        """The OMP statistic of one transmit AP on the AoD x range-window grid: [R, La, Kw] float64.
+
+        ``r`` [R, Mr, Ns, Ts], ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt]. Per symbol block:
+        ``g = conj(x_l) r_k`` [Nt, Mr, Ns], zero-padded inverse DFT over subcarriers (range bins), DFT over transmit
+        antennas (AoD bins), ``|.|^2`` summed over receive antennas and divided by ``||phi_t||^2 = a^H R_x,t a``.
+        """
+        R, mr, ns, ts = r.shape
+        nt = x_n.shape[1]
+        b0, b1 = ctx.bins
+        energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
+        inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
+        per = nt * mr * self.lf
+        tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
+        rc = max(1, PICK_BLOCK // (per * tc))
+        out = torch.zeros((R, self.la, b1 - b0), dtype=torch.float64, device=r.device)
+        xc = x_n.conj().permute(0, 3, 1, 2)  # [R, Ts, Nt, Ns]
+        rp = r.permute(0, 3, 1, 2)  # [R, Ts, Mr, Ns]
+        for r0 in range(0, R, rc):
+            for t0 in range(0, ts, tc):
+                g = xc[r0:r0 + rc, t0:t0 + tc, :, None] * rp[r0:r0 + rc, t0:t0 + tc, None]  # [r, T, Nt, Mr, Ns]
+                c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf
+                v = torch.fft.fft(c, n=self.la, dim=2) / math.sqrt(nt)  # [r, T, La, Mr, Kw]
+                pw = _abs2(v).sum(3).to(torch.float64)  # [r, T, La, Kw]
+                out[r0:r0 + rc] += torch.einsum("rtpg,rpt->rpg", pw, inv_e[r0:r0 + rc, :, t0:t0 + tc])
+        return out
+
+    # ------------------------------------------------------------------ refinement
+    def _atoms(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Atom matrices per symbol [R, Ts, Ns, J]: ``phi_j[i, t] = exp(-j 2 pi i d_j df / c) a_t^H(u_j) x_{i,n_j}[t]``
+        (Eq. 6 without the Doppler) for atoms n, d, u [R, J]."""
+        sig = path_signatures(ctx.grid, rows.x, n, u, d, torch.zeros_like(d))  # [R, J, Ns, Ts]
+        return sig.permute(0, 3, 2, 1)
+
+    def _least_squares(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-symbol ridge-regularised least squares of all atoms [R, J]: coefficients [R, Ts, J, Mr] and the fitted
+        signal [R, Mr, Ns, Ts]."""
+        phi = self._atoms(ctx, rows, n, d, u)
+        ph = phi.conj().transpose(-1, -2)
+        gram = ph @ phi
+        J = phi.shape[-1]
+        ridge = 1e-10 * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1) / J + TINY
+        eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
+        coeffs = torch.linalg.solve(gram + ridge[..., None, None] * eye, ph @ rows.y.permute(0, 3, 2, 1))
+        return coeffs, (phi @ coeffs).permute(0, 3, 2, 1)
+
+    def _refine(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor,
+                others: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, first: bool,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Continuous refinement of one atom per row (n, d, u [R]) in range and AoD: alternating 1-D zooms (scales 1 and
+        1/4) on the multiple-measurement objective with the ``others`` atoms ([R, K] each) projected out per symbol::
+
+            J(d, u) = sum_{k,t} |phi_t^H P_t y_{k,t}|^2 / (phi_t^H P_t phi_t),   P_t = I - O_t (O_t^H O_t)^+ O_t^H
+
+        Returns (d [R], u [R], J at the optimum [R]: the energy the atom explains).
+        """
+        cfg, grid = self.cfg, ctx.grid
+        y = rows.y
+        R, mr, ns, ts = y.shape
+        nt, dt = cfg.n_tx_antennas, y.dtype
+        ar = torch.arange(R, device=y.device)
+        x_n, rxx = rows.x[ar, n], rows.rxx[ar, n]  # [R, Nt, Ns, Ts], [R, Ts, Nt, Nt]
+        width = 1.0 if first else 0.5
+        hd = grid.range_res / self.delay_oversample * width
+        hu = 1.0 / (nt * grid.spacing * self.aod_oversample) * width
+        lo, hi = (None, None) if self.periodic else (-1.0, 1.0)
+        K = 0 if others is None else others[0].shape[1]
+        if K:
+            o = self._atoms(ctx, rows, *others)  # [R, Ts, Ns, K]
+            oh = o.conj().transpose(-1, -2)
+            ginv = torch.linalg.pinv(oh @ o, rtol=1e-15, hermitian=True)  # [R, Ts, K, K]
+            w = ginv @ (oh @ y.permute(0, 3, 2, 1))  # G^+ O^H y: [R, Ts, K, Mr]
+
+        def concentrated(a_: torch.Tensor, c_: torch.Tensor | None, e_: torch.Tensor) -> torch.Tensor:
+            """a_ = phi^H y [R, C, Mr, Ts], c_ = phi^H O [R, C, Ts, K] or None, e_ = ||phi_t||^2 [R, C, Ts]."""
+            if c_ is None:
+                return (_abs2(a_) / e_.clamp_min(TINY)[:, :, None, :]).sum((2, 3))
+            num = a_ - torch.einsum("rctk,rtkm->rcmt", c_, w)
+            den = e_ - torch.einsum("rctk,rtkl,rctl->rct", c_, ginv, c_.conj()).real
+            return (_abs2(num) / torch.maximum(den, 1e-12 * e_ + TINY)[:, :, None, :]).sum((2, 3))
+
+        obj = torch.zeros_like(d)
+        for scale in (1.0, 0.25):
+            # range zoom at fixed AoD: phi_t^H v = sum_i e^{+j w(d) i} conj(b[i,t]) v[i]
+            bc = transmit_beam(x_n, u[:, None], grid.spacing)[:, 0].conj()  # [R, Ns, Ts]
+            e_t = _abs2(bc).sum(1)  # [R, Ts]
+            yb = (bc[:, None] * y).transpose(1, 2).reshape(R, ns, mr * ts)
+            ob = (bc.transpose(1, 2)[..., None] * o).transpose(1, 2).reshape(R, ns, ts * K) if K else None
+
+            def obj_d(cand: torch.Tensor, yb=yb, ob=ob, e_t=e_t) -> torch.Tensor:
+                e = delay_phase(grid, cand).conj().to(dt)  # [R, C, Ns]
+                c_ = None if ob is None else (e @ ob).reshape(R, -1, ts, K)
+                return concentrated((e @ yb).reshape(R, -1, mr, ts), c_, e_t[:, None].expand(R, cand.shape[1], ts))
+
+            d, _ = zoom_maximize(obj_d, d, hd * scale)
+            # AoD zoom at fixed range: conj(b) = a^T conj(x): phi_t^H v = sum_l a_l sum_i e^{+j w i} conj(x_l) v
+            xph = (x_n.conj() * delay_phase(grid, d).conj().to(dt)[:, None, :, None]).permute(0, 3, 1, 2)
+            wy = (xph @ y.permute(0, 3, 2, 1)).permute(0, 2, 3, 1).reshape(R, nt, mr * ts)  # [R, Nt, Mr*Ts]
+            wo = (xph @ o).transpose(1, 2).reshape(R, nt, ts * K) if K else None  # [R, Nt, Ts*K]
+
+            def obj_u(cand: torch.Tensor, wy=wy, wo=wo) -> torch.Tensor:
+                a = steering_vectors(cand, nt, grid.spacing, dt)  # [R, C, Nt]
+                c_ = None if wo is None else (a @ wo).reshape(R, -1, ts, K)
+                e_ = torch.einsum("rcl,rtlk,rck->rct", a.conj(), rxx, a).real
+                return concentrated((a @ wy).reshape(R, -1, mr, ts), c_, e_)
+
+            u, obj = zoom_maximize(obj_u, u, hu * scale, lower=lo, upper=hi)
+            if self.periodic:  # half-wavelength ULA: u and u -+ 2 are the same steering vector
+                u = torch.remainder(u + 1.0, 2.0) - 1.0
+        return d, u, obj
+
+    def _polish(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor, rounds: int,
+                redetect: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cyclic alternating-projection refinement of all atoms (n, d, u [R, J]); in the first ``redetect`` rounds
+        every atom is also re-detected on the data with the other atoms' least-squares fit removed and replaced when
+        the re-detected atom explains more energy. A row stops once a round (from round ``redetect - 1`` on) moves
+        no atom by :data:`CONVERGED` of a cell. Returns the new (d, u)."""
+        cfg, grid = self.cfg, ctx.grid
+        J = n.shape[1]
+        d, u = d.clone(), u.clone()
+        if J <= 1:
+            return d, u
+        active = torch.arange(n.shape[0], device=n.device)
+        for rnd in range(rounds):
+            sub, sn, sd, su = rows.take(active), n[active], d[active], u[active]
+            change = torch.zeros_like(sd[:, 0])
+            for j in range(J):
+                keep = [k for k in range(J) if k != j]
+                others = (sn[:, keep], sd[:, keep], su[:, keep])
+                od, ou = sd[:, j].clone(), su[:, j].clone()
+                nd, nu, obj = self._refine(ctx, sub, sn[:, j], od, ou, others, first=False)
+                if rnd < redetect:
+                    allowed = torch.nn.functional.one_hot(sn[:, j], cfg.n_tx).bool()
+                    res = sub.y - self._least_squares(ctx, sub, *others)[1]
+                    pn, pd, pu, ok = self._pick(ctx, res, sub, allowed, 1)
+                    cd, cu, objc = self._refine(ctx, sub, pn[:, 0], pd[:, 0], pu[:, 0], others, first=True)
+                    swap = ok[:, 0] & (objc > obj * (1.0 + REPLACE))
+                    nd, nu = torch.where(swap, cd, nd), torch.where(swap, cu, nu)
+                sd[:, j], su[:, j] = nd, nu
+                step = torch.maximum((nd - od).abs() / grid.range_res,
+                                     wrap_cosine(nu - ou, grid.spacing).abs() * cfg.n_tx_antennas * grid.spacing)
+                change = torch.maximum(change, step)
+            d[active], u[active] = sd, su
+            if rnd >= redetect - 1:
+                active = active[~(change < CONVERGED)]
+            if active.numel() == 0:
+                break
+        return d, u
+
+    # ------------------------------------------------------------------ angle, Doppler, pairing
+    def _angle_doppler(self, ctx: _Context, coeffs: torch.Tensor,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AoA and Doppler of every atom from its coefficients C[k, t] (``coeffs`` [R, Ts, J, Mr]): zero-padded 2-D DFT
+        peak (|u| <= 1, |f| <= the prior Doppler bound + a cell) and a 2-D zoom. Returns (u_rx, f, amplitude) [R, J]."""
+        grid = ctx.grid
+        R, ts, J, mr = coeffs.shape
+        dev = coeffs.device
+        c = coeffs.permute(0, 2, 3, 1).reshape(R * J, mr, ts)
+        lu, lt = self.oversample * mr, self.oversample * ts
+        spec = torch.fft.fft(torch.fft.ifft(c, n=lu, dim=1) * lu, n=lt, dim=2)
+        spec = torch.fft.fftshift(spec, dim=(1, 2))
+        f64 = dict(dtype=torch.float64, device=dev)
+        ug = torch.fft.fftshift(torch.fft.fftfreq(lu, **f64)) / grid.spacing
+        fg = torch.fft.fftshift(torch.fft.fftfreq(lt, grid.symbol_stride * grid.dT, **f64))
+        f_max = min(grid.max_doppler + grid.doppler_res, grid.unambiguous_doppler)
+        mask = (ug.abs() <= 1.0)[:, None] & (fg.abs() <= f_max)[None, :]
+        power = torch.where(mask, _abs2(spec).to(torch.float64), torch.full_like(spec.real, -math.inf,
+                                                                                 dtype=torch.float64))
+        flat = power.reshape(R * J, -1).argmax(1)
+        k = torch.arange(mr, **f64)
+
+        def kern_u(cand: torch.Tensor) -> torch.Tensor:  # conj(a_r(u)) * sqrt(Mr)
+            return torch.polar(torch.ones_like(cand[..., None] * k), 2 * math.pi * grid.spacing * cand[..., None] * k
+                               ).to(c.dtype)
+
+        def kern_f(cand: torch.Tensor) -> torch.Tensor:  # exp(-j 2 pi t f dT)
+            return doppler_phase(grid, cand).conj().to(c.dtype)
+
+        uu, ff, val = zoom_maximize_2d(c, kern_u, kern_f, ug[flat // lt], fg[flat % lt], 1.0 / (lu * grid.spacing),
+                                       grid.doppler_res / self.oversample)
+        if self.periodic:
+            uu = torch.remainder(uu + 1.0, 2.0) - 1.0
+        amp = val / (mr * ts)
+        return uu.clamp(-1.0, 1.0).reshape(R, J), ff.reshape(R, J), amp.reshape(R, J)
+
+    def _pair(self, ctx: _Context, m: torch.Tensor, n: torch.Tensor, d: torch.Tensor, u_rx: torch.Tensor,
+              f: torch.Tensor, amp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group every row's N Q paths into Q targets, one path per transmit AP (module docstring, step 3).
+
+        Paths of transmit AP n (in atom order) are matched to AP 0's by the assignment minimising the summed cost
+        ``||g_a - g_c|| / range_res + |u_a - u_c| / u_res`` (``g`` the AoA ray x own bistatic ellipse). Returns the
+        AoA [R, Q], ranges [R, Q, N] and Dopplers [R, Q, N] of the groups, in AP 0's path order.
+        """
+        cfg, grid, lay = self.cfg, ctx.grid, ctx.layout
+        R, J = n.shape
+        N, Q = cfg.n_tx, cfg.n_targets
+        order = (n * J + torch.arange(J, device=n.device)).argsort(1)
+        by_tx = [t.gather(1, order).reshape(R, N, Q) for t in (d, u_rx, f, amp)]
+        d_, u_, f_, a_ = by_tx
+        rx, axis, side = lay.rx[m][:, None, None], lay.rx_axes[m][:, None, None], lay.rx_side[m][:, None, None]
+        e = aoa_direction(u_, axis, side)  # [R, N, Q, 2]
+        loc = rx + ray_distance(d_, rx, e, lay.tx[None, :, None, :])[..., None] * e
+        perms = torch.tensor(list(itertools.permutations(range(Q))), device=n.device)  # [F, Q]
+        idx = [torch.arange(Q, device=n.device).expand(R, Q)]
+        for k in range(1, N):
+            cost = (torch.linalg.vector_norm(loc[:, 0, :, None] - loc[:, k, None, :], dim=-1) / grid.range_res
+                    + (u_[:, 0, :, None] - u_[:, k, None, :]).abs() / grid.u_res)  # [R, Q, Q]
+            total = cost[:, torch.arange(Q, device=n.device), perms].sum(-1)  # [R, F]
+            idx.append(perms[total.argmin(1)])
+        idx = torch.stack(idx, 2)  # [R, Q, N]: target q takes path idx[r, q, k] of transmit AP k
+        group = [t.transpose(1, 2).gather(1, idx) for t in (d_, u_, f_, a_)]  # [R, Q, N] each
+        gd, gu, gf, ga = group
+        w = _abs2(ga).to(torch.float64)
+        ref = gu.gather(2, w.argmax(2, keepdim=True))
+        du = wrap_cosine(gu - ref, grid.spacing)
+        ok = du.abs() < grid.u_res
+        aoa = (ref[..., 0] + (w * du * ok).sum(2) / (w * ok).sum(2)).clamp(-1.0, 1.0)
+        return aoa, gd, gf
+
+
+def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> CsEstimator:
+    if checkpoint is not None:
+        raise ValueError("the CS baseline has no checkpoint")
+    return CsEstimator(cfg, **options)
