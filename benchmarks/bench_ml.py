@@ -50,7 +50,7 @@ from cfisac.metrics import accuracy
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-ML_SOURCE = "src/cfisac/estimators/ml.py"
+ML_SOURCE = "src/cfisac/estimators/ml"  # the package (ml.py before the split)
 SWEEP_POWERS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
 
 
