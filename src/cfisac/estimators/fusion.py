@@ -1,22 +1,50 @@
 """CPU fusion of the bistatic baselines' fronthaul messages (MUSIC, CS): AoA and per-transmit-AP range / Doppler.
 
-Each receive AP m sends, per target slot q, the AoA direction cosine and, per transmit AP n, one bistatic range and
-one bistatic Doppler (:class:`BistaticMessages`). The CPU locates every AP's targets (AoA ray x bistatic
-ellipses), associates the slots across APs, fuses positions by robust least squares over all AoAs and ranges and
-solves the velocity from all N*M Dopplers ``lambda f_D = (e_n + e_m) . v`` (as
-:func:`cfisac.estimators.reference.signal_processing.fuse_messages`, the literal reference).
+Each receive AP m sends, per target slot q, the AoA direction cosine ``u_{m,q} = cos(vartheta_{m,q})`` and, per
+transmit AP n, one bistatic range ``d_{n,m,q} = d_{n,q} + d_{m,q}`` (Eq. 7) and one bistatic Doppler
+``f_{D,n,m,q} = (v_{n,q} + v_{m,q}) f_c / c`` (Eq. 9-11) (:class:`BistaticMessages`). The CPU, batched over scenes
+(and over slot pairs, targets and fit starts) in torch float64 on the messages' device:
+
+1. locates every AP's slots: the AoA ray cut with each bistatic ellipse (:func:`cfisac.physics.ray_distance`),
+   averaged over n; near endfire the half-wavelength alias of the AoA is tried and kept when its N intersections
+   agree better;
+2. associates every AP m's slots with AP 0's: the cost of merging AP 0's slot a with AP m's slot c is the robust
+   cost of fitting one position to both slots' measurements; the assignment minimising the total cost is found by
+   an exhaustive search over the Q! permutations (batched, Q <= 6) or the Hungarian algorithm (larger Q);
+3. fuses each target's position by a multi-start robust (Cauchy loss, scale :data:`ROBUST_SCALE` resolution cells)
+   bounded least-squares fit of all M AoAs (wrapped residuals) and N*M bistatic ranges, residuals in resolution
+   cells; measurements off the robust fit by more than ``REJECT * ROBUST_SCALE`` cells are dropped and the rest
+   refitted by plain least squares;
+4. solves the velocity from all N*M Dopplers ``lambda f_D = (e_n + e_m) . v`` by the same robust bounded least
+   squares (starts: the full and every leave-one-out least-squares solution) and rejection.
+
+It is the batched equivalent of :func:`cfisac.estimators.reference.signal_processing.fuse_messages` (the literal,
+scene-at-a-time reference): scipy's trust-region-reflective ``least_squares(loss="cauchy", bounds=...)`` is
+replaced by an iteratively reweighted Gauss-Newton / Levenberg-Marquardt solver with Cauchy weights, an active set
+on the box and projection onto it (:func:`robust_box_lsq`); the best start is the one of lowest Cauchy cost.
+Positions are constrained to the area and velocities to ``[-max_speed, max_speed]^2``.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..config import SystemConfig
+from ..physics import ApLayout, SensingGrid, aoa_direction, ray_distance, wrap_cosine
 from . import Estimate
 
-__all__ = ["BistaticMessages", "fuse_bistatic"]
+__all__ = ["BistaticMessages", "fuse_bistatic", "robust_box_lsq"]
+
+ROBUST_SCALE = 0.5  # Cauchy loss scale of the fusion, in resolution cells (as the reference)
+REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
+MAX_ITER = 60  # iteration cap of the solver (problems leave the batch once converged; see robust_box_lsq)
+EXHAUSTIVE_MAX_Q = 6  # association by exhaustive permutation search up to this many targets
+
+Residuals = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -32,10 +60,361 @@ class BistaticMessages:
     dopplers: torch.Tensor
 
 
-def fuse_bistatic(cfg: SystemConfig, msgs: BistaticMessages, *, velocity: bool = True) -> Estimate:
-    """Positions / velocities [B, Q, 2] float64 from the messages (module docstring)."""
-    from .reference.signal_processing import ApMessages, fuse_messages  # transitional: the scene-at-a-time fusion
+# ---------------------------------------------------------------------------------------------------- solver
+def _cost(r: torch.Tensor, mask: torch.Tensor, robust: bool) -> torch.Tensor:
+    """scipy's ``least_squares`` cost: ``0.5 sum s^2 log(1 + (r/s)^2)`` (Cauchy) or ``0.5 sum r^2`` over ``mask``."""
+    if robust:
+        return 0.5 * ROBUST_SCALE**2 * (mask * torch.log1p((r / ROBUST_SCALE) ** 2)).sum(-1)
+    return 0.5 * (mask * r**2).sum(-1)
 
-    ref = ApMessages(msgs.aoa.detach().cpu().double().numpy(), msgs.ranges.detach().cpu().double().numpy(),
-                     msgs.dopplers.detach().cpu().double().numpy())
-    return fuse_messages(cfg, ref, velocity=velocity)
+
+def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                   data: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None, *, robust: bool,
+                   max_iter: int = MAX_ITER, tol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched bounded (robust) nonlinear least squares in two unknowns: ``min_x sum_r mask_r rho(r_r(x))``.
+
+    ``x0`` [*batch, 2] float64: the starts, inside the box ``lower <= x <= upper`` ([2] each). ``data``: tensors
+    [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
+    ``fn(x [K, 2], *data [K, ...]) -> (r [K, R], J [K, R, 2], C [K, R, 3] or None)`` evaluates residuals,
+    Jacobian and second derivatives ``(d2r/dx0^2, d2r/dx0 dx1, d2r/dx1^2)`` (None: linear residuals) of K
+    problems. ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for dropped ones.
+    ``rho`` is the Cauchy loss ``s^2 / 2 log(1 + (r/s)^2)`` of scale :data:`ROBUST_SCALE` (``robust``, scipy's
+    ``loss="cauchy"``) or ``r^2 / 2``.
+
+    Each iteration is a Levenberg-Marquardt step ``(H + lam diag H) dx = -J^T W r`` with the Cauchy weights
+    ``W = 1 / (1 + z)``, ``z = (r/s)^2``, and the Hessian of the cost
+    ``H = J^T diag((1 - z) / (1 + z)^2) J + sum_r W r C_r`` (Newton steps) where it is positive definite, else
+    the iteratively reweighted ``H = J^T W J`` (a descent direction). Coordinates at a bound whose gradient points
+    outwards are held fixed and the step is projected onto the box. A step is accepted when the cost does not
+    increase (then ``lam`` shrinks, else it grows). A problem stops when its proposed move is below ``tol``, the
+    decrease ``|grad . dx|`` it predicts is below the rounding of the cost, or ``lam`` saturates, and leaves the batch, so that the work follows the problems still running; at most
+    ``max_iter`` iterations. Returns (x [*batch, 2], cost [*batch]).
+    """
+    batch = x0.shape[:-1]
+    n = x0[..., 0].numel()
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        tail = t.shape[len(batch):]
+        return t.expand(*batch, *tail).reshape(n, *tail)
+
+    lo0, lo1, hi0, hi1 = lower[0], lower[1], upper[0], upper[1]
+    data = tuple(flat(t) for t in data)
+    x = x0.reshape(n, 2).clone()
+    r, jac, curv = fn(x, *data)
+    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r)
+    cost = _cost(r, m, robust)
+    out_x, out_cost = x.clone(), cost.clone()
+    idx = torch.arange(n, device=x.device)
+    lam = torch.full_like(cost, 1e-4)
+    for it in range(max_iter):
+        j0, j1 = jac[..., 0], jac[..., 1]
+        if robust:
+            z = (r / ROBUST_SCALE) ** 2
+            w = m / (1.0 + z)
+            wh = w * (1.0 - z) / (1.0 + z)
+        else:
+            w = wh = m
+        wr = w * r
+        g0, g1 = (wr * j0).sum(-1), (wr * j1).sum(-1)
+        wj0, wj1 = w * j0, w * j1
+        h00, h01, h11 = (wj0 * j0).sum(-1), (wj0 * j1).sum(-1), (wj1 * j1).sum(-1)
+        if robust or curv is not None:
+            nj0, nj1 = wh * j0, wh * j1
+            n00, n01, n11 = (nj0 * j0).sum(-1), (nj0 * j1).sum(-1), (nj1 * j1).sum(-1)
+            if curv is not None:
+                n00 = n00 + (wr * curv[..., 0]).sum(-1)
+                n01 = n01 + (wr * curv[..., 1]).sum(-1)
+                n11 = n11 + (wr * curv[..., 2]).sum(-1)
+            pd = (n00 > 0) & (n00 * n11 - n01 * n01 > 0)
+            h00, h01, h11 = torch.where(pd, n00, h00), torch.where(pd, n01, h01), torch.where(pd, n11, h11)
+        xa, xb = x[..., 0], x[..., 1]
+        free0 = ~(((xa <= lo0) & (g0 > 0)) | ((xa >= hi0) & (g0 < 0)))
+        free1 = ~(((xb <= lo1) & (g1 > 0)) | ((xb >= hi1) & (g1 < 0)))
+        zero = torch.zeros_like(h00)
+        eps = 1e-12 * (h00.abs() + h11.abs()) + 1e-300
+        a00 = torch.where(free0, h00 * (1.0 + lam) + eps, zero + 1.0)
+        a11 = torch.where(free1, h11 * (1.0 + lam) + eps, zero + 1.0)
+        a01 = torch.where(free0 & free1, h01, zero)
+        g0, g1 = torch.where(free0, g0, zero), torch.where(free1, g1, zero)
+        det = a00 * a11 - a01 * a01
+        step = torch.stack([a01 * g1 - a11 * g0, a01 * g0 - a00 * g1], -1) / det[..., None]
+        x_new = torch.clamp(x + step, lower, upper)
+        r_new, jac_new, curv_new = fn(x_new, *data)
+        cost_new = _cost(r_new, m, robust)
+        ok = cost_new <= cost
+        # done: the move is below tol, or the decrease it predicts is below the rounding of the cost
+        pred = (g0 * step[..., 0] + g1 * step[..., 1]).abs()
+        done = ((x_new - x).abs().amax(-1) < tol) | (lam >= 1e12) | (pred <= 1e-15 * cost)
+        x = torch.where(ok[..., None], x_new, x)
+        r = torch.where(ok[..., None], r_new, r)
+        jac = torch.where(ok[..., None, None], jac_new, jac)
+        if curv is not None:
+            curv = torch.where(ok[..., None, None], curv_new, curv)
+        cost = torch.where(ok, cost_new, cost)
+        lam = torch.where(ok, (lam * 0.1).clamp_min(1e-12), (lam * 10.0).clamp_max(1e12))
+        if it % 2 == 1 and bool(done.any()):  # retire the converged problems
+            out_x[idx[done]], out_cost[idx[done]] = x[done], cost[done]
+            keep = ~done
+            idx, x, r, jac, cost, lam, m = idx[keep], x[keep], r[keep], jac[keep], cost[keep], lam[keep], m[keep]
+            curv = None if curv is None else curv[keep]
+            data = tuple(t[keep] for t in data)
+            if idx.numel() == 0:
+                break
+    out_x[idx], out_cost[idx] = x, cost
+    return out_x.reshape(*batch, 2), out_cost.reshape(batch)
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+def _ray_points(lay: ApLayout, u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """AoA ray of every AP and slot cut with each transmit AP's bistatic ellipse: [B, M, Q, N, 2] (not clipped).
+
+    ``u`` [B, M, Q] AoA cosines, ``d`` [B, M, Q, N] bistatic ranges.
+    """
+    e = aoa_direction(u, lay.rx_axes[:, None, :], lay.rx_side[:, None])[..., None, :]  # [B, M, Q, 1, 2]
+    rx = lay.rx[:, None, None, :]
+    return rx + ray_distance(d, rx, e, lay.tx)[..., None] * e
+
+
+def _local_locations(lay: ApLayout, grid: SensingGrid, u: torch.Tensor, d: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-AP locations of every slot [B, M, Q, 2] and the clipped ray / ellipse points [B, M, Q, N, 2].
+
+    The location is the mean of the N ray / ellipse intersections; near endfire (``|u| > 1 - u_res / 2``, a
+    half-wavelength array, N > 1) the aliased cosine ``u - sign(u) / spacing`` is used instead when its N
+    intersections spread (sum of distances to their mean) less, as
+    :func:`cfisac.estimators.reference.signal_processing.local_location`. Both outputs are clipped to the area.
+    """
+    pts = _ray_points(lay, u, d)
+    loc = pts.mean(-2)
+    spread = torch.linalg.vector_norm(pts - loc[..., None, :], dim=-1).sum(-1)
+    n_tx = d.shape[-1]
+    if grid.spacing >= 0.5 - 1e-12 and n_tx > 1:
+        alias_u = (u - torch.sign(u) / grid.spacing).clamp(-1.0, 1.0)
+        apts = _ray_points(lay, alias_u, d)
+        aloc = apts.mean(-2)
+        aspread = torch.linalg.vector_norm(apts - aloc[..., None, :], dim=-1).sum(-1)
+        use = (u.abs() > 1.0 - grid.u_res / 2) & (aspread < spread - 1e-9)
+        loc = torch.where(use[..., None], aloc, loc)
+    lo, hi = lay.lower, lay.upper
+    return torch.clamp(loc, lo, hi), torch.clamp(pts, lo, hi)
+
+
+def _distance_curvature(e: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """Second derivatives ``(I - e e^T) / rho`` of a distance ``rho = ||g - p||`` (unit ``e``): [..., 3]."""
+    ex, ey = e[..., 0], e[..., 1]
+    return torch.stack([1.0 - ex * ex, -ex * ey, 1.0 - ey * ey], -1) / rho[..., None]
+
+
+def _position_residuals(g: torch.Tensor, lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor,
+                        u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Residuals (resolution cells) [..., R], Jacobian [..., R, 2] and second derivatives [..., R, 3] at ``g``.
+
+    The A receive APs at ``rx`` with axes ``axes`` [..., A, 2] measured AoA cosines ``u`` [..., A] and bistatic
+    ranges ``d`` [..., A, N]; ``R = A + A N`` residuals ``wrap(axis . e_m(g) - u_m) / u_res`` then
+    ``(||g - t_n|| + ||g - r_m|| - d_{m,n}) / range_res`` in (m, n) row-major order (Eq. 7). With ``c = axis - u e``
+    the AoA cosine has gradient ``c / rho`` and Hessian ``-(e c^T + c e^T + u (I - e e^T)) / rho^2``.
+    """
+    dr = g[..., None, :] - rx  # [..., A, 2]
+    rr = torch.linalg.vector_norm(dr, dim=-1).clamp_min(1e-6)
+    er = dr / rr[..., None]
+    dt = g[..., None, :] - lay.tx  # [..., N, 2]
+    rt = torch.linalg.vector_norm(dt, dim=-1).clamp_min(1e-6)
+    et = dt / rt[..., None]
+    u_model = (er * axes).sum(-1)
+    c = axes - u_model[..., None] * er
+    du = c / rr[..., None]
+    d_model = rt[..., None, :] + rr[..., :, None]  # [..., A, N]
+    dd = et[..., None, :, :] + er[..., :, None, :]  # [..., A, N, 2]
+    res = torch.cat([wrap_cosine(u_model - u, grid.spacing) / grid.u_res,
+                     ((d_model - d) / grid.range_res).flatten(-2)], -1)
+    jac = torch.cat([du / grid.u_res, dd.flatten(-3, -2) / grid.range_res], -2)
+    ex, ey, cx, cy = er[..., 0], er[..., 1], c[..., 0], c[..., 1]
+    ku = -(torch.stack([2 * ex * cx, ex * cy + cx * ey, 2 * ey * cy], -1)
+           + u_model[..., None] * _distance_curvature(er, torch.ones_like(rr))) / (rr**2)[..., None]
+    kd = _distance_curvature(et, rt)[..., None, :, :] + _distance_curvature(er, rr)[..., :, None, :]
+    curv = torch.cat([ku / grid.u_res, kd.flatten(-3, -2) / grid.range_res], -2)
+    return res, jac, curv
+
+
+def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor,
+                   d: torch.Tensor, starts: torch.Tensor, *, refit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-start robust bounded position fits of P problems: (positions [P, 2], robust cost [P]).
+
+    ``rx`` / ``axes`` [P, A, 2], ``u`` [P, A], ``d`` [P, A, N], ``starts`` [P, S, 2]. The start of lowest Cauchy
+    cost wins; with ``refit`` the residuals beyond ``REJECT * ROBUST_SCALE`` cells of it are dropped and the rest
+    refitted by plain bounded least squares when some are dropped and at least 3 remain.
+    """
+    lo, hi = lay.lower, lay.upper
+    x0 = torch.minimum(torch.maximum(starts, lo + 1e-6), hi - 1e-6)
+
+    def fn(g: torch.Tensor, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor, d: torch.Tensor,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _position_residuals(g, lay, grid, rx, axes, u, d)
+
+    x, cost = robust_box_lsq(fn, x0, lo, hi, (rx[:, None], axes[:, None], u[:, None], d[:, None]), robust=True)
+    rows = torch.arange(x.shape[0], device=x.device)
+    best = cost.argmin(-1)
+    g, best_cost = x[rows, best], cost[rows, best]
+    if not refit:
+        return g, best_cost
+    keep = _position_residuals(g, lay, grid, rx, axes, u, d)[0].abs() <= REJECT * ROBUST_SCALE
+    need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
+    if need.numel():
+        g = g.clone()
+        g[need] = robust_box_lsq(fn, g[need], lo, hi, (rx[need], axes[need], u[need], d[need]), keep[need],
+                                 robust=False)[0]
+    return g, best_cost
+
+
+def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least-squares solutions of ``a`` [..., R, 2] x = ``b`` [..., R]: [..., 2] (pseudo-inverse)."""
+    return (torch.linalg.pinv(a) @ b[..., None])[..., 0]
+
+
+def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.Tensor, vmax: float) -> torch.Tensor:
+    """Velocities [P, 2] of P targets at ``g`` [P, 2] from their Dopplers ``f`` [P, M, N] (Eq. 9-11).
+
+    Rows ``(e_m + e_n) / velocity_res`` and targets ``lambda f / velocity_res`` in (m, n) row-major order; the
+    robust bounded fit starts from the least-squares solution and every leave-one-out one (clipped to the box),
+    the lowest Cauchy cost wins, then the same rejection and plain refit as the positions.
+    """
+    er = g[:, None, :] - lay.rx
+    er = er / torch.linalg.vector_norm(er, dim=-1, keepdim=True).clamp_min(1e-6)
+    et = g[:, None, :] - lay.tx
+    et = et / torch.linalg.vector_norm(et, dim=-1, keepdim=True).clamp_min(1e-6)
+    a = (er[:, :, None, :] + et[:, None, :, :]).flatten(1, 2) / grid.velocity_res  # [P, R, 2]
+    b = grid.wavelength * f.flatten(1) / grid.velocity_res  # [P, R]
+    n_rows = a.shape[1]
+    lim = vmax - 1e-9
+    v0 = _lstsq(a, b).clamp(-lim, lim)
+    if n_rows <= 2:
+        return v0
+    loo = 1.0 - torch.eye(n_rows, dtype=a.dtype, device=a.device)  # [R (left out), R]
+    starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim)], 1)
+    lo = torch.full((2,), -vmax, dtype=a.dtype, device=a.device)
+    hi = -lo
+
+    def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return (a * v[:, None, :]).sum(-1) - b, a, None
+
+    x, cost = robust_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True)
+    rows = torch.arange(x.shape[0], device=x.device)
+    v = x[rows, cost.argmin(-1)]
+    keep = ((a * v[:, None, :]).sum(-1) - b).abs() <= REJECT * ROBUST_SCALE
+    need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
+    if need.numel():
+        v = v.clone()
+        v[need] = robust_box_lsq(fn, v[need], lo, hi, (a[need], b[need]), keep[need], robust=False)[0]
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------- association
+def _assign(cost: torch.Tensor) -> torch.Tensor:
+    """Minimum-total-cost assignments of cost matrices [..., Q, Q]: ``perm`` [..., Q] with row a -> column perm[a].
+
+    Exhaustive search over the Q! permutations in torch for Q <= :data:`EXHAUSTIVE_MAX_Q` (first minimum in
+    lexicographic order), else ``scipy.optimize.linear_sum_assignment`` per matrix on the CPU.
+    """
+    Q = cost.shape[-1]
+    if Q <= EXHAUSTIVE_MAX_Q:
+        perms = torch.tensor(list(itertools.permutations(range(Q))), dtype=torch.long, device=cost.device)  # [K, Q]
+        rows = torch.arange(Q, device=cost.device)
+        total = cost[..., rows, perms].sum(-1)  # [..., K]
+        return perms[total.argmin(-1)]
+    from scipy.optimize import linear_sum_assignment
+
+    flat = cost.detach().cpu().reshape(-1, Q, Q).numpy()
+    out = torch.stack([torch.as_tensor(linear_sum_assignment(c)[1]) for c in flat])
+    return out.reshape(cost.shape[:-1]).to(cost.device)
+
+
+def _associate(lay: ApLayout, grid: SensingGrid, u: torch.Tensor, d: torch.Tensor, local: torch.Tensor,
+               rays: torch.Tensor) -> torch.Tensor:
+    """Slot permutations [B, M, Q]: AP m's slot ``perm[b, m, q]`` is matched to AP 0's slot q (AP 0: identity).
+
+    The cost of merging AP 0's slot a with AP m's slot c is the robust cost of the 2-AP position fit of both
+    slots' AoAs and ranges, started from both slots' locations and ray / ellipse points; all B (M - 1) Q Q fits
+    run as one batch. ``u`` [B, M, Q], ``d`` [B, M, Q, N], ``local`` [B, M, Q, 2], ``rays`` [B, M, Q, N, 2].
+    """
+    B, M, Q, N = d.shape
+    ident = torch.arange(Q, device=u.device).expand(B, 1, Q)
+    if M == 1:
+        return ident
+    shape = (B, M - 1, Q, Q)
+
+    def pair(t: torch.Tensor) -> torch.Tensor:
+        """Stack AP 0's slot a and AP m's slot c of a [B, M, Q, ...] tensor: [B, M-1, Q, Q, 2, ...]."""
+        t0 = t[:, :1, :, None].expand(*shape, *t.shape[3:])
+        tm = t[:, 1:, None, :].expand(*shape, *t.shape[3:])
+        return torch.stack([t0, tm], 4)
+
+    u2, d2, loc2, ray2 = pair(u), pair(d), pair(local), pair(rays)
+    starts = torch.cat([loc2, ray2.flatten(4, 5)], 4)  # [B, M-1, Q, Q, 2 + 2N, 2]
+    rx = torch.stack([lay.rx[:1].expand(M - 1, 2), lay.rx[1:]], 1)  # [M-1, 2, 2]
+    axes = torch.stack([lay.rx_axes[:1].expand(M - 1, 2), lay.rx_axes[1:]], 1)
+    P = B * (M - 1) * Q * Q
+    rx = rx[None, :, None, None].expand(*shape, 2, 2).reshape(P, 2, 2)
+    axes = axes[None, :, None, None].expand(*shape, 2, 2).reshape(P, 2, 2)
+    cost = _fit_positions(lay, grid, rx, axes, u2.reshape(P, 2), d2.reshape(P, 2, N),
+                          starts.reshape(P, 2 + 2 * N, 2), refit=False)[1]
+    return torch.cat([ident, _assign(cost.reshape(shape))], 1)
+
+
+# ---------------------------------------------------------------------------------------------------- fusion
+def _check_messages(cfg: SystemConfig, msgs: BistaticMessages, velocity: bool) -> None:
+    """``ValueError`` naming the field unless the messages are finite float tensors of ``cfg``'s shapes."""
+    if not isinstance(msgs, BistaticMessages):
+        raise ValueError(f"msgs must be a BistaticMessages, got {type(msgs).__name__}")
+    M, N, Q = cfg.n_rx, cfg.n_tx, cfg.n_targets
+    want = {"aoa": (M, Q), "ranges": (M, Q, N), "dopplers": (M, Q, N)}
+    axes = {"aoa": "B, M, Q", "ranges": "B, M, Q, N", "dopplers": "B, M, Q, N"}
+    batch, device = None, None
+    for name, tail in want.items():
+        t = getattr(msgs, name)
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"msgs.{name} must be a real floating torch.Tensor [{axes[name]}], got {got}")
+        if t.dim() != len(tail) + 1 or tuple(t.shape[1:]) != tail or t.shape[0] == 0:
+            raise ValueError(f"msgs.{name} has shape {tuple(t.shape)}, expected [{axes[name]}] = (B, "
+                             f"{', '.join(map(str, tail))}) with B >= 1")
+        if batch is not None and t.shape[0] != batch:
+            raise ValueError(f"msgs.{name} has batch {t.shape[0]} but msgs.aoa has {batch}")
+        if device is not None and t.device != device:
+            raise ValueError(f"msgs.{name} is on {t.device} but msgs.aoa is on {device}")
+        batch, device = t.shape[0], t.device
+        if (name != "dopplers" or velocity) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"msgs.{name} contains NaN or inf")
+
+
+def fuse_bistatic(cfg: SystemConfig, msgs: BistaticMessages, *, velocity: bool = True) -> Estimate:
+    """Positions / velocities [B, Q, 2] float64 on the messages' device from the messages (module docstring).
+
+    ``msgs`` holds ``aoa`` [B, M, Q], ``ranges`` / ``dopplers`` [B, M, Q, N] (real floating tensors, computed in
+    float64; Q = ``cfg.n_targets``). ``velocity=False`` returns NaN velocities (the Dopplers may then be NaN).
+    Raises ``ValueError`` naming the field on a wrong type, shape, batch, device or non-finite entry.
+    """
+    _check_messages(cfg, msgs, velocity)
+    dev = msgs.aoa.device
+    u, d = msgs.aoa.double(), msgs.ranges.double()
+    grid = SensingGrid.from_config(cfg, dev)
+    lay = ApLayout.from_config(cfg, dev)
+    B, M, Q, N = d.shape
+    local, rays = _local_locations(lay, grid, u, d)
+    perm = _associate(lay, grid, u, d, local, rays)  # [B, M, Q]
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        """AP m's slot perm[b, m, q] of a [B, M, Q, ...] tensor, targets first: [B, Q, M, ...]."""
+        idx = perm.reshape(B, M, Q, *([1] * (t.dim() - 3))).expand(B, M, Q, *t.shape[3:])
+        return torch.gather(t, 2, idx).transpose(1, 2)
+
+    starts = torch.cat([gather(local), gather(rays).flatten(2, 3)], 2).reshape(B * Q, M * (1 + N), 2)
+    rx = lay.rx.expand(B * Q, M, 2)
+    axes = lay.rx_axes.expand(B * Q, M, 2)
+    g = _fit_positions(lay, grid, rx, axes, gather(u).reshape(B * Q, M), gather(d).reshape(B * Q, M, N), starts,
+                       refit=True)[0]
+    if velocity:
+        f = gather(msgs.dopplers.double()).reshape(B * Q, M, N)
+        v = _fit_velocities(lay, grid, g, f, cfg.max_speed)
+    else:
+        v = torch.full_like(g, float("nan"))
+    return Estimate(g.reshape(B, Q, 2), v.reshape(B, Q, 2))
