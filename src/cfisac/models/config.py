@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MODEL_KINDS", "ModelConfig"]
+__all__ = ["DECODERS", "MODEL_KINDS", "ModelConfig"]
 
 MODEL_KINDS = ("dvqvae", "dvae", "cnn")
+DECODERS = ("generic", "geometry")
 
 
 def _widths(v: Any) -> tuple[int, ...] | None:
@@ -41,6 +42,11 @@ class ModelConfig:
     by ReLU and max pooling by ``cnn_pool``, then fully connected layers ``cnn_fc`` and the output layer.
     Input: ``front_end`` (registry of :mod:`cfisac.models.front_end`, "raw" = the paper) with ``front_end_options``,
     normalisation ``input_norm`` ("rms", "noise", "none").
+    CPU decoder ``decoder``: ``"generic"`` (the paper's Eq. 16 decoder above, the faithful model) or ``"geometry"``
+    (:mod:`cfisac.models.geometry_decoder`: per-AP maps over the area, fused, heat-map peaks and the bistatic
+    velocity least squares; D-VQVAE and D-VAE only, with a front end on the position grid, ``"image"`` or
+    ``"velocity-image"``), with ``decoder_options`` (the fields of
+    :class:`cfisac.models.geometry_decoder.GeometryOptions`; empty for ``"generic"``).
     """
 
     encoder_layers: int = 2
@@ -68,6 +74,8 @@ class ModelConfig:
     front_end: str = "raw"
     front_end_options: dict[str, Any] = field(default_factory=dict)
     input_norm: str = "rms"
+    decoder: str = "generic"
+    decoder_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("encoder_widths", "tx_widths"):
@@ -75,6 +83,9 @@ class ModelConfig:
         object.__setattr__(self, "cnn_channels", _widths(self.cnn_channels))
         object.__setattr__(self, "cnn_fc", _widths(self.cnn_fc))
         object.__setattr__(self, "front_end_options", dict(self.front_end_options))
+        if not isinstance(self.decoder_options, dict):
+            raise ValueError(f"decoder_options must be a dict, got {type(self.decoder_options).__name__}")
+        object.__setattr__(self, "decoder_options", dict(self.decoder_options))
         self.check()
 
     # ------------------------------------------------------------------ presets
@@ -173,3 +184,14 @@ class ModelConfig:
             raise ValueError(f"input_norm must be 'rms', 'noise' or 'none', got {self.input_norm!r}")
         if not isinstance(self.front_end, str) or not self.front_end:
             raise ValueError(f"front_end must be a registered front-end name, got {self.front_end!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {list(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "generic" and self.decoder_options:
+            raise ValueError(f"decoder_options {sorted(self.decoder_options)} need decoder='geometry'")
+        if self.decoder == "geometry":
+            from .geometry_decoder import GEOMETRY_FRONT_ENDS, GeometryOptions
+
+            if self.front_end not in GEOMETRY_FRONT_ENDS:
+                raise ValueError(f"decoder='geometry' needs a front end on the position grid of the area "
+                                 f"{list(GEOMETRY_FRONT_ENDS)}, got front_end={self.front_end!r}")
+            GeometryOptions.from_dict(self.decoder_options)

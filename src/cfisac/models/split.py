@@ -34,6 +34,7 @@ from .cnn import CnnCentralized
 from .config import MODEL_KINDS, ModelConfig
 from .dvqvae import Encoder, FusionDecoder, downsampled_grid
 from .front_end import FrontEnd, model_front_end
+from .geometry_decoder import GeometryDecoder
 
 __all__ = [
     "ApOutput", "ApSide", "CpuSide", "LabelNormaliser", "ModelOutput", "SplitModel", "build_ap_side",
@@ -202,6 +203,16 @@ class ApSide(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- CPU side
+def _decoder(kind: str, cfg: SystemConfig, mcfg: ModelConfig, c: int, grid: tuple[int, ...]) -> nn.Module:
+    """The CPU decoder: the CNN centralized network, the paper's :class:`FusionDecoder` (``decoder="generic"``) or
+    the :class:`GeometryDecoder` (``decoder="geometry"``, D-VQVAE and D-VAE only)."""
+    if mcfg.decoder == "geometry":
+        if kind == "cnn":
+            raise ValueError("decoder='geometry' decodes encoder latents: use kind 'dvqvae' or 'dvae', not 'cnn'")
+        return GeometryDecoder(cfg, c, grid, mcfg.encoder_layers, mcfg.decoder_options)
+    return CnnCentralized(cfg, mcfg, c, grid) if kind == "cnn" else FusionDecoder(cfg, mcfg, c, grid)
+
+
 class CpuSide(nn.Module):
     """The CPU of a learned scheme: decoder and (D-VQVAE) the received codebooks [M, Nc, D]."""
 
@@ -212,8 +223,7 @@ class CpuSide(nn.Module):
         self.n_targets = cfg.n_targets
         self.payload_shape = payload_shape(kind, cfg, mcfg)
         c, grid = self.payload_shape[0], self.payload_shape[1:]
-        self.decoder: nn.Module = (CnnCentralized(cfg, mcfg, c, grid) if kind == "cnn"
-                                   else FusionDecoder(cfg, mcfg, c, grid))
+        self.decoder: nn.Module = _decoder(kind, cfg, mcfg, c, grid)
         if kind == "dvqvae":
             self.register_buffer("codebooks", torch.zeros(cfg.n_rx, mcfg.num_codes, mcfg.code_dim))
         self.latent_length = math.prod(grid)
