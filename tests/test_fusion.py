@@ -1,0 +1,176 @@
+"""Batched CPU fusion of the bistatic baselines' messages (:func:`cfisac.estimators.fusion.fuse_bistatic`) against
+the literal scene-at-a-time reference (:func:`cfisac.estimators.reference.signal_processing.fuse_messages`)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import least_squares
+
+import cfisac
+from cfisac import SystemConfig
+from cfisac.estimators.fusion import ROBUST_SCALE, BistaticMessages, fuse_bistatic, robust_box_lsq
+from cfisac.estimators.reference.signal_processing import (
+    ApMessages,
+    Comb,
+    Layout,
+    _position_residuals,
+    fuse_messages,
+)
+from cfisac.geometry import bistatic_geometry
+
+POS_TOL = 1e-3  # m: batched vs reference positions
+VEL_TOL = 1e-3  # m/s: batched vs reference velocities
+
+
+def exact_messages(cfg, positions, velocities):
+    """Noiseless messages of the true geometry (Eq. 7-11): aoa [B, M, Q], ranges / dopplers [B, M, Q, N]."""
+    geo = bistatic_geometry(cfg, positions, velocities)
+    return (geo.rx.cos_angle.clone(), geo.bistatic_range.permute(0, 2, 3, 1).clone(),
+            geo.doppler.permute(0, 2, 3, 1).clone())
+
+
+def permute_slots(aoa, ranges, dopplers, gen):
+    """Every AP m > 0 lists its slots in a random order: the fusion has to associate them."""
+    B, M, Q, N = ranges.shape
+    for m in range(1, M):
+        p = torch.stack([torch.randperm(Q, generator=gen) for _ in range(B)])
+        aoa[:, m] = torch.gather(aoa[:, m], 1, p)
+        ranges[:, m] = torch.gather(ranges[:, m], 1, p[..., None].expand(B, Q, N))
+        dopplers[:, m] = torch.gather(dopplers[:, m], 1, p[..., None].expand(B, Q, N))
+
+
+def noisy_messages(cfg, batch, seed, noise=0.3):
+    """Messages of sampled scenes with Gaussian errors of ``noise`` resolution cells, permuted slots and one outlier
+    range per scene (AP 0, slot 0, last transmit AP: 3 range cells off, a detection captured by another path)."""
+    scenes = cfisac.sample_scenes(cfg, batch, seed)
+    aoa, ranges, dopplers = exact_messages(cfg, scenes.positions, scenes.velocities)
+    res = cfg.resolution()
+    gen = torch.Generator().manual_seed(seed + 1000)
+    u_res = 1.0 / (cfg.n_rx_antennas * cfg.antenna_spacing)
+    kw = dict(generator=gen, dtype=torch.float64)
+    aoa = (aoa + noise * u_res * torch.randn(aoa.shape, **kw)).clamp(-1.0, 1.0)
+    ranges = ranges + noise * res["range_resolution_m"] * torch.randn(ranges.shape, **kw)
+    dopplers = dopplers + noise * res["doppler_resolution_hz"] * torch.randn(dopplers.shape, **kw)
+    permute_slots(aoa, ranges, dopplers, gen)
+    ranges[:, 0, 0, -1] += 3.0 * res["range_resolution_m"]
+    return scenes, BistaticMessages(aoa, ranges, dopplers)
+
+
+def reference(cfg, msgs, velocity=True):
+    return fuse_messages(cfg, ApMessages(msgs.aoa.numpy(), msgs.ranges.numpy(), msgs.dopplers.numpy()),
+                         velocity=velocity)
+
+
+def robust_cost(cfg, msgs, b, positions):
+    """The fusion's robust objective of one scene's estimate ``positions`` [Q, 2] (numpy): per AP the Cauchy cost
+    of its AoA and N ranges at the estimated positions, slots assigned to targets by the best permutation."""
+    comb, lay = Comb.from_config(cfg), Layout(cfg)
+    M, Q = msgs.aoa.shape[1:]
+    total = 0.0
+    for m in range(M):
+        c = np.empty((Q, Q))
+        for q, s in itertools.product(range(Q), range(Q)):
+            r = _position_residuals(positions[q], lay, np.array([m]), msgs.aoa[b, m, s, None].numpy(),
+                                    msgs.ranges[b, m, s, None].numpy(), comb)[0]
+            c[q, s] = 0.5 * ROBUST_SCALE**2 * np.log1p((r / ROBUST_SCALE) ** 2).sum()
+        total += min(sum(c[q, p[q]] for q in range(Q)) for p in itertools.permutations(range(Q)))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("preset,n_targets,batch", [("tiny", 2, 4), ("tiny", 3, 2), ("quick", 2, 4), ("quick", 3, 2)])
+def test_batched_fusion_equals_the_reference_on_noisy_permuted_messages_with_an_outlier(preset, n_targets, batch):
+    cfg = SystemConfig.preset(preset, n_targets=n_targets)
+    scenes, msgs = noisy_messages(cfg, batch, seed=7 + n_targets)
+    new, ref = fuse_bistatic(cfg, msgs), reference(cfg, msgs)
+    dp = (new.positions - ref.positions).norm(dim=-1).amax(-1)
+    dv = (new.velocities - ref.velocities).norm(dim=-1).amax(-1)
+    same = (dp <= POS_TOL) & (dv <= VEL_TOL)
+    assert int(same.sum()) >= batch - 1, f"positions off by {dp.tolist()} m, velocities by {dv.tolist()} m/s"
+    for b in torch.nonzero(~same).flatten().tolist():  # where they differ, the batched fit is no worse
+        c_new = robust_cost(cfg, msgs, b, new.positions[b].numpy())
+        assert c_new <= robust_cost(cfg, msgs, b, ref.positions[b].numpy()) + 1e-9
+    # and the reference is right on these scenes: the test compares two working estimators
+    err = (ref.positions - scenes.positions).norm(dim=-1)
+    assert float(err.median()) < cfg.resolution()["range_resolution_m"]
+
+
+def test_solver_matches_scipy_on_a_robust_bounded_linear_fit_with_an_active_bound():
+    gen = np.random.default_rng(3)
+    a = gen.standard_normal((12, 2))
+    v_true = np.array([1.4, -0.3])  # outside the box [-1, 1] in x: the optimum lies on the bound
+    b = a @ v_true + 0.05 * gen.standard_normal(12)
+    b[[2, 7]] += np.array([6.0, -4.0])  # two gross outliers the Cauchy loss must reject
+    ref = least_squares(lambda v: a @ v - b, np.zeros(2), jac=lambda v: a, bounds=(-1.0, 1.0), loss="cauchy",
+                        f_scale=ROBUST_SCALE, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
+    x, cost = robust_box_lsq(lambda v, a, b: ((a * v[:, None, :]).sum(-1) - b, a, None),
+                             torch.zeros(1, 2, dtype=torch.float64), lo, hi, (at[None], bt[None]), robust=True)
+    np.testing.assert_allclose(x[0].numpy(), ref.x, atol=1e-7)
+    assert abs(float(x[0, 0]) - 1.0) < 1e-12  # on the bound
+    assert float(cost[0]) == pytest.approx(ref.cost, abs=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("n_targets", [2, 3])
+def test_noiseless_permuted_messages_give_the_true_positions_and_velocities(n_targets):
+    cfg = SystemConfig.preset("quick", n_targets=n_targets)
+    scenes = cfisac.sample_scenes(cfg, 4, 11)
+    g, v = scenes.positions.clone(), scenes.velocities.clone()
+    g[0, 0] = torch.tensor([70.0, 99.7], dtype=torch.float64)  # near endfire of both receive arrays (y = 100)
+    aoa, ranges, dopplers = exact_messages(cfg, g, v)
+    permute_slots(aoa, ranges, dopplers, torch.Generator().manual_seed(5))
+    out = fuse_bistatic(cfg, BistaticMessages(aoa, ranges, dopplers))
+    order = [torch.cdist(out.positions[b], g[b]).argmin(0) for b in range(4)]  # targets are unordered
+    pos = torch.stack([out.positions[b, order[b]] for b in range(4)])
+    vel = torch.stack([out.velocities[b, order[b]] for b in range(4)])
+    torch.testing.assert_close(pos, g, atol=1e-6, rtol=0)
+    torch.testing.assert_close(vel, v, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- device, dtype
+def test_result_is_float64_on_the_messages_device_and_velocity_false_allows_nan_dopplers():
+    cfg = SystemConfig.preset("tiny", n_targets=2)
+    _, msgs = noisy_messages(cfg, 3, seed=2)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    base = fuse_bistatic(cfg, msgs)
+    for dev in devices:
+        m32 = BistaticMessages(msgs.aoa.to(dev, torch.float32), msgs.ranges.to(dev, torch.float32),
+                               msgs.dopplers.to(dev, torch.float32))
+        out = fuse_bistatic(cfg, m32)
+        assert out.positions.dtype == torch.float64 and out.velocities.dtype == torch.float64
+        assert out.positions.device.type == dev and out.positions.shape == (3, 2, 2)
+        m64 = BistaticMessages(msgs.aoa.to(dev), msgs.ranges.to(dev), msgs.dopplers.to(dev))
+        torch.testing.assert_close(fuse_bistatic(cfg, m64).positions.cpu(), base.positions, atol=1e-6, rtol=0)
+    nan_dopplers = BistaticMessages(msgs.aoa, msgs.ranges, torch.full_like(msgs.dopplers, float("nan")))
+    out = fuse_bistatic(cfg, nan_dopplers, velocity=False)
+    assert torch.isnan(out.velocities).all()
+    torch.testing.assert_close(out.positions, base.positions, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_bad_messages_raise_value_errors_naming_the_field():
+    cfg = SystemConfig.preset("tiny", n_targets=2)
+    _, msgs = noisy_messages(cfg, 2, seed=4)
+    a, r, d = msgs.aoa, msgs.ranges, msgs.dopplers
+    nan = float("nan")
+    cases = [
+        (BistaticMessages(a[:, :1], r, d), r"msgs\.aoa has shape"),
+        (BistaticMessages(a, r[..., :1], d), r"msgs\.ranges has shape"),
+        (BistaticMessages(a, r, d[:, :, :1]), r"msgs\.dopplers has shape"),
+        (BistaticMessages(a[:0], r[:0], d[:0]), r"msgs\.aoa has shape .* B >= 1"),
+        (BistaticMessages(a, r[:1], d[:1]), r"msgs\.ranges has batch 1"),
+        (BistaticMessages(a.numpy(), r, d), r"msgs\.aoa must be a real floating torch\.Tensor"),
+        (BistaticMessages(a, r.long(), d), r"msgs\.ranges must be a real floating"),
+        (BistaticMessages(a.index_fill(2, torch.tensor([1]), nan), r, d), r"msgs\.aoa contains NaN"),
+        (BistaticMessages(a, r.index_fill(3, torch.tensor([0]), float("inf")), d), r"msgs\.ranges contains NaN"),
+        (BistaticMessages(a, r, d.index_fill(3, torch.tensor([0]), nan)), r"msgs\.dopplers contains NaN"),
+    ]
+    for m, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fuse_bistatic(cfg, m)
+    with pytest.raises(ValueError, match="msgs must be a BistaticMessages"):
+        fuse_bistatic(cfg, (a, r, d))
