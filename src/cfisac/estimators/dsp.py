@@ -86,7 +86,8 @@ def _beam_energy(a: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
 
 def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid, *, rx: torch.Tensor,
                           e: torch.Tensor, tx: torch.Tensor, tx_axis: torch.Tensor, d_max: torch.Tensor,
-                          oversample: int = 4,
+                          oversample: int = 4, x_index: torch.Tensor | None = None,
+                          x_cov: torch.Tensor | None = None,
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Geometry-constrained matched filter of P receive beams against one transmit AP each: 2-D DFT power maps.
 
@@ -100,9 +101,12 @@ def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid,
     with ``E = sum |b|^2`` (GLRT normalisation); zero-padded subcarrier DFT per transmit antenna, transmit
     beamforming per range bin, zero-padded symbol DFT (:func:`delay_doppler_dft` grid). Problem p keeps the bins
     ``d_k <= d_max[p]`` (at least one); the common grid runs to the largest ``d_max``. Computed in sub-batches of
-    :data:`MAP_CHUNK_CELLS` cells. Returns (M [P, K, L_t] float64, d [K], f [L_t], u_tx [P, K], valid [P, K] bool).
+    :data:`MAP_CHUNK_CELLS` cells. ``x_n`` may also be [S, Nt, Ns, Ts] shared by problems (problem p uses
+    ``x_n[x_index[p]]``; ``x_cov`` [S, Nt, Nt] optionally their :func:`transmit_covariance`). Returns
+    (M [P, K, L_t] float64, d [K], f [L_t], u_tx [P, K], valid [P, K] bool).
     """
-    P, nt, ns, ts = x_n.shape
+    P, (nt, ns, ts) = r.shape[0], x_n.shape[1:]
+    index = torch.arange(P, device=r.device) if x_index is None else x_index
     lf, lt = oversample * ns, oversample * ts
     d = _range_grid(grid, ns, oversample, r.device)
     keep_p = torch.searchsorted(d, d_max.to(torch.float64).contiguous(), right=True).clamp_min(1)  # [P]
@@ -114,13 +118,14 @@ def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid,
     u_tx = direction_cosine(pts, tx[..., None, :] if tx.dim() == 2 else tx,
                             tx_axis[..., None, :] if tx_axis.dim() == 2 else tx_axis)
     a = steering_vectors(u_tx, nt, grid.spacing, r.dtype)  # [P, K, Nt]; conj(b) = a^T conj(x)
-    energy = _beam_energy(a, transmit_covariance(x_n)).clamp_min(1e-300)
+    rx_cov = (transmit_covariance(x_n) if x_cov is None else x_cov)[index]
+    energy = _beam_energy(a, rx_cov).clamp_min(1e-300)
     step = max(1, MAP_CHUNK_CELLS // (nt * lf * ts))
     z = torch.empty((P, keep, ts), dtype=r.dtype, device=r.device)
     for lo in range(0, P, step):  # bounded memory: the padded per-antenna DFT is nt * lf * ts cells per problem
-        g = r[lo:lo + step, None] * x_n[lo:lo + step].conj()  # [p, Nt, Ns, Ts]
-        f1 = torch.fft.ifft(g, n=lf, dim=2)[:, :, :keep, :] * lf  # [p, Nt, K, Ts]
-        z[lo:lo + step] = torch.einsum("pkl,plkt->pkt", a[lo:lo + step], f1)
+        g = (r[lo:lo + step, None] * x_n[index[lo:lo + step]].conj()).transpose(2, 3)  # [p, Nt, Ts, Ns]
+        f1 = torch.fft.ifft(g, n=lf, dim=-1)[..., :keep]  # [p, Nt, Ts, K]
+        z[lo:lo + step] = (a[lo:lo + step].transpose(1, 2)[:, :, None, :] * f1).sum(1).transpose(1, 2) * lf
     s = torch.fft.fftshift(torch.fft.fft(z, n=lt, dim=-1), dim=-1)
     power = s.abs().to(torch.float64) ** 2 / energy[..., None]
     return power, d, _doppler_grid(grid, ts, oversample, r.device), u_tx, valid
@@ -234,18 +239,45 @@ def zoom_maximize_2d(z: torch.Tensor, kernel_a: Callable[[torch.Tensor], torch.T
     return a, b, val
 
 
+def _group_rank(index: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rank of every entry among the entries with the same value of ``index`` [P] (long), and the largest group."""
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(index)
+    rank[order] = torch.arange(index.numel(), device=index.device) - start[index[order]]
+    return rank, int(counts.max())
+
+
+def _grouped_beams(a: torch.Tensor, xc: torch.Tensor, index: torch.Tensor, rank: torch.Tensor, n_group: int,
+                   ) -> torch.Tensor:
+    """``conj(b) = a^T conj(x)`` [P, G, C] for steering vectors ``a`` [P, G, Nt] and conj signals ``xc`` [S, Nt, C].
+
+    Problems sharing a signal (same ``index``) are stacked into one matrix product per signal, so every signal is
+    read once per call (the product is memory-bound on ``xc``).
+    """
+    P, G, nt = a.shape
+    stacked = torch.zeros((xc.shape[0], n_group, G, nt), dtype=a.dtype, device=a.device)
+    stacked[index, rank] = a
+    out = stacked.reshape(xc.shape[0], n_group * G, nt) @ xc  # [S, n_group G, C]
+    return out.reshape(xc.shape[0], n_group, G, -1)[index, rank]
+
+
 def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f0: torch.Tensor, *,
                          beam: torch.Tensor | None = None, x_n: torch.Tensor | None = None,
                          aod: Callable[[torch.Tensor], torch.Tensor] | None = None,
                          others: torch.Tensor | None = None, step_d: float | None = None,
                          step_f: float | None = None, n_points: int = 5, n_iter: int = 14,
+                         x_index: torch.Tensor | None = None, x_cov: torch.Tensor | None = None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Continuous least-squares refinement of one path's bistatic range and Doppler, batched over P problems.
 
     The path signature on data ``r`` [P, Ns, Ts] is ``s(d, f) = b exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT)``
     (Eq. 6) with fixed symbols ``b = beam`` [P, Ns, Ts], or, when the AoD follows the range (bistatic geometry on a
-    known AoA ray), ``b = a_t^H(aod(d)) x_n`` with ``x_n`` [P, Nt, Ns, Ts] and ``aod`` mapping candidate ranges
-    [P, G] to AoD cosines [P, G]. Maximised is the energy the path explains,
+    known AoA ray), ``b = a_t^H(aod(d)) x_n`` with transmit signals ``x_n`` [P, Nt, Ns, Ts] (or [S, Nt, Ns, Ts]
+    shared by problems, problem p using ``x_n[x_index[p]]``; ``x_cov`` [S, Nt, Nt] optionally their
+    :func:`transmit_covariance`) and ``aod`` mapping candidate ranges [P, G] to AoD cosines [P, G]. Maximised is
+    the energy the path explains,
 
         ``|s^H P r|^2 / (s^H P s)``,
 
@@ -254,11 +286,12 @@ def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f
     Ziskind-Wax: the joint least-squares fit of all paths maximised over this path's (d, f) only; ``O^H O`` is
     pseudo-inverted). The search zooms on ``n_points^2`` grids around ``(d0, f0)`` [P] with half-widths ``step_d``
     (m) / ``step_f`` (Hz) (default half a resolution cell), halved ``n_iter`` times; every grid contains the current
-    point, so the objective never decreases. Returns (d [P], f [P], amplitude [P] complex, objective [P] float64).
+    point, so the objective never decreases. With ``n_points = 5`` the range columns an iteration shares with the
+    previous one are reused, not recomputed. Returns (d [P], f [P], amplitude [P] complex, objective [P] float64).
     """
     if (beam is None) == (x_n is None) or (x_n is not None and aod is None):
         raise ValueError("refine_delay_doppler needs either beam, or x_n together with aod")
-    P = r.shape[0]
+    P, ns, ts = r.shape
     dev, cdt = r.device, r.dtype
     d = d0.to(torch.float64).clone()
     f = f0.to(torch.float64).clone()
@@ -272,28 +305,65 @@ def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f
         ginv = torch.linalg.pinv(gram, rtol=1e-15, hermitian=True)
         w = ginv @ torch.einsum("pkit,pit->pk", others.conj(), r)[..., None]  # [P, K, 1]
     if beam is not None:
-        zb = data * beam.conj()[:, None]  # [P, 1 + K, Ns, Ts]
-        energy = beam.abs().to(torch.float64).pow(2).sum((1, 2))[:, None, None]
+        zb = (data * beam.conj()[:, None]).permute(0, 3, 2, 1).contiguous()  # [P, Ts, Ns, 1 + K]
+        energy = beam.abs().to(torch.float64).pow(2).sum((1, 2))[:, None]
+
+        def columns(cd: torch.Tensor, sel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            ed = delay_phase(grid, cd).conj().to(cdt)  # exp(+j ...) [p, G, Ns]
+            z = zb if sel is None else zb[sel]
+            en = energy if sel is None else energy[sel]
+            return (ed[:, None] @ z), en.expand(cd.shape)  # [p, Ts, G, 1 + K]
     else:
+        index = torch.arange(P, device=dev) if x_index is None else x_index
+        rank, n_group = _group_rank(index)
         nt = x_n.shape[1]
-        xf = x_n.reshape(P, nt, -1)
-        rx_cov = transmit_covariance(x_n)
+        xc = x_n.transpose(2, 3).reshape(x_n.shape[0], nt, -1).conj().resolve_conj()  # [S, Nt, Ts Ns]
+        rx_cov = transmit_covariance(x_n) if x_cov is None else x_cov
+        data_t = data.permute(0, 3, 2, 1).contiguous()  # [P, Ts, Ns, 1 + K]
+
+        def columns(cd: torch.Tensor, sel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = index if sel is None else index[sel]
+            rk = rank if sel is None else rank[sel]
+            a = steering_vectors(aod(cd) if sel is None else aod_sub(cd, sel), nt, grid.spacing, cdt)  # [p, G, Nt]
+            bc = _grouped_beams(a, xc, idx, rk, n_group).reshape(cd.shape[0], cd.shape[1], ts, ns)
+            e = (bc * delay_phase(grid, cd).conj().to(cdt)[:, :, None, :]).permute(0, 2, 1, 3)  # [p, Ts, G, Ns]
+            dt = data_t if sel is None else data_t[sel]
+            return e @ dt, _beam_energy(a, rx_cov[idx])  # [p, Ts, G, 1 + K], [p, G]
+
+        def aod_sub(cd: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+            full = torch.zeros((P, cd.shape[1]), dtype=cd.dtype, device=dev)
+            full[sel] = cd
+            return aod(full)[sel]
     amp = torch.zeros(P, dtype=cdt, device=dev)
     best = torch.zeros(P, dtype=torch.float64, device=dev)
-    for _ in range(n_iter):
+    reuse = n_points == 5
+    cols = en_cols = cd_prev = ia = None
+    for it in range(n_iter):
         cd = d[:, None] + hd[:, None] * offs  # [P, G]
         cf = f[:, None] + hf[:, None] * offs
-        ed = delay_phase(grid, cd).conj().to(cdt)  # exp(+j ...) [P, G, Ns]
-        ef = doppler_phase(grid, cf).conj().to(cdt).transpose(1, 2)  # exp(-j ...) [P, Ts, G]
-        if beam is not None:
-            t1 = torch.einsum("pgi,pkit->pkgt", ed, zb)  # [P, 1 + K, G, Ts]
-            en = energy
-        else:
-            a = steering_vectors(aod(cd), nt, grid.spacing, cdt)  # [P, G, Nt]
-            bc = (a @ xf.conj()).reshape(P, -1, *r.shape[1:])  # conj(b) [P, G, Ns, Ts]
-            t1 = torch.einsum("pkit,pgit->pkgt", data, ed[..., None] * bc)
-            en = _beam_energy(a, rx_cov)[:, :, None]
-        s = t1 @ ef[:, None]  # [P, 1 + K, G, G]: s^H r and s^H o_k
+        if not reuse or it == 0:
+            cols, en_cols = columns(cd, None)
+        else:  # new columns 0, 2, 4 are the old ia - 1, ia, ia + 1 (when inside the old grid): only 1, 3 are new
+            old, old_en = cols, en_cols
+            cols, en_cols = torch.empty_like(old), torch.empty_like(old_en)
+            for new_c, shift in ((0, -1), (2, 0), (4, 1)):
+                src = ia + shift
+                ok = (src >= 0) & (src < 5)
+                srcc = src.clamp(0, 4)
+                cols[:, :, new_c] = old[rows, :, srcc]
+                en_cols[:, new_c] = old_en[rows, srcc]
+                cd[:, new_c] = torch.where(ok, cd_prev[rows, srcc], cd[:, new_c])
+                if not bool(ok.all()):
+                    sel = torch.nonzero(~ok, as_tuple=True)[0]
+                    c_new, e_new = columns(cd[sel, new_c:new_c + 1], sel)
+                    cols[sel, :, new_c] = c_new[:, :, 0]
+                    en_cols[sel, new_c] = e_new[:, 0]
+            c_new, e_new = columns(cd[:, 1::2], None)
+            cols[:, :, 1::2] = c_new
+            en_cols[:, 1::2] = e_new
+        ef = doppler_phase(grid, cf).conj().to(cdt)  # exp(-j ...) [P, G, Ts]
+        s = torch.einsum("ptgk,pht->pkgh", cols, ef)  # [P, 1 + K, G, G]: s^H r and s^H o_k
+        en = en_cols[:, :, None]
         num = s[:, 0]
         if others is None:
             den = en.expand(num.shape)
@@ -309,27 +379,31 @@ def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f
         d, f = cd[rows, ia], cf[rows, ib]
         amp = num[rows, ia, ib] / den[rows, ia, ib]
         best = obj[rows, ia, ib]
+        cd_prev = cd
         hd, hf = hd * 0.5, hf * 0.5
     return d, f, amp, best
 
 
 # ---------------------------------------------------------------------------------------------------- paths
 def path_signatures(grid: SensingGrid, x: torch.Tensor, n: torch.Tensor, u_tx: torch.Tensor, d: torch.Tensor,
-                    f: torch.Tensor) -> torch.Tensor:
+                    f: torch.Tensor, *, x_index: torch.Tensor | None = None) -> torch.Tensor:
     """Unit-amplitude path signatures (Eq. 6 at a beam output): [P, L, Ns, Ts] in the dtype of ``x``.
 
     ``x`` [P, N, Nt, Ns, Ts] transmit signals of each problem; per problem and path slot l: transmit AP ``n``
     [L] or [P, L] (long), AoD cosine ``u_tx``, bistatic range ``d`` (m) and Doppler ``f`` (Hz) [P, L] float64.
-    ``s = exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT) a_t^H(u_tx) x_n``.
+    ``s = exp(-j 2 pi i d df / c) exp(+j 2 pi t f dT) a_t^H(u_tx) x_n``. ``x`` may also be [S, N, Nt, Ns, Ts]
+    shared by problems (problem p uses ``x[x_index[p]]``).
     """
-    P, N, nt, ns, ts = x.shape
+    P, (N, nt, ns, ts) = u_tx.shape[0], x.shape[1:]
+    index = torch.arange(P, device=x.device) if x_index is None else x_index
+    rank, n_group = _group_rank(index)
     n = n.expand(u_tx.shape)
     a = steering_vectors(u_tx, nt, grid.spacing, x.dtype).conj()  # [P, L, Nt]
     b = torch.zeros((P, u_tx.shape[1], ns * ts), dtype=x.dtype, device=x.device)
     for k in range(N):
         sel = (n == k)
         if bool(sel.any()):
-            b = b + (a * sel[..., None]) @ x[:, k].reshape(P, nt, -1)
+            b = b + _grouped_beams(a * sel[..., None], x[:, k].reshape(x.shape[0], nt, -1), index, rank, n_group)
     phase = (delay_phase(grid, d)[..., :, None] * doppler_phase(grid, f)[..., None, :]).to(x.dtype)
     return phase * b.reshape(P, -1, ns, ts)
 

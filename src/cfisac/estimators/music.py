@@ -43,6 +43,7 @@ from .dsp import (
     ray_delay_doppler_map,
     refine_delay_doppler,
     top_peaks,
+    transmit_covariance,
     zoom_maximize,
 )
 from .fusion import BistaticMessages, fuse_bistatic
@@ -130,6 +131,14 @@ class _Rows:
 
     def take(self, idx: torch.Tensor) -> _Rows:
         return _Rows(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+
+@dataclass
+class _Tx:
+    """The chunk's transmit signals x [b, N, Nt, Ns, Ts] and their covariances ``sum x x^H`` [b, N, Nt, Nt]."""
+
+    x: torch.Tensor
+    cov: torch.Tensor
 
 
 @dataclass
@@ -253,7 +262,7 @@ class MusicEstimator(BatchedEstimator):
         m_idx = row_pm % M
         rows = _Rows(r=beams[row_pm, row_j].reshape(-1, ns, ts), xi=row_pm // M, rx=lay.rx[m_idx],
                      rx_axis=lay.rx_axes[m_idx], side=lay.rx_side[m_idx])
-        paths = self._beam_targets(rows, x, count[row_pm, row_j], us[row_pm, row_j])
+        paths = self._beam_targets(rows, _Tx(x, transmit_covariance(x)), count[row_pm, row_j], us[row_pm, row_j])
         aoa = torch.zeros(b * M, Q, dtype=torch.float64, device=y.device)
         ranges = torch.zeros(b * M, Q, N, dtype=torch.float64, device=y.device)
         dopplers = torch.zeros_like(ranges)
@@ -301,7 +310,7 @@ class MusicEstimator(BatchedEstimator):
         return cov, max(counts)
 
     # ------------------------------------------------------------------ beam stage
-    def _beam_targets(self, rows: _Rows, x: torch.Tensor, count: torch.Tensor, u: torch.Tensor) -> _Paths:
+    def _beam_targets(self, rows: _Rows, x: _Tx, count: torch.Tensor, u: torch.Tensor) -> _Paths:
         """``count[p]`` targets of every beam row (CLEAN with candidate trials, then the cyclic polish).
 
         As the reference's ``beam_targets``: per detection step k the rows with ``count > k`` compute their
@@ -337,15 +346,15 @@ class MusicEstimator(BatchedEstimator):
             resid[act] = ra.r - joint_fit(ra.r, paths.sig[act])[1]
         return self._polish(rows, x, paths, rounds=self.refine_rounds, redetect=2)
 
-    def _set_path(self, rows: _Rows, x: torch.Tensor, paths: _Paths, s: int, d: torch.Tensor, f: torch.Tensor,
+    def _set_path(self, rows: _Rows, x: _Tx, paths: _Paths, s: int, d: torch.Tensor, f: torch.Tensor,
                   utx: torch.Tensor, urx: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """Write slot ``s`` of the rows ``idx`` (all rows if None) and recompute its signature."""
         n = s % self.cfg.n_tx
         sub = rows if idx is None else rows.take(idx)
         sel = slice(None) if idx is None else idx
         grid, _ = self._geometry(d.device)
-        sig = path_signatures(grid, x[sub.xi][:, n:n + 1], torch.zeros(1, dtype=torch.long, device=d.device),
-                              utx[:, None], d[:, None], f[:, None])[:, 0]
+        sig = path_signatures(grid, x.x[:, n:n + 1], torch.zeros(1, dtype=torch.long, device=d.device),
+                              utx[:, None], d[:, None], f[:, None], x_index=sub.xi)[:, 0]
         paths.d[sel, s], paths.f[sel, s], paths.utx[sel, s], paths.urx[sel, s] = d, f, utx, urx
         paths.valid[sel, s] = True
         paths.sig[sel, s] = sig
@@ -353,7 +362,7 @@ class MusicEstimator(BatchedEstimator):
     def _ray(self, rows: _Rows, urx: torch.Tensor) -> torch.Tensor:
         return aoa_direction(urx, rows.rx_axis, rows.side)
 
-    def _refine(self, rows: _Rows, x: torch.Tensor, n: int, d0: torch.Tensor, f0: torch.Tensor, urx: torch.Tensor,
+    def _refine(self, rows: _Rows, x: _Tx, n: int, d0: torch.Tensor, f0: torch.Tensor, urx: torch.Tensor,
                 others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continuous (d, f) refinement of one path of transmit AP n per row, the signatures ``others`` [P, K, Ns,
         Ts] projected out; the AoD of every candidate range follows from the AoA ray ``urx``. Zoom half-widths of one
@@ -366,12 +375,13 @@ class MusicEstimator(BatchedEstimator):
             rho = ray_distance(cd, rows.rx[:, None], e[:, None], tx)
             return direction_cosine(rows.rx[:, None] + rho[..., None] * e[:, None], tx, ax)
 
-        d, f, _, obj = refine_delay_doppler(rows.r, grid, d0, f0, x_n=x[rows.xi, n], aod=aod, others=others,
+        d, f, _, obj = refine_delay_doppler(rows.r, grid, d0, f0, x_n=x.x[:, n], aod=aod, others=others,
+                                            x_index=rows.xi, x_cov=x.cov[:, n],
                                             step_d=grid.range_res / self.oversample,
                                             step_f=grid.doppler_res / self.oversample)
         return d, f, aod(d[:, None])[:, 0], obj
 
-    def _path_peak(self, rows: _Rows, x: torch.Tensor, resid: torch.Tensor, n: int, urx: torch.Tensor,
+    def _path_peak(self, rows: _Rows, x: _Tx, resid: torch.Tensor, n: int, urx: torch.Tensor,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid peak (d, f) [P] of the constrained map of transmit AP n on each row's ray ``urx``."""
         grid, lay = self._geometry(resid.device)
@@ -379,14 +389,15 @@ class MusicEstimator(BatchedEstimator):
         rho = ray_exit(rows.rx, e, lay.lower, lay.upper)
         d_lo = (rows.rx - lay.tx[n]).norm(dim=-1)
         d_hi = rho + (rows.rx + rho[:, None] * e - lay.tx[n]).norm(dim=-1)
-        pmap, d, f, _, valid = ray_delay_doppler_map(resid, x[rows.xi, n], grid, rx=rows.rx, e=e, tx=lay.tx[n],
+        pmap, d, f, _, valid = ray_delay_doppler_map(resid, x.x[:, n], grid, rx=rows.rx, e=e, tx=lay.tx[n],
                                                      tx_axis=lay.tx_axes[n], d_max=d_hi + grid.range_res / 2,
-                                                     oversample=self.oversample)
+                                                     oversample=self.oversample, x_index=rows.xi,
+                                                     x_cov=x.cov[:, n])
         ok = valid[:, :, None] & (d[None, :] >= d_lo[:, None])[:, :, None] & (f.abs() <= self.f_max)[None, None, :]
         flat = torch.where(ok, pmap, -math.inf).reshape(pmap.shape[0], -1).argmax(1)
         return d[flat // f.numel()], f[flat % f.numel()]
 
-    def _polish(self, rows: _Rows, x: torch.Tensor, paths: _Paths, rounds: int, redetect: int) -> _Paths:
+    def _polish(self, rows: _Rows, x: _Tx, paths: _Paths, rounds: int, redetect: int) -> _Paths:
         """Cyclic alternating-projection refinement of every row's paths, each with the others projected out; in
         the first ``redetect`` rounds each path is also re-detected (map peak on the data with the other paths
         cancelled, refined, kept if it explains more energy). A row stops after a round in which no path moved by
@@ -422,7 +433,7 @@ class MusicEstimator(BatchedEstimator):
             done = done | (act & (change < 1e-5) & (rnd >= redetect - 1))
         return paths
 
-    def _target_candidates(self, rows: _Rows, x: torch.Tensor, resid: torch.Tensor, u: torch.Tensor, top: int,
+    def _target_candidates(self, rows: _Rows, x: _Tx, resid: torch.Tensor, u: torch.Tensor, top: int,
                            ) -> dict[str, torch.Tensor]:
         """Target-level detection on each row's residual [P, Ns, Ts]: the ``top`` best points of the AoA ray.
 
@@ -449,8 +460,9 @@ class MusicEstimator(BatchedEstimator):
         for n in range(N):
             dn = rho[None, :] + (pts - lay.tx[n]).norm(dim=-1)
             d_max = torch.where(ok, dn, -math.inf).amax(1) + grid.range_res
-            pmap, d, f, _, _ = ray_delay_doppler_map(resid[ray_row], x[rr.xi, n], grid, rx=rr.rx, e=e, tx=lay.tx[n],
-                                                     tx_axis=lay.tx_axes[n], d_max=d_max, oversample=self.oversample)
+            pmap, d, f, _, _ = ray_delay_doppler_map(resid[ray_row], x.x[:, n], grid, rx=rr.rx, e=e, tx=lay.tx[n],
+                                                     tx_axis=lay.tx_axes[n], d_max=d_max, oversample=self.oversample,
+                                                     x_index=rr.xi, x_cov=x.cov[:, n])
             pmap = torch.where((f.abs() <= self.f_max)[None, None, :], pmap, 0.0)
             pos = ((dn - d[0]) / (d[1] - d[0])).clamp(0, d.numel() - 1 - 1e-9)
             k0 = pos.floor().long()
