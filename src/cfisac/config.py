@@ -42,6 +42,30 @@ def db_to_linear(x_db: float) -> float:
 
 Point = tuple[float, float]
 
+# Powers (dBm) and ratios (dB) are bounded so that their conversion to linear scale stays finite and meaningful
+# (+-200 dB spans 1e-20 .. 1e20 in linear terms; 10 ** (1e6 / 10) would overflow).
+DB_RANGE = (-200.0, 200.0)
+_BOOL_FIELDS = ("allow_grating_lobes", "clutter_moving")
+
+
+def _is_number(v: Any) -> bool:
+    """A real number (int or float) that is not a bool (JSON ``true`` is not a power)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pairs(name: str, value: Any) -> tuple[tuple[float, ...], ...]:
+    """``value`` as a tuple of tuples of floats (JSON lists compare equal to the presets' tuples), or a
+    ``ValueError`` naming the field (strings, numbers or booleans are not coordinates)."""
+    try:
+        if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in value):
+            raise TypeError
+        out = tuple(tuple(float(c) for c in p) for p in value)
+        if any(not _is_number(c) for p in value for c in p):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of (x, y) number pairs, got {value!r}") from None
+    return out
+
 
 @dataclass(frozen=True)
 class SystemConfig:
@@ -94,9 +118,8 @@ class SystemConfig:
 
     def __post_init__(self) -> None:
         # Normalise sequences so that JSON round trips (lists) compare equal to the tuples of the presets.
-        for name in ("tx_positions", "rx_positions", "tx_axes", "rx_axes"):
-            object.__setattr__(self, name, tuple(tuple(float(c) for c in p) for p in getattr(self, name)))
-        object.__setattr__(self, "area", tuple(tuple(float(c) for c in a) for a in self.area))
+        for name in ("tx_positions", "rx_positions", "tx_axes", "rx_axes", "area"):
+            object.__setattr__(self, name, _pairs(name, getattr(self, name)))
         self.check()
 
     # ------------------------------------------------------------------ presets
@@ -152,9 +175,20 @@ class SystemConfig:
     @classmethod
     def from_json(cls, text: str | Path) -> SystemConfig:
         """Parse a JSON string, or read a ``.json`` file when given a path."""
+        where = "SystemConfig JSON"
         if isinstance(text, Path):
-            text = text.read_text()
-        return cls.from_dict(json.loads(text))
+            where = f"config file {text}"
+            if text.is_dir():
+                raise ValueError(f"{where} is a directory, not a JSON file")
+            try:
+                text = text.read_text()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"cannot read {where}: {getattr(err, 'strerror', None) or err}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not valid JSON: {err}") from None
+        return cls.from_dict(d)
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -242,6 +276,10 @@ class SystemConfig:
             "n_subcarriers", "n_symbols", "subcarrier_stride", "symbol_stride", "n_tx_antennas", "n_rx_antennas",
             "n_users", "n_targets",
         )
+        for name in _BOOL_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, bool):  # "false" (a non-empty string) would be truthy
+                raise ValueError(f"{name} must be a boolean (JSON true / false), got {v!r}")
         for name in positive_ints:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -256,21 +294,25 @@ class SystemConfig:
         )
         for name in positive_floats:
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if not _is_number(v) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
         for name in ("cyclic_prefix", "max_speed", "timing_offset_std", "frequency_offset_std"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a non-negative finite number, got {v!r}")
         for name in ("power_dbm", "noise_dbm", "user_noise_dbm", "pathloss_ref_db", "user_rician_factor_db"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _is_number(v) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
+            if not DB_RANGE[0] <= v <= DB_RANGE[1]:
+                raise ValueError(f"{name} must lie in [{DB_RANGE[0]:g}, {DB_RANGE[1]:g}] dB(m), got {v!r}")
         if self.antenna_spacing > 0.5 and not self.allow_grating_lobes:
             raise ValueError(
                 f"antenna_spacing {self.antenna_spacing} wavelengths exceeds lambda/2 (grating lobes); "
                 "set allow_grating_lobes=True to allow it"
             )
+        if len(self.area) != 2 or any(len(a) != 2 for a in self.area):
+            raise ValueError(f"area must be ((x_min, x_max), (y_min, y_max)), got {self.area}")
         (x0, x1), (y0, y1) = self.area
         if not (x0 < x1 and y0 < y1):
             raise ValueError(f"area must be ((x_min, x_max), (y_min, y_max)) with min < max, got {self.area}")

@@ -5,6 +5,9 @@ batch size, DataLoader worker count or machine. :class:`SensingDataset` simulate
 parallelise it; ``__getitems__`` simulates a whole batch at once). :func:`write_hdf5` caches a dataset to disk:
 written to a temporary file and renamed atomically, with the config stored inside and a SHA-256 per chunk of rows
 and array, so that a truncated or corrupted file raises a clear error (:func:`open_hdf5`) instead of being read.
+A further SHA-256 covers the attributes (config, seed, start, n, chunk, format version) and the ``indices``: an
+edited attribute is refused like edited data. The temporary file of a killed writer (``.NAME.h5.tmp-PID``) is removed
+by the next :func:`write_hdf5` to the same path (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +30,66 @@ from .scene import labels_from_scene, sample_scenes
 from .sensing import sensing_echoes
 from .waveform import transmit_signals
 
-__all__ = ["CachedDataset", "SensingDataset", "open_hdf5", "simulate_batch", "write_hdf5"]
+__all__ = ["CachedDataset", "SensingDataset", "open_hdf5", "remove_stale_temporaries", "simulate_batch", "write_hdf5"]
 
 ARRAYS = ("y", "x", "labels")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta_sha256 covers the attributes and the indices
+META_ATTRS = ("config", "seed", "start", "n", "chunk", "format_version")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path, pattern: str) -> list[Path]:
+    """Remove the temporaries a killed writer left in ``directory``: every entry whose name fully matches the
+    regular expression ``pattern`` (with a group ``pid``, the writer's process id) and whose writer is no longer
+    alive on this machine (files and directories). Entries of this process or of a live process are kept.
+
+    The atomic writers of cfisac name their temporaries ``...tmp-PID``; each calls this for the temporaries of the
+    target it is about to write, so a run killed with SIGKILL leaves nothing behind after the next run. (On a
+    filesystem shared by several machines a PID says nothing about another machine's processes: do not write the
+    same target from two machines at once.) Returns the removed paths.
+    """
+    rx = re.compile(pattern)
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = rx.fullmatch(entry.name)
+        if m is None:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:  # removed meanwhile by another process, or not ours to remove
+            pass
+    return removed
+
+
+def _meta_digest(attrs: Any, indices: np.ndarray) -> str:
+    """SHA-256 of the attributes :data:`META_ATTRS` (canonical JSON) and of the ``indices`` array."""
+    meta = {k: (attrs[k] if isinstance(attrs[k], str) else int(attrs[k])) for k in META_ATTRS}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def simulate_batch(
@@ -86,13 +147,25 @@ def write_hdf5(
 
     Layout: datasets ``y``, ``x`` (complex64), ``labels`` (float32), ``indices`` (int64); attributes ``config``
     (JSON), ``seed``, ``start``, ``n``, ``chunk``, ``format_version``; dataset ``sha256`` [n_chunks, 3] with the
-    digest of each chunk of rows of y, x and labels. ``progress(k)`` is called with the rows written so far.
+    digest of each chunk of rows of y, x and labels; attribute ``meta_sha256``, the digest of the other attributes
+    and of ``indices``. ``progress(k)`` is called with the rows written so far. An existing directory at ``path`` or
+    a folder that cannot be written is a ``ValueError`` before anything is simulated.
     """
     if n <= 0 or chunk <= 0:
         raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or start < 0:
+        raise ValueError(f"seed and start must be non-negative integers, got seed={seed!r}, start={start!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ValueError(f"cannot write the dataset to {path}: it is an existing directory")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, re.escape(f".{path.name}.tmp-") + r"(?P<pid>\d+)")
+        h5py.File(tmp, "w").close()  # fail now, not after simulating everything
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write the dataset to {path}: {getattr(err, 'strerror', None) or err}") from None
     shapes = {
         "y": (cfg.n_rx, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols),
         "x": (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols),
@@ -103,7 +176,8 @@ def write_hdf5(
         with h5py.File(tmp, "w") as f:
             ds = {k: f.create_dataset(k, (n, *shapes[k]), dtype=dtypes[k], chunks=(min(chunk, n), *shapes[k]))
                   for k in ARRAYS}
-            f.create_dataset("indices", data=np.arange(start, start + n, dtype=np.int64))
+            indices = np.arange(start, start + n, dtype=np.int64)
+            f.create_dataset("indices", data=indices)
             digests = []
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
@@ -117,8 +191,8 @@ def write_hdf5(
                 if progress is not None:
                     progress(hi)
             f.create_dataset("sha256", data=np.array(digests, dtype="S64"))
-            f.attrs.update(config=cfg.to_json(), seed=seed, start=start, n=n, chunk=chunk,
-                           format_version=FORMAT_VERSION)
+            meta = dict(config=cfg.to_json(), seed=seed, start=start, n=n, chunk=chunk, format_version=FORMAT_VERSION)
+            f.attrs.update(meta, meta_sha256=_meta_digest(meta, indices))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -173,9 +247,22 @@ def open_hdf5(path: str | Path, *, verify: bool = True) -> CachedDataset:
             raise ValueError(f"dataset file {path} is not a cfisac cache (missing {missing or ['config']})")
         if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
             raise ValueError(f"dataset file {path} has format version {f.attrs.get('format_version')}, "
-                             f"expected {FORMAT_VERSION}")
+                             f"expected {FORMAT_VERSION} (re-create it with `cfisac simulate`)")
+        absent = [k for k in (*META_ATTRS, "meta_sha256") if k not in f.attrs]
+        if absent:
+            raise ValueError(f"dataset file {path} lacks the attributes {absent} (not a cfisac cache?)")
+        try:
+            meta_ok = _meta_digest(f.attrs, f["indices"][()]) == str(f.attrs["meta_sha256"])
+        except (TypeError, ValueError, OSError) as err:
+            raise ValueError(f"dataset file {path} has unreadable attributes or indices: {err}") from err
+        if not meta_ok:
+            raise ValueError(f"dataset file {path} is corrupted: checksum mismatch in its attributes "
+                             f"({', '.join(META_ATTRS)}) or 'indices'")
         cfg = SystemConfig.from_dict(json.loads(f.attrs["config"]))
         n, chunk = int(f.attrs["n"]), int(f.attrs["chunk"])
+        bad = [k for k in (*ARRAYS, "indices") if f[k].shape[:1] != (n,)]
+        if bad or chunk <= 0:
+            raise ValueError(f"dataset file {path} is inconsistent: {bad or 'chunk'} do not match n={n}")
         if verify:
             digests = f["sha256"][()]
             try:

@@ -24,8 +24,14 @@ Checkpoints (every epoch, and when a ``minutes`` budget stops the run) go to ``o
 torch RNG state) and ``state.json`` (configs, label normaliser, epoch / step reached, history, optimizer
 hyper-parameters). A checkpoint is written to a temporary directory and renamed; ``out/latest.json`` (and
 ``out/best.json``, the lowest validation loss) then point to it atomically; older checkpoints are removed.
-``resume=True`` continues from ``latest.json`` and ends with the same parameters as an uninterrupted run with the
-same seed (data order, initialisation and every random draw are functions of the seed, epoch and step).
+``state.json`` holds the SHA-256 of both safetensors files and of its own content (``sha256``); every reader
+(:func:`find_checkpoint`, hence :func:`load_checkpoint`, the estimators and the distributed runtime) verifies them
+and refuses a corrupted or truncated checkpoint with a ``ValueError`` naming the file (checkpoints written before
+the checksums are read unverified). Temporaries of a killed writer (``.tmp-ckpt-*-PID/``, ``.latest.json.tmp-PID``
+...) are removed at the next checkpoint of the run directory.
+``resume=True`` continues from ``latest.json`` (or, when that checkpoint is corrupted, from ``best.json``'s) and ends
+with the same parameters as an uninterrupted run with the same seed (data order, initialisation and every random
+draw are functions of the seed, epoch and step).
 ``history.csv`` (per epoch) and ``steps.csv`` (per step) are rewritten at every checkpoint, ``loss.png`` (paper
 Fig. 11) when the call returns (finished or stopped by its time budget).
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -48,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -332,20 +340,115 @@ class Checkpoint:
     state: dict[str, Any]
 
 
-def find_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """The checkpoint directory of a run directory (via ``latest.json`` / ``best.json``) or the directory itself."""
+CHECKPOINT_FILES = ("model.safetensors", "optim.safetensors")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of ``state`` (canonical JSON) without its own ``sha256["state.json"]`` entry."""
+    st = dict(state)
+    st["sha256"] = {k: v for k, v in state.get("sha256", {}).items() if k != "state.json"}
+    canonical = json.loads(json.dumps(st))  # as read back from state.json (tuples -> lists, keys -> strings)
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def seal_checkpoint(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``sha256``: the digests of the safetensors files written in ``ckpt`` and of the state."""
+    st = {**state, "sha256": {name: file_sha256(ckpt / name) for name in CHECKPOINT_FILES}}
+    st["sha256"]["state.json"] = _state_digest(st)
+    return st
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    """``ckpt/state.json``, verified (with the safetensors files) against its checksums; a ``ValueError`` naming
+    the file that is missing, truncated or corrupted."""
+    path = ckpt / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint file {path} is unreadable or not valid JSON (corrupted?): {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint file {path} is not a JSON object (corrupted?)")
+    digests = state.get("sha256")
+    if digests is None:  # written before checksums existed: read unverified
+        return state
+    if not isinstance(digests, dict) or digests.get("state.json") != _state_digest(state):
+        raise ValueError(f"checkpoint file {path} is corrupted (checksum mismatch)")
+    for name in CHECKPOINT_FILES:
+        f = ckpt / name
+        if not f.is_file():
+            raise ValueError(f"checkpoint file {f} is missing")
+        if file_sha256(f) != digests.get(name):
+            raise ValueError(f"checkpoint file {f} is corrupted or truncated (SHA-256 mismatch with state.json)")
+    return state
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """``load_file`` with a ``ValueError`` naming the file instead of a raw ``SafetensorError``."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"checkpoint file {path} cannot be read (truncated or corrupted?): {err}") from None
+
+
+def remove_stale_checkpoint_temporaries(out: Path) -> list[Path]:
+    """Remove the temporaries a killed writer left in the run directory ``out`` (checkpoint directories, pointers,
+    CSVs, the loss plot; see :func:`cfisac.data.remove_stale_temporaries`)."""
+    from .data import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(out, r"\.tmp-ckpt-e\d+-s\d+-(?P<pid>\d+)")
+    removed += remove_stale_temporaries(out, r"\.(?:latest|best)\.json\.tmp-(?P<pid>\d+)")
+    removed += remove_stale_temporaries(out, r"\.(?:history|steps)\.csv\.tmp-(?P<pid>\d+)")
+    removed += remove_stale_temporaries(out, r"\.loss\.tmp-(?P<pid>\d+)\.png")
+    return removed
+
+
+def find_checkpoint(path: str | Path, which: str = "latest", *, verify: bool = True) -> Path:
+    """The checkpoint directory of a run directory (via ``latest.json`` / ``best.json``) or the directory itself;
+    with ``verify``, its files are checked against the checksums of its ``state.json`` (:func:`read_state`)."""
     path = Path(path)
     if (path / "state.json").is_file():
+        if verify:
+            read_state(path)
         return path
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     pointer = path / f"{which}.json"
     if not pointer.is_file():
         raise ValueError(f"{path} holds no checkpoint (no state.json and no {which}.json)")
-    target = path / json.loads(pointer.read_text())["checkpoint"]
+    try:
+        target = path / json.loads(pointer.read_text())["checkpoint"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint pointer {pointer} is unreadable (corrupted?): {err}") from None
     if not (target / "state.json").is_file():
         raise ValueError(f"{pointer} points to {target}, which is not a complete checkpoint")
+    if verify:
+        read_state(target)
     return target
+
+
+def resume_checkpoint(out: Path, log: Callable[[str], Any] | None = None) -> Path:
+    """The checkpoint a resumed run of ``out`` continues from: ``latest.json``'s, or when that one is corrupted
+    ``best.json``'s (an earlier step: the run then repeats the steps after it, with the same result)."""
+    try:
+        return find_checkpoint(out, "latest")
+    except ValueError as err:
+        if not (out / "best.json").is_file():
+            raise
+        try:
+            best = find_checkpoint(out, "best")
+        except ValueError:
+            raise err from None
+        if log is not None:
+            log(f"warning: {err}; resuming from the best checkpoint {best.name} instead")
+        return best
 
 
 def model_from_state(state: dict[str, Any]) -> tuple[str, SystemConfig, ModelConfig, TrainConfig, LabelNormaliser]:
@@ -357,14 +460,11 @@ def model_from_state(state: dict[str, Any]) -> tuple[str, SystemConfig, ModelCon
 
 def load_checkpoint(path: str | Path, *, which: str = "latest", device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`train` (a run directory or one checkpoint directory)."""
-    ckpt = find_checkpoint(path, which)
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ckpt / 'state.json'} is not valid JSON: {err}") from err
+    ckpt = find_checkpoint(path, which, verify=False)
+    state = read_state(ckpt)
     kind, cfg, mcfg, tcfg, normaliser = model_from_state(state)
     model = build_model(kind, cfg, mcfg, seed=tcfg.seed)
-    weights = load_file(str(ckpt / "model.safetensors"))
+    weights = load_tensors(ckpt / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
@@ -547,8 +647,8 @@ def train(
     if resume:
         if not (out / "latest.json").is_file():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
-        ckpt = find_checkpoint(out)
-        state = json.loads((ckpt / "state.json").read_text())
+        ckpt = resume_checkpoint(out, log)
+        state = read_state(ckpt)
         kind, cfg0, mcfg0, tcfg0, normaliser = model_from_state(state)
         if cfg0 != cfg or mcfg0 != mcfg:
             raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
@@ -570,9 +670,9 @@ def train(
     val_src = DataSource(cfg, val_seed, tcfg.n_val, offset=val_offset)
 
     if resume:
-        weights = load_file(str(ckpt / "model.safetensors"))
+        weights = load_tensors(ckpt / "model.safetensors")
         model.load_state_dict(weights)
-        opt_tensors = load_file(str(ckpt / "optim.safetensors"))
+        opt_tensors = load_tensors(ckpt / "optim.safetensors")
         torch.set_rng_state(opt_tensors.pop("rng.torch"))
         moved = {k: v.to(device) if not k.endswith(".step") else v for k, v in opt_tensors.items()}
         load_optimizer_state(optimizers, moved, state["optim"])
@@ -591,6 +691,7 @@ def train(
         nonlocal best
         model.sync_codebooks()
         name = f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}"
+        remove_stale_checkpoint_temporaries(out)
         tmp = out / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -610,7 +711,7 @@ def train(
               "best_val_loss": best, "finished": finished,
               "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap}
         with open(tmp / "state.json", "w") as f:
-            json.dump(st, f, indent=1)
+            json.dump(seal_checkpoint(tmp, st), f, indent=1)
         for p in tmp.iterdir():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -637,7 +738,7 @@ def train(
     elapsed = elapsed0
     budget = None if tcfg.minutes is None else tcfg.minutes * 60.0
     stopped = False
-    last_ckpt = find_checkpoint(out) if resume else None
+    last_ckpt = ckpt if resume else None
     while epoch < tcfg.epochs and not stopped:
         if budget is not None and elapsed >= budget:  # e.g. resuming a run whose budget is spent
             stopped = True

@@ -19,7 +19,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .train import MODEL_PRESETS, add_system_arguments, parse_set, system_from_args
+from ._checks import check_device, check_finite, check_output_file, check_positive_int, check_threads
+from .train import MODEL_PRESETS, add_system_arguments, check_training_arguments, parse_set, system_from_args
+
+# After the first rank of a --local run ends, the others get the peer timeout plus this margin to end as well
+# before the launcher terminates them (a rank stopped with SIGSTOP or hung never ends by itself).
+STRAGGLER_MARGIN_S = 5.0
+
+
+def _writes_out(args: argparse.Namespace) -> bool:
+    """Whether this process writes the run directory: the launcher of --local, else rank 0 only."""
+    import os
+
+    return bool(args.local) or os.environ.get("RANK", "0") == "0"
+
+
+def _check_runtime(args: argparse.Namespace) -> None:
+    check_finite("--timeout", args.timeout, minimum=0.0, strict=True)
+    check_threads("--threads", args.threads)
+    check_device("--device", args.device)
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,11 +160,14 @@ def _worker(task: str, options: dict[str, Any], command: str) -> int:
 def run_dist_train(args: argparse.Namespace) -> int:
     from ..distributed import DistConfig, spawn_local
 
+    _check_runtime(args)
+    check_training_arguments(args, check_out=_writes_out(args))
+    check_positive_int("--checkpoint-every", args.checkpoint_every, allow_none=False, minimum=0)
+    cfg, mcfg, tcfg = _configs(args)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg, mcfg, tcfg = _configs(args)
     dcfg = DistConfig(mode=args.uplink, timeout_s=args.timeout, checksum=not args.no_checksum,
                       checkpoint_every=args.checkpoint_every, plot=not args.no_plot)
     options = {"system": cfg.to_dict(), "model": mcfg.to_dict(), "train": tcfg.to_dict(),
@@ -158,7 +179,7 @@ def run_dist_train(args: argparse.Namespace) -> int:
         options["fault"] = {"rank": int(rank), "action": action}
     if args.local:
         reports = spawn_local(cfg.n_rx + 1, "train", options, args.out / ".ranks",
-                              deadline_s=None)
+                              deadline_s=None, straggler_s=args.timeout + STRAGGLER_MARGIN_S)
         code = _report(reports, "dist-train")
         if code == 0:
             print(f"finished; checkpoint {reports[0]['result']['checkpoint']}")
@@ -168,6 +189,15 @@ def run_dist_train(args: argparse.Namespace) -> int:
 
 def _sense_options(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import find_checkpoint, model_from_state
+
+    _check_runtime(args)
+    check_positive_int("--n", args.n, allow_none=False)
+    check_positive_int("--batch-size", args.batch_size, allow_none=False)
+    check_positive_int("--start", args.start, allow_none=False, minimum=0)
+    check_positive_int("--seed", args.seed, minimum=0)
+    check_output_file("--out", args.out)
+    if args.coder == "entropy" and (args.entropy_model is None or not args.entropy_model.is_file()):
+        raise ValueError(f"--coder entropy needs --entropy-model FILE (cfisac entropy-fit), got {args.entropy_model}")
 
     ckpt = find_checkpoint(args.checkpoint, args.which)
     seed = args.seed
@@ -192,7 +222,8 @@ def run_dist_sense(args: argparse.Namespace) -> int:
 
         n_rx = load_side(args.checkpoint, "cpu", which=args.which)[2].n_rx
         workdir = (args.out.parent if args.out else Path(args.checkpoint)) / ".ranks-sense"
-        reports = spawn_local(n_rx + 1, "sense", options, workdir, deadline_s=None)
+        reports = spawn_local(n_rx + 1, "sense", options, workdir, deadline_s=None,
+                              straggler_s=args.timeout + STRAGGLER_MARGIN_S)
         code = _report(reports, "dist-sense")
         if code == 0:
             summary = reports[0]["result"]
@@ -216,12 +247,16 @@ def run_dist_sense(args: argparse.Namespace) -> int:
 def run_ddp_train(args: argparse.Namespace) -> int:
     from ..distributed import spawn_local
 
+    _check_runtime(args)
+    check_training_arguments(args, check_out=_writes_out(args))
+    check_positive_int("--local", args.local)
     cfg, mcfg, tcfg = _configs(args)
     options = {"system": cfg.to_dict(), "model": mcfg.to_dict(), "train": tcfg.to_dict(), "out": str(args.out),
                "resume": args.resume, "progress": not args.no_progress, "plot": not args.no_plot,
                "backend": args.backend, "device": args.device, "timeout_s": args.timeout, "threads": args.threads}
     if args.local:
-        reports = spawn_local(args.local, "ddp", options, args.out / ".ranks", deadline_s=None)
+        reports = spawn_local(args.local, "ddp", options, args.out / ".ranks", deadline_s=None,
+                              straggler_s=args.timeout + STRAGGLER_MARGIN_S)
         code = _report(reports, "ddp-train")
         if code == 0:
             print(f"finished; checkpoint {reports[0]['result']['checkpoint']}")
@@ -237,6 +272,10 @@ def run_entropy_fit(args: argparse.Namespace) -> int:
     from ..quantize import bits_per_index
     from ..train import load_checkpoint
 
+    check_positive_int("--n", args.n, allow_none=False)
+    check_positive_int("--eval-n", args.eval_n, allow_none=False)
+    check_finite("--prior", args.prior, minimum=0.0, strict=True)
+    check_output_file("--out", args.out)
     em = fit_entropy_model(args.checkpoint, n=args.n, context=args.context, prior=args.prior, which=args.which)
     em.save(args.out)
     ck = load_checkpoint(args.checkpoint, which=args.which)

@@ -7,8 +7,11 @@ Example: ``cfisac evaluate --checkpoint runs/quick/dvqvae --n-test 500``.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+from ..data import remove_stale_temporaries
+from ._checks import check_device, check_output_file, check_positive_int, check_threads
 from .train import add_system_arguments, system_from_args
 
 
@@ -38,6 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from ..fronthaul import format_bits
     from ..train import NORMALISER_MAX_SAMPLES, DataSource, find_checkpoint, load_checkpoint
 
+    check_threads("--threads", args.threads)
+    check_device("--device", args.device)
+    check_positive_int("--n-test", args.n_test, allow_none=False)
+    check_positive_int("--batch-size", args.batch_size, allow_none=False)
+    check_positive_int("--seed", args.seed, minimum=0)
+    check_output_file("--out", args.out)
+    if not args.checkpoint.exists():
+        raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
     ck = load_checkpoint(args.checkpoint, which=args.which)
@@ -51,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     res["checkpoint"] = str(est.checkpoint)
     run_dir = args.checkpoint if (args.checkpoint / "latest.json").is_file() else args.checkpoint.parent
     out = args.out or run_dir / f"eval-seed{seed}-P{cfg.power_dbm:g}dBm.json"
+    # temporaries of an earlier evaluation to the same files that was killed (cfisac.evaluate's atomic writers)
+    png_path = out.with_suffix(".png")
+    remove_stale_temporaries(out.parent, re.escape(f".{out.name}.tmp-") + r"(?P<pid>\d+)")
+    remove_stale_temporaries(out.parent, re.escape(f".{png_path.stem}.tmp-") + r"(?P<pid>\d+)"
+                             + re.escape(png_path.suffix))
     write_results(out, res)
-    png = plot_cdf(out.with_suffix(".png"), [res], title=f"{ck.kind}, P = {cfg.power_dbm:g} dBm, {args.n_test} scenes")
+    png = plot_cdf(png_path, [res], title=f"{ck.kind}, P = {cfg.power_dbm:g} dBm, {args.n_test} scenes")
     print(f"{ck.kind} on {args.n_test} test scenes (seed {seed}, P = {cfg.power_dbm:g} dBm): "
           f"position RMSE {res['position_rmse']:.3f} m, velocity RMSE {res['velocity_rmse']:.3f} m/s; "
           f"fronthaul {format_bits(res['fronthaul_bits_per_ap'])} per AP and update")

@@ -84,13 +84,60 @@ def _threads(requested: str) -> tuple[int, str]:
     return cores, f"auto, load average {load:.1f} on {cores} cores"
 
 
+def check_schemes(text: str) -> list[str]:
+    """The comma-separated ``--schemes``: each one ``prior``, ``crlb``, a registered classical estimator
+    (:func:`cfisac.estimators.available`) or a learned ``dvqvae`` / ``dvae`` / ``cnn`` with an optional registered
+    ``-<front end>``; a ``ValueError`` naming the first unknown one."""
+    from .. import estimators
+    from ..experiments.common import is_learned
+    from ..experiments.learned import split_scheme
+    from ..models.front_end import available_front_ends
+
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    if not wanted:
+        raise ValueError(f"--schemes lists no scheme: {text!r}")
+    known = estimators.available()
+    for s in wanted:
+        if s in ("prior", "crlb"):
+            continue
+        if is_learned(s):
+            _, front_end = split_scheme(s)
+            if front_end not in available_front_ends():
+                raise ValueError(f"--schemes: {s!r} has an unknown front end {front_end!r}; choose one of "
+                                 f"{available_front_ends()}")
+        elif s not in known:
+            raise ValueError(f"--schemes: unknown scheme {s!r}; choose from prior, crlb, {', '.join(known)} "
+                             "(learned: dvqvae, dvae, cnn [-<front end>])")
+    return wanted
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every global option of ``cfisac reproduce``, before any work (one-line ``ValueError`` s)."""
+    from ._checks import check_device, check_finite, check_positive_int
+
+    if args.report_only and args.no_report:
+        raise ValueError("--report-only and --no-report contradict each other (choose one)")
+    check_positive_int("--seed", args.seed, allow_none=False, minimum=0)
+    check_positive_int("--point", args.point, minimum=0)
+    check_positive_int("--n-test", args.n_test)
+    check_positive_int("--blas-threads", args.blas_threads, allow_none=False)
+    check_finite("--train-seconds", args.train_seconds, minimum=0.0, strict=True)
+    check_finite("--scheme-seconds", args.scheme_seconds, minimum=0.0)
+    check_device("--device", args.device)
+    _threads(args.threads)
+    if args.schemes is not None:
+        check_schemes(args.schemes)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments import get, make_context, run_experiment, write_report
     from ..experiments.report import format_summary
+    from ..experiments.store import SweepInterrupted
 
     names = _experiments(args.experiments)
     if args.point is not None and len(names) != 1:
         raise ValueError("--point needs exactly one experiment (e.g. `cfisac reproduce fig6 --point 3`)")
+    check_arguments(args)
     overrides = {}
     if args.n_test is not None:
         overrides["n_test"] = args.n_test
@@ -101,17 +148,19 @@ def run(args: argparse.Namespace) -> int:
     if args.schemes is not None:
         from ..experiments.common import is_learned
 
-        wanted = [s for s in args.schemes.split(",") if s]
+        wanted = check_schemes(args.schemes)
         overrides["classical"] = tuple(s for s in wanted if not is_learned(s) and s not in ("prior", "crlb"))
         overrides["learned"] = tuple(s for s in wanted if is_learned(s))
     device = args.device or ("cuda" if torch.cuda.is_available() and args.preset == "paper" else "cpu")
     ctx = make_context(args.preset, root=args.out, seed=args.seed, device=device, force=args.force, **overrides)
+    if not args.list_points:
+        from ._checks import check_output_dir
+
+        check_output_dir("--out", ctx.root)
     ctx.force_training = args.retrain
     ctx.progress = not args.no_progress
     threads, why = _threads(args.threads)
     torch.set_num_threads(threads)
-    if args.blas_threads < 1:
-        raise ValueError(f"--blas-threads must be positive, got {args.blas_threads}")
     limit_blas_threads(args.blas_threads)
     if args.list_points:
         for name in names:
@@ -125,7 +174,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{torch.get_num_threads()} torch threads: {why}; {args.blas_threads} BLAS thread(s))")
         for name in names:
             only = [args.point] if args.point is not None else None
-            counts = run_experiment(name, ctx, only=only, fail_fast=args.fail_fast)
+            try:
+                counts = run_experiment(name, ctx, only=only, fail_fast=args.fail_fast)
+            except SweepInterrupted as err:  # --fail-fast: stop here, still write the report of what is stored
+                failed += 1
+                ctx.log(f"{name}: stopped at the first failing point (--fail-fast): {err}")
+                break
             failed += counts["failed"]
             ctx.log(f"{name}: {counts['done']} computed, {counts['skipped']} already done, {counts['failed']} failed "
                     f"({time.perf_counter() - t0:.0f} s so far)")
@@ -138,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(ctx), flush=True)
     ctx.log(f"done in {time.perf_counter() - t0:.0f} s" + (f"; {failed} point(s) failed or unavailable "
                                                              "(see the report)" if failed else ""))
+    if failed:
+        print(f"cfisac reproduce: {failed} point(s) failed or unavailable (exit status 1)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -59,9 +59,13 @@ def system_summary(cfg: SystemConfig, seed: int, n_probe: int = 8) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._checks import check_output_file, check_positive_int
+
+    check_positive_int("--n", args.n, allow_none=False)
+    check_positive_int("--chunk", args.chunk, allow_none=False)
+    check_positive_int("--seed", args.seed, allow_none=False, minimum=0)
     cfg = config_from_args(args)
-    if args.n <= 0:
-        raise ValueError(f"--n must be positive, got {args.n}")
+    check_output_file("--out", args.out)
     for line in system_summary(cfg, args.seed):
         print(line)
     t0 = time.perf_counter()

@@ -37,16 +37,53 @@ def system_from_args(args: argparse.Namespace, base: SystemConfig | None = None)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ModelConfig overrides (values parsed as JSON, else kept as strings); an unknown
+    field is a ``ValueError`` naming it and the valid ones."""
+    import dataclasses
+
+    from ..models import ModelConfig
+
+    fields = sorted(f.name for f in dataclasses.fields(ModelConfig))
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
+        k = k.strip()
+        if k not in fields:
+            raise ValueError(f"--set {item!r}: unknown ModelConfig field {k!r}; choose from {fields}")
         try:
-            out[k.strip()] = json.loads(v)
+            out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k] = v
     return out
+
+
+def check_training_arguments(args: argparse.Namespace, *, check_out: bool = True) -> None:
+    """Checks shared by train / dist-train / ddp-train, before any work: one-line ``ValueError`` s. ``check_out``:
+    also that ``--out`` is a writable directory (only where it is written: rank 0 of a distributed run)."""
+    from ._checks import check_device, check_finite, check_output_dir, check_positive_int, check_threads
+
+    check_threads("--threads", args.threads)
+    check_device("--device", args.device)
+    for opt, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--n-train", args.n_train)):
+        check_positive_int(opt, v, allow_none=False)
+    if args.n_val < 1:  # no validation set: NaN validation losses and no best.json
+        raise ValueError(f"--n-val must be at least 1 (the validation set selects best.json), got {args.n_val}")
+    check_positive_int("--seed", args.seed, allow_none=False, minimum=0)
+    check_finite("--lr", args.lr, minimum=0.0, strict=True)
+    check_finite("--minutes", args.minutes, minimum=0.0, strict=True)
+    if getattr(args, "workers", None) is not None:
+        check_positive_int("--workers", args.workers, allow_none=False, minimum=0)
+    if getattr(args, "front_end", None):
+        from ..models.front_end import available_front_ends
+
+        if args.front_end not in available_front_ends():
+            raise ValueError(f"--front-end {args.front_end!r} is unknown; choose one of {available_front_ends()}")
+    if getattr(args, "data", None) is not None and not args.data.is_file():
+        raise ValueError(f"--data {args.data} is not a file (create one with `cfisac simulate`)")
+    if check_out:
+        check_output_dir("--out", args.out)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,11 +124,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models import ModelConfig
     from ..train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_training_arguments(args)
     cfg = system_from_args(args)
     preset = args.model_preset or (args.preset if args.preset in MODEL_PRESETS else "quick")
     over = parse_set(args.set)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.front_end:
         over["front_end"] = args.front_end
     if args.input_norm:

@@ -5,7 +5,9 @@ Layout (``cfisac.train`` docstring): ``out/ckpt-eEEEE-sSSSSSS/{model,optim}.safe
 a temporary directory and renamed, then ``out/latest.json`` (and ``best.json``) point to it atomically. The CPU rank
 writes it from its own decoder and the states every AP sent it (``STATE`` messages); ``state.json`` gains a
 ``distributed`` entry (runtime options, world size). Multi-node: only the CPU rank's node writes; resuming needs
-that directory on the CPU rank's node only (the CPU sends every AP its state, paper Step 1).
+that directory on the CPU rank's node only (the CPU sends every AP its state, paper Step 1). Checksums and
+temporaries as in :mod:`cfisac.train`: ``state.json`` carries the SHA-256 of every file, :func:`read_checkpoint`
+verifies them (falling back to ``best.json``'s checkpoint when the latest one is corrupted).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import train as _train
 from ..config import SystemConfig
@@ -44,6 +46,7 @@ class CheckpointWriter:
         out = self.out
         model.sync_codebooks()
         name = f"ckpt-e{epoch:04d}-s{step:06d}"
+        _train.remove_stale_checkpoint_temporaries(out)
         tmp = out / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -63,7 +66,7 @@ class CheckpointWriter:
               "optim": groups, "best_val_loss": self.best, "finished": finished,
               "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap, "distributed": self.extra}
         with open(tmp / "state.json", "w") as f:
-            json.dump(st, f, indent=1)
+            json.dump(_train.seal_checkpoint(tmp, st), f, indent=1)
         for p in tmp.iterdir():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -93,11 +96,11 @@ class CheckpointWriter:
         return final
 
 
-def read_checkpoint(out: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(checkpoint dir, state.json, model tensors, optim tensors) of ``out/latest.json``."""
-    ckpt = _train.find_checkpoint(out)
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ckpt / 'state.json'} is not valid JSON: {err}") from err
-    return ckpt, state, load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "optim.safetensors"))
+def read_checkpoint(out: Path, log: Callable[[str], Any] | None = None,
+                    ) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(checkpoint dir, state.json, model tensors, optim tensors) of ``out/latest.json`` (verified; ``best.json``'s
+    when the latest checkpoint is corrupted, see :func:`cfisac.train.resume_checkpoint`)."""
+    ckpt = _train.resume_checkpoint(Path(out), log)
+    state = _train.read_state(ckpt)
+    return (ckpt, state, _train.load_tensors(ckpt / "model.safetensors"),
+            _train.load_tensors(ckpt / "optim.safetensors"))

@@ -172,7 +172,9 @@ def _spawn_entry(rank: int, world: int, port: int, task: str, options: dict[str,
         out["error_type"] = type(err).__name__
         out["error"] = str(err)
         out["traceback"] = traceback.format_exc()
-    Path(report).write_text(json.dumps(out, default=str))
+    tmp = Path(f"{report}.tmp-{os.getpid()}")  # atomic: a rank killed while writing leaves no half report
+    tmp.write_text(json.dumps(out, default=str))
+    os.replace(tmp, report)
 
 
 def _jsonable(res: Any) -> Any:
@@ -191,12 +193,36 @@ def _jsonable(res: Any) -> Any:
     return str(res)
 
 
+def _end(p: multiprocessing.process.BaseProcess) -> None:
+    """Terminate ``p`` (SIGTERM, and SIGCONT so that a stopped process receives it; SIGKILL after 5 s) and reap
+    it."""
+    import signal
+
+    if not p.is_alive():
+        return
+    p.terminate()
+    try:
+        os.kill(p.pid, signal.SIGCONT)
+    except OSError:
+        pass
+    p.join(5)
+    if p.is_alive():
+        p.kill()
+        p.join()
+
+
 def spawn_local(world: int, task: str, options: dict[str, Any] | list[dict[str, Any]], workdir: str | Path, *,
-                deadline_s: float | None = 600.0, entry: str | None = None) -> list[dict[str, Any]]:
+                deadline_s: float | None = 600.0, entry: str | None = None,
+                straggler_s: float | None = None, poll_s: float = 0.1) -> list[dict[str, Any]]:
     """Start ``world`` ranks as local processes on the loopback interface and wait for them (at most
     ``deadline_s``, None: no limit; stragglers are terminated and reported). ``options`` is one dict for every rank
     or a list of per-rank dicts. ``entry`` ("module.function") replaces :func:`run_worker` (called with the rank's
     options).
+
+    ``straggler_s``: once any rank has ended, the others get at most this long to end too (the runtime's peer
+    timeout plus a margin: a rank whose peer is gone fails within the timeout, so one still running after it is
+    stopped or hung, e.g. by SIGSTOP); they are then terminated (SIGTERM, then SIGKILL) and reported. Every child
+    is ended when this call returns or raises (KeyboardInterrupt, SIGTERM of the launcher): none outlives it.
 
     Returns one report per rank: {"rank", "ok", "result" | "error", "error_type", "traceback", "exitcode"}.
     """
@@ -210,29 +236,78 @@ def spawn_local(world: int, task: str, options: dict[str, Any] | list[dict[str, 
     reports = [workdir / f"rank{r}.json" for r in range(world)]
     for p in reports:
         p.unlink(missing_ok=True)
+    from ..data import remove_stale_temporaries
+
+    remove_stale_temporaries(workdir, r"rank\d+\.json\.tmp-(?P<pid>\d+)")
     procs = [ctx.Process(target=_spawn_entry, args=(r, world, port, task, per_rank[r], str(reports[r]), entry),
                          daemon=False) for r in range(world)]
-    for p in procs:
-        p.start()
+    if straggler_s is not None and not (straggler_s >= 0):
+        raise ValueError(f"straggler_s must be non-negative, got {straggler_s!r}")
     end = None if deadline_s is None or math.isinf(deadline_s) else time.monotonic() + deadline_s
-    for p in procs:
-        p.join(None if end is None else max(0.0, end - time.monotonic()))
+    why: dict[int, str] = {}
+    previous = _terminate_on_sigterm()
+    try:
+        for p in procs:
+            p.start()
+        first_end: tuple[float, int] | None = None  # (when, rank) of the first rank that ended
+        while any(p.is_alive() for p in procs):
+            now = time.monotonic()
+            if first_end is None:
+                ended = [r for r, p in enumerate(procs) if not p.is_alive()]
+                if ended:
+                    first_end = (now, ended[0])
+            if end is not None and now >= end:
+                for r, p in enumerate(procs):
+                    if p.is_alive():
+                        why[r] = f"rank {r} did not finish within {deadline_s:g} s (terminated)"
+                break
+            if first_end is not None and straggler_s is not None and now - first_end[0] >= straggler_s:
+                for r, p in enumerate(procs):
+                    if p.is_alive():
+                        why[r] = (f"rank {r} did not end within {straggler_s:g} s after rank {first_end[1]} ended "
+                                  "(stopped or hung; terminated)")
+                break
+            procs[next(r for r, p in enumerate(procs) if p.is_alive())].join(poll_s)
+    finally:
+        for p in procs:  # whatever happened, no rank outlives the launcher
+            if p.pid is not None:
+                _end(p)
+        _restore_sigterm(previous)
     out = []
     for r, (p, rp) in enumerate(zip(procs, reports, strict=True)):
-        if p.is_alive():
-            p.terminate()
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-            rec = {"rank": r, "ok": False, "error": f"rank {r} did not finish within {deadline_s:g} s (terminated)"}
-        elif rp.is_file():
+        if rp.is_file():  # a rank that reported and then hung in its teardown still counts with its report
             rec = json.loads(rp.read_text())
+        elif r in why:
+            rec = {"rank": r, "ok": False, "error": why[r]}
         else:
             rec = {"rank": r, "ok": False, "error": f"rank {r} exited with code {p.exitcode} without a report"}
         rec["exitcode"] = p.exitcode
         out.append(rec)
     return out
+
+
+def _terminate_on_sigterm() -> Any:
+    """In the main thread: make SIGTERM raise ``SystemExit`` (so that the ``finally`` of :func:`spawn_local` ends
+    the children); returns the previous handler (None elsewhere: signals belong to the main thread)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------------------------------- threads

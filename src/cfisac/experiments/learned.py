@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,24 +89,36 @@ def ensure_trained(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
     """The checkpoint directory of ``scheme`` trained on ``cfgs`` under the context's budget (trained if needed).
 
     A finished training leaves ``done.json`` (spec, wall time, final metrics) next to the checkpoint.
+    ``ctx.force_training`` (``--retrain``): the first call of this process for a spec deletes the cached run and
+    trains it from scratch (not a resume of the cached checkpoint); later calls (the other points of a sweep that
+    share the model) use that new model.
     """
     spec = training_spec(ctx, scheme, cfgs, model_overrides=model_overrides, learning_rate=learning_rate)
     out = checkpoint_dir(ctx, scheme, spec)
     done = out / "done.json"
-    if done.is_file() and not ctx.force_training:
+    retrained = ctx._cache.setdefault("retrained_models", set())
+    fresh = ctx.force_training and str(out) not in retrained
+    if done.is_file() and not fresh:
         return out
     with _Lock(out.with_name(out.name + ".lock")):
-        if done.is_file() and not ctx.force_training:  # trained by another process while we waited
+        if done.is_file() and not fresh:  # trained by another process while we waited
             return out
+        if fresh and out.exists():
+            ctx.log(f"--retrain: deleting the cached {scheme} run {out} to train it from scratch")
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
         ctx.log(f"training {scheme} on {len(cfgs)} config(s), budget {spec['train_seconds']:.0f} s -> {out}")
         t0 = time.perf_counter()
         info = _train(ctx, scheme, list(cfgs), spec, out)
         info = {"wall_s": time.perf_counter() - t0, **(info or {})}
+        from ..data import remove_stale_temporaries
+
+        remove_stale_temporaries(out, r"\.done\.(?P<pid>\d+)")
         tmp = done.with_name(f".done.{os.getpid()}")
         tmp.write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
         os.replace(tmp, done)
+        retrained.add(str(out))
         ctx.log(f"trained {scheme} in {info['wall_s']:.0f} s")
     return out
 

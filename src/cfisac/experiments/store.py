@@ -8,6 +8,12 @@ with its key, its current spec hash and ``status == "ok"`` exists. Rows are only
 ``fcntl`` lock, so several processes may share a store): a rerun with ``force`` appends a new row and the last row
 of a key wins. Failed points are recorded with ``status == "failed"`` and the error message, and are rerun next time.
 
+Torn rows: a process killed while appending can leave a last line cut short (no trailing newline). Readers ignore
+it (the point counts as not finished) and the next append, under the lock, cuts it off before writing, so every
+row starts on a fresh line. Any other malformed row (wrong number of fields, unparsable numbers, e.g. from an older
+version that glued a row onto a torn one) is skipped with a warning naming the file and line (``warnings``
+category :class:`MalformedRowWarning`), so its point is computed again instead of being dropped silently.
+
 Columns (:data:`COLUMNS`): ``experiment, point, key, scheme, series, x_name, x_value`` (what the point is);
 ``position_rmse`` (m), ``velocity_rmse`` (m/s), ``root_crlb_position`` (m), ``root_crlb_velocity`` (m/s),
 ``fronthaul_bits_per_ap``, ``n_scenes`` (results; empty when not applicable), ``metrics`` (a JSON object of further
@@ -21,12 +27,16 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
 import platform
+import re
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +45,8 @@ from typing import Any
 from ..config import SystemConfig
 
 __all__ = [
-    "COLUMNS", "Point", "PointStore", "SweepInterrupted", "code_identity", "config_diff", "run_points", "spec_hash",
+    "COLUMNS", "MalformedRowWarning", "Point", "PointStore", "SweepInterrupted", "code_identity", "config_diff",
+    "run_points", "spec_hash",
 ]
 
 COLUMNS = (
@@ -49,6 +60,10 @@ RESULT_COLUMNS = ("position_rmse", "velocity_rmse", "root_crlb_position", "root_
                   "fronthaul_bits_per_ap", "n_scenes", "metrics")
 NUMERIC_COLUMNS = ("x_value", "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity",
                    "fronthaul_bits_per_ap", "n_scenes", "seed", "wall_s")
+
+
+class MalformedRowWarning(UserWarning):
+    """A stored row that cannot be parsed (its file and line are in the message); the row is skipped."""
 
 
 class SweepInterrupted(RuntimeError):
@@ -156,15 +171,38 @@ class PointStore:
 
     # ------------------------------------------------------------------ reading
     def rows(self) -> list[dict[str, str]]:
-        """Every stored row (oldest first), as strings."""
+        """Every stored row (oldest first), as strings. A torn last line (no trailing newline: its writer was
+        killed) is ignored; other malformed rows are skipped with a :class:`MalformedRowWarning` naming the line."""
         if not self.path.is_file():
             return []
-        with open(self.path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or tuple(reader.fieldnames) != COLUMNS:
-                raise ValueError(f"{self.path} does not have the point-store columns {COLUMNS}; "
-                                 f"got {reader.fieldnames} (written by another version? move it away)")
-            return [r for r in reader if r.get("status")]  # a half-written last line has no status: ignored
+        with open(self.path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)  # not while another process appends
+            try:
+                data = f.read()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        if not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]  # the torn tail; the next append cuts it off
+        if not data:
+            return []
+        reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
+        header = next(reader, None)
+        if header is None or tuple(header) != COLUMNS:
+            raise ValueError(f"{self.path} does not have the point-store columns {COLUMNS}; "
+                             f"got {header} (written by another version? move it away)")
+        out: list[dict[str, str]] = []
+        line = reader.line_num
+        for fields in reader:
+            first, line = line + 1, reader.line_num
+            if not fields:
+                continue
+            problem = _row_problem(fields)
+            if problem:
+                msg = f"{self.path}:{first}: malformed point-store row skipped ({problem}); its point will be rerun"
+                warnings.warn(msg, MalformedRowWarning, stacklevel=2)
+                continue
+            out.append(dict(zip(COLUMNS, fields, strict=True)))
+        return out
 
     def latest(self, *, ok_only: bool = True) -> dict[str, dict[str, Any]]:
         """The last row of each key (``ok_only``: of the successful rows), numeric columns parsed to float."""
@@ -192,6 +230,9 @@ class PointStore:
         chash = spec_hash(point.cfg)
         cpath = self.config_dir / f"{chash}.json"
         if not cpath.exists():
+            from ..data import remove_stale_temporaries
+
+            remove_stale_temporaries(self.config_dir, re.escape(f".{cpath.name}.") + r"(?P<pid>\d+)")
             tmp = cpath.with_name(f".{cpath.name}.{os.getpid()}")
             tmp.write_text(json.dumps(point.cfg.to_dict(), indent=1, sort_keys=True))
             os.replace(tmp, cpath)
@@ -205,18 +246,68 @@ class PointStore:
             "message": message.replace("\n", " ")[:500],
         }
         text_row = {c: _fmt(row.get(c)) for c in COLUMNS}
-        with open(self.path, "a+", newline="") as f:
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow(text_row)
+        line = buf.getvalue().encode()
+        with open(self.path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                f.seek(0, os.SEEK_END)
-                if f.tell() == 0:
-                    csv.writer(f).writerow(COLUMNS)
-                csv.DictWriter(f, fieldnames=COLUMNS).writerow(text_row)
-                f.flush()
-                os.fsync(f.fileno())
+                fd = f.fileno()
+                size = _repair_torn_tail(fd, self.path)
+                if size == 0:
+                    hbuf = io.StringIO()
+                    csv.writer(hbuf).writerow(COLUMNS)
+                    line = hbuf.getvalue().encode() + line
+                os.write(fd, line)  # one write, starting on a fresh line
+                os.fsync(fd)
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return text_row
+
+
+def _repair_torn_tail(fd: int, path: Path) -> int:
+    """Cut a torn last line (the file does not end with a newline: its writer was killed mid-row) off the file
+    open (append mode, exclusively locked) as ``fd``; returns the size after the repair."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep, pos = 0, size
+    while pos > 0:  # the last newline, searched backwards in blocks
+        lo = max(0, pos - 65536)
+        k = os.pread(fd, pos - lo, lo).rfind(b"\n")
+        if k >= 0:
+            keep = lo + k + 1
+            break
+        pos = lo
+    print(f"warning: {path}: removed a torn last row ({size - keep} bytes without a newline, left by a killed "
+          "writer); its point will be rerun", file=sys.stderr)
+    os.ftruncate(fd, keep)
+    return keep
+
+
+def _row_problem(fields: list[str]) -> str:
+    """Why a stored row (a list of fields) cannot be used, or "" when it can."""
+    if len(fields) != len(COLUMNS):
+        return f"{len(fields)} fields instead of {len(COLUMNS)}"
+    r = dict(zip(COLUMNS, fields, strict=True))
+    if not r["status"]:
+        return "no status"
+    for c in NUMERIC_COLUMNS:
+        try:
+            float(r[c]) if r[c] else None
+        except ValueError:
+            return f"{c} is not a number: {r[c]!r}"
+    for c in ("metrics", "config_diff"):
+        try:
+            json.loads(r[c]) if r[c] else None
+        except ValueError:
+            return f"{c} is not valid JSON"
+    if r["point"]:
+        try:
+            int(r["point"])
+        except ValueError:
+            return f"point is not an integer: {r['point']!r}"
+    return ""
 
 
 def parse_row(r: dict[str, str]) -> dict[str, Any]:
