@@ -334,7 +334,6 @@ class CsEstimator:
         return float(np.clip(ref + np.sum(w[ok] * du[ok]) / np.sum(w[ok]), -1.0, 1.0))
 
 
-@register("cs")  # until the batched cs of cfisac.estimators lands
 @register("cs-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> CsEstimator:
     if checkpoint is not None:

@@ -1,0 +1,114 @@
+"""The batched CS (OMP) baseline, ``cfisac.estimators.cs``, against its literal scene-at-a-time reference.
+
+Tiny presets only (the 50-scene ``quick`` comparison and the timings are benchmarks, not tests). The batched path
+reproduces the reference's algorithm step by step, so on the same scenes both send the same fronthaul messages up to
+floating-point rounding (different summation orders): :data:`MSG_ATOL` below, far under the 1e-5-cell convergence
+threshold of the polish and under any resolution cell.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import cfisac
+from cfisac import SystemConfig
+from cfisac.estimators import create
+from cfisac.estimators.cs import CsEstimator
+from cfisac.estimators.reference.cs import CsEstimator as ReferenceCs
+from cfisac.estimators.reference.signal_processing import validate_inputs
+from cfisac.geometry import bistatic_geometry
+
+TINY = SystemConfig.preset("tiny")
+MSG_ATOL = {"aoa": 1e-8, "ranges": 1e-6, "dopplers": 1e-4}  # direction cosine, m, Hz (cells: 0.5, 39 m, 3.8 kHz)
+
+
+def simulate(cfg, n, seed, noise=True):
+    scenes = cfisac.sample_scenes(cfg, n, seed)
+    x = cfisac.transmit_signals(cfg, scenes, seed, dtype=torch.complex128)
+    return scenes, x, cfisac.sensing_echoes(cfg, scenes, x, noise=noise, seed=seed)
+
+
+def assert_same_messages(cfg, y, x, new):
+    ref = ReferenceCs(cfg).messages(*validate_inputs(cfg, y, x))
+    for key, tol in MSG_ATOL.items():
+        np.testing.assert_allclose(getattr(new, key).numpy(), getattr(ref, key), atol=tol, rtol=0, err_msg=key)
+
+
+@pytest.mark.parametrize(("power", "n_targets", "seed"), [(48.0, 2, 3), (54.0, 1, 4), (60.0, 2, 5)])
+def test_messages_equal_the_reference_on_noisy_scenes(power, n_targets, seed):
+    cfg = TINY.replace(power_dbm=power, n_targets=n_targets)
+    _, x, y = simulate(cfg, 2, seed)
+    msgs = CsEstimator(cfg).ap_messages(y, x)
+    assert msgs.ranges.shape == (2, cfg.n_rx, n_targets, cfg.n_tx) and msgs.ranges.dtype == torch.float64
+    assert_same_messages(cfg, y, x, msgs)
+
+
+def test_estimates_equal_the_reference_through_the_registry():
+    cfg = TINY.replace(power_dbm=52.0, n_targets=2)
+    _, x, y = simulate(cfg, 2, 6)
+    new = create("cs", cfg, device="cpu")
+    assert isinstance(new, CsEstimator) and new.name == "cs"
+    out, ref = new(y, x), create("cs-reference", cfg)(y, x)
+    # the fusion's least squares (tolerances 1e-12) amplifies ~1e-10 message differences to ~1e-6
+    torch.testing.assert_close(out.positions, ref.positions, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.velocities, ref.velocities, atol=1e-5, rtol=0)
+
+
+def test_noiseless_messages_are_the_true_geometry_and_the_reference():
+    cfg = TINY.replace(n_subcarriers=32, n_targets=1)  # 9.8 m range cells
+    scenes, x, y = simulate(cfg, 3, 0, noise=False)
+    msgs = CsEstimator(cfg).ap_messages(y, x)
+    geo = bistatic_geometry(cfg, scenes.positions, scenes.velocities)
+    np.testing.assert_allclose(msgs.ranges.numpy(), geo.bistatic_range.permute(0, 2, 3, 1).numpy(), atol=1e-3)
+    np.testing.assert_allclose(msgs.dopplers.numpy(), geo.doppler.permute(0, 2, 3, 1).numpy(), atol=0.5)
+    np.testing.assert_allclose(msgs.aoa.numpy(), geo.rx.cos_angle.numpy(), atol=1e-5)
+    assert_same_messages(cfg, y, x, msgs)
+
+
+def test_chunking_and_complex64_inputs_do_not_change_the_estimates():
+    cfg = TINY.replace(power_dbm=56.0)
+    _, x, y = simulate(cfg, 3, 8)
+    whole = CsEstimator(cfg)(y, x)
+    one = CsEstimator(cfg, chunk_size=1)(y, x)
+    torch.testing.assert_close(one.positions, whole.positions, atol=1e-9, rtol=0)
+    torch.testing.assert_close(one.velocities, whole.velocities, atol=1e-9, rtol=0)
+    # complex64 inputs are promoted to the estimator's complex128 (the base moves them): same numbers
+    low = CsEstimator(cfg)(y.to(torch.complex64), x.to(torch.complex64))
+    assert float((low.positions - whole.positions).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize(("options", "word"), [
+    (dict(delay_oversample=0), "delay_oversample"), (dict(aod_oversample=1.5), "aod_oversample"),
+    (dict(oversample=-2), "oversample"), (dict(symbol_chunk=0), "symbol_chunk"),
+    (dict(n_candidates=0), "n_candidates"), (dict(refine_rounds=-1), "refine_rounds"),
+    (dict(refine_rounds=True), "refine_rounds"), (dict(chunk_size=0), "chunk_size"),
+    (dict(dtype=torch.float64), "dtype"), (dict(device="nonsense"), "device"),
+    (dict(checkpoint="run/x"), "checkpoint"),
+])
+def test_bad_options_raise_value_errors_naming_them(options, word):
+    with pytest.raises(ValueError, match=word):
+        create("cs", TINY, **options)
+
+
+def test_bad_inputs_and_configs_raise_value_errors():
+    with pytest.raises(ValueError, match="N Q <= Ns / 2"):
+        CsEstimator(TINY.replace(n_targets=5))
+    _, x, y = simulate(TINY, 1, 0)
+    est = CsEstimator(TINY)
+    with pytest.raises(ValueError, match="y has shape"):
+        est(y[:, :1], x)
+    with pytest.raises(ValueError, match="x has shape"):
+        est(y, x[:, :1])
+    bad = y.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="y contains NaN"):
+        est(bad, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    cfg = TINY.replace(power_dbm=55.0, n_targets=2)
+    _, x, y = simulate(cfg, 3, 9)
+    cpu = create("cs", cfg)(y, x)
+    gpu = create("cs", cfg, device="cuda")(y, x)
+    torch.testing.assert_close(gpu.positions, cpu.positions, atol=1e-6, rtol=0)
