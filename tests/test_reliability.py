@@ -308,6 +308,7 @@ def test_cache_checksum_covers_attributes_and_indices(tmp_path, edit):
     (["simulate", "--preset", "tiny", "--out", "/proc/x/a.h5"], "/proc"),
     (["simulate", "--preset", "tiny", "--out", "{tmp}"], "existing directory"),
     (["simulate", "--preset", "tiny", "--power-dbm", "1e6", "--out", "{tmp}/a.h5"], "power_dbm"),
+    (["crlb", "--preset", "tiny", "--power-dbm", "10", "1e6", "--n-scenes", "1"], "power_dbm"),
     (["train", "--preset", "tiny", "--set", "nosuch=3", "--out", "{tmp}/r"], "nosuch"),
     (["train", "--preset", "tiny", "--threads", "-2", "--out", "{tmp}/r"], "--threads"),
     (["train", "--preset", "tiny", "--device", "nosuch", "--out", "{tmp}/r"], "--device"),

@@ -42,13 +42,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.replace(n_targets=args.n_targets)
     if args.n_scenes <= 0 or args.batch <= 0:
         raise ValueError(f"--n-scenes and --batch must be positive, got {args.n_scenes} and {args.batch}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     powers = args.power_dbm if args.power_dbm else [cfg.power_dbm]
+    configs = [cfg.replace(power_dbm=float(power)) for power in powers]  # every power checked before any work
     name = args.config if args.config else args.preset
     print(f"root-CRLB over {args.n_scenes} scenes (seed {args.seed}), {name}: Q={cfg.n_targets}, "
           f"{cfg.n_subcarriers}x{cfg.n_symbols} cells, noise {cfg.noise_dbm:g} dBm, clutter {args.clutter}")
     print(f"{'P (dBm)':>8}  {'position (m)':>13}  {'velocity (m/s)':>15}  {'s/scene':>8}")
-    for power in powers:
-        c = cfg.replace(power_dbm=float(power))
+    for power, c in zip(powers, configs, strict=True):
         bounds, seconds = [], 0.0
         for start in range(0, args.n_scenes, args.batch):
             size = min(args.batch, args.n_scenes - start)
