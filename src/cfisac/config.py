@@ -59,9 +59,9 @@ def _pairs(name: str, value: Any) -> tuple[tuple[float, ...], ...]:
     try:
         if isinstance(value, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in value):
             raise TypeError
-        out = tuple(tuple(float(c) for c in p) for p in value)
-        if any(not _is_number(c) for p in value for c in p):
+        if any(isinstance(c, (str, bytes, bool)) for p in value for c in p):  # "1" / true are not coordinates
             raise TypeError
+        out = tuple(tuple(float(c) for c in p) for p in value)  # numbers, numpy scalars, 0-d tensors
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a sequence of (x, y) number pairs, got {value!r}") from None
     return out
