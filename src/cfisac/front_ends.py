@@ -3,9 +3,9 @@
 Every front end maps the echoes of one receive AP, ``y_m`` [B, Mr, Ns, Ts] complex (Eq. 6), and, when it needs them,
 the transmit signals ``x`` [B, N, Nt, Ns, Ts] complex (Eq. 3), to a real float32 tensor [B, C, D1, D2, D3] for the
 3D-CNN encoder of Fig. 3. Its shape is fixed by the config and the options alone (``output_shape``), so the encoder
-(and with it the fronthaul message length L = D1 D2 D3 / 8^L_cnn) is known before any data is seen. They plug into
-the registry of :mod:`cfisac.models.front_end` (``ModelConfig(front_end=..., front_end_options=...)``), which
-holds the paper's ``"raw"`` input; this module registers:
+(and with it the fronthaul message length L = D1 D2 D3 / 8^L_cnn) is known before any data is seen. This module
+holds the front-end registry (``register_front_end``, ``make_front_end``; :mod:`cfisac.models.front_end` re-exports
+it for ``ModelConfig(front_end=..., front_end_options=...)``), the paper's ``"raw"`` input and:
 
 ``"matched"`` -- transmit-beam matched filter + angle-delay-Doppler transform. Needs X at the receive AP.
     The CPU already sends the precoded data x_{i,n}[t] to every transmit AP (Section II-B: centralised MMSE
@@ -68,33 +68,156 @@ known noise power xi^2 of the config):
 ``compress="log"`` optionally applies log1p to the (non-negative) magnitudes / energies, bounding the dynamic range
 of peaks across transmit powers; ``"none"`` (default) keeps the linear matched-filter magnitude.
 
-All computations are batched: einsum / matmul over chunks of the batch whose intermediate product
-[chunk, N, Nb, D1, Ns, Ts] stays under ``chunk_cells`` complex cells (bounded memory); complex64 arithmetic
-(complex128 if y is complex128), float32 output; the DFT matrices are non-persistent buffers (they follow
-``.to(device)`` and are not written to checkpoints).
+All computations are batched over scenes (no per-scene Python loop): matmuls over chunks of scenes -- and, for the
+pixel front ends, of pixels -- whose largest intermediate stays under ``chunk_cells`` complex cells (bounded
+memory; the chunk is also capped at a cache-sized ``FAST_CHUNK_CELLS``, which only changes the speed). complex64
+arithmetic (complex128 if y is complex128), float32 output, on the device of y. The constant matrices (beams, delay
+and Doppler phases, the pixels' velocity phases when small) are non-persistent complex128 buffers built once (they
+follow ``.to(device)`` and are not written to checkpoints); their casts to the working dtype / device are cached.
 """
-
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from .config import SPEED_OF_LIGHT, SystemConfig
 from .geometry import bistatic_geometry, steering_vectors
-from .models.front_end import FrontEnd, make_front_end, register_front_end
 from .sensing import sensing_indices
 
 __all__ = [
-    "CovarianceFrontEnd", "ImageFrontEnd", "MatchedFrontEnd", "VelocityImageFrontEnd", "area_extent",
-    "create_front_end", "front_end_output_shape",
+    "FRONT_ENDS", "NORMS", "CovarianceFrontEnd", "FrontEnd", "ImageFrontEnd", "MatchedFrontEnd", "RawFrontEnd",
+    "VelocityImageFrontEnd", "area_extent", "available_front_ends", "complex_to_channels", "create_front_end",
+    "front_end_output_shape", "make_front_end", "register_front_end",
 ]
 
-DEFAULT_CHUNK_CELLS = 2**23  # complex cells of the [chunk, N, Nb, D1, Ns, Ts] product (64 MB in complex64)
-_NORMS = ("noise", "rms", "none")
+DEFAULT_CHUNK_CELLS = 2**23  # memory bound: complex cells of a chunk's largest intermediate (64 MB in complex64)
+FAST_CHUNK_CELLS = 2**18  # cache-sized working chunk (2 MB in complex64); smaller than the bound, faster on a CPU
+VELOCITY_PHASE_CELLS = 2**22  # the velocity image keeps its pixels' velocity phases as buffers up to this size
+NORMS = ("rms", "noise", "none")
 _COMPRESS = ("none", "log")
+FrontEndFactory = Callable[..., "FrontEnd"]
+FRONT_ENDS: dict[str, FrontEndFactory] = {}
+
+
+# --------------------------------------------------------------------------------------------------- registry
+def register_front_end(name: str) -> Callable[[FrontEndFactory], FrontEndFactory]:
+    """Decorator registering ``factory(cfg, *, norm, **options) -> FrontEnd`` under ``name``."""
+
+    def deco(factory: FrontEndFactory) -> FrontEndFactory:
+        FRONT_ENDS[name] = factory
+        return factory
+
+    return deco
+
+
+def available_front_ends() -> list[str]:
+    return sorted(FRONT_ENDS)
+
+
+def make_front_end(name: str, cfg: SystemConfig, *, norm: str = "rms", ap_index: int | None = None,
+                   **options: Any) -> FrontEnd:
+    """Build the registered front end ``name`` for ``cfg``. ``ap_index`` (the receive AP m) is handed to factories
+    that take it (front ends specific to their AP, e.g. ``"image"``) and ignored by the others."""
+    if name not in FRONT_ENDS:
+        raise ValueError(f"unknown front end {name!r}; choose one of {sorted(FRONT_ENDS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown input normalisation {norm!r}; choose one of {list(NORMS)}")
+    factory = FRONT_ENDS[name]
+    if ap_index is not None and "ap_index" in inspect.signature(factory).parameters:
+        options["ap_index"] = ap_index
+    return factory(cfg, norm=norm, **options)
+
+
+def create_front_end(name: str, cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
+                     **options: Any) -> FrontEnd:
+    """Build the front end ``name`` ("raw", "matched", "image", "covariance", ...) for ``cfg``: :func:`make_front_end`
+    with the ``"noise"`` normalisation by default, plus ``ap_index`` (the receive AP m), handed only to factories
+    that take it (``"image"`` needs it; ``"raw"`` does not know it). The object has ``name``, ``in_channels``,
+    ``spatial_shape``, ``output_shape`` ((C, D1, D2, D3) of one sample), ``needs_x`` and is called as ``fe(y_m, x)``.
+    """
+    return make_front_end(name, cfg, norm=norm, ap_index=ap_index, **options)
+
+
+def front_end_output_shape(name: str, cfg: SystemConfig, **options: Any) -> tuple[int, int, int, int]:
+    """(C, D1, D2, D3) of one sample of front end ``name`` for ``cfg`` (no data needed)."""
+    return create_front_end(name, cfg, **options).output_shape
+
+
+class FrontEnd(nn.Module):
+    """Base class: subclasses set ``name``, ``needs_x``, ``in_channels``, ``spatial_shape`` and ``forward``."""
+
+    name: str = "base"
+    needs_x: bool = False
+    in_channels: int
+    spatial_shape: tuple[int, int, int]
+
+    def transform(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self(y_m, x)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """(C, D1, D2, D3) of one sample."""
+        return (self.in_channels, *self.spatial_shape)
+
+    @property
+    def needs_transmit_signals(self) -> bool:
+        return self.needs_x
+
+    def _const(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Buffer ``name`` cast to the working dtype of ``like`` (complex, or the matching real) on its device; the
+        cast is cached until the buffer is replaced (``.to()`` replaces it)."""
+        buf = getattr(self, name)
+        dtype = like.dtype if buf.is_complex() else like.real.dtype
+        cache = self.__dict__.setdefault("_cast_cache", {})
+        key = (name, dtype, like.device)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not buf:
+            hit = cache[key] = (buf, buf.to(device=like.device, dtype=dtype))
+        return hit[1]
+
+
+def complex_to_channels(v: torch.Tensor, *, norm: str, noise_std: float = 1.0) -> torch.Tensor:
+    """[B, *S] complex -> [B, 2, *S] float32 (Re, Im), normalised per sample as ``norm`` says (models.front_end)."""
+    v = v.to(torch.complex64) if v.dtype != torch.complex128 else v
+    if norm == "rms":
+        dims = tuple(range(1, v.dim()))
+        rms = v.abs().pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-30)
+        v = v / rms * math.sqrt(2.0)
+    elif norm == "noise":
+        v = v / noise_std
+    elif norm != "none":
+        raise ValueError(f"unknown input normalisation {norm!r}; choose one of {list(NORMS)}")
+    return torch.stack([v.real, v.imag], dim=1).float()
+
+
+class RawFrontEnd(FrontEnd):
+    """The paper's input (Section III-A): Re/Im of Y_m [B, Mr, Ns, Ts] -> [B, 2, Mr, Ns, Ts], normalised."""
+
+    name = "raw"
+    needs_x = False
+
+    def __init__(self, cfg: SystemConfig, *, norm: str = "rms") -> None:
+        super().__init__()
+        self.norm, self.noise_std = norm, math.sqrt(cfg.noise_watt)
+        self.in_channels = 2
+        self.spatial_shape = (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
+
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        if not y_m.is_complex() or y_m.dim() != 4 or tuple(y_m.shape[1:]) != self.spatial_shape:
+            raise ValueError(f"y_m must be complex [B, Mr, Ns, Ts] = [B, {', '.join(map(str, self.spatial_shape))}],"
+                             f" got {y_m.dtype} {tuple(y_m.shape)}")
+        return complex_to_channels(y_m, norm=self.norm, noise_std=self.noise_std)
+
+
+@register_front_end("raw")
+def _raw(cfg: SystemConfig, *, norm: str = "rms") -> RawFrontEnd:
+    return RawFrontEnd(cfg, norm=norm)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -154,8 +277,8 @@ def _check_y(y_m: torch.Tensor, shape: tuple[int, int, int]) -> None:
 
 
 def _check_options(norm: str, compress: str, chunk_cells: int) -> None:
-    if norm not in _NORMS:
-        raise ValueError(f"unknown input normalisation {norm!r}; choose one of {list(_NORMS)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown input normalisation {norm!r}; choose one of {list(NORMS)}")
     if compress not in _COMPRESS:
         raise ValueError(f"compress must be one of {list(_COMPRESS)}, got {compress!r}")
     _check_bins("chunk_cells", chunk_cells)
@@ -236,6 +359,8 @@ def _matched_constants(
     return grid, {"tx_weights": beams, "rx_weights": rx, "delay_matrix": delay, "doppler_matrix": dop}
 
 
+
+
 # --------------------------------------------------------------------------------------------------- matched
 class MatchedFrontEnd(FrontEnd):
     """Transmit-beam matched filter + receive-angle / bistatic-delay / Doppler transform (module docstring).
@@ -285,61 +410,85 @@ class MatchedFrontEnd(FrontEnd):
         for name, mat in mats.items():
             self.register_buffer(name, mat, persistent=False)
 
-    @property
-    def needs_transmit_signals(self) -> bool:
-        return self.needs_x
-
     def extra_repr(self) -> str:
         return (f"tx_beams={self.tx_beams}, grid={self.spatial_shape}, angle_transform={self.angle_transform}, "
                 f"norm={self.norm!r}, output={self.output!r}, beam_pool={self.beam_pool!r}, compress={self.compress!r}")
 
-    def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The normalised complex map F [B, N, Nb, D1, D2, D3] (complex64, or complex128 for complex128 y)."""
+    def _maps(self, y_m: torch.Tensor, x: torch.Tensor) -> Iterator[tuple[slice, int, torch.Tensor]]:
+        """Yields (scenes, n, F_n) for chunks of scenes and each transmit AP n: F_n [b, D2, D1, D3, Nb] the map of
+        the module docstring (noise-normalised if ``norm="noise"``; not RMS-normalised), in the order
+        (delay, angle, Doppler, beam). The Doppler sum runs first as one matmul per subcarrier (receive beams x
+        symbols times the Doppler-weighted conjugate beam signals), the delay sum second as one matmul per scene,
+        so the [Nb, D1, Ns, Ts] product is never formed."""
         _check_y(y_m, self._y_shape)
         _check_x(x, self._x_shape, y_m.shape[0], self.name)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
-        B = y_m.shape[0]
-        N, Nb = self.cfg.n_tx, self.tx_beams
-        d1, d2, d3 = self.spatial_shape
-        Ns, Ts = self.cfg.n_subcarriers, self.cfg.n_symbols
-        mats = [m.to(device=y_m.device, dtype=cdt) for m in
-                (self.tx_weights, self.rx_weights, self.delay_matrix, self.doppler_matrix)]
-        tx_w, rx_w, dmat, fmat = mats
+        B, Nb, (d1, d2, d3) = y_m.shape[0], self.tx_beams, self.spatial_shape
+        Mr, Nt, Ns, Ts = self.cfg.n_rx_antennas, self.cfg.n_tx_antennas, self.cfg.n_subcarriers, self.cfg.n_symbols
+        like = torch.empty(0, dtype=cdt, device=y_m.device)
+        tx_w, rx_w, dmat = (self._const(k, like) for k in ("tx_weights", "rx_weights", "delay_matrix"))
+        fmat_t = self._const("doppler_matrix", like).mT  # [Ts, D3]
         noise_std = math.sqrt(self.cfg.noise_watt)
-        chunk = max(1, self.chunk_cells // (N * Nb * d1 * Ns * Ts))
-        out = torch.empty(B, N, Nb, d1, d2, d3, dtype=cdt, device=y_m.device)
+        cells = Nb * d1 * max(Ns, d2) * max(Ts, d3)  # of one scene and transmit AP
+        chunk = max(1, min(self.chunk_cells, FAST_CHUNK_CELLS) // cells)
         for lo in range(0, B, chunk):
-            yc = y_m[lo:lo + chunk].to(cdt)
-            xc = x[lo:lo + chunk].to(device=y_m.device, dtype=cdt)
-            yb = torch.einsum("ar,brit->bait", rx_w, yc)  # receive beams [b, D1, Ns, Ts]
-            s = torch.einsum("ck,bnkit->bncit", tx_w, xc)  # transmit beams [b, N, Nb, Ns, Ts]
-            if self.norm == "noise":
-                # F ~ CN(0, xi^2 mean|s|^2) on noise only (unitary transforms): unit-variance noise bins.
-                scale = _abs2(s).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, N, Nb]
-                s = s / scale[..., None, None]
-            prod = yb[:, None, None] * s.conj()[:, :, :, None]  # [b, N, Nb, D1, Ns, Ts]
-            f = torch.matmul(dmat, torch.matmul(prod, fmat.mT))  # [b, N, Nb, D1, D2, D3]
-            if self.norm == "rms":
-                f = f / _abs2(f).mean((1, 2, 3, 4, 5), keepdim=True).sqrt().clamp_min(1e-30)
-            out[lo:lo + chunk] = f
+            sl = slice(lo, min(B, lo + chunk))
+            yc = y_m[sl].to(cdt)
+            b = yc.shape[0]
+            yb = torch.matmul(rx_w, yc.reshape(b, Mr, Ns * Ts)).reshape(b, d1, Ns, Ts).transpose(1, 2)  # [b, i, a, t]
+            for n in range(self.cfg.n_tx):
+                xc = x[sl, n].to(device=y_m.device, dtype=cdt)
+                s = torch.matmul(tx_w, xc.reshape(b, Nt, Ns * Ts)).reshape(b, Nb, Ns, Ts)  # a_t(c_b)^H x_n
+                if self.norm == "noise":
+                    # F ~ CN(0, xi^2 mean|s|^2) on noise only (unitary transforms): unit-variance noise bins.
+                    scale = _abs2(s).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, Nb]
+                    s = s / scale[..., None, None]
+                # conj(s[b, i, t]) e^{-j 2 pi t f_l dT}: [b, Ns, Ts, D3 * Nb]
+                se = (s.conj().permute(0, 2, 3, 1)[:, :, :, None, :] * fmat_t[:, :, None]).reshape(b, Ns, Ts, d3 * Nb)
+                z = torch.matmul(yb, se)  # sum over t: [b, Ns, D1, D3 * Nb]
+                f = torch.matmul(dmat, z.reshape(b, Ns, d1 * d3 * Nb))  # sum over i: [b, D2, D1 * D3 * Nb]
+                yield sl, n, f.reshape(b, d2, d1, d3, Nb)
+
+    def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The normalised complex map F [B, N, Nb, D1, D2, D3] (complex64, or complex128 for complex128 y)."""
+        cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
+        out = torch.empty(y_m.shape[0], self.cfg.n_tx, self.tx_beams, *self.spatial_shape, dtype=cdt,
+                          device=y_m.device)
+        for sl, n, f in self._maps(y_m, x):
+            out[sl, n] = f.permute(0, 4, 2, 1, 3)
+        if self.norm == "rms":
+            out = out / _abs2(out).mean((1, 2, 3, 4, 5), keepdim=True).sqrt().clamp_min(1e-30)
         return out
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        f = self.complex_map(y_m, x)
-        B, (d1, d2, d3) = f.shape[0], self.spatial_shape
-        if self.output == "magnitude":
-            v = _abs2(f).sqrt()
+        B, (d1, d2, d3) = y_m.shape[0], self.spatial_shape
+        if self.output == "complex":
+            f = self.complex_map(y_m, x)
+            if self.compress == "log":  # compress the magnitude, keep the phase
+                mag = f.abs()
+                f = f * (torch.log1p(mag) / mag.clamp_min(1e-30))
+            return torch.stack([f.real, f.imag], 3).reshape(B, -1, d1, d2, d3).float()
+        rdt = torch.float64 if y_m.dtype == torch.complex128 else torch.float32
+        pooled = self.beam_pool != "none"
+        out = torch.empty(B, self.cfg.n_tx, *(() if pooled else (self.tx_beams,)), d1, d2, d3, dtype=rdt,
+                          device=y_m.device)
+        energy = torch.zeros(B, dtype=rdt, device=y_m.device)  # sum of |F|^2 per sample (for norm="rms")
+        for sl, n, f in self._maps(y_m, x):
+            e = _abs2(f)  # [b, D2, D1, D3, Nb]
+            if self.norm == "rms":
+                energy[sl] += e.sum((1, 2, 3, 4))
             if self.beam_pool == "max":
-                v = v.amax(2)
+                out[sl, n] = e.amax(-1).sqrt().permute(0, 2, 1, 3)
             elif self.beam_pool == "rms":
-                v = v.pow(2).mean(2).sqrt()
-            if self.compress == "log":
-                v = torch.log1p(v)
-            return v.reshape(B, -1, d1, d2, d3).float()
-        if self.compress == "log":  # compress the magnitude, keep the phase
-            mag = f.abs()
-            f = f * (torch.log1p(mag) / mag.clamp_min(1e-30))
-        return torch.stack([f.real, f.imag], 3).reshape(B, -1, d1, d2, d3).float()
+                out[sl, n] = e.mean(-1).sqrt().permute(0, 2, 1, 3)
+            else:
+                out[sl, n] = e.sqrt().permute(0, 4, 2, 1, 3)
+        if self.norm == "rms":  # divide by the root-mean-square of the complex map (before pooling)
+            rms = (energy / (self.cfg.n_tx * self.tx_beams * d1 * d2 * d3)).sqrt().clamp_min(1e-30)
+            out = out / rms.reshape(B, *([1] * (out.dim() - 1)))
+        if self.compress == "log":
+            out = torch.log1p(out)
+        return out.reshape(B, -1, d1, d2, d3).float()
 
 
 # --------------------------------------------------------------------------------------------------- image
@@ -420,50 +569,69 @@ class ImageFrontEnd(FrontEnd):
         for name, mat in mats.items():
             self.register_buffer(name, mat, persistent=False)
 
-    @property
-    def needs_transmit_signals(self) -> bool:
-        return self.needs_x
-
     def extra_repr(self) -> str:
         return (f"ap_index={self.ap_index}, grid={self.spatial_shape}, norm={self.norm!r}, "
                 f"compress={self.compress!r}")
 
-    def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The normalised complex image [B, N, Gx, Gy, D3] (complex64, or complex128 for complex128 y)."""
+    def _pixel_cells(self) -> int:
+        """Complex cells of the largest per-pixel intermediate of one scene (sets the pixel chunk)."""
+        return self.cfg.n_subcarriers * self.cfg.n_symbols
+
+    def _products(self, y_m: torch.Tensor, x: torch.Tensor) -> Iterator[tuple[slice, slice, int, torch.Tensor]]:
+        """Yields (scenes, pixels, n, p) for chunks of scenes and pixels and each transmit AP n, p [b, Ts, g] the
+        delay-summed, data-removed product sum_{i'} e^{+j 2 pi i df (d_n(g) + d_m(g)) / c} / sqrt(Ns)
+        a_r(c_m(g))^H y_{i,m}[t] conj(a_t(c_n(g))^H x_{i,n}[t]) (noise-normalised if ``norm="noise"``). Computed
+        as r = a_r^H y (one matmul per chunk), then per n a matmul over the subcarriers of the delay-weighted r with
+        conj(x_n) [Ns, Nt] per symbol and the transmit beam last (an Nt-term sum per pixel and symbol): the
+        [g, Ns, Ts] transmit-beam signals are never formed."""
         _check_y(y_m, self._y_shape)
         _check_x(x, self._x_shape, y_m.shape[0], self.name)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
-        B, N, (gx, gy) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[:2]
-        G, Ns, Ts = gx * gy, self.cfg.n_subcarriers, self.cfg.n_symbols
-        rx_w, tx_w, dph = (m.to(device=y_m.device, dtype=cdt) for m in
-                           (self.rx_weights, self.tx_weights, self.delay_phase))
+        B, N, G = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[0] * self.spatial_shape[1]
+        like = torch.empty(0, dtype=cdt, device=y_m.device)
+        rx_w, tx_w, dph = (self._const(k, like) for k in ("rx_weights", "tx_weights", "delay_phase"))
         noise_std = math.sqrt(self.cfg.noise_watt)
-        chunk = max(1, self.chunk_cells // (2 * G * Ns * Ts))
-        out = torch.empty(B, N, G, *self._doppler_shape(), dtype=cdt, device=y_m.device)
+        budget, per_pixel = min(self.chunk_cells, FAST_CHUNK_CELLS), self._pixel_cells()
+        chunk = max(1, budget // (G * per_pixel))
         for lo in range(0, B, chunk):
-            yc = y_m[lo:lo + chunk].to(cdt)
-            b = yc.shape[0]
-            r = torch.matmul(rx_w, yc.reshape(b, -1, Ns * Ts)).reshape(b, G, Ns, Ts)  # a_r(c_m(g))^H y
-            for n in range(N):
-                xc = x[lo:lo + chunk, n].to(device=y_m.device, dtype=cdt)
-                s = torch.matmul(tx_w[n], xc.reshape(b, -1, Ns * Ts)).reshape(b, G, Ns, Ts)  # a_t(c_n(g))^H x_n
-                q = r * s.conj()
-                p = torch.matmul(dph[n][:, None, :], q).squeeze(-2)  # sum over i with the delay phase [b, G, Ts]
-                if self.norm == "noise":
-                    pw = _beam_power(tx_w[n], xc)  # [b, G] = mean_{i,t} |a_t(c_n(g))^H x_n|^2
-                    p = p / pw.sqrt().mul_(noise_std).clamp_min_(1e-30)[..., None]
-                out[lo:lo + chunk, n] = self._doppler_stage(p, n)
-        if self.norm == "rms":
-            out = out / _abs2(out).mean(tuple(range(1, out.dim())), keepdim=True).sqrt().clamp_min(1e-30)
-        return out.reshape(B, N, gx, gy, *out.shape[3:])
+            sl = slice(lo, min(B, lo + chunk))
+            xc = x[sl].to(device=y_m.device, dtype=cdt)
+            yt = y_m[sl].to(cdt).permute(0, 3, 1, 2).contiguous()  # [b, Ts, Mr, Ns]
+            xt = xc.conj().permute(0, 1, 4, 3, 2).contiguous()  # conj(x) [b, N, Ts, Ns, Nt]
+            b = yt.shape[0]
+            if self.norm == "noise":  # xi sqrt(mean_{i,t} |a_t(c_n(g))^H x_n|^2) [b, N, G]
+                scale = torch.stack([_beam_power(tx_w[n], xc[:, n]) for n in range(N)], 1)
+                scale = scale.sqrt_().mul_(noise_std).clamp_min_(1e-30)
+            step = max(1, budget // (b * per_pixel))
+            for g0 in range(0, G, step):
+                gs = slice(g0, min(G, g0 + step))
+                r = torch.matmul(rx_w[gs], yt)  # a_r(c_m(g))^H y: [b, Ts, g, Ns]
+                for n in range(N):
+                    u = torch.matmul(r * dph[n, gs], xt[:, n])  # [b, Ts, g, Nt]
+                    p = torch.linalg.vecdot(tx_w[n, gs], u)  # sum_k conj(conj(a_t(c_n(g))))_k u_k: [b, Ts, g]
+                    if self.norm == "noise":
+                        p = p / scale[:, n, None, gs]
+                    yield sl, gs, n, p
 
     def _doppler_shape(self) -> tuple[int, ...]:
         return (self.spatial_shape[2],)
 
-    def _doppler_stage(self, p: torch.Tensor, n: int) -> torch.Tensor:
-        """Sum over the symbols t of the delay-summed, data-removed product p [b, G, Ts] of transmit AP n with the
-        Doppler phases of the grid: [b, G, D3]."""
-        return torch.matmul(p, self.doppler_matrix.to(device=p.device, dtype=p.dtype).mT)
+    def _doppler_stage(self, p: torch.Tensor, n: int, gs: slice) -> torch.Tensor:
+        """Sum over the symbols t of p [b, Ts, g] (transmit AP n, pixels gs) with the Doppler phases of the grid:
+        [b, g, D3]."""
+        return torch.matmul(p.mT, self._const("doppler_matrix", p).mT)
+
+    def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The normalised complex image [B, N, Gx, Gy, *D] (complex64, or complex128 for complex128 y); D = (D3,)
+        here, (Vy, Vx) for the velocity image."""
+        cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
+        B, N, (gx, gy) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[:2]
+        out = torch.empty(B, N, gx * gy, *self._doppler_shape(), dtype=cdt, device=y_m.device)
+        for sl, gs, n, p in self._products(y_m, x):
+            out[sl, n, gs] = self._doppler_stage(p, n, gs)
+        if self.norm == "rms":
+            out = out / _abs2(out).mean(tuple(range(1, out.dim())), keepdim=True).sqrt().clamp_min(1e-30)
+        return out.reshape(B, N, gx, gy, *out.shape[3:])
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         v = _abs2(self.complex_map(y_m, x)).sqrt()
@@ -538,41 +706,68 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         self.register_buffer("velocity_x", vx, persistent=False)
         self.register_buffer("velocity_y", vy, persistent=False)
 
+        # The pixels' velocity phases [N, G, V, Ts] are kept when small (quick: 16 MB), else built per pixel chunk.
+        small = cfg.n_tx * u.shape[1] * (vx_n + vy_n) * cfg.n_symbols <= VELOCITY_PHASE_CELLS
+        with torch.device("cpu"):
+            phases = [self._phases(n, slice(None), torch.device("cpu")) for n in range(cfg.n_tx)] if small else None
+        self.register_buffer("velocity_phase_x", torch.stack([p[0] for p in phases]) if small else None,
+                             persistent=False)
+        self.register_buffer("velocity_phase_y", torch.stack([p[1] for p in phases]) if small else None,
+                             persistent=False)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", velocity_output={self.velocity_output!r}"
+
+    def _pixel_cells(self) -> int:
+        vx_n, vy_n = self.velocity_bins
+        return max(self.cfg.n_subcarriers * self.cfg.n_symbols, vy_n * max(self.cfg.n_symbols, vx_n))
 
     def _doppler_shape(self) -> tuple[int, ...]:
         return self.velocity_bins[::-1]  # (Vy, Vx)
 
-    def _doppler_stage(self, p: torch.Tensor, n: int) -> torch.Tensor:
-        """p [b, G, Ts] of transmit AP n -> sum_t p e^{-j 2 pi t f_n(g, v) dT} / sqrt(Ts) on the velocity grid,
-        [b, G, Vy, Vx]; the phase factorises as e^{j phi_t vx ux(g)} e^{j phi_t vy uy(g)}."""
-        b, G, Ts = p.shape
-        vy_n, vx_n = self._doppler_shape()
-        out = torch.empty(b, G, vy_n, vx_n, dtype=p.dtype, device=p.device)
+    def _phases(self, n: int, gs: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """e^{-j 2 pi t (vx ux(g)) fc dT / c} / sqrt(Ts) [g, Vx, Ts] and e^{-j 2 pi t (vy uy(g)) fc dT / c}
+        [g, Vy, Ts] of transmit AP n (u = e_n(g) + e_m(g)), complex128."""
         f64 = torch.float64
-        phi = self.phase_per_mps.to(device=p.device, dtype=f64)
-        u = self.bistatic_directions[n].to(device=p.device, dtype=f64)  # [G, 2]
-        vx, vy = self.velocity_x.to(device=p.device), self.velocity_y.to(device=p.device)
-        step = max(1, self.chunk_cells // max(1, b * vy_n * Ts))
-        one = torch.ones((), dtype=f64, device=p.device)
-        for lo in range(0, G, step):
-            ug = u[lo:lo + step]
-            ex = torch.polar(one, ug[:, 0, None, None] * vx[None, :, None] * phi).to(p.dtype) / math.sqrt(Ts)
-            ey = torch.polar(one, ug[:, 1, None, None] * vy[None, :, None] * phi).to(p.dtype)  # [g, Vy, Ts]
-            out[:, lo:lo + step] = torch.matmul(p[:, lo:lo + step, None, :] * ey, ex.mT)  # [b, g, Vy, Vx]
-        return out
+        phi = self.phase_per_mps.to(device=device, dtype=f64)
+        u = self.bistatic_directions[n, gs].to(device=device, dtype=f64)  # [g, 2]
+        vx, vy = self.velocity_x.to(device), self.velocity_y.to(device)
+        one = torch.ones((), dtype=f64, device=device)
+        ex = torch.polar(one, u[:, 0, None, None] * vx[None, :, None] * phi) / math.sqrt(phi.shape[0])
+        ey = torch.polar(one, u[:, 1, None, None] * vy[None, :, None] * phi)
+        return ex, ey
+
+    def _doppler_stage(self, p: torch.Tensor, n: int, gs: slice) -> torch.Tensor:
+        """p [b, Ts, g] of transmit AP n -> sum_t p e^{-j 2 pi t f_n(g, v) dT} / sqrt(Ts) on the velocity grid,
+        [b, g, Vy, Vx]; the phase factorises as e^{j phi_t vx ux(g)} e^{j phi_t vy uy(g)}: one matmul per pixel of
+        the ey-weighted products [b Vy, Ts] with ex [Ts, Vx]."""
+        if self.velocity_phase_x is not None:
+            ex, ey = self._const("velocity_phase_x", p)[n, gs], self._const("velocity_phase_y", p)[n, gs]
+        else:
+            ex, ey = (v.to(p.dtype) for v in self._phases(n, gs, p.device))
+        b, Ts, g = p.shape
+        vy_n, vx_n = self._doppler_shape()
+        pe = p.permute(2, 0, 1)[:, :, None, :] * ey[:, None]  # [g, b, Vy, Ts]
+        c = torch.matmul(pe.reshape(g, b * vy_n, Ts), ex.mT)  # [g, b Vy, Vx]
+        return c.reshape(g, b, vy_n, vx_n).transpose(0, 1)
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        c = self.complex_map(y_m, x)  # [B, N, Gx, Gy, Vy, Vx]
-        v = _abs2(c).mean(1).sqrt()  # [B, Gx, Gy, Vy, Vx]
-        if self.velocity_output == "marginals":
-            v = torch.stack([v.amax(3), v.amax(4)], 1)  # [B, 2, Gx, Gy, V]: v_x profile, v_y profile
+        rdt = torch.float64 if y_m.dtype == torch.complex128 else torch.float32
+        B, N, (gx, gy) = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[:2]
+        vy_n, vx_n = self._doppler_shape()
+        acc = torch.zeros(B, gx * gy, vy_n, vx_n, dtype=rdt, device=y_m.device)  # sum_n |map_n|^2
+        for sl, gs, n, p in self._products(y_m, x):
+            acc[sl, gs] += _abs2(self._doppler_stage(p, n, gs))
+        acc = acc / N
+        if self.velocity_output == "marginals":  # [B, 2, G, V]: v_x profile, v_y profile
+            v = torch.stack([acc.amax(2), acc.amax(3)], 1).sqrt()
         else:
-            v = v.permute(0, 3, 1, 2, 4)  # [B, Vy, Gx, Gy, Vx]
+            v = acc.permute(0, 2, 1, 3).sqrt()  # [B, Vy, G, Vx]
+        if self.norm == "rms":  # the complex map divided by its root-mean-square over (n, pixels, velocities)
+            v = v / acc.mean((1, 2, 3)).sqrt().clamp_min(1e-30).reshape(B, 1, 1, 1)
         if self.compress == "log":
             v = torch.log1p(v)
-        return v.float().contiguous()
+        return v.reshape(B, v.shape[1], gx, gy, -1).float().contiguous()
 
 
 # --------------------------------------------------------------------------------------------------- covariance
@@ -609,17 +804,13 @@ class CovarianceFrontEnd(FrontEnd):
         self.grid = {"cos_rx": cos_rx}
         self.register_buffer("rx_weights", rx, persistent=False)
 
-    @property
-    def needs_transmit_signals(self) -> bool:
-        return self.needs_x
-
     def extra_repr(self) -> str:
         return f"grid={self.spatial_shape}, block={self.block}, norm={self.norm!r}, compress={self.compress!r}"
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         _check_y(y_m, self._y_shape)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
-        rx_w = self.rx_weights.to(device=y_m.device, dtype=cdt)
+        rx_w = self._const("rx_weights", torch.empty(0, dtype=cdt, device=y_m.device))
         B, (d1, d2, d3), (bs, bt) = y_m.shape[0], self.spatial_shape, self.block
         chunk = max(1, self.chunk_cells // (d1 * self.cfg.n_subcarriers * self.cfg.n_symbols))
         rdt = torch.float64 if cdt == torch.complex128 else torch.float32
@@ -637,7 +828,6 @@ class CovarianceFrontEnd(FrontEnd):
         return out.float()
 
 
-# --------------------------------------------------------------------------------------------------- registry
 @register_front_end("matched")
 def _matched(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
              **options: Any) -> MatchedFrontEnd:
@@ -659,18 +849,3 @@ def _velocity_image(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | N
 def _covariance(cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
                 **options: Any) -> CovarianceFrontEnd:
     return CovarianceFrontEnd(cfg, norm=norm, **options)
-
-
-def create_front_end(name: str, cfg: SystemConfig, *, norm: str = "noise", ap_index: int | None = None,
-                     **options: Any) -> FrontEnd:
-    """Build the front end ``name`` ("raw", "matched", "image", "covariance", ...) for ``cfg``: the registry of
-    :func:`cfisac.models.front_end.make_front_end`, plus ``ap_index`` (the receive AP m), handed only to factories
-    that take it (``"image"`` needs it; ``"raw"`` does not know it). The object has ``name``, ``in_channels``,
-    ``spatial_shape``, ``output_shape`` ((C, D1, D2, D3) of one sample), ``needs_x`` and is called as ``fe(y_m, x)``.
-    """
-    return make_front_end(name, cfg, norm=norm, ap_index=ap_index, **options)
-
-
-def front_end_output_shape(name: str, cfg: SystemConfig, **options: Any) -> tuple[int, int, int, int]:
-    """(C, D1, D2, D3) of one sample of front end ``name`` for ``cfg`` (no data needed)."""
-    return create_front_end(name, cfg, **options).output_shape
