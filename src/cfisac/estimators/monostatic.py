@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as nnf
 
 from ..config import SPEED_OF_LIGHT, SystemConfig
 from ..physics import (
@@ -56,9 +55,11 @@ __all__ = ["MonostaticDetections", "MonostaticEstimator"]
 
 ZOOM_POINTS = 5  # candidates per axis and zoom iteration (as the reference)
 ZOOM_ITERS = 14  # halvings of the zoom window
+TWO_PI = 2.0 * math.pi
 SCALES = (1.0, 0.5, 0.25)  # zoom windows of the alternating refinement, in grid steps
 CONVERGED = 1e-5  # a polish round moving no parameter by more than this fraction of a cell stops the polish
 CUBE_BLOCK_CELLS = 2**23  # complex cells of the largest cube intermediate per angle block
+PEAK_ROWS = 128  # (angle, range) rows of the cube searched for local maxima before the full max filter
 CHUNK_BYTES = 2**31  # working memory aimed at per chunk of scenes (default_chunk_size)
 
 
@@ -74,24 +75,27 @@ class MonostaticDetections:
 
 @dataclass
 class _Data:
-    """One batch of P problems: echoes ``y`` [P, Mr, Ns, Ts], signals ``x`` [P, Nt, Ns, Ts] (complex) and the
-    transmit covariance ``rx`` = X X^H [P, Nt, Nt] (``||a_t^H x||^2 = a_t^H R_x a_t``)."""
+    """One batch of P problems: echoes ``y`` [P, Mr, Ns Ts], signals ``x`` [P, Nt, Ns Ts] and ``xc = conj(x)``
+    (complex), and the transmit covariance ``rx = X X^H`` [P, Nt, Nt] (``||a_t^H x||^2 = a_t^H R_x a_t``)."""
 
     y: torch.Tensor
     x: torch.Tensor
+    xc: torch.Tensor
     rx: torch.Tensor
 
     @classmethod
     def of(cls, y: torch.Tensor, x: torch.Tensor) -> _Data:
+        """From y [P, Mr, Ns, Ts] and x [P, Nt, Ns, Ts]."""
         xf = x.flatten(2)
-        return cls(y, x, xf @ xf.conj().transpose(1, 2))
+        xc = xf.conj().resolve_conj()
+        return cls(y.flatten(2), xf, xc, xf @ xc.transpose(1, 2))
 
     def take(self, idx: torch.Tensor) -> _Data:
-        return _Data(self.y[idx], self.x[idx], self.rx[idx])
+        return _Data(self.y[idx], self.x[idx], self.xc[idx], self.rx[idx])
 
     def repeat(self, c: int) -> _Data:
         """Every problem ``c`` times in a row (problem p*c + j is a copy of p)."""
-        return _Data(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.rx)))
+        return _Data(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.xc, self.rx)))
 
 
 class MonostaticEstimator(BatchedEstimator):
@@ -159,7 +163,7 @@ class MonostaticEstimator(BatchedEstimator):
         rows = torch.arange(b, device=y.device)
         for q in range(q_all):
             residual = data.y - k.fit(data, u, d, f) if q else data.y
-            cu, cd, cf, valid = k.peaks(residual, data.x, c)  # [b, C]
+            cu, cd, cf, valid = k.peaks(residual, data, c)  # [b, C]
             trial = data.repeat(c)
             old = [t.repeat_interleave(c, 0) for t in (u, d, f)]
             nu, nd, nf = k.refine(trial, cu.flatten(), cd.flatten(), cf.flatten(), *old)
@@ -199,30 +203,48 @@ class _Kernels:
     """The batched monostatic kernels of one estimator on one device: all methods take problems [P, ...]."""
 
     def __init__(self, est: MonostaticEstimator, device: torch.device) -> None:
-        cfg = est.cfg
+        cfg, dt = est.cfg, est.dtype
         self.est = est
-        self.grid = SensingGrid.from_config(cfg, device)
+        self.grid = g = SensingGrid.from_config(cfg, device)
         self.layout = ApLayout.from_config(cfg, device)
         self.mr, self.nt = cfg.n_rx_antennas, cfg.n_tx_antennas
         self.spacing = cfg.antenna_spacing
+        f64 = dict(dtype=torch.float64, device=device)
         lu = est.angle_oversample * cfg.n_rx_antennas
-        u = torch.fft.fftshift(torch.fft.fftfreq(lu, dtype=torch.float64, device=device)) / cfg.antenna_spacing
+        n_u = torch.fft.fftshift(torch.fft.fftfreq(lu, 1.0 / lu, **f64)).round()
+        u = n_u * (1.0 / lu) / cfg.antenna_spacing  # the reference's fftshift(fftfreq(lu)) / spacing
         self.u_grid = u[u.abs() <= 1.0]
-        g = self.grid
+        # Receive beams a_r^H(u) [U, Mr] and the transmit steering a_t(u_tx(u)) [U, Nt] of the angle grid.
+        self.grid_rx = steering_vectors(self.u_grid, self.mr, self.spacing, dt).conj().resolve_conj()
+        self.grid_tx = steering_vectors(self.u_tx(self.u_grid), self.nt, self.spacing, dt)
+        # Zero-padded DFT kernels of delay_doppler_spectrum: range bins d_k = k c / (L_f s_f df) (k = 0..K-1,
+        # d_k <= d_max) and fft-shifted Doppler bins f_j = n_j / (L_t s_t dT); phases from exact integer products.
         self.lf, self.lt = est.oversample * cfg.n_subcarriers, est.oversample * cfg.n_symbols
-        d = torch.arange(self.lf, dtype=torch.float64, device=device) * (
-            SPEED_OF_LIGHT / (self.lf * g.subcarrier_stride * g.df))
-        self.n_range = int(torch.searchsorted(d, torch.tensor(est.d_max, dtype=torch.float64, device=device),
-                                              right=True))
+        d = torch.arange(self.lf, **f64) * SPEED_OF_LIGHT / (self.lf * g.subcarrier_stride * g.df)
+        self.n_range = int(torch.searchsorted(d, torch.tensor(est.d_max, **f64), right=True))
         self.d_grid = d[:self.n_range]
-        f = torch.fft.fftfreq(self.lt, g.symbol_stride * g.dT, dtype=torch.float64, device=device)
-        self.f_grid = torch.fft.fftshift(f)
+        n_j = torch.fft.fftshift(torch.fft.fftfreq(self.lt, 1.0 / self.lt, **f64)).round().long()
+        self.f_grid = n_j.double() * (1.0 / (self.lt * (g.symbol_stride * g.dT)))
         self.n_doppler = self.lt
-        self.f_out = self.f_grid.abs() > est.f_max
+        i = torch.arange(cfg.n_subcarriers, device=device)
+        t = torch.arange(cfg.n_symbols, device=device)
+        k = torch.arange(self.n_range, device=device)
+        self.dft_range = _unit(TWO_PI / self.lf * ((i[:, None] * k) % self.lf).double(), dt)  # [Ns, K]
+        dft_doppler = _unit(-TWO_PI / self.lt * ((t[:, None] * n_j) % self.lt).double(), dt)  # [Ts, L]
+        self.dft_doppler = dft_doppler * (self.f_grid.abs() <= est.f_max)  # Dopplers beyond the prior zeroed
         self.h_u = 1.0 / (est.angle_oversample * self.mr * self.spacing)
         self.h_d = g.range_res / est.oversample
         self.h_f = g.doppler_res / est.oversample
-        self.offs = torch.linspace(-1.0, 1.0, ZOOM_POINTS, dtype=torch.float64, device=device)
+        self.offs = torch.linspace(-1.0, 1.0, ZOOM_POINTS, **f64)
+        # Zoom grids relative to the current point: exp(+j 2 pi i h o df / c) [scales, iters, G, Ns] and
+        # exp(-j 2 pi t h o dT) [scales, iters, Ts, G] for the halving half-widths h of every scale.
+        halve = 0.5 ** torch.arange(ZOOM_ITERS, **f64)
+        sc = torch.tensor(SCALES, **f64)
+        hd = (self.h_d * sc[:, None] * halve)[..., None] * self.offs  # [S, I, G]
+        hf = (self.h_f * sc[:, None] * halve)[..., None] * self.offs
+        self.zoom_hd, self.zoom_hf = hd, hf
+        self.zoom_d = delay_phase(g, hd).conj().to(dt)
+        self.zoom_f = doppler_phase(g, hf).conj().to(dt).transpose(-1, -2)
 
     # ------------------------------------------------------------------ geometry / signatures
     def u_tx(self, u: torch.Tensor) -> torch.Tensor:
@@ -230,151 +252,182 @@ class _Kernels:
         lay = self.layout
         return (aoa_direction(u, lay.rx_axes[0], lay.rx_side[0]) * lay.tx_axes[0]).sum(-1)
 
+    def beams(self, u: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Receive and transmit steering vectors a_r(u) [..., Mr] and a_t(u_tx(u)) [..., Nt] for cosines u [...]."""
+        return (steering_vectors(u, self.mr, self.spacing, dt),
+                steering_vectors(self.u_tx(u), self.nt, self.spacing, dt))
+
     def parts(self, data: _Data, u: torch.Tensor, d: torch.Tensor, f: torch.Tensor,
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Kronecker factors of the unit-amplitude signatures (Eq. 6, co-located arrays) of targets [P, K]:
-        ``a`` = a_r(u) [P, K, Mr] and ``s`` = path_phase(d, f) * a_t^H(u_tx) x [P, K, Ns, Ts]; the signature is
+        ``a`` = a_r(u) [P, K, Mr] and ``s`` = path_phase(d, f) * a_t^H(u_tx) x [P, K, Ns * Ts]; the signature is
         ``a[r] s[i, t]``."""
-        dt = data.y.dtype
-        a = steering_vectors(u, self.mr, self.spacing, dt)
-        at = steering_vectors(self.u_tx(u), self.nt, self.spacing, dt)
-        b = torch.einsum("pkl,plit->pkit", at.conj(), data.x)
-        return a, path_phase(self.grid, d, f).to(dt) * b
+        a, at = self.beams(u, data.y.dtype)
+        return a, path_phase(self.grid, d, f).to(data.y.dtype).flatten(2) * (at.conj() @ data.x)
 
     def _normal(self, data: _Data, a: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gram ``S^H S`` [P, K, K] and ``S^H y`` [P, K] of signatures with factors a [P, K, Mr], s [P, K, Ns, Ts]."""
-        sf = s.flatten(2)
-        gram = (a.conj() @ a.transpose(1, 2)) * (sf.conj() @ sf.transpose(1, 2))
-        ay = torch.einsum("pkr,prn->pkn", a.conj(), data.y.flatten(2))
-        return gram, (sf.conj() * ay).sum(-1)
+        """Gram ``S^H S`` [P, K, K] and ``S^H y`` [P, K] of signatures with factors a [P, K, Mr], s [P, K, Ns Ts]."""
+        sc = s.conj()
+        gram = (a.conj() @ a.transpose(1, 2)) * (sc @ s.transpose(1, 2))
+        return gram, (sc * (a.conj() @ data.y)).sum(-1)
 
     def fit(self, data: _Data, u: torch.Tensor, d: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """The joint least-squares fit of the targets' amplitudes: the fitted signal [P, Mr, Ns, Ts]."""
+        """The joint least-squares fit of the targets' amplitudes: the fitted signal [P, Mr, Ns Ts]."""
         a, s = self.parts(data, u, d, f)
         gram, rhs = self._normal(data, a, s)
         amps = (_pinv(gram) @ rhs[..., None])[..., 0]
-        return torch.einsum("pk,pkr,pkit->prit", amps, a, s)
+        return (a * amps[..., None]).transpose(1, 2) @ s
 
     def residual_norm(self, data: _Data, u: torch.Tensor, d: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """``||y - fit||`` [P] float64 of targets [P, K]."""
-        return torch.linalg.vector_norm((data.y - self.fit(data, u, d, f)).flatten(1), dim=1).double()
+        return torch.linalg.vector_norm(data.y - self.fit(data, u, d, f), dim=(1, 2)).double()
 
     # ------------------------------------------------------------------ detection
-    def peaks(self, r: torch.Tensor, x: torch.Tensor, top: int,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The ``top`` highest local maxima of the angle x range x Doppler cube of data r [P, Mr, Ns, Ts]:
-        their (u, d, f) [P, top] float64 and ``valid`` [P, top] (False where the cube has fewer maxima)."""
-        p, _, ns, ts = r.shape
-        u = self.u_grid
-        n_u = u.numel()
-        a = steering_vectors(u, self.mr, self.spacing, r.dtype)  # [U, Mr]
-        at = steering_vectors(self.u_tx(u), self.nt, self.spacing, r.dtype)  # [U, Nt]
-        real = torch.float64 if r.dtype == torch.complex128 else torch.float32
-        cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=real, device=r.device)
-        block = max(1, CUBE_BLOCK_CELLS // (p * self.lf * max(ts, self.n_doppler)))
-        rf, xf = r.flatten(2), x.flatten(2)
+    def cube(self, r: torch.Tensor, data: _Data) -> torch.Tensor:
+        """The angle x range x Doppler cube [P, U, K, L] (real) of data r [P, Mr, Ns Ts]: ``|S|^2 / ||b_u||^2`` with
+        ``S`` the zero-padded 2-D DFT (two matmuls) of ``(a_r^H(u) r) conj(b_u)``, in blocks of angles."""
+        p, ns, ts = r.shape[0], self.est.cfg.n_subcarriers, self.est.cfg.n_symbols
+        n_u = self.u_grid.numel()
+        energy = ((self.grid_tx.conj() @ data.rx) * self.grid_tx).sum(-1).real  # ||b_u||^2 = a_t^H R_x a_t [P, U]
+        scale = energy.clamp_min(1e-300).rsqrt().to(r.dtype)[..., None]
+        cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=energy.dtype, device=r.device)
+        block = max(1, CUBE_BLOCK_CELLS // (p * self.n_range * max(ts, self.n_doppler)))
         for lo in range(0, n_u, block):
             sl = slice(lo, lo + block)
-            beams = torch.einsum("ur,prn->pun", a[sl].conj(), rf)
-            b = torch.einsum("ul,pln->pun", at[sl].conj(), xf)
-            energy = (b.real**2 + b.imag**2).sum(-1).clamp_min(1e-300)
-            z = (beams * b.conj()).reshape(p, -1, ns, ts)
-            s = torch.fft.ifft(z, n=self.lf, dim=-2)[..., :self.n_range, :] * self.lf
-            s = torch.fft.fftshift(torch.fft.fft(s, n=self.lt, dim=-1), dim=-1)
-            cube[:, sl] = (s.real**2 + s.imag**2) / energy[..., None, None]
-        cube[..., self.f_out] = 0.0
-        if self.est.periodic:
-            pooled = nnf.max_pool3d(torch.cat([cube[:, -1:], cube, cube[:, :1]], 1)[:, None], 3, 1, (0, 1, 1))
-        else:
-            pooled = nnf.max_pool3d(cube[:, None], 3, 1, 1)
-        vals = torch.where(pooled[:, 0] == cube, cube, torch.full_like(cube, -math.inf)).flatten(1)
-        v, idx = vals.topk(min(top, vals.shape[1]), dim=1)
-        ia = idx // (self.n_range * self.n_doppler)
-        ik = (idx // self.n_doppler) % self.n_range
-        ij = idx % self.n_doppler
-        return u[ia], self.d_grid[ik], self.f_grid[ij], v > -math.inf
+            z = (self.grid_rx[sl] @ r) * (self.grid_tx[sl] @ data.xc) * scale[:, sl]  # [P, u, Ns Ts]
+            s = (z.view(p, -1, ns, ts).transpose(-1, -2) @ self.dft_range).transpose(-1, -2) @ self.dft_doppler
+            cube[:, sl] = s.real**2 + s.imag**2
+        return cube
+
+    def peaks(self, r: torch.Tensor, data: _Data, top: int,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``top`` highest local maxima (3 x 3 x 3 max filter, angle axis wrapping for a half-wavelength array)
+        of the cube of data r [P, Mr, Ns Ts]: their (u, d, f) [P, top] float64 and ``valid`` [P, top] (False where
+        the cube has fewer maxima).
+
+        Exact shortcut: only the :data:`PEAK_ROWS` (angle, range) rows with the highest maxima are searched; a
+        problem whose ``top``-th maximum found is not above every other row's maximum gets the full max filter."""
+        cube = self.cube(r, data)
+        p, n_u, n_k, n_l = cube.shape
+        flat = cube.view(p, -1)
+        rowmax = cube.amax(-1).view(p, -1)
+        n_rows = min(PEAK_ROWS, rowmax.shape[1])
+        rv, rows = rowmax.topk(min(n_rows + 1, rowmax.shape[1]), dim=1)
+        cells = (rows[:, :n_rows, None] * n_l + torch.arange(n_l, device=r.device)).view(p, -1)
+        vals = flat.gather(1, cells)
+        vals = torch.where(self._is_peak(flat, cells, vals, cube.shape[1:]), vals, -math.inf)
+        pv, pi = vals.topk(min(top, vals.shape[1]), dim=1)
+        idx = cells.gather(1, pi)
+        if n_rows < rowmax.shape[1]:
+            redo = (pv[:, -1] <= rv[:, n_rows]).nonzero()[:, 0]
+            if redo.numel():
+                full = torch.where(_local_max(cube[redo], self.est.periodic), cube[redo], -math.inf).view(
+                    redo.numel(), -1)
+                pv[redo], idx[redo] = full.topk(pv.shape[1], dim=1)
+        ia, ik, ij = idx // (n_k * n_l), (idx // n_l) % n_k, idx % n_l
+        return self.u_grid[ia], self.d_grid[ik], self.f_grid[ij], pv > -math.inf
+
+    def _is_peak(self, flat: torch.Tensor, cells: torch.Tensor, vals: torch.Tensor, shape: torch.Size,
+                 ) -> torch.Tensor:
+        """Whether the cube cells ``cells`` [P, C] (values ``vals``) are >= all 26 neighbours (as the reference's
+        ``maximum_filter(size=3) == cube``: 'wrap' on the angle axis if periodic, 'nearest' elsewhere)."""
+        n_u, n_k, n_l = shape
+        ia, ik, ij = cells // (n_k * n_l), (cells // n_l) % n_k, cells % n_l
+        ok = torch.ones_like(cells, dtype=torch.bool)
+        for da in (-1, 0, 1):
+            na = ia + da
+            va = torch.ones_like(ok) if self.est.periodic else (na >= 0) & (na < n_u)
+            na = na % n_u
+            for dk in (-1, 0, 1):
+                nk = ik + dk
+                vk = va & (nk >= 0) & (nk < n_k)
+                for dj in (-1, 0, 1):
+                    if da == dk == dj == 0:
+                        continue
+                    nj = ij + dj
+                    v = vk & (nj >= 0) & (nj < n_l)
+                    nb = flat.gather(1, (na * n_k + nk.clamp(0, n_k - 1)) * n_l + nj.clamp(0, n_l - 1))
+                    ok &= (nb <= vals) | ~v
+        return ok
 
     # ------------------------------------------------------------------ refinement
     def refine(self, data: _Data, u: torch.Tensor, d: torch.Tensor, f: torch.Tensor, ou: torch.Tensor,
                od: torch.Tensor, of: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continuous refinement of one target (u, d, f) [P] with the others (ou, od, of) [P, K] projected out:
-        range-Doppler then angle, alternately, at the window scales :data:`SCALES` (reference ``_refine``)."""
+        range-Doppler then angle, alternately, at the window scales :data:`SCALES` (reference ``_refine``).
+
+        With the others' signature factors ``oa`` [P, K, Mr], ``os`` [P, K, Ns Ts], their Gram ``G`` and ``w = G^-1
+        O^H y``, the objectives are the energy the target explains orthogonally to them (alternating projection)."""
         dt = data.y.dtype
-        others = ou.shape[1] > 0
-        if others:
-            oa, os_ = self.parts(data, ou, od, of)  # [P, K, Mr], [P, K, Ns, Ts]
+        proj = None
+        if ou.shape[1]:
+            oa, os_ = self.parts(data, ou, od, of)
             gram, o_r = self._normal(data, oa, os_)
             ginv = _pinv(gram)
-            w = (ginv @ o_r[..., None])[..., 0]  # [P, K]
-        for scale in SCALES:
-            a = steering_vectors(u, self.mr, self.spacing, dt)  # [P, Mr]
-            at = steering_vectors(self.u_tx(u), self.nt, self.spacing, dt)
-            b = torch.einsum("pl,plit->pit", at.conj(), data.x)
-            r = torch.einsum("pr,prit->pit", a.conj(), data.y)
-            bc = b.conj()
-            en = (b.real**2 + b.imag**2).sum((1, 2))
+            proj = (oa, os_, ginv, (ginv @ o_r[..., None])[..., 0])
+        xh = data.xc.transpose(1, 2)  # conj(x)^T [P, Ns Ts, Nt]
+        for s in range(len(SCALES)):
+            a, at = self.beams(u, dt)
+            bc = (at[:, None] @ data.xc)[:, 0]  # conj(b) = conj(a_t^H x) [P, Ns Ts]
+            r = (a.conj()[:, None] @ data.y)[:, 0]  # a_r^H y
             zo = None
-            if others:
-                zo = (a.conj()[:, None] @ oa.transpose(1, 2))[:, 0, :, None, None] * os_ * bc[:, None]
-            d, f = self._zoom_range_doppler(r * bc, zo, en, w if others else None, ginv if others else None,
-                                            d, f, self.h_d * scale, self.h_f * scale)
-            ph = path_phase(self.grid, d, f).conj().to(dt)  # [P, Ns, Ts]
-            m = torch.einsum("prn,pln->prl", (ph[:, None] * data.y).flatten(2), data.x.flatten(2).conj())
-            v = torch.einsum("pkn,pln->pkl", (ph[:, None] * os_).flatten(2), data.x.flatten(2).conj()) \
-                if others else None
-            u = self._zoom_angle(data, m, oa if others else None, v, w if others else None,
-                                 ginv if others else None, u, self.h_u * scale)
+            if proj is not None:  # the others in this receive beam, times conj(b)
+                zo = (proj[0] @ a.conj()[..., None]) * proj[1] * bc[:, None]
+            d, f = self._zoom_range_doppler(s, r * bc, zo, (bc.real**2 + bc.imag**2).sum(-1), proj, d, f)
+            xph = xh * path_phase(self.grid, d, f).conj().to(dt).flatten(1)[..., None]
+            v = None if proj is None else proj[1] @ xph  # [P, K, Nt]
+            u = self._zoom_angle(s, data, data.y @ xph, v, proj, u)
         return u, d, f
 
-    def _zoom_range_doppler(self, z: torch.Tensor, zo: torch.Tensor | None, en: torch.Tensor, w: torch.Tensor | None,
-                            ginv: torch.Tensor | None, d: torch.Tensor, f: torch.Tensor, hd: float, hf: float,
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """5 x 5 zoom maximisation of ``|s^H P r|^2 / s^H P s`` over (d, f) [P] (reference ``refine_delay_doppler``
-        with a fixed beam): ``z`` = r conj(b) [P, Ns, Ts], ``zo`` = o_k conj(b) [P, K, Ns, Ts] (beam-space other
-        signatures), ``en`` = ||b||^2 [P], ``w`` = G^-1 O^H y [P, K], ``ginv`` = G^-1 [P, K, K]."""
-        dt = z.dtype
-        g = ZOOM_POINTS
-        for _ in range(ZOOM_ITERS):
-            cd = d[:, None] + hd * self.offs  # [P, G]
-            cf = f[:, None] + hf * self.offs
-            ed = delay_phase(self.grid, cd).conj().to(dt)  # [P, G, Ns]
-            ef = doppler_phase(self.grid, cf).conj().to(dt).transpose(1, 2)  # [P, Ts, G]
-            num = ed @ (z @ ef)  # [P, G, G]
-            if zo is None:
-                den = en[:, None, None].expand(num.shape)
-            else:
-                c = ed[:, None] @ (zo @ ef[:, None])  # [P, K, G, G]
-                num = num - torch.einsum("pkab,pk->pab", c, w)
-                proj = torch.einsum("pkab,pkl,plab->pab", c, ginv, c.conj()).real
-                den = torch.maximum(en[:, None, None] - proj, 1e-12 * en[:, None, None])
+    def _zoom_range_doppler(self, s: int, z: torch.Tensor, zo: torch.Tensor | None, en: torch.Tensor,
+                            proj: tuple | None, d: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """5 x 5 zoom maximisation of ``|s^H P r|^2 / s^H P s`` over (d, f) [P] at scale index ``s`` (reference
+        ``refine_delay_doppler`` with a fixed beam): ``z`` = r conj(b) [P, Ns Ts], ``zo`` = o_k conj(b)
+        [P, K, Ns Ts] (beam-space other signatures), ``en`` = ||b||^2 [P]."""
+        p, dt, g = z.shape[0], z.dtype, ZOOM_POINTS
+        ns, ts = self.est.cfg.n_subcarriers, self.est.cfg.n_symbols
+        z = z.view(p, ns, ts)
+        if zo is not None:
+            zo = zo.view(p, -1, ns, ts)
+            _, _, ginv, w = proj
+        en = en[:, None, None]
+        for it in range(ZOOM_ITERS):
+            ed = delay_phase(self.grid, d).conj().to(dt)[:, None, :] * self.zoom_d[s, it]  # [P, G, Ns]
+            ef = doppler_phase(self.grid, f).conj().to(dt)[:, :, None] * self.zoom_f[s, it]  # [P, Ts, G]
+            num = ed @ (z @ ef)  # s^H r [P, G, G]
+            den = en
+            if zo is not None:
+                c = ed[:, None] @ (zo @ ef[:, None])  # s^H o_k [P, K, G, G]
+                num = num - (c * w[..., None, None]).sum(1)
+                quad = (torch.einsum("pkab,pkl->plab", c, ginv) * c.conj()).sum(1).real
+                den = torch.maximum(en - quad, 1e-12 * en)
             obj = (num.real**2 + num.imag**2) / den.clamp_min(1e-300)
-            flat = obj.flatten(1).argmax(1)
-            d = cd.gather(1, (flat // g)[:, None])[:, 0]
-            f = cf.gather(1, (flat % g)[:, None])[:, 0]
-            hd, hf = hd * 0.5, hf * 0.5
+            best = obj.view(p, -1).argmax(1)
+            d = d + self.zoom_hd[s, it, best // g]
+            f = f + self.zoom_hf[s, it, best % g]
         return d, f
 
-    def _zoom_angle(self, data: _Data, m: torch.Tensor, oa: torch.Tensor | None, v: torch.Tensor | None,
-                    w: torch.Tensor | None, ginv: torch.Tensor | None, u: torch.Tensor, h: float) -> torch.Tensor:
-        """5-point zoom maximisation over the AoA cosine u [P] of ``|n - c^T w|^2 / (||b||^2 - c^H G^-1 c)`` with
-        ``n = a_r^H M a_t`` (``M`` [P, Mr, Nt] the phase-compensated data x signal correlation), ``||b||^2 = a_t^H
-        R_x a_t`` and ``c_k = (a_r^H a_k)(a_t^T v_k)`` the other targets' terms (``oa`` [P, K, Mr], ``v``
-        [P, K, Nt]); wraps u into [-1, 1) for a half-wavelength array (reference ``zoom_maximize`` on ``obj_u``)."""
-        dt = m.dtype
+    def _zoom_angle(self, s: int, data: _Data, m: torch.Tensor, v: torch.Tensor | None, proj: tuple | None,
+                    u: torch.Tensor) -> torch.Tensor:
+        """5-point zoom maximisation over the AoA cosine u [P] at scale index ``s`` of ``|n - c^T w|^2 / (||b||^2 -
+        c^H G^-1 c)``, ``n = a_r^H M a_t`` (``M = sum_{i,t} conj(ph) y conj(x)^T`` [P, Mr, Nt] at the refined range
+        and Doppler), ``||b||^2 = a_t^H R_x a_t``, ``c_k = (a_r^H a_k)(a_t^T v_k)`` the other targets' terms (``v``
+        [P, K, Nt]); u wraps into [-1, 1) for a half-wavelength array (reference ``zoom_maximize`` of ``obj_u``)."""
         rows = torch.arange(u.numel(), device=u.device)
+        h = self.h_u * SCALES[s]
         for _ in range(ZOOM_ITERS):
             cand = u[:, None] + h * self.offs  # [P, G]
             if not self.est.periodic:
                 cand = cand.clamp(-1.0, 1.0)
-            ar = steering_vectors(cand, self.mr, self.spacing, dt)  # [P, G, Mr]
-            at = steering_vectors(self.u_tx(cand), self.nt, self.spacing, dt)  # [P, G, Nt]
-            num = ((ar.conj() @ m) * at).sum(-1)  # [P, G]
+            ar, at = self.beams(cand, m.dtype)  # [P, G, Mr], [P, G, Nt]
+            arc = ar.conj()
+            num = ((arc @ m) * at).sum(-1)
             en = ((at.conj() @ data.rx) * at).sum(-1).real
-            if oa is not None:
-                cs = (ar.conj() @ oa.transpose(1, 2)) * (at @ v.transpose(1, 2))  # [P, G, K]
+            if proj is not None:
+                oa, _, ginv, w = proj
+                cs = (arc @ oa.transpose(1, 2)) * (at @ v.transpose(1, 2))  # [P, G, K]
                 num = num - (cs @ w[..., None])[..., 0]
-                proj = ((cs @ ginv) * cs.conj()).sum(-1).real
-                en = torch.maximum(en - proj, 1e-12 * en)
+                en = torch.maximum(en - ((cs @ ginv) * cs.conj()).sum(-1).real, 1e-12 * en)
             obj = (num.real**2 + num.imag**2) / en.clamp_min(1e-300)
             u = cand[rows, obj.argmax(1)]
             h = h * 0.5
@@ -416,6 +469,28 @@ def _pinv(gram: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(gram, rtol=1e-15)
 
 
+def _unit(phase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``exp(j phase)`` in ``dtype``."""
+    return torch.polar(torch.ones_like(phase), phase).to(dtype)
+
+
+def _local_max(cube: torch.Tensor, periodic: bool) -> torch.Tensor:
+    """``maximum_filter(cube, size=3) == cube`` over the last three axes of [P, U, K, L] (separable max filter;
+    'wrap' on the angle axis when ``periodic``, 'nearest' elsewhere)."""
+    m = cube
+    for dim, wrap in ((3, False), (2, False), (1, periodic)):
+        n = m.shape[dim]
+        if n < 2:
+            continue
+        out = m.clone()
+        out.narrow(dim, 1, n - 1).copy_(torch.maximum(m.narrow(dim, 1, n - 1), m.narrow(dim, 0, n - 1)))
+        out.narrow(dim, 0, n - 1).copy_(torch.maximum(out.narrow(dim, 0, n - 1), m.narrow(dim, 1, n - 1)))
+        if wrap:
+            first, last = m.narrow(dim, 0, 1), m.narrow(dim, n - 1, 1)
+            out.narrow(dim, 0, 1).copy_(torch.maximum(out.narrow(dim, 0, 1), last))
+            out.narrow(dim, n - 1, 1).copy_(torch.maximum(out.narrow(dim, n - 1, 1), first))
+        m = out
+    return m == cube
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
     if checkpoint is not None:
         raise ValueError("the monostatic baseline has no checkpoint")
