@@ -303,10 +303,11 @@ def test_front_ends_build_inside_a_meta_device_context():
     assert fe.output_shape == (8, 4, 16, 8)
 
 
-def literal_pixel_paths(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor):
+def literal_pixel_paths(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor, noise: bool = False):
     """For every pixel (a, b) of ``fe.grid`` and transmit AP n, with the geometry computed by hand: yields
     (a, b, n, z, delay phase, u) with z [B, Ns, Ts] = a_r(c_m(g))^H y conj(a_t(c_n(g))^H x_n) (the data-removed
-    product), the delay phase e^{+j 2 pi i df (d_n + d_m) / c} [Ns, 1] and u = e_n(g) + e_m(g)."""
+    product; with ``noise`` divided by xi sqrt(mean_{i,t} |a_t(c_n(g))^H x_n|^2)), the delay phase
+    e^{+j 2 pi i df (d_n + d_m) / c} [Ns, 1] and u = e_n(g) + e_m(g)."""
     m = fe.ap_index
     i_idx, _ = sensing_indices(cfg)
     rp, ra = cfg.rx_positions[m], cfg.rx_axes[m]
@@ -321,7 +322,10 @@ def literal_pixel_paths(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x
                 en = ((px - tp[0]) / dn, (py - tp[1]) / dn)
                 s = torch.einsum("k,bkit->bit", steer(ta[0] * en[0] + ta[1] * en[1], cfg.n_tx_antennas).conj(), x[:, n])
                 ph = 2 * math.pi * i_idx[:, None] * cfg.subcarrier_spacing * (dn + dm) / C
-                yield a, b, n, ya * s.conj(), torch.polar(torch.ones_like(ph), ph), (en[0] + em[0], en[1] + em[1])
+                z = ya * s.conj()
+                if noise:
+                    z = z / (s.abs().pow(2).mean((1, 2)).sqrt() * math.sqrt(cfg.noise_watt))[:, None, None]
+                yield a, b, n, z, torch.polar(torch.ones_like(ph), ph), (en[0] + em[0], en[1] + em[1])
 
 
 def doppler_phase(cfg: SystemConfig, fd: float) -> torch.Tensor:
@@ -331,11 +335,12 @@ def doppler_phase(cfg: SystemConfig, fd: float) -> torch.Tensor:
     return torch.polar(torch.ones_like(ph), ph)
 
 
-def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """ImageFrontEnd's I_n[g, l] (norm='none') with the geometry of every pixel computed by hand."""
+def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torch.Tensor,
+                  noise: bool = False) -> torch.Tensor:
+    """ImageFrontEnd's I_n[g, l] (norm='none', or 'noise') with the geometry of every pixel computed by hand."""
     gx, gy, d3 = fe.spatial_shape
     out = torch.zeros(x.shape[0], cfg.n_tx, gx, gy, d3, dtype=torch.complex128)
-    for a, b, n, z, w_delay, _ in literal_pixel_paths(cfg, fe, y, x):
+    for a, b, n, z, w_delay, _ in literal_pixel_paths(cfg, fe, y, x, noise):
         for lv, v in enumerate(fe.grid["bistatic_velocity"].tolist()):
             w = w_delay * doppler_phase(cfg, v * cfg.carrier_frequency / C)
             out[:, n, a, b, lv] = (z * w).sum((1, 2)) / math.sqrt(cfg.n_subcarriers * cfg.n_symbols)
@@ -410,12 +415,12 @@ def test_image_needs_its_receive_ap():
 
 # ------------------------------------------------------------------------------------------- velocity image
 def literal_velocity_image(cfg: SystemConfig, fe: VelocityImageFrontEnd, y: torch.Tensor,
-                           x: torch.Tensor) -> torch.Tensor:
+                           x: torch.Tensor, noise: bool = False) -> torch.Tensor:
     """VelocityImageFrontEnd (norm='none') by hand: for every pixel, velocity (vx, vy) and transmit AP n the matched
     filter with the pixel's delay, angles and the bistatic Doppler v . (e_n + e_m) fc / c; root-mean over n."""
     gx, gy, vxn = fe.spatial_shape
     out = torch.zeros(x.shape[0], fe.in_channels, gx, gy, vxn, dtype=torch.float64)
-    for a, b, _, z, w_delay, u in literal_pixel_paths(cfg, fe, y, x):
+    for a, b, _, z, w_delay, u in literal_pixel_paths(cfg, fe, y, x, noise):
         for ky, vy in enumerate(fe.grid["velocity_y"].tolist()):
             for kx, vx in enumerate(fe.grid["velocity_x"].tolist()):
                 w = w_delay * doppler_phase(cfg, (vx * u[0] + vy * u[1]) * cfg.carrier_frequency / C)
@@ -500,3 +505,105 @@ def test_models_give_each_receive_ap_its_own_index():
     messages = model.encode(batch["y"], batch["x"])
     assert all(len(m) == 3 for m in messages)
     assert model.decode(messages, batch["x"]).shape == (3, 4 * CFG.n_targets)
+
+
+# ------------------------------------------------------------------------------------------- fast paths
+def noisy_tiny_scenes(B: int = 3, seed: int = 12):
+    """Simulated noisy echoes of the tiny preset (complex64, as the simulator gives them) and their x."""
+    scenes = cfisac.sample_scenes(CFG, B, seed)
+    x = cfisac.transmit_signals(CFG, scenes, seed)
+    return cfisac.sensing_echoes(CFG, scenes, x, seed=seed), x
+
+
+def close_to(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """complex64 / float32 computation against a complex128 reference: float32 rounding of the peak."""
+    torch.testing.assert_close(got, ref.to(got.dtype), rtol=2e-4, atol=2e-5 * float(ref.abs().max()))
+
+
+def test_complex64_matched_on_noisy_scenes_equals_literal_sums():
+    y, x = noisy_tiny_scenes()
+    y1, x64 = y[:, 1].to(torch.complex128), x.to(torch.complex128)
+    fe = MatchedFrontEnd(CFG, norm="none")
+    ref = literal_matched(CFG, fe, y1, x64)  # [B, N, Nb, D1, D2, D3] complex128
+    close_to(fe.complex_map(y[:, 1], x), ref)
+    # noise normalisation: channel (n, b) divided by xi sqrt(mean |a_t(c_b)^H x_n|^2)
+    beams = torch.stack([torch.einsum("k,bkit->bit", steer(float(c), CFG.n_tx_antennas).conj(), x64[:, n])
+                         for n in range(CFG.n_tx) for c in fe.grid["cos_tx"]], 1)
+    scale = beams.abs().pow(2).mean((2, 3)).sqrt().reshape(3, CFG.n_tx, fe.tx_beams) * math.sqrt(CFG.noise_watt)
+    noise_ref = ref.abs() / scale[..., None, None, None]
+    close_to(MatchedFrontEnd(CFG)(y[:, 1], x), noise_ref.reshape(3, -1, *fe.spatial_shape))
+    close_to(MatchedFrontEnd(CFG, beam_pool="max")(y[:, 1], x), noise_ref.amax(2))
+    rms = ref.abs() / ref.abs().pow(2).mean((1, 2, 3, 4, 5), keepdim=True).sqrt()
+    close_to(MatchedFrontEnd(CFG, norm="rms", beam_pool="rms", compress="log")(y[:, 1], x),
+             torch.log1p(rms.pow(2).mean(2).sqrt()))
+
+
+def test_complex64_image_and_velocity_image_on_noisy_scenes_equal_literal_back_projections():
+    y, x = noisy_tiny_scenes()
+    x64 = x.to(torch.complex128)
+    for m in range(CFG.n_rx):
+        ym = y[:, m]
+        fe = ImageFrontEnd(CFG, ap_index=m)  # default noise normalisation, 8 x 8 pixels
+        ref = literal_image(CFG, fe, ym.to(torch.complex128), x64, noise=True)
+        close_to(fe.complex_map(ym, x), ref)
+        close_to(fe(ym, x), ref.abs())
+        raw = literal_image(CFG, fe, ym.to(torch.complex128), x64).abs()  # rms: of the un-normalised map
+        rms = ImageFrontEnd(CFG, ap_index=m, norm="rms", compress="log")(ym, x)
+        close_to(rms, torch.log1p(raw / raw.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt()))
+    vfe = VelocityImageFrontEnd(CFG, ap_index=1, velocity_bins=(8, 8))
+    plane = literal_velocity_image(CFG, vfe, y[:, 1].to(torch.complex128), x64, noise=True)  # [B, Vy, Gx, Gy, Vx]
+    close_to(vfe(y[:, 1], x), plane)
+    marg = VelocityImageFrontEnd(CFG, ap_index=1, velocity_bins=(8, 8), velocity_output="marginals")(y[:, 1], x)
+    close_to(marg, torch.stack([plane.amax(1), plane.amax(4).permute(0, 2, 3, 1)], 1))
+    raw = literal_velocity_image(CFG, vfe, y[:, 1].to(torch.complex128), x64)
+    rms = VelocityImageFrontEnd(CFG, ap_index=1, velocity_bins=(8, 8), norm="rms")(y[:, 1], x)
+    close_to(rms, raw / raw.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt())
+
+
+def test_pixel_chunks_and_uncached_velocity_phases_give_the_same_maps(monkeypatch):
+    y, x = noisy_tiny_scenes(B=4, seed=13)
+    ym = y[:, 0]
+    img = ImageFrontEnd(CFG, ap_index=0)(ym, x)
+    torch.testing.assert_close(ImageFrontEnd(CFG, ap_index=0, chunk_cells=1)(ym, x), img)  # 1 scene x 1 pixel
+    vel = VelocityImageFrontEnd(CFG, ap_index=0)
+    assert vel.velocity_phase_x is not None  # small enough to keep
+    ref = vel(ym, x)
+    monkeypatch.setattr("cfisac.front_ends.VELOCITY_PHASE_CELLS", 0)
+    uncached = VelocityImageFrontEnd(CFG, ap_index=0, chunk_cells=300)
+    assert uncached.velocity_phase_x is None  # built per pixel chunk, as at the paper preset
+    torch.testing.assert_close(uncached(ym, x), ref)
+
+
+def test_cached_constants_follow_the_buffers():
+    y, x = noisy_tiny_scenes(B=2, seed=14)
+    fe = MatchedFrontEnd(CFG, norm="none")
+    a = fe(y[:, 0], x)
+    fe.rx_weights = fe.rx_weights * 2.0  # a new buffer tensor (as .to() makes): the cached cast must not be reused
+    torch.testing.assert_close(fe(y[:, 0], x), 2.0 * a)
+    assert fe(y[:, 0].to(torch.complex128), x).dtype == torch.float32  # complex128 path, own cast
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_front_ends_run_on_cuda_like_on_the_cpu():
+    y, x = noisy_tiny_scenes(B=2, seed=15)
+    for fe in (MatchedFrontEnd(CFG, beam_pool="max"), ImageFrontEnd(CFG, ap_index=1),
+               VelocityImageFrontEnd(CFG, ap_index=0, velocity_output="marginals"), CovarianceFrontEnd(CFG)):
+        cpu = fe(y[:, 0], x)
+        gpu = fe.to("cuda")(y[:, 0].cuda(), x.cuda())
+        assert gpu.device.type == "cuda"
+        close_to(gpu.cpu(), cpu.double())
+
+
+def test_front_ends_module_does_not_import_the_models_package():
+    """One import direction: cfisac.models.front_end re-exports the registry of cfisac.front_ends."""
+    import ast
+    import inspect
+
+    import cfisac.front_ends as fe_module
+    import cfisac.models.front_end as model_fe
+
+    tree = ast.parse(inspect.getsource(fe_module))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if "models" in m], imported
+    assert model_fe.FRONT_ENDS is fe_module.FRONT_ENDS and model_fe.make_front_end is fe_module.make_front_end
