@@ -107,7 +107,7 @@ def test_solver_matches_scipy_on_a_robust_bounded_linear_fit_with_an_active_boun
                         f_scale=ROBUST_SCALE, xtol=1e-14, ftol=1e-14, gtol=1e-14)
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
     lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
-    x, cost = robust_box_lsq(lambda v, a, b: ((a * v[:, None, :]).sum(-1) - b, a, None),
+    x, cost = robust_box_lsq(lambda v, a, b: ((a * v[..., None, :]).sum(-1) - b, a, None),
                              torch.zeros(1, 2, dtype=torch.float64), lo, hi, (at[None], bt[None]), robust=True)
     np.testing.assert_allclose(x[0].numpy(), ref.x, atol=1e-7)
     assert abs(float(x[0, 0]) - 1.0) < 1e-12  # on the bound

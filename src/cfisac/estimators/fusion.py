@@ -41,7 +41,8 @@ __all__ = ["BistaticMessages", "fuse_bistatic", "robust_box_lsq"]
 
 ROBUST_SCALE = 0.5  # Cauchy loss scale of the fusion, in resolution cells (as the reference)
 REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
-MAX_ITER = 60  # iteration cap of the solver (problems leave the batch once converged; see robust_box_lsq)
+MAX_ITER = 30  # iteration cap of the solver (problems leave the batch once converged; see robust_box_lsq)
+DAMPING_TRIALS = (1.0, 1e2, 1e4)  # Levenberg-Marquardt damping factors tried in parallel at every iteration
 EXHAUSTIVE_MAX_Q = 6  # association by exhaustive permutation search up to this many targets
 
 Residuals = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
@@ -68,6 +69,13 @@ def _cost(r: torch.Tensor, mask: torch.Tensor, robust: bool) -> torch.Tensor:
     return 0.5 * (mask * r**2).sum(-1)
 
 
+def _evaluate(fn: Residuals, x: torch.Tensor, data: tuple[torch.Tensor, ...],
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``fn`` at ``x`` [K, C, 2] with the Jacobian / second derivatives broadcast to [K, C, R, 2 or 3]."""
+    r, jac, curv = fn(x, *data)
+    return r, jac.expand(*r.shape, 2), None if curv is None else curv.expand(*r.shape, 3)
+
+
 def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
                    data: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None, *, robust: bool,
                    max_iter: int = MAX_ITER, tol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +83,10 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
 
     ``x0`` [*batch, 2] float64: the starts, inside the box ``lower <= x <= upper`` ([2] each). ``data``: tensors
     [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
-    ``fn(x [K, 2], *data [K, ...]) -> (r [K, R], J [K, R, 2], C [K, R, 3] or None)`` evaluates residuals,
-    Jacobian and second derivatives ``(d2r/dx0^2, d2r/dx0 dx1, d2r/dx1^2)`` (None: linear residuals) of K
-    problems. ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for dropped ones.
+    ``fn(x [K, C, 2], *data [K, 1, ...]) -> (r [K, C, R], J [K, C, R, 2], C [K, C, R, 3] or None)`` evaluates
+    residuals, Jacobian and second derivatives ``(d2r/dx0^2, d2r/dx0 dx1, d2r/dx1^2)`` (None: linear residuals;
+    J and C may be broadcastable) of K problems at C points each.
+    ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for dropped ones.
     ``rho`` is the Cauchy loss ``s^2 / 2 log(1 + (r/s)^2)`` of scale :data:`ROBUST_SCALE` (``robust``, scipy's
     ``loss="cauchy"``) or ``r^2 / 2``.
 
@@ -85,9 +94,11 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
     ``W = 1 / (1 + z)``, ``z = (r/s)^2``, and the Hessian of the cost
     ``H = J^T diag((1 - z) / (1 + z)^2) J + sum_r W r C_r`` (Newton steps) where it is positive definite, else
     the iteratively reweighted ``H = J^T W J`` (a descent direction). Coordinates at a bound whose gradient points
-    outwards are held fixed and the step is projected onto the box. A step is accepted when the cost does not
-    increase (then ``lam`` shrinks, else it grows). A problem stops when its proposed move is below ``tol``, the
-    decrease ``|grad . dx|`` it predicts is below the rounding of the cost, or ``lam`` saturates, and leaves the batch, so that the work follows the problems still running; at most
+    outwards are held fixed and the step is projected onto the box. The steps of the damping factors
+    ``lam * DAMPING_TRIALS`` are evaluated together; the lowest cost among those that do not increase it is taken
+    (then ``lam`` shrinks, else it grows past the largest trial). A problem stops when its least damped move is
+    below ``tol``, the decrease ``|grad . dx|`` it predicts is below the rounding of the cost, or ``lam``
+    saturates, and then leaves the batch, so that the work follows the problems still running; at most
     ``max_iter`` iterations. Returns (x [*batch, 2], cost [*batch]).
     """
     batch = x0.shape[:-1]
@@ -98,14 +109,16 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
         return t.expand(*batch, *tail).reshape(n, *tail)
 
     lo0, lo1, hi0, hi1 = lower[0], lower[1], upper[0], upper[1]
-    data = tuple(flat(t) for t in data)
+    data = tuple(flat(t)[:, None] for t in data)
     x = x0.reshape(n, 2).clone()
-    r, jac, curv = fn(x, *data)
+    r, jac, curv = _evaluate(fn, x[:, None], data)
+    r, jac, curv = r[:, 0], jac[:, 0], None if curv is None else curv[:, 0]
     m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r)
     cost = _cost(r, m, robust)
     out_x, out_cost = x.clone(), cost.clone()
     idx = torch.arange(n, device=x.device)
     lam = torch.full_like(cost, 1e-4)
+    factors = torch.tensor(DAMPING_TRIALS, dtype=x.dtype, device=x.device)
     for it in range(max_iter):
         j0, j1 = jac[..., 0], jac[..., 1]
         if robust:
@@ -131,27 +144,36 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
         free0 = ~(((xa <= lo0) & (g0 > 0)) | ((xa >= hi0) & (g0 < 0)))
         free1 = ~(((xb <= lo1) & (g1 > 0)) | ((xb >= hi1) & (g1 < 0)))
         zero = torch.zeros_like(h00)
-        eps = 1e-12 * (h00.abs() + h11.abs()) + 1e-300
-        a00 = torch.where(free0, h00 * (1.0 + lam) + eps, zero + 1.0)
-        a11 = torch.where(free1, h11 * (1.0 + lam) + eps, zero + 1.0)
-        a01 = torch.where(free0 & free1, h01, zero)
         g0, g1 = torch.where(free0, g0, zero), torch.where(free1, g1, zero)
+        # one step per damping trial lam * DAMPING_TRIALS, all evaluated in one call: [K, C]
+        lam_c = lam[:, None] * factors
+        eps = (1e-12 * (h00.abs() + h11.abs()) + 1e-300)[:, None]
+        one = torch.ones_like(lam_c)
+        a00 = torch.where(free0[:, None], h00[:, None] * (1.0 + lam_c) + eps, one)
+        a11 = torch.where(free1[:, None], h11[:, None] * (1.0 + lam_c) + eps, one)
+        a01 = torch.where((free0 & free1)[:, None], h01[:, None], zero[:, None])
         det = a00 * a11 - a01 * a01
-        step = torch.stack([a01 * g1 - a11 * g0, a01 * g0 - a00 * g1], -1) / det[..., None]
-        x_new = torch.clamp(x + step, lower, upper)
-        r_new, jac_new, curv_new = fn(x_new, *data)
-        cost_new = _cost(r_new, m, robust)
-        ok = cost_new <= cost
-        # done: the move is below tol, or the decrease it predicts is below the rounding of the cost
-        pred = (g0 * step[..., 0] + g1 * step[..., 1]).abs()
-        done = ((x_new - x).abs().amax(-1) < tol) | (lam >= 1e12) | (pred <= 1e-15 * cost)
-        x = torch.where(ok[..., None], x_new, x)
-        r = torch.where(ok[..., None], r_new, r)
-        jac = torch.where(ok[..., None, None], jac_new, jac)
+        gc0, gc1 = g0[:, None], g1[:, None]
+        step = torch.stack([a01 * gc1 - a11 * gc0, a01 * gc0 - a00 * gc1], -1) / det[..., None]  # [K, C, 2]
+        x_new = torch.clamp(x[:, None] + step, lower, upper)
+        r_new, jac_new, curv_new = _evaluate(fn, x_new, data)
+        cost_new = _cost(r_new, m[:, None], robust)
+        accept = cost_new <= cost[:, None]
+        pick = torch.where(accept, cost_new, torch.full_like(cost_new, torch.inf)).argmin(-1)  # lowest accepted
+        ok = accept.any(-1)
+        # done: the least damped move is below tol, or the decrease it predicts is below the rounding of the cost
+        pred = (g0 * step[:, 0, 0] + g1 * step[:, 0, 1]).abs()
+        done = ((x_new[:, 0] - x).abs().amax(-1) < tol) | (lam >= 1e12) | (pred <= 1e-15 * cost)
+        sel = pick[:, None]
+        x = torch.where(ok[:, None], x_new.gather(1, sel[..., None].expand(-1, 1, 2))[:, 0], x)
+        r = torch.where(ok[:, None], r_new.gather(1, sel[..., None].expand(-1, 1, r.shape[-1]))[:, 0], r)
+        jac = torch.where(ok[:, None, None],
+                          jac_new.gather(1, sel[..., None, None].expand(-1, 1, *jac.shape[1:]))[:, 0], jac)
         if curv is not None:
-            curv = torch.where(ok[..., None, None], curv_new, curv)
-        cost = torch.where(ok, cost_new, cost)
-        lam = torch.where(ok, (lam * 0.1).clamp_min(1e-12), (lam * 10.0).clamp_max(1e12))
+            curv = torch.where(ok[:, None, None],
+                               curv_new.gather(1, sel[..., None, None].expand(-1, 1, *curv.shape[1:]))[:, 0], curv)
+        cost = torch.where(ok, cost_new.gather(1, sel)[:, 0], cost)
+        lam = torch.where(ok, lam_c.gather(1, sel)[:, 0] * 0.1, lam * factors[-1] * 10.0).clamp(1e-12, 1e12)
         if it % 2 == 1 and bool(done.any()):  # retire the converged problems
             out_x[idx[done]], out_cost[idx[done]] = x[done], cost[done]
             keep = ~done
@@ -295,7 +317,7 @@ def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.
     hi = -lo
 
     def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        return (a * v[:, None, :]).sum(-1) - b, a, None
+        return (a * v[..., None, :]).sum(-1) - b, a, None
 
     x, cost = robust_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True)
     rows = torch.arange(x.shape[0], device=x.device)
