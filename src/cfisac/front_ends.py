@@ -68,13 +68,15 @@ known noise power xi^2 of the config):
 ``compress="log"`` optionally applies log1p to the (non-negative) magnitudes / energies, bounding the dynamic range
 of peaks across transmit powers; ``"none"`` (default) keeps the linear matched-filter magnitude.
 
-All computations are batched over scenes (no per-scene Python loop): matmuls over chunks of scenes -- and, for the
-pixel front ends, of pixels -- whose largest intermediate stays under ``chunk_cells`` complex cells (bounded
-memory; the chunk is also capped at a cache-sized ``FAST_CHUNK_CELLS``, which only changes the speed). complex64
+All computations are batched matmuls over chunks of scenes -- and, for the pixel front ends, of pixels -- whose
+largest intermediate stays under ``chunk_cells`` complex cells (bounded memory); on a CPU the chunk is further capped
+at the cache-sized ``FAST_CHUNK_CELLS``, which only changes the speed (at the quick preset: one scene per chunk for
+``"matched"``, whose per-scene matmuls are already large, 8 scenes x 32 pixels for the pixel front ends). complex64
 arithmetic (complex128 if y is complex128), float32 output, on the device of y. The constant matrices (beams, delay
 and Doppler phases, the pixels' velocity phases when small) are non-persistent complex128 buffers built once (they
 follow ``.to(device)`` and are not written to checkpoints); their casts to the working dtype / device are cached.
 """
+
 from __future__ import annotations
 
 import functools
@@ -309,6 +311,12 @@ def _abs2(v: torch.Tensor) -> torch.Tensor:
     return r.pow(2).sum(-1)
 
 
+def _working_cells(chunk_cells: int, device: torch.device) -> int:
+    """Complex cells of a chunk's largest intermediate: ``chunk_cells`` (the memory bound), on a CPU at most the
+    cache-sized ``FAST_CHUNK_CELLS`` (larger chunks only add cache misses there)."""
+    return min(chunk_cells, FAST_CHUNK_CELLS) if device.type == "cpu" else chunk_cells
+
+
 def _beam_power(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """mean_{i,t} |s[i, t]|^2 of every beam signal s = sum_k weights[..., k] x[:, k, i, t], as the quadratic form
     w^T R w^* with R = mean_{i,t} x x^H the sample covariance of x [b, Nt, Ns, Ts] (O(Nt^2 Ns Ts) once instead of
@@ -430,7 +438,7 @@ class MatchedFrontEnd(FrontEnd):
         fmat_t = self._const("doppler_matrix", like).mT  # [Ts, D3]
         noise_std = math.sqrt(self.cfg.noise_watt)
         cells = Nb * d1 * max(Ns, d2) * max(Ts, d3)  # of one scene and transmit AP
-        chunk = max(1, min(self.chunk_cells, FAST_CHUNK_CELLS) // cells)
+        chunk = max(1, _working_cells(self.chunk_cells, y_m.device) // cells)
         for lo in range(0, B, chunk):
             sl = slice(lo, min(B, lo + chunk))
             yc = y_m[sl].to(cdt)
@@ -591,8 +599,9 @@ class ImageFrontEnd(FrontEnd):
         like = torch.empty(0, dtype=cdt, device=y_m.device)
         rx_w, tx_w, dph = (self._const(k, like) for k in ("rx_weights", "tx_weights", "delay_phase"))
         noise_std = math.sqrt(self.cfg.noise_watt)
-        budget, per_pixel = min(self.chunk_cells, FAST_CHUNK_CELLS), self._pixel_cells()
-        chunk = max(1, budget // (G * per_pixel))
+        budget, per_pixel = _working_cells(self.chunk_cells, y_m.device), self._pixel_cells()
+        # scenes per chunk: as many as leave >= 32 pixels per pixel chunk (small matmuls are slow)
+        chunk = max(1, budget // (max(1, min(G, 32, budget // per_pixel)) * per_pixel))
         for lo in range(0, B, chunk):
             sl = slice(lo, min(B, lo + chunk))
             xc = x[sl].to(device=y_m.device, dtype=cdt)
