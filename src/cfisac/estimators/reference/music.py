@@ -433,7 +433,6 @@ class MusicEstimator:
         return (sigs @ amps).reshape(r.shape)
 
 
-@register("music")  # until the batched music of cfisac.estimators lands
 @register("music-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
     if checkpoint is not None:
@@ -441,7 +440,6 @@ def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> Musi
     return MusicEstimator(cfg, **options)
 
 
-@register("music-gated")  # until the batched music of cfisac.estimators lands
 @register("music-gated-reference")
 def _create_gated(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
     """MUSIC on the range-Doppler-gated covariance (``covariance="gated"``)."""
