@@ -110,10 +110,11 @@ class SearchMixin:
         ok = ((idn >= 0) & (idn < K)).all(-1)
         lt = self.oversample * cfg.n_symbols
         f = torch.fft.fftfreq(lt, cfg.symbol_stride * cfg.symbol_duration, dtype=F64, device=dev)
-        out = dict(u=u, pts=pts, iu=iu, idn=idn.clamp(0, K - 1),
-                   ok=ok, a_r=geo.steer(u, cfg.n_rx_antennas, C64),
-                   a_t=geo.steer(w_g, cfg.n_tx_antennas, C64),  # [M, G, N, Nt]
+        idn = idn.clamp(0, K - 1)
+        a_t = geo.steer(w_g, cfg.n_tx_antennas, C64)  # [M, G, N, Nt]
+        out = dict(u=u, pts=pts, iu=iu, idn=idn, ok=ok, a_r=geo.steer(u, cfg.n_rx_antennas, C64), a_t=a_t,
                    f=f, f_ok=(f.abs() <= geo.f_max), lf=torch.tensor(lf), lt=torch.tensor(lt), K=torch.tensor(K))
+        out["groups"] = [[_cell_groups(iu[m] * K + idn[m, :, n], a_t[m, :, n]) for n in range(N)] for m in range(M)]
         self._grid_cache[key] = out
         return out
 
@@ -129,7 +130,7 @@ class SearchMixin:
         Rx = xc @ xc.mH  # [B, N, Nt, Nt]
         at = grid["a_t"]  # [M, G, N, Nt]
         E = torch.einsum("mgnp,bnpq,mgnq->bmng", at.conj(), Rx, at).real.clamp_min(1e-30)
-        self._ctx = dict(x=x, xconj=xc.conj().resolve_conj().view(B, N, Nt, Ns, Ts), E=E)
+        self._ctx = dict(x=x, xconj_t=xc.conj().view(B, N, Nt, Ns, Ts).transpose(3, 4).contiguous(), E=E)
         return self._ctx
 
     def _candidates(self, r: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, x_idx: torch.Tensor,
@@ -167,25 +168,27 @@ class SearchMixin:
         a_rh = grid["a_r"].conj()  # [U, Mr] complex64
         for m in range(cfg.n_rx):  # each receive AP has its own grid geometry
             prob = (ap == m).nonzero().flatten()
-            iu, idn, at = grid["iu"][m], grid["idn"][m], grid["a_t"][m]  # [G], [G, N], [G, N, Nt]
-            beams = [((iu >= u0) & (iu < u0 + step_u)).nonzero().flatten() for u0 in range(0, U, step_u)]
             for l0 in range(0, prob.numel(), step_l):
                 pl = prob[l0:l0 + step_l]
                 nl = pl.numel()
-                zb = (a_rh @ r[pl].to(C64).reshape(nl, Mr, Ns * Ts)).view(nl, U, 1, Ns, Ts)
+                # receive beams, symbols last: [nl, U, Ts, Ns]
+                zb = (a_rh @ r[pl].to(C64).reshape(nl, Mr, Ns * Ts)).view(nl, U, Ns, Ts).transpose(2, 3)
                 for n in range(N):
-                    xn = ctx["xconj"][scene[pl], n][:, None]  # [nl, 1, Nt, Ns, Ts]
-                    z2 = torch.empty(nl, G, Ts, dtype=C64, device=dev)
-                    for j, u0 in enumerate(range(0, U, step_u)):
-                        sel = beams[j]
-                        if sel.numel() == 0:
+                    xn = ctx["xconj_t"][scene[pl], n][:, None]  # [nl, 1, Nt, Ts, Ns]
+                    grp = grid["groups"][m][n]
+                    z2 = torch.zeros(G + 1, nl * Ts, dtype=C64, device=dev)  # row G: padding sink
+                    for u0 in range(0, U, step_u):
+                        u1 = min(U, u0 + step_u)
+                        vs = ((grp["cell"] >= u0 * K) & (grp["cell"] < u1 * K)).nonzero().flatten()
+                        if vs.numel() == 0:
                             continue
-                        F1 = torch.fft.ifft(zb[:, u0:u0 + step_u] * xn, n=lf, dim=3)[:, :, :, :K] * lf
-                        # gather at the grid points of these beams: [nl, g, Nt, Ts], combined with a_t(g)
-                        g_sel = F1.transpose(2, 3)[:, iu[sel] - u0, idn[sel, n]]
-                        z2[:, sel] = (at[sel, n][None, :, None, :] @ g_sel)[:, :, 0]
-                        del F1, g_sel
-                    S = torch.fft.fft(z2, n=lt, dim=-1)
+                        F1 = torch.fft.ifft(zb[:, u0:u1, None] * xn, n=lf, dim=-1)[..., :K] * lf  # [nl,u,Nt,Ts,K]
+                        X = F1.permute(1, 4, 2, 0, 3).reshape((u1 - u0) * K, Nt, nl * Ts)  # per (beam, range bin)
+                        del F1
+                        # every group of grid points sharing a (beam, range bin) cell: a_t(g)^T times its block
+                        z2[grp["points"][vs]] = grp["a_t"][vs] @ X[grp["cell"][vs] - u0 * K]
+                        del X
+                    S = torch.fft.fft(z2[:G].view(G, nl, Ts).transpose(0, 1), n=lt, dim=-1)  # [nl, G, lt]
                     pw = torch.where(grid["f_ok"], (S.real**2 + S.imag**2) / ctx["E"][scene[pl], m, n][..., None], zero)
                     Tn[pl, n], Fi[pl, n] = pw.max(-1)
         ok = grid["ok"][ap]  # [L, G]
@@ -232,6 +235,28 @@ def _adaptive_grid(cfg: SystemConfig, h0: float, refinement: float, device: torc
                          for dx in (-q, q) for dy in (-q, q)])
         h /= 2
     return torch.cat(out)
+
+
+def _cell_groups(cell: torch.Tensor, a_t: torch.Tensor, size: int = 32) -> dict[str, torch.Tensor]:
+    """Grid points grouped by their (receive beam, range bin) cell ``cell`` [G] (long), at most ``size`` per
+    group: ``cell`` [V] of each group, ``points`` [V, size] (G where padded) and their AoD steering vectors
+    ``a_t`` [V, size, Nt] (zero where padded), so that one batched product serves every grid point."""
+    G = cell.numel()
+    order = torch.argsort(cell, stable=True)
+    cs = cell[order]
+    uniq, counts = torch.unique_consecutive(cs, return_counts=True)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(G, device=cell.device) - torch.repeat_interleave(start, counts)  # rank within its cell
+    n_groups = (counts + size - 1) // size
+    first_group = torch.cumsum(n_groups, 0) - n_groups
+    cell_id = torch.repeat_interleave(torch.arange(uniq.numel(), device=cell.device), counts)
+    group = first_group[cell_id] + rank // size  # [G] in sorted order
+    V = int(n_groups.sum())
+    points = torch.full((V, size), G, dtype=torch.long, device=cell.device)
+    points[group, rank % size] = order
+    at = torch.zeros(V, size, a_t.shape[-1], dtype=a_t.dtype, device=a_t.device)
+    at[group, rank % size] = a_t[order]
+    return dict(cell=torch.repeat_interleave(uniq, n_groups), points=points, a_t=at)
 
 
 def _peaks(T: torch.Tensor, pts: torch.Tensor, count: int, radius: float) -> torch.Tensor:
