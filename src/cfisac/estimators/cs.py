@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -100,6 +100,7 @@ class _Context:
     bins: tuple[int, int]  # delay bins [b0, b1) covering every (n, m) window
     d_bins: torch.Tensor  # [b1 - b0] bistatic ranges of those bins
     window: torch.Tensor  # [N, M, b1 - b0] bool, bin inside the feasible range window of (n, m)
+    cache: dict = field(default_factory=dict)  # derived constants (kernels of the correlation step)
 
 
 class CsEstimator(BatchedEstimator):
@@ -264,28 +265,56 @@ class CsEstimator(BatchedEstimator):
         """The OMP statistic of one transmit AP on the AoD x range-window grid: [R, La, Kw] float64.
 
         ``r`` [R, Mr, Ns, Ts], ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt]. Per symbol block:
-        ``g = conj(x_l) r_k`` [Nt, Mr, Ns], zero-padded inverse DFT over subcarriers (range bins), DFT over transmit
-        antennas (AoD bins), ``|.|^2`` summed over receive antennas and divided by ``||phi_t||^2 = a^H R_x,t a``.
+        ``g = conj(x_l) r_k`` [Nt, Mr, Ns]; the zero-padded range DFT restricted to the window bins (a product with
+        ``exp(+j 2 pi i k / Lf)`` [Ns, Kw], the reference's ``ifft(., Lf) * Lf``) gives ``c[l, k]``; the AoD DFT
+        ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
+        rho[lambda]`` with the transmit-antenna lag correlation ``rho[lambda] = sum_{l - l' = lambda} sum_k c[l, k]
+        conj(c[l', k])`` and ``W = exp(-j 2 pi lambda p / La) / Nt`` (the same numbers as the reference's zero-padded
+        FFT and ``|.|^2``, fewer operations); divided by ``||phi_t||^2 = a^H R_x,t a`` and summed over symbols.
         """
         R, mr, ns, ts = r.shape
         nt = x_n.shape[1]
-        b0, b1 = ctx.bins
+        dft, lag, w = self._correlation_kernels(ctx, ns, nt, r.dtype)
+        kw = dft.shape[1]
         energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
         inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
-        per = nt * mr * self.lf
+        per = nt * mr * max(ns, kw)
         tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
         rc = max(1, PICK_BLOCK // (per * tc))
-        out = torch.zeros((R, self.la, b1 - b0), dtype=torch.float64, device=r.device)
+        out = torch.zeros((R, self.la, kw), dtype=torch.float64, device=r.device)
         xc = x_n.conj().permute(0, 3, 1, 2)  # [R, Ts, Nt, Ns]
         rp = r.permute(0, 3, 1, 2)  # [R, Ts, Mr, Ns]
         for r0 in range(0, R, rc):
             for t0 in range(0, ts, tc):
                 g = xc[r0:r0 + rc, t0:t0 + tc, :, None] * rp[r0:r0 + rc, t0:t0 + tc, None]  # [r, T, Nt, Mr, Ns]
-                c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf
-                v = torch.fft.fft(c, n=self.la, dim=2) / math.sqrt(nt)  # [r, T, La, Mr, Kw]
-                pw = _abs2(v).sum(3).to(torch.float64)  # [r, T, La, Kw]
-                out[r0:r0 + rc] += torch.einsum("rtpg,rpt->rpg", pw, inv_e[r0:r0 + rc, :, t0:t0 + tc])
+                c = (g @ dft).permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
+                rcc = c @ c.conj().transpose(-1, -2)  # [r, T, Kw, Nt, Nt]
+                rho = torch.view_as_real(rcc.reshape(*rcc.shape[:3], nt * nt)).transpose(-1, -2) @ lag
+                pw = rho.reshape(*rho.shape[:3], -1) @ w  # [r, T, Kw, La] = sum_k |v|^2
+                out[r0:r0 + rc] += torch.einsum("rtgp,rpt->rpg", pw.to(torch.float64), inv_e[r0:r0 + rc, :, t0:t0 + tc])
         return out
+
+    def _correlation_kernels(self, ctx: _Context, ns: int, nt: int, dtype: torch.dtype,
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Constants of :meth:`_correlation`: range DFT [Ns, Kw] complex, lag sums [Nt^2, 2Nt - 1] and the AoD
+        kernel [2 (2Nt - 1), La] real (rows: real parts, then minus the imaginary parts' weights)."""
+        key = ("corr", dtype)
+        if key in ctx.cache:
+            return ctx.cache[key]
+        dev = ctx.u_tx.device
+        f64 = dict(dtype=torch.float64, device=dev)
+        b0, b1 = ctx.bins
+        i = torch.arange(ns, **f64)
+        dft = torch.polar(torch.ones(ns, b1 - b0, **f64),
+                          (2 * math.pi / self.lf) * i[:, None] * torch.arange(b0, b1, **f64)).to(dtype)
+        ll = torch.arange(nt, device=dev)
+        lam = (ll[:, None] - ll[None, :]).reshape(-1) + nt - 1  # lag l - l' of entry (l, l')
+        lag = torch.nn.functional.one_hot(lam, 2 * nt - 1).to(torch.float64 if dtype == torch.complex128
+                                                                else torch.float32)
+        ang = -2 * math.pi * torch.arange(-(nt - 1), nt, **f64)[:, None] * torch.arange(self.la, **f64) / self.la
+        w = torch.cat([torch.cos(ang), -torch.sin(ang)], 0) / nt  # Re(rho W) = rho_re W_re - rho_im W_im
+        ctx.cache[key] = (dft, lag, w.to(lag.dtype))
+        return ctx.cache[key]
 
     # ------------------------------------------------------------------ refinement
     def _atoms(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
