@@ -175,11 +175,11 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
         cost = torch.where(ok, cost_new.gather(1, sel)[:, 0], cost)
         lam = torch.where(ok, lam_c.gather(1, sel)[:, 0] * 0.1, lam * factors[-1] * 10.0).clamp(1e-12, 1e12)
         if it % 2 == 1 and bool(done.any()):  # retire the converged problems
-            out_x[idx[done]], out_cost[idx[done]] = x[done], cost[done]
-            keep = ~done
-            idx, x, r, jac, cost, lam, m = idx[keep], x[keep], r[keep], jac[keep], cost[keep], lam[keep], m[keep]
-            curv = None if curv is None else curv[keep]
-            data = tuple(t[keep] for t in data)
+            fin, run = torch.nonzero(done).flatten(), torch.nonzero(~done).flatten()
+            out_x[idx[fin]], out_cost[idx[fin]] = x[fin], cost[fin]
+            idx, x, r, jac, cost, lam, m = idx[run], x[run], r[run], jac[run], cost[run], lam[run], m[run]
+            curv = None if curv is None else curv[run]
+            data = tuple(t[run] for t in data)
             if idx.numel() == 0:
                 break
     out_x[idx], out_cost[idx] = x, cost
@@ -289,8 +289,20 @@ def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: tor
 
 
 def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least-squares solutions of ``a`` [..., R, 2] x = ``b`` [..., R]: [..., 2] (pseudo-inverse)."""
-    return (torch.linalg.pinv(a) @ b[..., None])[..., 0]
+    """Least-squares solutions of ``a`` [..., R, 2] x = ``b`` [..., R]: [..., 2].
+
+    The 2 x 2 normal equations in closed form; the minimum-norm pseudo-inverse solution where they are singular.
+    """
+    a0, a1 = a[..., 0], a[..., 1]
+    n00, n01, n11 = (a0 * a0).sum(-1), (a0 * a1).sum(-1), (a1 * a1).sum(-1)
+    c0, c1 = (a0 * b).sum(-1), (a1 * b).sum(-1)
+    det = n00 * n11 - n01 * n01
+    singular = det <= 1e-10 * (n00 + n11) ** 2
+    safe = torch.where(singular, torch.ones_like(det), det)
+    x = torch.stack([n11 * c0 - n01 * c1, n00 * c1 - n01 * c0], -1) / safe[..., None]
+    if bool(singular.any()):
+        x = torch.where(singular[..., None], (torch.linalg.pinv(a) @ b[..., None])[..., 0], x)
+    return x
 
 
 def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.Tensor, vmax: float) -> torch.Tensor:
