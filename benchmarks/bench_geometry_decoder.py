@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare", action="store_true")
     p.add_argument("--preset", default="quick")
     p.add_argument("--power-dbm", type=float, default=48.0)
-    p.add_argument("--n-train", type=int, default=8192)
+    p.add_argument("--n-train", type=int, default=16384)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--test-seed", type=int, default=1)

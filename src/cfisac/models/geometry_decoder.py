@@ -11,8 +11,8 @@ the fronthaul message are unchanged.
 Shapes (B batch, M receive APs, N transmit APs, Q targets, D code dimension, (d1, d2, d3) the latent grid, (G1, G2)
 = (d1, d2) 2^U the output map grid, U = ``map_upsample``):
 
-1. Per-AP map decoder (:class:`ApMapDecoder`): dequantized features [B, D, d1, d2, d3] float32 -> 1x1x1
-   convolution to C = ``map_channels`` channels, a residual block of ``map_res_layers`` 3D convolutions, the third
+1. Per-AP map decoder (:class:`ApMapDecoder`): dequantized features [B, D, d1, d2, d3] float32 -> a layer norm
+   (per sample, over channels and grid: the codewords' scale is arbitrary) and a 1x1x1 convolution to C = ``map_channels`` channels, a residual block of ``map_res_layers`` 3D convolutions, the third
    (Doppler / velocity) axis folded into channels and mixed by a 1x1 convolution -> [B, C, d1, d2], then U
    transposed convolutions (kernel 4, stride 2, padding 1) -> the per-AP map A_m [B, C, G1, G2].
 2. Fusion: ``"conv"`` concatenates the M maps [B, M C, G1, G2] and applies a 3x3 convolution and ``fusion_layers``
@@ -281,13 +281,16 @@ class ApMapDecoder(nn.Module):
     def __init__(self, in_channels: int, grid: tuple[int, int, int], opts: GeometryOptions, upsample: int) -> None:
         super().__init__()
         c = opts.map_channels
+        # per-sample normalisation of the dequantized features (their scale is whatever the codebook learned:
+        # ~1e-2 after k-means initialisation at quick); a layer norm over channels and grid, valid at batch 1
+        self.norm = nn.GroupNorm(1, in_channels)
         self.inp = nn.Conv3d(in_channels, c, 1)
         self.res = nn.ModuleList(nn.Conv3d(c, c, 3, padding=1) for _ in range(opts.map_res_layers))
         self.fold = nn.Conv2d(c * grid[2], c, 1)  # mixes the Doppler / velocity axis into the channels
         self.up = nn.ModuleList(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1) for _ in range(upsample))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.inp(f))
+        h = F.relu(self.inp(self.norm(f)))
         for conv in self.res:
             h = F.relu(h + conv(h))
         B, C, d1, d2, d3 = h.shape
