@@ -36,10 +36,7 @@ so this is Eq. (6) restricted to AP m without relaxation, identifiable for any N
 each path adds a Doppler) except where every detected path of the target is forward scatter (target on a
 transmit-receive baseline: delay, AoD, AoA and Doppler are constant along it); there the AP's position is
 unreliable and the CPU's mixture fusion (below) treats it as an outlier when another AP disagrees.
-The per-AP bistatic parameters the issue names (AoA, delay per transmit AP) follow from g. A relaxed form with a
-free delay per path and the AoD tied to the ray-ellipse intersection was tried first and abandoned: near a
-bistatic baseline the ray grazes the thin ellipse, the map (AoA, delay) -> point is ill-conditioned and the tied
-AoD sweeps the transmit pattern's nulls on a metre scale, leaving the likelihood full of spurious maxima.
+The per-AP bistatic parameters (AoA, delay per transmit AP) follow from g.
 
 Because theta_m is a smooth function ``h_m(psi)`` and the AP's model depends on psi only through it, the Fisher
 information of psi is ``sum_m H_m^T J_m H_m`` with ``J_m`` the per-AP FIM (gains eliminated): fusing with ``J_m``
@@ -73,10 +70,7 @@ Per-AP algorithm (batched over scenes, APs and candidates)
    search's resolution cells exceeds with probability ``false_alarm``); a further path of a detected slot only
    needs ``path_threshold`` (default ``log(Doppler cells / false_alarm)``: its delay, AoA and AoD follow from the
    target's position, only its Doppler is searched). Paths below leave the model and the rest is refined again.
-   With a single search-wide threshold, real paths at 10-13 dB were dropped and the re-refinement then rested on
-   fewer paths (a forward-scatter path alone does not fix the position): the main source of the distributed
-   variant's gross errors at quick Q = 2 (benchmarks/results/ml.md). Undetected paths are sent as NaN (no extra
-   bits).
+   Undetected paths are sent as NaN (no extra bits).
 
 Message (float32): per target ``g_x, g_y, f_{0..N-1}, Re/Im alpha_{0..N-1}``: ``32 (2 + 3N) Q`` bits per AP and
 update (256 Q for N = 2; the paper's fully distributed count is 96 Q). The CPU knows X, so it recomputes
