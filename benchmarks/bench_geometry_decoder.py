@@ -199,6 +199,51 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
             "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap, "test": final, "curve": curve, "Q": Q}
 
 
+def smoke_paper(args: argparse.Namespace) -> dict[str, Any]:
+    """One Algorithm 1 step of the D-VQVAE with the geometry decoder at the ``paper`` presets, batch 1, on this
+    machine: the ``image`` front end's output shape [M, 2, 64, 64, 256] filled with seeded noise (the front end is
+    a fixed transform, tested elsewhere; it is skipped here to keep the check short), then Algorithm 2 (messages ->
+    psi). Reports shapes, fronthaul bits, seconds and the peak resident memory."""
+    import resource
+
+    from cfisac.models import ModelConfig, build_model
+    from cfisac.models.geometry_decoder import GeometryCpuTrainer
+    from cfisac.train import ApTrainer, train_step
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_front_ends import CachedFrontEnd
+
+    cfg = cfisac.SystemConfig.preset("paper")
+    mcfg = ModelConfig.preset("paper", front_end="image", input_norm="noise", decoder="geometry",
+                              decoder_options=args.decoder_options or {})
+    model = build_model("dvqvae", cfg, mcfg, seed=0)
+    shape = model.aps[0].front_end.output_shape
+    for ap in model.aps:
+        ap.front_end = CachedFrontEnd()
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(1, cfg.n_rx, *shape, generator=gen)
+    dec = model.cpu_side.decoder
+    s = cfisac.sample_scenes(cfg, 1, 0)
+    target = dec.normalise(torch.cat([s.positions.reshape(1, -1), s.velocities.reshape(1, -1)], 1))
+    aps = [ApTrainer(ap, lr=1e-4) for ap in model.aps]
+    cpu = GeometryCpuTrainer(model.cpu_side, lr=1e-4)
+    t0 = time.time()
+    st = train_step(aps, cpu, feats, None, target)
+    step_s = time.time() - t0
+    model.sync_codebooks()
+    model.eval()
+    with torch.no_grad():
+        msgs = [ap.encode(feats[:, m]) for m, ap in enumerate(model.aps)]
+        psi = model.decode(msgs, None)
+    row = {"preset": "paper", "front_end_output_per_ap": list(shape), "payload": list(model.cpu_side.payload_shape),
+           "map_shape": list(dec.map_shape), "decoder_parameters": sum(p.numel() for p in dec.parameters()),
+           "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap, "loss": st["loss"], "psi_shape": list(psi.shape),
+           "finite": bool(torch.isfinite(psi).all()), "step_seconds": step_s,
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "load": os.getloadavg()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prepare", action="store_true")
@@ -224,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-scenes", type=int, default=200)
     p.add_argument("--save", type=Path, default=None, help="write the trained model's state dict here")
     p.add_argument("--results", type=Path, default=Path("runs/geodec/results.jsonl"))
+    p.add_argument("--smoke-paper", action="store_true", help="one step at the paper presets, batch 1")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.smoke_paper:
+        smoke_paper(args)
     if args.prepare:
         prepare(args, "test", args.test_seed, args.n_test)
         prepare(args, "train", args.train_seed, args.n_train)

@@ -12,8 +12,9 @@ Shapes (B batch, M receive APs, N transmit APs, Q targets, D code dimension, (d1
 = (d1, d2) 2^U the output map grid, U = ``map_upsample``):
 
 1. Per-AP map decoder (:class:`ApMapDecoder`): dequantized features [B, D, d1, d2, d3] float32 -> a layer norm
-   (per sample, over channels and grid: the codewords' scale is arbitrary) and a 1x1x1 convolution to C = ``map_channels`` channels, a residual block of ``map_res_layers`` 3D convolutions, the third
-   (Doppler / velocity) axis folded into channels and mixed by a 1x1 convolution -> [B, C, d1, d2], then U
+   (per sample, over channels and grid: the codewords' scale is arbitrary) and a 1x1x1 convolution to
+   C = ``map_channels`` channels, a residual block of ``map_res_layers`` 3D convolutions, the third (Doppler /
+   velocity) axis folded into channels and mixed by a 1x1 convolution -> [B, C, d1, d2], then U
    transposed convolutions (kernel 4, stride 2, padding 1) -> the per-AP map A_m [B, C, G1, G2].
 2. Fusion: ``"conv"`` concatenates the M maps [B, M C, G1, G2] and applies a 3x3 convolution and ``fusion_layers``
    residual 3x3 layers (a learned fusion that can also suppress one AP's side lobes with another's evidence);
@@ -77,6 +78,7 @@ class GeometryOptions:
     velocity_readout: str = "ls"
     velocity_weight: float = 1.0
     offset_weight: float = 1.0
+    velocity_support: int = 1  # the bistatic / velocity losses also at the pixels within this many of the true one
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeometryOptions:
@@ -96,7 +98,7 @@ class GeometryOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"decoder option {name} must be a positive integer, got {v!r}")
-        for name in ("map_res_layers", "fusion_layers"):
+        for name in ("map_res_layers", "fusion_layers", "velocity_support"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"decoder option {name} must be a non-negative integer, got {v!r}")
@@ -233,7 +235,8 @@ def geometry_loss(decoder: GeometryDecoder, maps: dict[str, torch.Tensor], posit
                   velocities: torch.Tensor) -> dict[str, torch.Tensor]:
     """The training loss of the geometry decoder for maps of :meth:`GeometryDecoder.maps` and the true positions /
     velocities [B, Q, 2] (m, m/s; any target order): ``heat`` (focal), ``offset`` (L1, pixels), ``bistatic`` (L1 of
-    b at the true pixels / max_speed), ``velocity`` (L1 of the readout velocity at the true positions / max_speed)
+    b / max_speed at the true pixels and their neighbours within ``velocity_support``), ``velocity`` (L1 / max_speed
+    of the readout velocity at the true positions, read at the same pixels)
     and ``loss`` = heat + offset_weight offset + velocity_weight (bistatic + velocity)."""
     o = decoder.options
     xs, ys = decoder.pixel_x, decoder.pixel_y
@@ -251,10 +254,18 @@ def geometry_loss(decoder: GeometryDecoder, maps: dict[str, torch.Tensor], posit
     vmax = decoder.max_speed
     u = bistatic_directions(pos, decoder.tx_positions, decoder.rx_positions)  # [B, Q, P, 2]
     b_true = (u * vel[..., None, :]).sum(-1)
-    b = _gather_maps(maps["bistatic"], flat).to(xs.dtype)
-    l_bi = (b - b_true).abs().mean() / vmax
-    v_hat = decoder.velocity_at(maps, flat, pos)
-    l_vel = (v_hat - vel).abs().mean() / vmax
+    # the velocity losses at the true pixel and its neighbours within velocity_support (clamped to the grid): the
+    # bistatic velocities vary slowly over a few pixels, and a peak read one pixel off still gets a good velocity
+    r = o.velocity_support
+    l_bi, l_vel, n = 0.0, 0.0, 0
+    for di in range(-r, r + 1):
+        for dj in range(-r, r + 1):
+            f = (i + di).clamp(0, len(xs) - 1) * len(ys) + (j + dj).clamp(0, len(ys) - 1)
+            b = _gather_maps(maps["bistatic"], f).to(xs.dtype)
+            l_bi = l_bi + (b - b_true).abs().mean() / vmax
+            l_vel = l_vel + (decoder.velocity_at(maps, f, pos) - vel).abs().mean() / vmax
+            n += 1
+    l_bi, l_vel = l_bi / n, l_vel / n
     loss = l_heat + o.offset_weight * l_off + o.velocity_weight * (l_bi + l_vel)
     return {"loss": loss, "heat": l_heat, "offset": l_off, "bistatic": l_bi, "velocity": l_vel}
 
