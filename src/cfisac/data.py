@@ -6,8 +6,10 @@ parallelise it; ``__getitems__`` simulates a whole batch at once). :func:`write_
 written to a temporary file and renamed atomically, with the config stored inside and a SHA-256 per chunk of rows
 and array, so that a truncated or corrupted file raises a clear error (:func:`open_hdf5`) instead of being read.
 A further SHA-256 covers the attributes (config, seed, start, n, chunk, format version) and the ``indices``: an
-edited attribute is refused like edited data. The temporary file of a killed writer (``.NAME.h5.tmp-PID``) is removed
-by the next :func:`write_hdf5` to the same path (:func:`remove_stale_temporaries`).
+edited attribute is refused like edited data; every such error names the file and says to delete and re-create it.
+A killed :func:`write_hdf5` resumes: the next call with the same arguments reuses the chunks already simulated. The
+temporary file of a killed writer (``.NAME.h5.tmp-PID``) is removed by the next :func:`write_hdf5` to the same path
+(:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -139,17 +141,73 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def _parts_meta(cfg: SystemConfig, n: int, seed: int, chunk: int, start: int) -> dict[str, Any]:
+    return {"config": cfg.to_json(), "seed": seed, "start": start, "n": n, "chunk": chunk,
+            "format_version": FORMAT_VERSION}
+
+
+def _claim_parts(parts: Path, meta: dict[str, Any], path: Path) -> int:
+    """Prepare the directory of finished chunks ``parts`` for this writer: keep it when a killed writer of the same
+    dataset left it (``meta.json`` equal to ``meta``), else start it afresh; refuse when a live process writes it.
+    Returns the number of chunk files found."""
+    owner = parts / "writer.pid"
+    try:
+        pid = int(owner.read_text().strip())
+    except (OSError, ValueError):
+        pid = -1
+    if pid != os.getpid() and _pid_alive(pid):
+        raise ValueError(f"cannot write the dataset to {path}: process {pid} is writing it now ({parts}); "
+                         "wait for it or end it")
+    try:
+        same = json.loads((parts / "meta.json").read_text()) == meta
+    except (OSError, ValueError):
+        same = False
+    if parts.exists() and not same:
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp_owner = parts / f".writer.pid.tmp-{os.getpid()}"
+    tmp_owner.write_text(str(os.getpid()))
+    os.replace(tmp_owner, owner)
+    if not same:
+        tmp_meta = parts / f".meta.json.tmp-{os.getpid()}"
+        tmp_meta.write_text(json.dumps(meta, sort_keys=True))
+        os.replace(tmp_meta, parts / "meta.json")
+    remove_stale_temporaries(parts, r"\..*\.tmp-(?P<pid>\d+)")
+    return len(list(parts.glob("c*.npz")))
+
+
+def _read_part(part: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a finished chunk file when it is intact (its SHA-256s match), else None (simulated again)."""
+    try:
+        with np.load(part) as z:
+            arrays = {k: z[k] for k in ARRAYS}
+            digests = [d.decode() for d in z["sha256"]]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if [_digest(arrays[k]) for k in ARRAYS] != digests:
+        return None
+    return arrays
+
+
 def write_hdf5(
     path: str | Path, cfg: SystemConfig, n: int, seed: int, *, chunk: int = 64, start: int = 0,
-    progress: Callable[[int], Any] | None = None,
+    progress: Callable[[int], Any] | None = None, log: Callable[[str], Any] | None = None,
 ) -> Path:
-    """Simulate samples ``start .. start+n-1`` and write them to ``path`` atomically.
+    """Simulate samples ``start .. start+n-1`` and write them to ``path`` atomically; resumable.
 
     Layout: datasets ``y``, ``x`` (complex64), ``labels`` (float32), ``indices`` (int64); attributes ``config``
     (JSON), ``seed``, ``start``, ``n``, ``chunk``, ``format_version``; dataset ``sha256`` [n_chunks, 3] with the
     digest of each chunk of rows of y, x and labels; attribute ``meta_sha256``, the digest of the other attributes
     and of ``indices``. ``progress(k)`` is called with the rows written so far. An existing directory at ``path`` or
     a folder that cannot be written is a ``ValueError`` before anything is simulated.
+
+    Resuming: each simulated chunk is first stored (atomically, with its SHA-256s) in ``.NAME.h5.parts/``; the
+    HDF5 file is assembled from them at the end, renamed into place, and the directory removed. A writer killed at
+    any moment leaves the finished chunks there, and the next call with the same arguments simulates only the
+    missing ones (``log`` is told how many were found); the result has the same contents as an uninterrupted
+    run, since sample d is a pure function of ``(cfg, seed, d)``. Other arguments start the directory afresh. Disk
+    use peaks at about twice the file's size. A full disk or an unwritable folder is a one-line ``ValueError``; the
+    previous file at ``path`` (if any) is untouched until the new one is complete.
     """
     if n <= 0 or chunk <= 0:
         raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
@@ -159,44 +217,70 @@ def write_hdf5(
     if path.is_dir():
         raise ValueError(f"cannot write the dataset to {path}: it is an existing directory")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    parts = path.with_name(f".{path.name}.parts")
+    meta = _parts_meta(cfg, n, seed, chunk, start)
+
+    def failed(err: OSError) -> ValueError:
+        kept = f"; the finished chunks are kept in {parts}: free space and rerun to resume" if parts.is_dir() else ""
+        return ValueError(f"cannot write the dataset to {path}: {getattr(err, 'strerror', None) or err}{kept}")
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, re.escape(f".{path.name}.tmp-") + r"(?P<pid>\d+)")
         h5py.File(tmp, "w").close()  # fail now, not after simulating everything
+        tmp.unlink()
+        found = _claim_parts(parts, meta, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"cannot write the dataset to {path}: {getattr(err, 'strerror', None) or err}") from None
+        raise failed(err) from None
     shapes = {
         "y": (cfg.n_rx, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols),
         "x": (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols),
         "labels": (4 * cfg.n_targets,),
     }
     dtypes = {"y": np.complex64, "x": np.complex64, "labels": np.float32}
+    bounds = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+    if log is not None and found:
+        log(f"resuming {path}: {found} of {len(bounds)} chunk files were left by a killed run in {parts}")
     try:
-        with h5py.File(tmp, "w") as f:
+        for c, (lo, hi) in enumerate(bounds):  # 1: every chunk into its part file (kept when a part is intact)
+            part = parts / f"c{c:06d}.npz"
+            if not (part.is_file() and _read_part(part) is not None):
+                batch = simulate_batch(cfg, seed, range(start + lo, start + hi))
+                arrays = {k: batch[k].numpy() for k in ARRAYS}
+                part_tmp = parts / f".{part.name}.tmp-{os.getpid()}"
+                with open(part_tmp, "wb") as fh:
+                    np.savez(fh, **arrays, sha256=np.array([_digest(arrays[k]) for k in ARRAYS], dtype="S64"))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(part_tmp, part)
+            if progress is not None:
+                progress(hi)
+        with h5py.File(tmp, "w") as f:  # 2: assemble the file from the (verified) parts
             ds = {k: f.create_dataset(k, (n, *shapes[k]), dtype=dtypes[k], chunks=(min(chunk, n), *shapes[k]))
                   for k in ARRAYS}
             indices = np.arange(start, start + n, dtype=np.int64)
             f.create_dataset("indices", data=indices)
             digests = []
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                batch = simulate_batch(cfg, seed, range(start + lo, start + hi))
-                row = []
+            for c, (lo, hi) in enumerate(bounds):
+                arrays = _read_part(parts / f"c{c:06d}.npz")
+                if arrays is None:
+                    raise ValueError(f"chunk file {parts / f'c{c:06d}.npz'} changed while {path} was written; rerun")
                 for k in ARRAYS:
-                    a = batch[k].numpy()
-                    ds[k][lo:hi] = a
-                    row.append(_digest(a))
-                digests.append(row)
-                if progress is not None:
-                    progress(hi)
+                    ds[k][lo:hi] = arrays[k]
+                digests.append([_digest(arrays[k]) for k in ARRAYS])
             f.create_dataset("sha256", data=np.array(digests, dtype="S64"))
-            meta = dict(config=cfg.to_json(), seed=seed, start=start, n=n, chunk=chunk, format_version=FORMAT_VERSION)
             f.attrs.update(meta, meta_sha256=_meta_digest(meta, indices))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise failed(err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    shutil.rmtree(parts, ignore_errors=True)
     return path
 
 
@@ -229,6 +313,9 @@ class CachedDataset(torch.utils.data.Dataset):
         return [{k: v[int(j)] for k, v in arrays.items()} for j in inverse]
 
 
+REMEDY = "delete it and re-create it with `cfisac simulate`"
+
+
 def open_hdf5(path: str | Path, *, verify: bool = True) -> CachedDataset:
     """Open a cache written by :func:`write_hdf5`, checking its format and (with ``verify``) every checksum.
 
@@ -240,29 +327,30 @@ def open_hdf5(path: str | Path, *, verify: bool = True) -> CachedDataset:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"dataset file {path} is not a readable HDF5 file (truncated or corrupted?): {err}") from err
+        raise ValueError(f"dataset file {path} is not a readable HDF5 file (truncated or corrupted?): {err}; "
+                         f"{REMEDY}") from err
     with f:
         missing = [k for k in (*ARRAYS, "indices", "sha256") if k not in f]
         if missing or "config" not in f.attrs:
-            raise ValueError(f"dataset file {path} is not a cfisac cache (missing {missing or ['config']})")
+            raise ValueError(f"dataset file {path} is not a cfisac cache (missing {missing or ['config']}); {REMEDY}")
         if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
             raise ValueError(f"dataset file {path} has format version {f.attrs.get('format_version')}, "
-                             f"expected {FORMAT_VERSION} (re-create it with `cfisac simulate`)")
+                             f"expected {FORMAT_VERSION} ({REMEDY})")
         absent = [k for k in (*META_ATTRS, "meta_sha256") if k not in f.attrs]
         if absent:
-            raise ValueError(f"dataset file {path} lacks the attributes {absent} (not a cfisac cache?)")
+            raise ValueError(f"dataset file {path} lacks the attributes {absent} (not a cfisac cache?); {REMEDY}")
         try:
             meta_ok = _meta_digest(f.attrs, f["indices"][()]) == str(f.attrs["meta_sha256"])
         except (TypeError, ValueError, OSError) as err:
-            raise ValueError(f"dataset file {path} has unreadable attributes or indices: {err}") from err
+            raise ValueError(f"dataset file {path} has unreadable attributes or indices: {err}; {REMEDY}") from err
         if not meta_ok:
             raise ValueError(f"dataset file {path} is corrupted: checksum mismatch in its attributes "
-                             f"({', '.join(META_ATTRS)}) or 'indices'")
+                             f"({', '.join(META_ATTRS)}) or 'indices'; {REMEDY}")
         cfg = SystemConfig.from_dict(json.loads(f.attrs["config"]))
         n, chunk = int(f.attrs["n"]), int(f.attrs["chunk"])
         bad = [k for k in (*ARRAYS, "indices") if f[k].shape[:1] != (n,)]
         if bad or chunk <= 0:
-            raise ValueError(f"dataset file {path} is inconsistent: {bad or 'chunk'} do not match n={n}")
+            raise ValueError(f"dataset file {path} is inconsistent: {bad or 'chunk'} do not match n={n}; {REMEDY}")
         if verify:
             digests = f["sha256"][()]
             try:
@@ -271,8 +359,9 @@ def open_hdf5(path: str | Path, *, verify: bool = True) -> CachedDataset:
                     for j, k in enumerate(ARRAYS):
                         if _digest(f[k][lo:hi]) != digests[c, j].decode():
                             raise ValueError(f"dataset file {path} is corrupted: checksum mismatch in '{k}' "
-                                             f"rows {lo}..{hi - 1}")
+                                             f"rows {lo}..{hi - 1}; {REMEDY}")
             except OSError as err:
-                raise ValueError(f"dataset file {path} could not be read (truncated or corrupted?): {err}") from err
+                raise ValueError(f"dataset file {path} could not be read (truncated or corrupted?): {err}; "
+                                 f"{REMEDY}") from err
         seed = int(f.attrs["seed"])
     return CachedDataset(path, cfg, seed, n)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with tqdm(total=args.n, desc=f"simulate {args.out.name}", unit="scene") as bar:
         write_hdf5(args.out, cfg, args.n, args.seed, chunk=args.chunk,
-                   progress=lambda k: bar.update(k - bar.n))
+                   progress=lambda k: bar.update(k - bar.n), log=lambda s: tqdm.write(s))
     dt = time.perf_counter() - t0
     size = args.out.stat().st_size
     print(f"wrote {args.n} scenes to {args.out} ({size / 2**20:.1f} MiB) in {dt:.1f} s "
@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate a dataset to an HDF5 file and print a system summary")
     add_config_arguments(p)
     p.add_argument("--n", type=int, default=1000, help="number of scenes")
-    p.add_argument("--out", type=Path, required=True, help="output .h5 file (written atomically)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output .h5 file (written atomically; a killed run resumes when rerun with the same options)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=64, help="scenes per simulated / checksummed chunk")
     p.set_defaults(func=run)

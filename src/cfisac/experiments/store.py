@@ -14,12 +14,17 @@ row starts on a fresh line. Any other malformed row (wrong number of fields, unp
 version that glued a row onto a torn one) is skipped with a warning naming the file and line (``warnings``
 category :class:`MalformedRowWarning`), so its point is computed again instead of being dropped silently.
 
+Bit flips and edits: the last column, ``row_sha256``, is the SHA-256 (first 16 hex digits) of the row's other
+fields; a row whose fields do not match it is skipped with the same warning (its point is computed again), so a
+corrupted number is never reported. Stores written before that column existed (header without ``row_sha256``) are
+read and appended to in their own format, unverified.
+
 Columns (:data:`COLUMNS`): ``experiment, point, key, scheme, series, x_name, x_value`` (what the point is);
 ``position_rmse`` (m), ``velocity_rmse`` (m/s), ``root_crlb_position`` (m), ``root_crlb_velocity`` (m/s),
 ``fronthaul_bits_per_ap``, ``n_scenes`` (results; empty when not applicable), ``metrics`` (a JSON object of further
 results, e.g. medians or stage runtimes); ``seed, spec_hash, config_hash, config_diff`` (the system config's fields
 that differ from the preset, as JSON; the full config is in ``points/configs/<config_hash>.json``),
-``code_version, git_commit, host, wall_s, finished_at, status, message``.
+``code_version, git_commit, host, wall_s, finished_at, status, message``, ``row_sha256``.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ COLUMNS = (
     "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity", "fronthaul_bits_per_ap",
     "n_scenes", "metrics",
     "seed", "spec_hash", "config_hash", "config_diff", "code_version", "git_commit", "host", "wall_s", "finished_at",
-    "status", "message",
+    "status", "message", "row_sha256",
 )
+LEGACY_COLUMNS = COLUMNS[:-1]  # stores written before rows were checksummed
 RESULT_COLUMNS = ("position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity",
                   "fronthaul_bits_per_ap", "n_scenes", "metrics")
 NUMERIC_COLUMNS = ("x_value", "position_rmse", "velocity_rmse", "root_crlb_position", "root_crlb_velocity",
@@ -147,6 +153,11 @@ class Point:
         return spec_hash({"key": self.key, "cfg": self.cfg, "seed": self.seed, "spec": self.spec})
 
 
+def row_digest(fields: Sequence[str]) -> str:
+    """The ``row_sha256`` of a row: SHA-256 (16 hex digits) of its other fields, joined by a unit separator."""
+    return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:16]
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -187,21 +198,25 @@ class PointStore:
             return []
         reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
         header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
-            raise ValueError(f"{self.path} does not have the point-store columns {COLUMNS}; "
-                             f"got {header} (written by another version? move it away)")
+        if header is None or tuple(header) not in (COLUMNS, LEGACY_COLUMNS):
+            raise ValueError(f"{self.path} does not have the point-store columns (its header is corrupted or it "
+                             f"was written by another version): move it away or delete it and rerun, or rerun "
+                             f"with --force; got the header {header}")
+        columns = tuple(header)
         out: list[dict[str, str]] = []
         line = reader.line_num
         for fields in reader:
             first, line = line + 1, reader.line_num
             if not fields:
                 continue
-            problem = _row_problem(fields)
+            problem = _row_problem(fields, columns)
             if problem:
                 msg = f"{self.path}:{first}: malformed point-store row skipped ({problem}); its point will be rerun"
                 warnings.warn(msg, MalformedRowWarning, stacklevel=2)
                 continue
-            out.append(dict(zip(COLUMNS, fields, strict=True)))
+            row = dict(zip(columns, fields, strict=True))
+            row.setdefault("row_sha256", "")
+            out.append(row)
         return out
 
     def latest(self, *, ok_only: bool = True) -> dict[str, dict[str, Any]]:
@@ -245,15 +260,17 @@ class PointStore:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
             "message": message.replace("\n", " ")[:500],
         }
-        text_row = {c: _fmt(row.get(c)) for c in COLUMNS}
-        buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow(text_row)
-        line = buf.getvalue().encode()
+        text_row = {c: _fmt(row.get(c)) for c in LEGACY_COLUMNS}
+        text_row["row_sha256"] = row_digest([text_row[c] for c in LEGACY_COLUMNS])
         with open(self.path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 fd = f.fileno()
                 size = _repair_torn_tail(fd, self.path)
+                legacy = size > 0 and _header_of(fd) == LEGACY_COLUMNS
+                buf = io.StringIO()
+                csv.writer(buf).writerow([text_row[c] for c in (LEGACY_COLUMNS if legacy else COLUMNS)])
+                line = buf.getvalue().encode()
                 if size == 0:
                     hbuf = io.StringIO()
                     csv.writer(hbuf).writerow(COLUMNS)
@@ -263,6 +280,12 @@ class PointStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return text_row
+
+
+def _header_of(fd: int) -> tuple[str, ...]:
+    """The column names on the first line of the store open as ``fd``."""
+    first = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    return tuple(next(csv.reader([first]), []))
 
 
 def _repair_torn_tail(fd: int, path: Path) -> int:
@@ -285,11 +308,13 @@ def _repair_torn_tail(fd: int, path: Path) -> int:
     return keep
 
 
-def _row_problem(fields: list[str]) -> str:
-    """Why a stored row (a list of fields) cannot be used, or "" when it can."""
-    if len(fields) != len(COLUMNS):
-        return f"{len(fields)} fields instead of {len(COLUMNS)}"
-    r = dict(zip(COLUMNS, fields, strict=True))
+def _row_problem(fields: list[str], columns: Sequence[str] = COLUMNS) -> str:
+    """Why a stored row (a list of fields under the header ``columns``) cannot be used, or "" when it can."""
+    if len(fields) != len(columns):
+        return f"{len(fields)} fields instead of {len(columns)}"
+    r = dict(zip(columns, fields, strict=True))
+    if "row_sha256" in r and r["row_sha256"] != row_digest(fields[:-1]):
+        return "row_sha256 mismatch: the row was corrupted (bit flip?) or edited"
     if not r["status"]:
         return "no status"
     for c in NUMERIC_COLUMNS:
