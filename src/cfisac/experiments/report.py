@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import platform
 import re
 import time
@@ -343,12 +344,33 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
         md += ["## Wall times", ""] + _md_table(
             ("experiment", "points stored", "sum of point wall times (s)"),
             [(n, str(k), f"{w:.0f}") for n, w, k in walls]) + [""]
-    ctx.root.mkdir(parents=True, exist_ok=True)
     path = ctx.root / "report.md"
     text = "\n".join(md) + "\n"
-    path.write_text(text)
-    (ctx.root / "report.html").write_text(markdown_to_html(text, title=f"cfisac reproduction ({ctx.preset})"))
+    page = markdown_to_html(text, title=f"cfisac reproduction ({ctx.preset})")
+    write_text_atomic(path, text)
+    write_text_atomic(ctx.root / "report.html", page)
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through ``.NAME.tmp-PID`` and a rename: a killed writer, a full disk or a denied
+    write leave the previous file intact. Temporaries of dead writers are removed first; an ``OSError`` becomes a
+    one-line ``ValueError`` naming the file."""
+    from ..data import remove_stale_temporaries
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, re.escape(f".{path.name}.tmp-") + r"(?P<pid>\d+)")
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write {path}: {err.strerror or err} (the previous file, if any, is unchanged)") \
+            from None
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
