@@ -126,7 +126,8 @@ class TrainConfig:
     """Training options. ``seed`` selects the training / validation data (dataset seed: training samples
     ``0 .. n_train-1``, validation samples ``n_train .. n_train+n_val-1``), the initial parameters and the data
     order. ``minutes`` stops the run (with a checkpoint) when that much training time has passed. ``data`` is an
-    HDF5 cache (:func:`cfisac.data.write_hdf5`) used instead of on-the-fly simulation for training."""
+    HDF5 cache (:func:`cfisac.data.write_hdf5`) used instead of on-the-fly simulation for training. ``n_val`` must
+    be at least 1: the validation loss selects ``best.json`` (``n_val=0`` is a ``ValueError`` naming it)."""
 
     kind: str = "dvqvae"
     epochs: int = 10
@@ -151,8 +152,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.n_val, int) or self.n_val < 0:
-            raise ValueError(f"n_val must be a non-negative integer, got {self.n_val!r}")
+        if not isinstance(self.n_val, int) or isinstance(self.n_val, bool) or self.n_val < 1:  # 0: NaN val loss
+            raise ValueError(f"n_val must be a positive integer (the validation set selects best.json), "
+                             f"got {self.n_val!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.minutes is not None and not self.minutes > 0:

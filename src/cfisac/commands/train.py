@@ -113,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (the quantizer stays float32)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (start it when it has none yet)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -139,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        workers=args.workers, device=args.device, amp=args.amp,
                        data=str(args.data) if args.data else None, loss=args.loss)
-    res = train(cfg, mcfg, tcfg, args.out, resume=args.resume, progress=not args.no_progress)
+    resume = args.resume
+    if resume and not (args.out / "latest.json").exists():  # killed before its first checkpoint: nothing to lose
+        print(f"--resume: {args.out} holds no checkpoint yet; starting the run from the beginning", flush=True)
+        resume = False
+    res = train(cfg, mcfg, tcfg, args.out, resume=resume, progress=not args.no_progress)
     last = res.history[-1] if res.history else None
     status = "finished" if res.finished else "stopped by the time budget (continue with --resume)"
     print(f"{status}; checkpoint {res.checkpoint}")
