@@ -748,9 +748,12 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         return ex, ey
 
     def _doppler_stage(self, p: torch.Tensor, n: int, gs: slice) -> torch.Tensor:
+        return self._velocity_plane(p, n, gs).transpose(0, 1)
+
+    def _velocity_plane(self, p: torch.Tensor, n: int, gs: slice) -> torch.Tensor:
         """p [b, Ts, g] of transmit AP n -> sum_t p e^{-j 2 pi t f_n(g, v) dT} / sqrt(Ts) on the velocity grid,
-        [b, g, Vy, Vx]; the phase factorises as e^{j phi_t vx ux(g)} e^{j phi_t vy uy(g)}: one matmul per pixel of
-        the ey-weighted products [b Vy, Ts] with ex [Ts, Vx]."""
+        [g, b, Vy, Vx] (pixel-major); the phase factorises as e^{j phi_t vx ux(g)} e^{j phi_t vy uy(g)}: one matmul
+        per pixel of the ey-weighted products [b Vy, Ts] with ex [Ts, Vx]."""
         if self.velocity_phase_x is not None:
             ex, ey = self._const("velocity_phase_x", p)[n, gs], self._const("velocity_phase_y", p)[n, gs]
         else:
@@ -759,7 +762,7 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         vy_n, vx_n = self._doppler_shape()
         pe = p.permute(2, 0, 1)[:, :, None, :] * ey[:, None]  # [g, b, Vy, Ts]
         c = torch.matmul(pe.reshape(g, b * vy_n, Ts), ex.mT)  # [g, b Vy, Vx]
-        return c.reshape(g, b, vy_n, vx_n).transpose(0, 1)
+        return c.reshape(g, b, vy_n, vx_n)
 
     def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         rdt = torch.float64 if y_m.dtype == torch.complex128 else torch.float32
@@ -767,14 +770,16 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         vy_n, vx_n = self._doppler_shape()
         acc = torch.zeros(B, gx * gy, vy_n, vx_n, dtype=rdt, device=y_m.device)  # sum_n |map_n|^2
         for sl, gs, n, p in self._products(y_m, x):
-            acc[sl, gs] += _abs2(self._doppler_stage(p, n, gs))
-        acc = acc / N
+            acc[sl, gs] += _abs2(self._velocity_plane(p, n, gs)).transpose(0, 1)
+        acc = acc.div_(N)
+        # norm="rms": the complex map divided by its root-mean-square over (n, pixels, velocities)
+        rms = acc.mean((1, 2, 3)).sqrt().clamp_min(1e-30).reshape(B, 1, 1, 1) if self.norm == "rms" else None
         if self.velocity_output == "marginals":  # [B, 2, G, V]: v_x profile, v_y profile
-            v = torch.stack([acc.amax(2), acc.amax(3)], 1).sqrt()
+            v = torch.stack([acc.amax(2), acc.amax(3)], 1).sqrt_()
         else:
-            v = acc.permute(0, 2, 1, 3).sqrt()  # [B, Vy, G, Vx]
-        if self.norm == "rms":  # the complex map divided by its root-mean-square over (n, pixels, velocities)
-            v = v / acc.mean((1, 2, 3)).sqrt().clamp_min(1e-30).reshape(B, 1, 1, 1)
+            v = acc.sqrt_().permute(0, 2, 1, 3)  # [B, Vy, G, Vx]
+        if rms is not None:
+            v = v / rms
         if self.compress == "log":
             v = torch.log1p(v)
         return v.reshape(B, v.shape[1], gx, gy, -1).float().contiguous()
