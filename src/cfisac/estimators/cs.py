@@ -58,8 +58,9 @@ from .fusion import BistaticMessages, fuse_bistatic
 
 __all__ = ["CsEstimator"]
 
+FFT_RATIO = 6.0  # range DFT of the correlation step by FFT when Ns Kw > FFT_RATIO Lf log2 Lf (paper), else a product
 PICK_BLOCK = 2**21  # complex cells of the padded per-antenna delay DFT computed at once by the correlation step
-ROW_BUDGET = 2**22  # complex cells of x (over all rows of a chunk, candidates included) per default chunk
+ROW_BUDGET = 2**24  # complex cells of x (over all rows of a chunk, candidates included) per default chunk
 TINY = 1e-300  # floor of denominators (as the reference)
 REPLACE = 1e-6  # a re-detected atom replaces the refined one when it explains (1 + REPLACE) times more energy
 CONVERGED = 1e-5  # a polish round moving no atom by more than this fraction of a cell stops the polish of that AP
@@ -144,7 +145,7 @@ class CsEstimator(BatchedEstimator):
 
     def default_chunk_size(self) -> int:
         """Scenes per chunk: the rows' copies of x (M APs x ``n_candidates``) stay under :data:`ROW_BUDGET` cells
-        (64 scenes at ``quick``, 1 at ``paper``)."""
+        (85 scenes at ``quick``, 1 at ``paper``)."""
         cfg = self.cfg
         per_scene = cfg.n_rx * self.n_candidates * cfg.n_tx * cfg.n_tx_antennas * cfg.n_subcarriers * cfg.n_symbols
         return max(1, ROW_BUDGET // per_scene)
@@ -265,9 +266,9 @@ class CsEstimator(BatchedEstimator):
         """The OMP statistic of one transmit AP on the AoD x range-window grid: [R, La, Kw] float64.
 
         ``r`` [R, Mr, Ns, Ts], ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt]. Per symbol block:
-        ``g = conj(x_l) r_k`` [Nt, Mr, Ns]; the zero-padded range DFT restricted to the window bins (a product with
-        ``exp(+j 2 pi i k / Lf)`` [Ns, Kw], the reference's ``ifft(., Lf) * Lf``) gives ``c[l, k]``; the AoD DFT
-        ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
+        ``g = conj(x_l) r_k`` [Nt, Mr, Ns]; the zero-padded range DFT restricted to the window bins (the reference's
+        ``ifft(., Lf) * Lf``; a product with ``exp(+j 2 pi i k / Lf)`` [Ns, Kw] for short combs) gives ``c[l, k]``; the
+        AoD DFT ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
         rho[lambda]`` with the transmit-antenna lag correlation ``rho[lambda] = sum_{l - l' = lambda} sum_k c[l, k]
         conj(c[l', k])`` and ``W = exp(-j 2 pi lambda p / La) / Nt`` (the same numbers as the reference's zero-padded
         FFT and ``|.|^2``, fewer operations); divided by ``||phi_t||^2 = a^H R_x,t a`` and summed over symbols.
@@ -276,9 +277,11 @@ class CsEstimator(BatchedEstimator):
         nt = x_n.shape[1]
         dft, lag, w = self._correlation_kernels(ctx, ns, nt, r.dtype)
         kw = dft.shape[1]
+        b0, b1 = ctx.bins
+        use_fft = ns * kw > FFT_RATIO * self.lf * math.log2(self.lf)
         energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
         inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
-        per = nt * mr * max(ns, kw)
+        per = nt * mr * (self.lf if use_fft else max(ns, kw))
         tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
         rc = max(1, PICK_BLOCK // (per * tc))
         out = torch.zeros((R, self.la, kw), dtype=torch.float64, device=r.device)
@@ -287,7 +290,11 @@ class CsEstimator(BatchedEstimator):
         for r0 in range(0, R, rc):
             for t0 in range(0, ts, tc):
                 g = xc[r0:r0 + rc, t0:t0 + tc, :, None] * rp[r0:r0 + rc, t0:t0 + tc, None]  # [r, T, Nt, Mr, Ns]
-                c = (g @ dft).permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
+                if use_fft:  # long combs: the zero-padded FFT is cheaper than the product (reference's ifft * Lf)
+                    c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf
+                else:
+                    c = g @ dft
+                c = c.permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
                 rcc = c @ c.conj().transpose(-1, -2)  # [r, T, Kw, Nt, Nt]
                 rho = torch.view_as_real(rcc.reshape(*rcc.shape[:3], nt * nt)).transpose(-1, -2) @ lag
                 pw = rho.reshape(*rho.shape[:3], -1) @ w  # [r, T, Kw, La] = sum_k |v|^2
