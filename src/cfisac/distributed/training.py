@@ -621,6 +621,10 @@ def run_cpu_training(
         failed = _failed_peer(err, links)
         reason = f"{type(err).__name__}: {err}"
         _abort_all(links, f"the CPU stops the run: {reason}", skip={failed} if failed is not None else set())
+        try:  # distributed.json with the traffic so far (rejected corrupted messages included)
+            write_report()
+        except Exception:  # noqa: BLE001 - the failure below is what matters
+            pass
         pointer = (f"the last complete checkpoint is {last_ckpt} (resume with the same command plus --resume)"
                    if last_ckpt is not None else "no checkpoint was written")
         raise DistributedTrainingError(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .wire import HEADER_BYTES, Kind, Message, MessageError, pack_header, unpack_header
+from .wire import HEADER_BYTES, Kind, Message, MessageError, open_body, pack_header, unpack_header
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Link", "PeerAborted", "PeerFailure", "QueueLink", "TorchLink", "Traffic",
            "queue_pair", "role_name"]
@@ -60,13 +60,15 @@ class Traffic:
     sent_messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     recv_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     recv_messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rejected_messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # bad trailer / CRC-32
 
     def count(self, direction: str, msg: Message) -> None:
         getattr(self, f"{direction}_bytes")[msg.kind.name] += msg.nbytes
         getattr(self, f"{direction}_messages")[msg.kind.name] += 1
 
     def to_dict(self) -> dict[str, dict[str, int]]:
-        return {k: dict(getattr(self, k)) for k in ("sent_bytes", "sent_messages", "recv_bytes", "recv_messages")}
+        return {k: dict(getattr(self, k)) for k in ("sent_bytes", "sent_messages", "recv_bytes", "recv_messages",
+                                                    "rejected_messages")}
 
 
 class Link:
@@ -119,8 +121,14 @@ class Link:
                               f"{header.length}-byte body within {wait:g} s: {_short(err)}", peer=self.peer) from err
         msg = Message(header, body)
         self.traffic.count("recv", msg)
+        try:  # the trailer (and CRC-32 when flagged) of every message, before anyone reads its body
+            open_body(msg)
+        except MessageError as err:
+            self.traffic.rejected_messages[header.kind.name] += 1
+            n = sum(self.traffic.rejected_messages.values())
+            raise MessageError(f"{err}; rejected ({n} corrupted message(s) from {self.peer_name} so far)") from None
         if header.kind == Kind.ABORT and Kind.ABORT not in kinds:
-            from .wire import decode_json, open_body
+            from .wire import decode_json
 
             try:
                 reason = decode_json(open_body(msg), "ABORT").get("reason", "no reason given")
