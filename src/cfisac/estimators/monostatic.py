@@ -48,7 +48,7 @@ from ..physics import (
     path_phase,
     steering_vectors,
 )
-from . import Estimate
+from . import Estimate, register
 from .base import BatchedEstimator, check_inputs
 
 __all__ = ["MonostaticDetections", "MonostaticEstimator"]
@@ -59,6 +59,7 @@ TWO_PI = 2.0 * math.pi
 SCALES = (1.0, 0.5, 0.25)  # zoom windows of the alternating refinement, in grid steps
 CONVERGED = 1e-5  # a polish round moving no parameter by more than this fraction of a cell stops the polish
 CUBE_BLOCK_CELLS = 2**23  # complex cells of the largest cube intermediate per angle block
+CUBE_DTYPE = torch.complex64  # precision of the cube's DFTs: it only ranks grid cells (the refinement is complex128)
 PEAK_ROWS = 128  # (angle, range) rows of the cube searched for local maxima before the full max filter
 CHUNK_BYTES = 2**31  # working memory aimed at per chunk of scenes (default_chunk_size)
 
@@ -229,9 +230,12 @@ class _Kernels:
         i = torch.arange(cfg.n_subcarriers, device=device)
         t = torch.arange(cfg.n_symbols, device=device)
         k = torch.arange(self.n_range, device=device)
-        self.dft_range = _unit(TWO_PI / self.lf * ((i[:, None] * k) % self.lf).double(), dt)  # [Ns, K]
-        dft_doppler = _unit(-TWO_PI / self.lt * ((t[:, None] * n_j) % self.lt).double(), dt)  # [Ts, L]
-        self.dft_doppler = dft_doppler * (self.f_grid.abs() <= est.f_max)  # Dopplers beyond the prior zeroed
+        self.dft_range = _unit(TWO_PI / self.lf * ((k[:, None] * i) % self.lf).double(), CUBE_DTYPE)  # [K, Ns]
+        dft = _unit(-TWO_PI / self.lt * ((t[:, None] * n_j) % self.lt).double(), CUBE_DTYPE)  # [Ts, L]
+        dft = dft * (self.f_grid.abs() <= est.f_max)  # Dopplers beyond the prior zeroed
+        # The Doppler DFT as one real matrix [2 Ts, 2 L] acting on interleaved (re, im) rows: out = [Re S | Im S].
+        self.dft_doppler = torch.stack([torch.cat([dft.real, dft.imag], 1), torch.cat([-dft.imag, dft.real], 1)],
+                                       1).reshape(2 * cfg.n_symbols, 2 * self.lt)
         self.h_u = 1.0 / (est.angle_oversample * self.mr * self.spacing)
         self.h_d = g.range_res / est.oversample
         self.h_f = g.doppler_res / est.oversample
@@ -289,14 +293,19 @@ class _Kernels:
         p, ns, ts = r.shape[0], self.est.cfg.n_subcarriers, self.est.cfg.n_symbols
         n_u = self.u_grid.numel()
         energy = ((self.grid_tx.conj() @ data.rx) * self.grid_tx).sum(-1).real  # ||b_u||^2 = a_t^H R_x a_t [P, U]
-        scale = energy.clamp_min(1e-300).rsqrt().to(r.dtype)[..., None]
-        cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=energy.dtype, device=r.device)
+        # GLRT normalisation, and the data's norm divided out so that the single-precision cube is <= 1 (the scale
+        # of a problem's cube does not change its local maxima or their order).
+        norm = torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(1e-300)[:, None]
+        scale = (energy.clamp_min(1e-300).rsqrt() / norm).to(r.dtype)[..., None]
+        cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=self.dft_doppler.dtype, device=r.device)
         block = max(1, CUBE_BLOCK_CELLS // (p * self.n_range * max(ts, self.n_doppler)))
         for lo in range(0, n_u, block):
             sl = slice(lo, lo + block)
-            z = (self.grid_rx[sl] @ r) * (self.grid_tx[sl] @ data.xc) * scale[:, sl]  # [P, u, Ns Ts]
-            s = (z.view(p, -1, ns, ts).transpose(-1, -2) @ self.dft_range).transpose(-1, -2) @ self.dft_doppler
-            cube[:, sl] = s.real**2 + s.imag**2
+            z = ((self.grid_rx[sl] @ r) * (self.grid_tx[sl] @ data.xc) * scale[:, sl]).to(CUBE_DTYPE)  # [P, u, Ns Ts]
+            s1 = self.dft_range @ z.view(p, -1, ns, ts)  # range DFT [P, u, K, Ts]
+            s = torch.view_as_real(s1).view(*s1.shape[:-1], 2 * ts) @ self.dft_doppler  # [P, u, K, 2 L]
+            re, im = s[..., :self.n_doppler], s[..., self.n_doppler:]
+            torch.addcmul(re * re, im, im, out=cube[:, sl])
         return cube
 
     def peaks(self, r: torch.Tensor, data: _Data, top: int,
@@ -305,35 +314,50 @@ class _Kernels:
         of the cube of data r [P, Mr, Ns Ts]: their (u, d, f) [P, top] float64 and ``valid`` [P, top] (False where
         the cube has fewer maxima).
 
-        Exact shortcut: only the :data:`PEAK_ROWS` (angle, range) rows with the highest maxima are searched; a
-        problem whose ``top``-th maximum found is not above every other row's maximum gets the full max filter."""
+        Exact search without a full max filter: the local maxima are sought among the cells of the ``n`` (angle,
+        range) rows with the highest maxima (``n`` = :data:`PEAK_ROWS`); a problem whose ``top``-th maximum found
+        is not above the best row left out is searched again with 4 n rows, until it is (or all rows are in). Within
+        the rows only the best Doppler-row maxima get the 26-neighbour test (enough of them that the ``top`` found
+        are above all others)."""
         cube = self.cube(r, data)
         p, n_u, n_k, n_l = cube.shape
         flat = cube.view(p, -1)
         rowmax = cube.amax(-1).view(p, -1)
-        n_rows = min(PEAK_ROWS, rowmax.shape[1])
-        rv, rows = rowmax.topk(min(n_rows + 1, rowmax.shape[1]), dim=1)
-        cells = (rows[:, :n_rows, None] * n_l + torch.arange(n_l, device=r.device)).view(p, -1)
-        vals = flat.gather(1, cells)
-        vals = torch.where(self._is_peak(flat, cells, vals, cube.shape[1:]), vals, -math.inf)
-        pv, pi = vals.topk(min(top, vals.shape[1]), dim=1)
-        idx = cells.gather(1, pi)
-        if n_rows < rowmax.shape[1]:
-            redo = (pv[:, -1] <= rv[:, n_rows]).nonzero()[:, 0]
-            if redo.numel():
-                full = torch.where(_local_max(cube[redo], self.est.periodic), cube[redo], -math.inf).view(
-                    redo.numel(), -1)
-                pv[redo], idx[redo] = full.topk(pv.shape[1], dim=1)
+        n_all = rowmax.shape[1]
+        top = min(top, flat.shape[1])
+        pv = torch.full((p, top), -math.inf, dtype=cube.dtype, device=r.device)
+        idx = torch.zeros((p, top), dtype=torch.long, device=r.device)
+        todo = torch.arange(p, device=r.device)
+        n_rows = min(n_all, max(PEAK_ROWS, -(-top // n_l)))
+        n_cand = 8 * top
+        while todo.numel():
+            rv, rows = rowmax[todo].topk(min(n_rows + 1, n_all), dim=1)
+            vals = cube.view(p, n_u * n_k, n_l)[todo[:, None], rows[:, :n_rows]]  # [S, rows, L]
+            # Prefilter: a local maximum is one along its Doppler row; the best of those get the full test.
+            pre = torch.ones_like(vals, dtype=torch.bool)
+            pre[..., 1:] &= vals[..., 1:] >= vals[..., :-1]
+            pre[..., :-1] &= vals[..., :-1] >= vals[..., 1:]
+            n_cand = min(vals[0].numel(), max(n_cand, 2 * n_rows))
+            v, i = torch.where(pre, vals, -math.inf).view(todo.numel(), -1).topk(n_cand, dim=1)
+            cells = rows.gather(1, i // n_l) * n_l + i % n_l
+            v, i = torch.where(self._is_peak(flat, todo, cells, v, (n_u, n_k, n_l)), v, -math.inf).topk(top, dim=1)
+            done = v[:, -1] > (rv[:, -1] if n_rows < n_all else -math.inf)
+            if n_rows == n_all and n_cand == vals[0].numel():
+                done[:] = True
+            pv[todo[done]], idx[todo[done]] = v[done], cells.gather(1, i)[done]
+            todo, n_rows, n_cand = todo[~done], min(n_all, 4 * n_rows), 4 * n_cand
         ia, ik, ij = idx // (n_k * n_l), (idx // n_l) % n_k, idx % n_l
         return self.u_grid[ia], self.d_grid[ik], self.f_grid[ij], pv > -math.inf
 
-    def _is_peak(self, flat: torch.Tensor, cells: torch.Tensor, vals: torch.Tensor, shape: torch.Size,
-                 ) -> torch.Tensor:
-        """Whether the cube cells ``cells`` [P, C] (values ``vals``) are >= all 26 neighbours (as the reference's
-        ``maximum_filter(size=3) == cube``: 'wrap' on the angle axis if periodic, 'nearest' elsewhere)."""
+    def _is_peak(self, flat: torch.Tensor, sel: torch.Tensor, cells: torch.Tensor, vals: torch.Tensor,
+                 shape: tuple[int, int, int]) -> torch.Tensor:
+        """Whether the cells ``cells`` [S, C] (values ``vals``) of the cubes ``flat[sel]`` are >= all 26 neighbours
+        (as the reference's ``maximum_filter(size=3) == cube``: 'wrap' on the angle axis if periodic, 'nearest'
+        elsewhere)."""
         n_u, n_k, n_l = shape
         ia, ik, ij = cells // (n_k * n_l), (cells // n_l) % n_k, cells % n_l
         ok = torch.ones_like(cells, dtype=torch.bool)
+        sel = sel[:, None]
         for da in (-1, 0, 1):
             na = ia + da
             va = torch.ones_like(ok) if self.est.periodic else (na >= 0) & (na < n_u)
@@ -341,13 +365,13 @@ class _Kernels:
             for dk in (-1, 0, 1):
                 nk = ik + dk
                 vk = va & (nk >= 0) & (nk < n_k)
+                base = (na * n_k + nk.clamp(0, n_k - 1)) * n_l
                 for dj in (-1, 0, 1):
                     if da == dk == dj == 0:
                         continue
                     nj = ij + dj
                     v = vk & (nj >= 0) & (nj < n_l)
-                    nb = flat.gather(1, (na * n_k + nk.clamp(0, n_k - 1)) * n_l + nj.clamp(0, n_l - 1))
-                    ok &= (nb <= vals) | ~v
+                    ok &= (flat[sel, base + nj.clamp(0, n_l - 1)] <= vals) | ~v
         return ok
 
     # ------------------------------------------------------------------ refinement
@@ -474,23 +498,7 @@ def _unit(phase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.polar(torch.ones_like(phase), phase).to(dtype)
 
 
-def _local_max(cube: torch.Tensor, periodic: bool) -> torch.Tensor:
-    """``maximum_filter(cube, size=3) == cube`` over the last three axes of [P, U, K, L] (separable max filter;
-    'wrap' on the angle axis when ``periodic``, 'nearest' elsewhere)."""
-    m = cube
-    for dim, wrap in ((3, False), (2, False), (1, periodic)):
-        n = m.shape[dim]
-        if n < 2:
-            continue
-        out = m.clone()
-        out.narrow(dim, 1, n - 1).copy_(torch.maximum(m.narrow(dim, 1, n - 1), m.narrow(dim, 0, n - 1)))
-        out.narrow(dim, 0, n - 1).copy_(torch.maximum(out.narrow(dim, 0, n - 1), m.narrow(dim, 1, n - 1)))
-        if wrap:
-            first, last = m.narrow(dim, 0, 1), m.narrow(dim, n - 1, 1)
-            out.narrow(dim, 0, 1).copy_(torch.maximum(out.narrow(dim, 0, 1), last))
-            out.narrow(dim, n - 1, 1).copy_(torch.maximum(out.narrow(dim, n - 1, 1), first))
-        m = out
-    return m == cube
+@register("monostatic")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
     if checkpoint is not None:
         raise ValueError("the monostatic baseline has no checkpoint")

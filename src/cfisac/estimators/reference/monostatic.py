@@ -230,7 +230,6 @@ class MonostaticEstimator:
         return paths
 
 
-@register("monostatic")  # until the batched monostatic of cfisac.estimators lands
 @register("monostatic-reference")
 def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
     if checkpoint is not None:
