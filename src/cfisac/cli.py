@@ -13,8 +13,17 @@ from . import commands
 __all__ = ["main"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (unknown option, non-numeric value, bad choice) are one line on stderr,
+    ``cfisac <command>: error: ...``, and exit status 2 (argparse's default prints the whole usage first). The
+    sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfisac", description="Cooperative ISAC in cell-free MIMO systems")
+    parser = OneLineParser(prog="cfisac", description="Cooperative ISAC in cell-free MIMO systems")
     sub = parser.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):  # helpers (e.g. _checks), not sub-commands
@@ -31,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad input at the boundary: a clear message, no traceback
         print(f"cfisac {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine: disk full, permission denied, a file removed meanwhile
+        where = f": {err.filename}" if err.filename else ""
+        print(f"cfisac {args.command}: error: {err.strerror or err}{where} (files written before are intact; "
+              "rerun to resume)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
