@@ -285,16 +285,21 @@ class CsEstimator(BatchedEstimator):
         tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
         rc = max(1, PICK_BLOCK // (per * tc))
         out = torch.zeros((R, self.la, kw), dtype=torch.float64, device=r.device)
-        xc = x_n.conj().permute(0, 3, 1, 2)  # [R, Ts, Nt, Ns]
-        rp = r.permute(0, 3, 1, 2)  # [R, Ts, Mr, Ns]
+        if use_fft:
+            xc = x_n.conj().permute(0, 3, 1, 2)[:, :, :, None]  # [R, Ts, Nt, 1, Ns]
+            rp = r.permute(0, 3, 1, 2)[:, :, None]  # [R, Ts, 1, Mr, Ns]
+        else:  # subcarriers first: the product dft^T @ g lands in the [Kw, Nt, Mr] layout directly
+            xc = x_n.conj().permute(0, 3, 2, 1)[..., None]  # [R, Ts, Ns, Nt, 1]
+            rp = r.permute(0, 3, 2, 1)[..., None, :]  # [R, Ts, Ns, 1, Mr]
+            dft_t = dft.transpose(0, 1).contiguous()  # [Kw, Ns]
         for r0 in range(0, R, rc):
             for t0 in range(0, ts, tc):
-                g = xc[r0:r0 + rc, t0:t0 + tc, :, None] * rp[r0:r0 + rc, t0:t0 + tc, None]  # [r, T, Nt, Mr, Ns]
+                g = xc[r0:r0 + rc, t0:t0 + tc] * rp[r0:r0 + rc, t0:t0 + tc]
                 if use_fft:  # long combs: the zero-padded FFT is cheaper than the product (reference's ifft * Lf)
-                    c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf
+                    c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf  # [r, T, Nt, Mr, Kw]
+                    c = c.permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
                 else:
-                    c = g @ dft
-                c = c.permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
+                    c = (dft_t @ g.reshape(*g.shape[:3], nt * mr)).reshape(*g.shape[:2], kw, nt, mr)
                 rcc = c @ c.conj().transpose(-1, -2)  # [r, T, Kw, Nt, Nt]
                 rho = torch.view_as_real(rcc.reshape(*rcc.shape[:3], nt * nt)).transpose(-1, -2) @ lag
                 pw = rho.reshape(*rho.shape[:3], -1) @ w  # [r, T, Kw, La] = sum_k |v|^2
