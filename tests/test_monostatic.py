@@ -84,15 +84,18 @@ def test_peak_search_equals_a_full_max_filter():
     # The row-limited local-maximum search (also when forced to widen it) gives the reference's cube peaks.
     cfg = MONO.replace(power_dbm=30.0)
     _, x, y = simulate(cfg, 3, 2)
-    ref, k = Reference(cfg), MonostaticEstimator(cfg).kernels(torch.device("cpu"))
+    ref = Reference(cfg)
     data = mono._Data.of(y[:, 0].to(torch.complex128), x[:, 0].to(torch.complex128))
     yn, xn = y[:, 0].to(torch.complex128).numpy(), x[:, 0].to(torch.complex128).numpy()
-    for rows in (mono.PEAK_ROWS, 1):
-        mono.PEAK_ROWS, saved = rows, mono.PEAK_ROWS
+    for rows, matmul in ((mono.PEAK_ROWS, mono.DFT_MATMUL_MAX), (1, mono.DFT_MATMUL_MAX), (4, 0)):
+        saved = mono.PEAK_ROWS, mono.DFT_MATMUL_MAX
+        mono.PEAK_ROWS, mono.DFT_MATMUL_MAX = rows, matmul  # few rows: widened search; 0: the FFT cube
         try:
+            k = MonostaticEstimator(cfg).kernels(torch.device("cpu"))
+            assert k.fft_range == k.fft_doppler == (matmul == 0)
             u, d, f, valid = k.peaks(data.y, data, 6)
         finally:
-            mono.PEAK_ROWS = saved
+            mono.PEAK_ROWS, mono.DFT_MATMUL_MAX = saved
         assert valid.all()
         for b in range(3):
             want = ref._peaks(yn[b], xn[b], 6)

@@ -60,6 +60,7 @@ SCALES = (1.0, 0.5, 0.25)  # zoom windows of the alternating refinement, in grid
 CONVERGED = 1e-5  # a polish round moving no parameter by more than this fraction of a cell stops the polish
 CUBE_BLOCK_CELLS = 2**23  # complex cells of the largest cube intermediate per angle block
 CUBE_DTYPE = torch.complex64  # precision of the cube's DFTs: it only ranks grid cells (the refinement is complex128)
+DFT_MATMUL_MAX = 2**14  # an axis of the cube is a matmul DFT up to (input x output) length products this size, else FFT
 PEAK_ROWS = 128  # (angle, range) rows of the cube searched for local maxima before the full max filter
 CHUNK_BYTES = 2**31  # working memory aimed at per chunk of scenes (default_chunk_size)
 
@@ -236,6 +237,11 @@ class _Kernels:
         # The Doppler DFT as one real matrix [2 Ts, 2 L] acting on interleaved (re, im) rows: out = [Re S | Im S].
         self.dft_doppler = torch.stack([torch.cat([dft.real, dft.imag], 1), torch.cat([-dft.imag, dft.real], 1)],
                                        1).reshape(2 * cfg.n_symbols, 2 * self.lt)
+        # Long axes use FFTs instead (paper preset): the Doppler shift of fftshift as a modulation of the input.
+        self.fft_range = cfg.n_subcarriers * self.n_range > DFT_MATMUL_MAX
+        self.fft_doppler = cfg.n_symbols * self.lt > DFT_MATMUL_MAX
+        self.shift = _unit(TWO_PI / self.lt * ((t * (self.lt // 2)) % self.lt).double(), CUBE_DTYPE)  # [Ts]
+        self.f_keep = self.f_grid.abs() <= est.f_max
         self.h_u = 1.0 / (est.angle_oversample * self.mr * self.spacing)
         self.h_d = g.range_res / est.oversample
         self.h_f = g.doppler_res / est.oversample
@@ -289,7 +295,8 @@ class _Kernels:
     # ------------------------------------------------------------------ detection
     def cube(self, r: torch.Tensor, data: _Data) -> torch.Tensor:
         """The angle x range x Doppler cube [P, U, K, L] (real) of data r [P, Mr, Ns Ts]: ``|S|^2 / ||b_u||^2`` with
-        ``S`` the zero-padded 2-D DFT (two matmuls) of ``(a_r^H(u) r) conj(b_u)``, in blocks of angles."""
+        ``S`` the zero-padded 2-D DFT (matmuls, or FFTs for long axes) of ``(a_r^H(u) r) conj(b_u)``, in blocks of
+        angles."""
         p, ns, ts = r.shape[0], self.est.cfg.n_subcarriers, self.est.cfg.n_symbols
         n_u = self.u_grid.numel()
         energy = ((self.grid_tx.conj() @ data.rx) * self.grid_tx).sum(-1).real  # ||b_u||^2 = a_t^H R_x a_t [P, U]
@@ -298,14 +305,24 @@ class _Kernels:
         norm = torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(1e-300)[:, None]
         scale = (energy.clamp_min(1e-300).rsqrt() / norm).to(r.dtype)[..., None]
         cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=self.dft_doppler.dtype, device=r.device)
-        block = max(1, CUBE_BLOCK_CELLS // (p * self.n_range * max(ts, self.n_doppler)))
+        block = max(1, CUBE_BLOCK_CELLS // (p * max(self.lf * ts, self.n_range * self.n_doppler)))
         for lo in range(0, n_u, block):
             sl = slice(lo, lo + block)
             z = ((self.grid_rx[sl] @ r) * (self.grid_tx[sl] @ data.xc) * scale[:, sl]).to(CUBE_DTYPE)  # [P, u, Ns Ts]
-            s1 = self.dft_range @ z.view(p, -1, ns, ts)  # range DFT [P, u, K, Ts]
-            s = torch.view_as_real(s1).view(*s1.shape[:-1], 2 * ts) @ self.dft_doppler  # [P, u, K, 2 L]
-            re, im = s[..., :self.n_doppler], s[..., self.n_doppler:]
+            z = z.view(p, -1, ns, ts)
+            if self.fft_range:  # range DFT [P, u, K, Ts]
+                s1 = torch.fft.ifft(z, n=self.lf, dim=-2, norm="forward")[..., :self.n_range, :]
+            else:
+                s1 = self.dft_range @ z
+            if self.fft_doppler:
+                s = torch.view_as_real(torch.fft.fft(s1 * self.shift, n=self.lt, dim=-1))
+                re, im = s[..., 0], s[..., 1]
+            else:
+                s = torch.view_as_real(s1.contiguous()).view(*s1.shape[:-1], 2 * ts) @ self.dft_doppler  # [.., 2 L]
+                re, im = s[..., :self.n_doppler], s[..., self.n_doppler:]
             torch.addcmul(re * re, im, im, out=cube[:, sl])
+        if self.fft_doppler and not self.f_keep.all():
+            cube[..., ~self.f_keep] = 0.0
         return cube
 
     def peaks(self, r: torch.Tensor, data: _Data, top: int,
