@@ -560,11 +560,14 @@ def test_complex64_image_and_velocity_image_on_noisy_scenes_equal_literal_back_p
     close_to(rms, raw / raw.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt())
 
 
-def test_pixel_chunks_and_uncached_velocity_phases_give_the_same_maps(monkeypatch):
+def test_beam_and_pixel_chunks_and_uncached_velocity_phases_give_the_same_maps(monkeypatch):
     y, x = noisy_tiny_scenes(B=4, seed=13)
     ym = y[:, 0]
     img = ImageFrontEnd(CFG, ap_index=0)(ym, x)
     torch.testing.assert_close(ImageFrontEnd(CFG, ap_index=0, chunk_cells=1)(ym, x), img)  # 1 scene x 1 pixel
+    for opts in (dict(beam_pool="max"), dict(beam_pool="rms", norm="rms")):  # pooled over chunks of one beam
+        one = MatchedFrontEnd(CFG, chunk_cells=1, **opts)
+        torch.testing.assert_close(one(ym, x), MatchedFrontEnd(CFG, **opts)(ym, x))
     vel = VelocityImageFrontEnd(CFG, ap_index=0)
     assert vel.velocity_phase_x is not None  # small enough to keep
     ref = vel(ym, x)

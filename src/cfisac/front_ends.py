@@ -423,12 +423,11 @@ class MatchedFrontEnd(FrontEnd):
         return (f"tx_beams={self.tx_beams}, grid={self.spatial_shape}, angle_transform={self.angle_transform}, "
                 f"norm={self.norm!r}, output={self.output!r}, beam_pool={self.beam_pool!r}, compress={self.compress!r}")
 
-    def _maps(self, y_m: torch.Tensor, x: torch.Tensor) -> Iterator[tuple[slice, int, torch.Tensor]]:
-        """Yields (scenes, n, F_n) for chunks of scenes and each transmit AP n: F_n [b, D2, D1, D3, Nb] the map of
-        the module docstring (noise-normalised if ``norm="noise"``; not RMS-normalised), in the order
-        (delay, angle, Doppler, beam). The Doppler sum runs first as one matmul per subcarrier (receive beams x
-        symbols times the Doppler-weighted conjugate beam signals), the delay sum second as one matmul per scene,
-        so the [Nb, D1, Ns, Ts] product is never formed."""
+    def _maps(self, y_m: torch.Tensor, x: torch.Tensor) -> Iterator[tuple[slice, int, slice, torch.Tensor]]:
+        """Yields (scenes, n, beams, F) for chunks of scenes, each transmit AP n and chunks of its transmit beams:
+        F [b, nb, D1, D2, D3] the map of the module docstring (noise-normalised if ``norm="noise"``; not
+        RMS-normalised): the data-removed product [b, nb, D1, Ns, Ts], then the Doppler sum (a matmul with the
+        [Ts, D3] phases) and the delay sum (a matmul with the [D2, Ns] phases)."""
         _check_y(y_m, self._y_shape)
         _check_x(x, self._x_shape, y_m.shape[0], self.name)
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
@@ -438,33 +437,33 @@ class MatchedFrontEnd(FrontEnd):
         tx_w, rx_w, dmat = (self._const(k, like) for k in ("tx_weights", "rx_weights", "delay_matrix"))
         fmat_t = self._const("doppler_matrix", like).mT  # [Ts, D3]
         noise_std = math.sqrt(self.cfg.noise_watt)
-        cells = Nb * d1 * max(Ns, d2) * max(Ts, d3)  # of one scene and transmit AP
-        chunk = max(1, _working_cells(self.chunk_cells, y_m.device) // cells)
+        budget, per_beam = _working_cells(self.chunk_cells, y_m.device), d1 * max(Ns, d2) * max(Ts, d3)
+        beams = max(1, min(Nb, budget // per_beam))
+        chunk = max(1, budget // (beams * per_beam))
         for lo in range(0, B, chunk):
             sl = slice(lo, min(B, lo + chunk))
             yc = y_m[sl].to(cdt)
             b = yc.shape[0]
-            yb = torch.matmul(rx_w, yc.reshape(b, Mr, Ns * Ts)).reshape(b, d1, Ns, Ts).transpose(1, 2)  # [b, i, a, t]
+            yb = torch.matmul(rx_w, yc.reshape(b, Mr, Ns * Ts)).reshape(b, 1, d1, Ns, Ts)  # receive beams
             for n in range(self.cfg.n_tx):
-                xc = x[sl, n].to(device=y_m.device, dtype=cdt)
-                s = torch.matmul(tx_w, xc.reshape(b, Nt, Ns * Ts)).reshape(b, Nb, Ns, Ts)  # a_t(c_b)^H x_n
-                if self.norm == "noise":
-                    # F ~ CN(0, xi^2 mean|s|^2) on noise only (unitary transforms): unit-variance noise bins.
-                    scale = _abs2(s).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, Nb]
-                    s = s / scale[..., None, None]
-                # conj(s[b, i, t]) e^{-j 2 pi t f_l dT}: [b, Ns, Ts, D3 * Nb]
-                se = (s.conj().permute(0, 2, 3, 1)[:, :, :, None, :] * fmat_t[:, :, None]).reshape(b, Ns, Ts, d3 * Nb)
-                z = torch.matmul(yb, se)  # sum over t: [b, Ns, D1, D3 * Nb]
-                f = torch.matmul(dmat, z.reshape(b, Ns, d1 * d3 * Nb))  # sum over i: [b, D2, D1 * D3 * Nb]
-                yield sl, n, f.reshape(b, d2, d1, d3, Nb)
+                xc = x[sl, n].to(device=y_m.device, dtype=cdt).reshape(b, Nt, Ns * Ts)
+                for b0 in range(0, Nb, beams):
+                    bs = slice(b0, min(Nb, b0 + beams))
+                    s = torch.matmul(tx_w[bs], xc).reshape(b, -1, Ns, Ts)  # a_t(c_b)^H x_n [b, nb, Ns, Ts]
+                    if self.norm == "noise":
+                        # F ~ CN(0, xi^2 mean|s|^2) on noise only (unitary transforms): unit-variance noise bins.
+                        scale = _abs2(s).mean((-2, -1)).sqrt().mul_(noise_std).clamp_min_(1e-30)  # [b, nb]
+                        s = s / scale[..., None, None]
+                    prod = yb * s.conj()[:, :, None]  # [b, nb, D1, Ns, Ts]
+                    yield sl, n, bs, torch.matmul(dmat, torch.matmul(prod, fmat_t))  # [b, nb, D1, D2, D3]
 
     def complex_map(self, y_m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The normalised complex map F [B, N, Nb, D1, D2, D3] (complex64, or complex128 for complex128 y)."""
         cdt = torch.complex128 if y_m.dtype == torch.complex128 else torch.complex64
         out = torch.empty(y_m.shape[0], self.cfg.n_tx, self.tx_beams, *self.spatial_shape, dtype=cdt,
                           device=y_m.device)
-        for sl, n, f in self._maps(y_m, x):
-            out[sl, n] = f.permute(0, 4, 2, 1, 3)
+        for sl, n, bs, f in self._maps(y_m, x):
+            out[sl, n, bs] = f
         if self.norm == "rms":
             out = out / _abs2(out).mean((1, 2, 3, 4, 5), keepdim=True).sqrt().clamp_min(1e-30)
         return out
@@ -479,19 +478,20 @@ class MatchedFrontEnd(FrontEnd):
             return torch.stack([f.real, f.imag], 3).reshape(B, -1, d1, d2, d3).float()
         rdt = torch.float64 if y_m.dtype == torch.complex128 else torch.float32
         pooled = self.beam_pool != "none"
-        out = torch.empty(B, self.cfg.n_tx, *(() if pooled else (self.tx_beams,)), d1, d2, d3, dtype=rdt,
-                          device=y_m.device)
+        out = torch.zeros(B, self.cfg.n_tx, *(() if pooled else (self.tx_beams,)), d1, d2, d3, dtype=rdt,
+                          device=y_m.device)  # |F|^2, pooled over the beams
         energy = torch.zeros(B, dtype=rdt, device=y_m.device)  # sum of |F|^2 per sample (for norm="rms")
-        for sl, n, f in self._maps(y_m, x):
-            e = _abs2(f)  # [b, D2, D1, D3, Nb]
+        for sl, n, bs, f in self._maps(y_m, x):
+            e = _abs2(f)  # [b, nb, D1, D2, D3]
             if self.norm == "rms":
                 energy[sl] += e.sum((1, 2, 3, 4))
             if self.beam_pool == "max":
-                out[sl, n] = e.amax(-1).sqrt().permute(0, 2, 1, 3)
+                out[sl, n] = torch.maximum(out[sl, n], e.amax(1))
             elif self.beam_pool == "rms":
-                out[sl, n] = e.mean(-1).sqrt().permute(0, 2, 1, 3)
+                out[sl, n] += e.sum(1) / self.tx_beams
             else:
-                out[sl, n] = e.sqrt().permute(0, 4, 2, 1, 3)
+                out[sl, n, bs] = e
+        out = out.sqrt_()
         if self.norm == "rms":  # divide by the root-mean-square of the complex map (before pooling)
             rms = (energy / (self.cfg.n_tx * self.tx_beams * d1 * d2 * d3)).sqrt().clamp_min(1e-30)
             out = out / rms.reshape(B, *([1] * (out.dim() - 1)))
