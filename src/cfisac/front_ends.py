@@ -601,8 +601,9 @@ class ImageFrontEnd(FrontEnd):
         rx_w, tx_w, dph = (self._const(k, like) for k in ("rx_weights", "tx_weights", "delay_phase"))
         noise_std = math.sqrt(self.cfg.noise_watt)
         budget, per_pixel = _working_cells(self.chunk_cells, y_m.device), self._pixel_cells()
-        # scenes per chunk: as many as leave >= 32 pixels per pixel chunk (small matmuls are slow)
-        chunk = max(1, budget // (max(1, min(G, 32, budget // per_pixel)) * per_pixel))
+        # >= 32 pixels per chunk where chunk_cells allows (small matmuls are slow), scenes per chunk to match
+        least = max(1, min(G, 32, self.chunk_cells // per_pixel))
+        chunk = max(1, budget // (least * per_pixel))
         for lo in range(0, B, chunk):
             sl = slice(lo, min(B, lo + chunk))
             xc = x[sl].to(device=y_m.device, dtype=cdt)
@@ -612,7 +613,7 @@ class ImageFrontEnd(FrontEnd):
             if self.norm == "noise":  # xi sqrt(mean_{i,t} |a_t(c_n(g))^H x_n|^2) [b, N, G]
                 scale = torch.stack([_beam_power(tx_w[n], xc[:, n]) for n in range(N)], 1)
                 scale = scale.sqrt_().mul_(noise_std).clamp_min_(1e-30)
-            step = max(1, budget // (b * per_pixel))
+            step = max(least, budget // (b * per_pixel))
             for g0 in range(0, G, step):
                 gs = slice(g0, min(G, g0 + step))
                 r = torch.matmul(rx_w[gs], yt)  # a_r(c_m(g))^H y: [b, Ts, g, Ns]
