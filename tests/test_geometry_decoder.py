@@ -149,8 +149,8 @@ def test_gaussian_heatmap_and_focal_loss_against_literal_loops():
 
 
 def test_readout_on_exact_maps_returns_the_targets(cfg2):
-    """Hand-made maps: heat peaks at the targets' pixels, exact offsets and bistatic velocities -> the positions and
-    velocities themselves, in ascending x."""
+    """Hand-made maps: heat peaks at the targets' pixels, exact offsets and bistatic velocities (with weights that
+    make the prior's ridge negligible) -> the positions and velocities themselves, in ascending x."""
     mcfg = _mcfg()
     dec = build_model("dvqvae", cfg2, mcfg, seed=0).cpu_side.decoder
     pos = torch.tensor([[[71.0, 33.0], [12.3, 80.2]]], dtype=torch.float64)  # not in canonical order
@@ -158,7 +158,7 @@ def test_readout_on_exact_maps_returns_the_targets(cfg2):
     g1, g2 = dec.map_shape
     P = cfg2.n_rx * cfg2.n_tx
     maps = {"heat": torch.full((1, g1, g2), -5.0), "offset": torch.zeros(1, 2, g1, g2),
-            "bistatic": torch.zeros(1, P, g1, g2), "log_weight": torch.zeros(1, P, g1, g2),
+            "bistatic": torch.zeros(1, P, g1, g2), "log_weight": torch.full((1, P, g1, g2), 1e4),
             "velocity": torch.zeros(1, 2, g1, g2)}
     u = bistatic_directions(pos, dec.tx_positions, dec.rx_positions)
     dx, dy = dec.pixel_size

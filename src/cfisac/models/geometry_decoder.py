@@ -28,7 +28,9 @@ Shapes (B batch, M receive APs, N transmit APs, Q targets, D code dimension, (d1
    soft-argmax of H in a ``peak_window`` window around each peak (:func:`soft_argmax_window`); the velocity solves
    the bistatic Doppler equations (Eq. 9-11: lambda f_D,nm = (e_n(g) + e_m(g)) . v, i.e. b_nm = u_nm(g) . v with
    e the unit vectors from the APs to g) at the estimated position by weighted least squares
-   (:func:`velocity_least_squares`, differentiable).
+   (:func:`velocity_least_squares`, differentiable) with learned weights w_nm (1/(m/s)^2) and a ridge of the prior's
+   inverse variance 3 / max_speed^2 (MAP under a Gaussian approximation of the uniform prior: between the AP rows
+   u_y nearly cancels and v_y is weakly observed).
 5. Output: psi [B, 4Q] float32 in the canonical order (ascending x), min-max normalised with the label range held
    in the buffers ``label_minimum`` / ``label_maximum`` [4Q] (default: the prior's box, area and +-max_speed; set
    them with :meth:`GeometryDecoder.set_label_range` to the training normaliser's).
@@ -405,8 +407,11 @@ class GeometryDecoder(nn.Module):
             return _gather_maps(maps["velocity"], flat).double()
         u = bistatic_directions(positions.double(), self.tx_positions, self.rx_positions)
         b = _gather_maps(maps["bistatic"], flat).double()
-        w = F.softplus(_gather_maps(maps["log_weight"], flat).double()) + 1e-3
-        return velocity_least_squares(u, b, w)
+        w = F.softplus(_gather_maps(maps["log_weight"], flat).double()) + 1e-3  # 1 / (m/s)^2
+        # ridge = the inverse prior variance of a velocity component (uniform in +-max_speed: max_speed^2 / 3): the
+        # MAP solution under a Gaussian approximation of the prior. Between the AP rows u_y = e_n,y + e_m,y nearly
+        # cancels, so v_y is weakly observed and the plain least squares would blow the errors of b up in v_y.
+        return velocity_least_squares(u, b, w, ridge=3.0 / self.max_speed**2)
 
     def readout(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 4: positions and velocities [B, Q, 2] float64 (m, m/s), in the canonical order (ascending x)."""
