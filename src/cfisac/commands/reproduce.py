@@ -153,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["learned"] = tuple(s for s in wanted if is_learned(s))
     device = args.device or ("cuda" if torch.cuda.is_available() and args.preset == "paper" else "cpu")
     ctx = make_context(args.preset, root=args.out, seed=args.seed, device=device, force=args.force, **overrides)
+    if args.point is not None:
+        n_points = len(get(names[0]).points(ctx))
+        if args.point >= n_points:
+            raise ValueError(f"--point {args.point} out of range: {names[0]} has {n_points} points "
+                             f"(0..{n_points - 1}); list them with --list-points")
     if not args.list_points:
         from ._checks import check_output_dir
 
