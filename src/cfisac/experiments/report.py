@@ -173,11 +173,11 @@ CAVEATS = (
     "cell of Y_m, so its second-order statistics carry the angle of arrival but no delay or Doppler; range and "
     "velocity are reachable only through X, which the decoder sees after heavy compression (docs/architecture.md). "
     "Compare it with the prior predictor (area centre, zero velocity), drawn in every accuracy figure.",
-    "**Time-capped classical points.** To keep the demo near 10 minutes a classical estimator gets a wall-clock "
-    "budget per point (`Budget.scheme_seconds`): it is evaluated on the first test scenes it gets through in that "
-    "time (at least one; `n_scenes` of the row, hollow markers in the figures). Its RMSE is then rough and depends "
-    "on the machine's load; the root-CRLB attached to the row is that of the same scenes. Rerun with "
-    "`--scheme-seconds 0` (no cap: all of `scheme_n_test`) for deterministic counts.",
+    "**Scenes per point and intervals.** Every point is evaluated on the preset's test scenes (`n_scenes` of the "
+    "row; `Budget.scheme_n_test` may give a slow scheme fewer), the same scenes for every scheme, and each RMSE "
+    "comes with a 95 % bootstrap interval over those scenes (whole scenes resampled; brackets in the tables, error "
+    "bars in the figures). `--scheme-seconds S` caps a classical point's wall time instead (it then keeps the first "
+    "test scenes it got through: hollow markers, and a count that depends on the machine's load).",
     "**Unstated paper settings.** The paper gives no x-axis values for Figs. 6-9, 13 and 14 and no offset "
     "magnitudes for Fig. 14; the values used here are in each experiment module (`VALUES`). Eq. (30) is applied with "
     "the subcarrier index in the timing term and real-valued offsets (see `cfisac.sensing`). The fully distributed "
