@@ -57,11 +57,15 @@ def test_equals_the_reference_on_noisy_scenes(power):
     assert float(err.max()) < 0.25 * cfg.resolution()["range_resolution_m"]
 
 
-def test_three_targets_and_other_options_equal_the_reference():
-    for q, options in ((3, {"n_candidates": 2}), (2, {"n_candidates": 1, "refine_rounds": 2})):
-        cfg = MONO.replace(n_targets=q, power_dbm=45.0)
+def test_three_targets_other_options_and_tilted_arrays_equal_the_reference():
+    # the second config's arrays are not collinear: the angle search takes the general Mr x Nt path
+    tilted = MONO.replace(tx_axes=((-0.6, -0.8),))
+    for cfg, q, options, collinear in ((MONO, 3, {"n_candidates": 2}, True),
+                                       (tilted, 2, {"n_candidates": 1, "refine_rounds": 2}, False)):
+        cfg = cfg.replace(n_targets=q, power_dbm=45.0)
         _, x, y = simulate(cfg, 2, 9)
         new, ref = MonostaticEstimator(cfg, **options), Reference(cfg, **options)
+        assert (new.kernels(torch.device("cpu")).sigma is not None) == collinear
         assert_same_detections(cfg, new.detections(y, x), ref.detections(y, x))
 
 

@@ -78,12 +78,17 @@ class MonostaticDetections:
 @dataclass
 class _Data:
     """One batch of P problems: echoes ``y`` [P, Mr, Ns Ts], signals ``x`` [P, Nt, Ns Ts] and ``xc = conj(x)``
-    (complex), and the transmit covariance ``rx = X X^H`` [P, Nt, Nt] (``||a_t^H x||^2 = a_t^H R_x a_t``)."""
+    (complex), and the transmit covariance ``rx = X X^H`` [P, Nt, Nt] (``||a_t^H x||^2 = a_t^H R_x a_t``).
+
+    For collinear arrays (:meth:`_Kernels.data`) also the co-array products ``lags`` [P, Mr + Nt - 1, Ns Ts] and
+    the endfire transmit beams ``edge`` [P, Ns Ts, 2] (else None)."""
 
     y: torch.Tensor
     x: torch.Tensor
     xc: torch.Tensor
     rx: torch.Tensor
+    lags: torch.Tensor | None = None
+    edge: torch.Tensor | None = None
 
     @classmethod
     def of(cls, y: torch.Tensor, x: torch.Tensor) -> _Data:
@@ -92,12 +97,16 @@ class _Data:
         xc = xf.conj().resolve_conj()
         return cls(y.flatten(2), xf, xc, xf @ xc.transpose(1, 2))
 
+    def _map(self, fn) -> _Data:
+        return _Data(*(None if t is None else fn(t) for t in (self.y, self.x, self.xc, self.rx, self.lags,
+                                                               self.edge)))
+
     def take(self, idx: torch.Tensor) -> _Data:
-        return _Data(self.y[idx], self.x[idx], self.xc[idx], self.rx[idx])
+        return self._map(lambda t: t[idx])
 
     def repeat(self, c: int) -> _Data:
         """Every problem ``c`` times in a row (problem p*c + j is a copy of p)."""
-        return _Data(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.xc, self.rx)))
+        return self._map(lambda t: t.repeat_interleave(c, 0))
 
 
 class MonostaticEstimator(BatchedEstimator):
@@ -159,7 +168,7 @@ class MonostaticEstimator(BatchedEstimator):
     def ap_messages(self, y: torch.Tensor, x: torch.Tensor) -> MonostaticDetections:
         """The BS's detections from y [b, 1, Mr, Ns, Ts] and x [b, 1, Nt, Ns, Ts] (module docstring, steps 1-3)."""
         k = self.kernels(y.device)
-        data = _Data.of(y[:, 0], x[:, 0])
+        data = k.data(y[:, 0], x[:, 0])
         b, q_all, c = y.shape[0], self.cfg.n_targets, self.n_candidates
         u = d = f = torch.zeros(b, 0, dtype=torch.float64, device=y.device)
         rows = torch.arange(b, device=y.device)
@@ -246,6 +255,15 @@ class _Kernels:
         self.h_d = g.range_res / est.oversample
         self.h_f = g.doppler_res / est.oversample
         self.offs = torch.linspace(-1.0, 1.0, ZOOM_POINTS, **f64)
+        # Collinear arrays (axis_t = sigma axis_r, as the paper's BS): u_tx = sigma u, so the angle objective
+        # a_r^H(c) M a_t(sigma c) only depends on the co-array lags r - sigma l (Mr + Nt - 1 instead of Mr Nt terms).
+        ax_r, ax_t = self.layout.rx_axes[0], self.layout.tx_axes[0]
+        dot, cross = float(ax_t @ ax_r), float(ax_t[1] * ax_r[0] - ax_t[0] * ax_r[1])
+        self.sigma = (1 if dot > 0 else -1) if abs(cross) < 1e-12 and abs(abs(dot) - 1.0) < 1e-12 else None
+        if self.sigma is not None:
+            lag = torch.arange(self.mr, device=device)[:, None] - self.sigma * torch.arange(self.nt, device=device)
+            self.lag_index = lag - lag.min()  # [Mr, Nt] -> co-array slot
+            self.lag = (torch.arange(self.mr + self.nt - 1, device=device) + lag.min()).double()
         # Zoom grids relative to the current point: exp(+j 2 pi i h o df / c) [scales, iters, G, Ns] and
         # exp(-j 2 pi t h o dT) [scales, iters, Ts, G] for the halving half-widths h of every scale.
         halve = 0.5 ** torch.arange(ZOOM_ITERS, **f64)
@@ -255,6 +273,20 @@ class _Kernels:
         self.zoom_hd, self.zoom_hf = hd, hf
         self.zoom_d = delay_phase(g, hd).conj().to(dt)
         self.zoom_f = doppler_phase(g, hf).conj().to(dt).transpose(-1, -2)
+
+    def data(self, y: torch.Tensor, x: torch.Tensor) -> _Data:
+        """The problems of y [P, Mr, Ns, Ts], x [P, Nt, Ns, Ts], with the co-array products for collinear arrays:
+        ``lags[m] = sum_{r - sigma l = m} y_r conj(x_l)`` and ``edge = a_t(u_tx(+-1))^T conj(x)``."""
+        data = _Data.of(y, x)
+        if self.sigma is None:
+            return data
+        lags = torch.zeros(data.y.shape[0], self.lag.numel(), data.y.shape[2], dtype=y.dtype, device=y.device)
+        for n in range(self.nt):
+            lags.index_add_(1, self.lag_index[:, n], data.y * data.xc[:, n:n + 1])
+        at_edge = steering_vectors(self.u_tx(torch.tensor([1.0, -1.0], dtype=torch.float64, device=y.device)),
+                                   self.nt, self.spacing, y.dtype)
+        data.lags, data.edge = lags, (at_edge @ data.xc).transpose(1, 2)
+        return data
 
     # ------------------------------------------------------------------ geometry / signatures
     def u_tx(self, u: torch.Tensor) -> torch.Tensor:
@@ -303,12 +335,14 @@ class _Kernels:
         # GLRT normalisation, and the data's norm divided out so that the single-precision cube is <= 1 (the scale
         # of a problem's cube does not change its local maxima or their order).
         norm = torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(1e-300)[:, None]
-        scale = (energy.clamp_min(1e-300).rsqrt() / norm).to(r.dtype)[..., None]
+        scale = energy.clamp_min(1e-300).rsqrt().to(CUBE_DTYPE)[..., None]
+        r, xc = (r / norm[..., None]).to(CUBE_DTYPE), data.xc.to(CUBE_DTYPE)
+        grid_rx, grid_tx = self.grid_rx.to(CUBE_DTYPE), self.grid_tx.to(CUBE_DTYPE)
         cube = torch.empty(p, n_u, self.n_range, self.n_doppler, dtype=self.dft_doppler.dtype, device=r.device)
         block = max(1, CUBE_BLOCK_CELLS // (p * max(self.lf * ts, self.n_range * self.n_doppler)))
         for lo in range(0, n_u, block):
             sl = slice(lo, lo + block)
-            z = ((self.grid_rx[sl] @ r) * (self.grid_tx[sl] @ data.xc) * scale[:, sl]).to(CUBE_DTYPE)  # [P, u, Ns Ts]
+            z = (grid_rx[sl] @ r) * (grid_tx[sl] @ xc) * scale[:, sl]  # [P, u, Ns Ts]
             z = z.view(p, -1, ns, ts)
             if self.fft_range:  # range DFT [P, u, K, Ts]
                 s1 = torch.fft.ifft(z, n=self.lf, dim=-2, norm="forward")[..., :self.n_range, :]
@@ -415,9 +449,14 @@ class _Kernels:
             if proj is not None:  # the others in this receive beam, times conj(b)
                 zo = (proj[0] @ a.conj()[..., None]) * proj[1] * bc[:, None]
             d, f = self._zoom_range_doppler(s, r * bc, zo, (bc.real**2 + bc.imag**2).sum(-1), proj, d, f)
-            xph = xh * path_phase(self.grid, d, f).conj().to(dt).flatten(1)[..., None]
+            ph = path_phase(self.grid, d, f).conj().to(dt).flatten(1)  # [P, Ns Ts]
+            xph = xh * ph[..., None]
             v = None if proj is None else proj[1] @ xph  # [P, K, Nt]
-            u = self._zoom_angle(s, data, data.y @ xph, v, proj, u)
+            if data.lags is None:
+                m = data.y @ xph  # M [P, Mr, Nt]
+            else:  # M summed over the co-array lags [P, lags], and M a_t(u_tx(+-1)) [P, Mr, 2]
+                m = ((data.lags @ ph[..., None])[..., 0], data.y @ (data.edge * ph[..., None]))
+            u = self._zoom_angle(s, data, m, v, proj, u)
         return u, d, f
 
     def _zoom_range_doppler(self, s: int, z: torch.Tensor, zo: torch.Tensor | None, en: torch.Tensor,
@@ -448,21 +487,30 @@ class _Kernels:
             f = f + self.zoom_hf[s, it, best % g]
         return d, f
 
-    def _zoom_angle(self, s: int, data: _Data, m: torch.Tensor, v: torch.Tensor | None, proj: tuple | None,
-                    u: torch.Tensor) -> torch.Tensor:
+    def _zoom_angle(self, s: int, data: _Data, m: torch.Tensor | tuple, v: torch.Tensor | None,
+                    proj: tuple | None, u: torch.Tensor) -> torch.Tensor:
         """5-point zoom maximisation over the AoA cosine u [P] at scale index ``s`` of ``|n - c^T w|^2 / (||b||^2 -
         c^H G^-1 c)``, ``n = a_r^H M a_t`` (``M = sum_{i,t} conj(ph) y conj(x)^T`` [P, Mr, Nt] at the refined range
         and Doppler), ``||b||^2 = a_t^H R_x a_t``, ``c_k = (a_r^H a_k)(a_t^T v_k)`` the other targets' terms (``v``
-        [P, K, Nt]); u wraps into [-1, 1) for a half-wavelength array (reference ``zoom_maximize`` of ``obj_u``)."""
+        [P, K, Nt]); u wraps into [-1, 1) for a half-wavelength array (reference ``zoom_maximize`` of ``obj_u``).
+        ``m`` = (co-array sums, endfire products) for collinear arrays: ``n = sum_m e^{j 2 pi spacing c m} M_m /
+        sqrt(Mr Nt)`` for |c| <= 1, ``a_r^H (M a_t(u_tx(+-1)))`` beyond (u_tx is clipped there)."""
         rows = torch.arange(u.numel(), device=u.device)
         h = self.h_u * SCALES[s]
         for _ in range(ZOOM_ITERS):
             cand = u[:, None] + h * self.offs  # [P, G]
             if not self.est.periodic:
                 cand = cand.clamp(-1.0, 1.0)
-            ar, at = self.beams(cand, m.dtype)  # [P, G, Mr], [P, G, Nt]
+            ar, at = self.beams(cand, data.y.dtype)  # [P, G, Mr], [P, G, Nt]
             arc = ar.conj()
-            num = ((arc @ m) * at).sum(-1)
+            if isinstance(m, tuple):
+                co = _unit(TWO_PI * self.spacing * cand[..., None] * self.lag, data.y.dtype)  # [P, G, lags]
+                num = (co @ m[0][..., None])[..., 0] / math.sqrt(self.mr * self.nt)
+                if self.est.periodic:
+                    edge = arc @ m[1]  # [P, G, 2]
+                    num = torch.where(cand > 1.0, edge[..., 0], torch.where(cand < -1.0, edge[..., 1], num))
+            else:
+                num = ((arc @ m) * at).sum(-1)
             en = ((at.conj() @ data.rx) * at).sum(-1).real
             if proj is not None:
                 oa, _, ginv, w = proj
