@@ -28,6 +28,7 @@ Positions are constrained to the area and velocities to ``[-max_speed, max_speed
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -305,12 +306,29 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _velocity_grid_start(a: torch.Tensor, b: torch.Tensor, lim: float, velocity_res: float) -> torch.Tensor:
+    """The point of lowest Cauchy cost on a grid over the velocity box [-lim, lim]^2: [P, 2].
+
+    ``a`` [P, R, 2], ``b`` [P, R] (the rows of :func:`_fit_velocities`). The grid step is a quarter of the loss
+    scale (``ROBUST_SCALE * velocity_res / 4`` m/s, at most 81 points a side), finer than the basins of the robust
+    cost, so the fit started there reaches its global minimum where the least-squares starts land in a worse local
+    one (a Doppler captured by another path can pull every least-squares start onto a box edge).
+    """
+    n = min(81, math.ceil(2.0 * lim / (ROBUST_SCALE * velocity_res / 4.0)) + 1)
+    axis = torch.linspace(-lim, lim, n, dtype=a.dtype, device=a.device)
+    pts = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)  # [G, 2]
+    r = torch.matmul(a, pts.T) - b[..., None]  # [P, R, G]
+    cost = torch.log1p((r / ROBUST_SCALE) ** 2).sum(-2)
+    return pts[cost.argmin(-1)]
+
+
 def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.Tensor, vmax: float) -> torch.Tensor:
     """Velocities [P, 2] of P targets at ``g`` [P, 2] from their Dopplers ``f`` [P, M, N] (Eq. 9-11).
 
     Rows ``(e_m + e_n) / velocity_res`` and targets ``lambda f / velocity_res`` in (m, n) row-major order; the
-    robust bounded fit starts from the least-squares solution and every leave-one-out one (clipped to the box),
-    the lowest Cauchy cost wins, then the same rejection and plain refit as the positions.
+    robust bounded fit starts from the least-squares solution and every leave-one-out one (clipped to the box), as
+    the reference, and from the best point of a grid over the box (:func:`_velocity_grid_start`); the lowest Cauchy
+    cost wins, then the same rejection and plain refit as the positions.
     """
     er = g[:, None, :] - lay.rx
     er = er / torch.linalg.vector_norm(er, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -324,7 +342,8 @@ def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.
     if n_rows <= 2:
         return v0
     loo = 1.0 - torch.eye(n_rows, dtype=a.dtype, device=a.device)  # [R (left out), R]
-    starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim)], 1)
+    starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim),
+                        _velocity_grid_start(a, b, lim, grid.velocity_res)[:, None]], 1)
     lo = torch.full((2,), -vmax, dtype=a.dtype, device=a.device)
     hi = -lo
 
