@@ -16,7 +16,8 @@ transmit AP n, one bistatic range ``d_{n,m,q} = d_{n,q} + d_{m,q}`` (Eq. 7) and 
    cells; measurements off the robust fit by more than ``REJECT * ROBUST_SCALE`` cells are dropped and the rest
    refitted by plain least squares;
 4. solves the velocity from all N*M Dopplers ``lambda f_D = (e_n + e_m) . v`` by the same robust bounded least
-   squares (starts: the full and every leave-one-out least-squares solution) and rejection.
+   squares (starts: the full and every leave-one-out least-squares solution, as the reference, plus the best point
+   of a grid over the velocity box) and rejection.
 
 It is the batched equivalent of :func:`cfisac.estimators.reference.signal_processing.fuse_messages` (the literal,
 scene-at-a-time reference): scipy's trust-region-reflective ``least_squares(loss="cauchy", bounds=...)`` is
