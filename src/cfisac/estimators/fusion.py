@@ -21,9 +21,12 @@ transmit AP n, one bistatic range ``d_{n,m,q} = d_{n,q} + d_{m,q}`` (Eq. 7) and 
 
 It is the batched equivalent of :func:`cfisac.estimators.reference.signal_processing.fuse_messages` (the literal,
 scene-at-a-time reference): scipy's trust-region-reflective ``least_squares(loss="cauchy", bounds=...)`` is
-replaced by an iteratively reweighted Gauss-Newton / Levenberg-Marquardt solver with Cauchy weights, an active set
-on the box and projection onto it (:func:`robust_box_lsq`); the best start is the one of lowest Cauchy cost.
-Positions are constrained to the area and velocities to ``[-max_speed, max_speed]^2``.
+replaced by a batched Levenberg-Marquardt solver (Newton steps on the exact Hessian of the Cauchy cost where it is
+positive definite, iteratively reweighted Gauss-Newton steps otherwise), with an active set on the box and
+projection onto it (:func:`robust_box_lsq`); the best start is the one of lowest Cauchy cost. Positions are
+constrained to the area and velocities to ``[-max_speed, max_speed]^2``. Memory is a few hundred kB per scene
+(independent of Ns, Ts); on the same messages the results match the reference to ~1e-5 m except where the robust
+cost has several minima of similar cost (high noise), where the two solvers can pick different ones.
 """
 
 from __future__ import annotations
