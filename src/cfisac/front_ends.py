@@ -312,6 +312,13 @@ def _abs2(v: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(re * re, v.imag, v.imag)
 
 
+def _linear_phases(u: torch.Tensor, v: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """e^{j u_g v_l phi_t} [g, V, Ts] complex128 from u [g], v [V], phi [Ts] (float64), as cos + j sin (2x cheaper
+    than torch.polar on a CPU)."""
+    ang = u[:, None, None] * v[None, :, None] * phi
+    return torch.complex(torch.cos(ang), torch.sin(ang))
+
+
 def _working_cells(chunk_cells: int, device: torch.device) -> int:
     """Complex cells of a chunk's largest intermediate: ``chunk_cells`` (the memory bound), on a CPU at most the
     cache-sized ``FAST_CHUNK_CELLS`` (larger chunks only add cache misses there)."""
@@ -743,10 +750,7 @@ class VelocityImageFrontEnd(ImageFrontEnd):
         phi = self.phase_per_mps.to(device=device, dtype=f64)
         u = self.bistatic_directions[n, gs].to(device=device, dtype=f64)  # [g, 2]
         vx, vy = self.velocity_x.to(device), self.velocity_y.to(device)
-        one = torch.ones((), dtype=f64, device=device)
-        ex = torch.polar(one, u[:, 0, None, None] * vx[None, :, None] * phi) / math.sqrt(phi.shape[0])
-        ey = torch.polar(one, u[:, 1, None, None] * vy[None, :, None] * phi)
-        return ex, ey
+        return _linear_phases(u[:, 0], vx, phi) / math.sqrt(phi.shape[0]), _linear_phases(u[:, 1], vy, phi)
 
     def _doppler_stage(self, p: torch.Tensor, n: int, gs: slice) -> torch.Tensor:
         return self._velocity_plane(p, n, gs).transpose(0, 1)
