@@ -374,3 +374,254 @@ def test_remove_stale_temporaries_keeps_live_and_own_writers(tmp_path):
     assert removed == [tmp_path / f".x.tmp-{dead}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f".x.tmp-{p}" for p in (os.getpid(), os.getppid()))
     assert math.isfinite(float(dead))
+
+
+# ==================================================================================================== issue 18
+# The quick rows of the fault matrix (the long ones, real kill -9 / dead ranks / a full tmpfs, are in
+# benchmarks/faults.py, results in benchmarks/results/faults.md).
+
+# ---------------------------------------------------------------------------------------------------- 10: cache
+def test_a_killed_write_hdf5_resumes_with_the_same_contents(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import cfisac.data as data
+
+    ref = write_hdf5(tmp_path / "ref.h5", TINY, 10, seed=5, chunk=2)
+    real = data.simulate_batch
+    calls: list[int] = []
+
+    def killed_after_three(cfg, seed, indices, **kw):
+        calls.append(indices[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the process dies here (SIGKILL does not even run the except clauses)
+        return real(cfg, seed, indices, **kw)
+
+    monkeypatch.setattr(data, "simulate_batch", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        write_hdf5(tmp_path / "d.h5", TINY, 10, seed=5, chunk=2)
+    parts = tmp_path / ".d.h5.parts"
+    assert not (tmp_path / "d.h5").exists() and len(list(parts.glob("c*.npz"))) == 3
+    # a part damaged on disk is simulated again, not trusted
+    part = parts / "c000001.npz"
+    part.write_bytes(part.read_bytes()[:-30])
+    calls.clear()
+    monkeypatch.setattr(data, "simulate_batch", lambda cfg, seed, indices, **kw: (calls.append(indices[0]),
+                                                                                  real(cfg, seed, indices, **kw))[1])
+    logs: list[str] = []
+    write_hdf5(tmp_path / "d.h5", TINY, 10, seed=5, chunk=2, log=logs.append)
+    assert calls == [2, 6, 8]  # chunks 0 and 2 were reused, 1 (damaged), 3 and 4 simulated
+    assert any("resuming" in ln and "3 of 5 chunk files" in ln for ln in logs), logs
+    assert not parts.exists()
+    with h5py.File(ref) as a, h5py.File(tmp_path / "d.h5") as b:
+        for k in ("y", "x", "labels", "indices", "sha256"):
+            assert np.array_equal(a[k][()], b[k][()]), k
+        assert dict(a.attrs) == dict(b.attrs)
+    open_hdf5(tmp_path / "d.h5")
+
+
+def test_write_hdf5_with_other_arguments_does_not_reuse_the_chunks(tmp_path, monkeypatch):
+    import numpy as np
+
+    import cfisac.data as data
+
+    real = data.simulate_batch
+
+    def die(cfg, seed, indices, **kw):
+        if indices[0] >= 2:
+            raise KeyboardInterrupt
+        return real(cfg, seed, indices, **kw)
+
+    monkeypatch.setattr(data, "simulate_batch", die)
+    with pytest.raises(KeyboardInterrupt):
+        write_hdf5(tmp_path / "d.h5", TINY, 4, seed=1, chunk=2)
+    monkeypatch.setattr(data, "simulate_batch", real)
+    write_hdf5(tmp_path / "d.h5", TINY, 4, seed=2, chunk=2)  # another seed: chunk 0 of seed 1 must not be used
+    ref = write_hdf5(tmp_path / "ref.h5", TINY, 4, seed=2, chunk=2)
+    with h5py.File(ref) as a, h5py.File(tmp_path / "d.h5") as b:
+        assert np.array_equal(a["y"][()], b["y"][()])
+
+
+def test_disk_full_while_writing_the_cache_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import numpy as np
+
+    prev = write_hdf5(tmp_path / "d.h5", TINY, 2, seed=0)
+    before = prev.read_bytes()
+    calls = []
+
+    def full(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(*a, **k)
+
+    real_savez = np.savez
+    monkeypatch.setattr(np, "savez", full)
+    assert main(["simulate", "--preset", "tiny", "--n", "6", "--chunk", "2", "--out", str(prev)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # after the progress bar
+    assert f"cannot write the dataset to {prev}: No space left on device" in line
+    assert "free space and rerun to resume" in line
+    assert prev.read_bytes() == before  # the previous cache is intact
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("edit", ["truncate", "flip"])
+def test_a_damaged_cache_says_which_file_and_what_to_do(tmp_path, edit, capsys):
+    path = write_hdf5(tmp_path / "d.h5", TINY, 8, seed=0, chunk=4)
+    data = bytearray(path.read_bytes())
+    if edit == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-2000] ^= 0x10  # inside the last chunk's rows
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{path}.*delete it and re-create it with `cfisac simulate`"):
+        open_hdf5(path)
+    assert main(["train", "--preset", "tiny", "--data", str(path), "--n-train", "4", "--n-val", "2", "--epochs", "1",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line and "delete it" in line
+    assert not (tmp_path / "r" / "latest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 11: store
+def test_a_bit_flip_in_a_stored_result_is_never_reported(tmp_path):
+    store = PointStore(tmp_path, "fig6")
+    store.append(_point("a", 1.0), 0, _result(1.25), wall_s=0.1)
+    store.append(_point("b", 2.0), 1, _result(2.25), wall_s=0.1)
+    text = store.path.read_bytes()
+    assert text.index(b"2.25") > 0
+    store.path.write_bytes(text.replace(b",2.25,", b",3.25,", 1))  # one digit of b's position RMSE
+    with pytest.warns(MalformedRowWarning, match=rf"{store.path}:3: .*row_sha256 mismatch"):
+        latest = store.latest()
+    assert set(latest) == {"a"}  # b is not finished: it is computed again, the wrong 3.25 never shown
+    store.append(_point("b", 2.0), 1, _result(2.25), wall_s=0.1)
+    with pytest.warns(MalformedRowWarning):
+        assert store.latest()["b"]["position_rmse"] == 2.25
+
+
+def test_a_store_without_row_checksums_is_read_and_extended_in_its_format(tmp_path):
+    from cfisac.experiments.store import LEGACY_COLUMNS
+
+    store = PointStore(tmp_path, "fig6")
+    store.append(_point("a", 1.0), 0, _result(1.25), wall_s=0.1)
+    with open(store.path, newline="") as f:
+        rows = list(csv.reader(f))
+    with open(store.path, "w", newline="") as f:  # as an older version wrote it
+        csv.writer(f).writerows([r[:-1] for r in rows])
+    store.append(_point("b", 2.0), 1, _result(2.25), wall_s=0.1)
+    with open(store.path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == LEGACY_COLUMNS and [len(r) for r in rows] == [len(LEGACY_COLUMNS)] * 3
+    assert {k: v["position_rmse"] for k, v in store.latest().items()} == {"a": 1.25, "b": 2.25}
+
+
+def test_a_corrupted_store_header_names_the_file_and_what_to_do(tmp_path, capsys):
+    store = PointStore(tmp_path, "fig6")
+    store.path.parent.mkdir(parents=True)
+    store.path.write_text("experiment,poi\n")
+    with pytest.raises(ValueError, match=rf"{store.path} .*delete it and rerun"):
+        store.latest()
+
+
+# ---------------------------------------------------------------------------------------------------- 12: report
+def test_the_report_is_written_atomically_and_a_full_disk_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from cfisac.experiments import report
+
+    path = tmp_path / "report.md"
+    dead = _dead_pid()
+    (tmp_path / f".report.md.tmp-{dead}").write_text("partial")
+    report.write_text_atomic(path, "old report\n")
+    assert path.read_text() == "old report\n" and not (tmp_path / f".report.md.tmp-{dead}").exists()
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", full)
+    with pytest.raises(ValueError, match=rf"cannot write {path}: No space left on device"):
+        report.write_text_atomic(path, "new report\n")
+    assert path.read_text() == "old report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------------- 13: CLI
+@pytest.mark.parametrize("argv, needle", [
+    (["simulate", "--preset", "tiny", "--n", "abc", "--out", "x.h5"], "'abc'"),
+    (["crlb", "--preset", "tiny", "--power-dbm", "ten"], "'ten'"),
+    (["train", "--model", "nosuch", "--out", "r"], "'nosuch'"),
+    (["nosuch"], "'nosuch'"),
+    (["simulate", "--no-such-flag", "--out", "x.h5"], "--no-such-flag"),
+])
+def test_argparse_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    line = _error_line(capsys)
+    assert line.startswith("cfisac") and ": error: " in line and needle in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_os_error_of_a_command_is_one_line_with_exit_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import cfisac.commands.simulate as sim
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(sim, "system_summary", full)
+    assert main(["simulate", "--preset", "tiny", "--n", "2", "--out", str(tmp_path / "a.h5")]) == 1
+    line = _error_line(capsys)
+    assert "No space left on device" in line and str(tmp_path / "x") in line
+
+
+def test_reproduce_point_out_of_range_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "fig6", "--preset", "tiny", "--point", "999", "--no-report", "--out", str(out)]) == 2
+    assert "--point 999 out of range" in _error_line(capsys)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 14: train
+def test_train_config_rejects_n_val_zero():
+    with pytest.raises(ValueError, match="n_val"):
+        TrainConfig(n_val=0)
+    with pytest.raises(ValueError, match="n_val"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "n_val": 0})
+
+
+def test_train_resume_before_the_first_checkpoint_starts_the_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / f".tmp-ckpt-e0000-s000000-{_dead_pid()}").mkdir()  # killed while writing its first checkpoint
+    argv = ["train", "--preset", "tiny", "--n-train", "8", "--n-val", "2", "--batch-size", "8", "--epochs", "1",
+            "--out", str(out), "--no-progress", "--resume"]
+    assert main(argv) == 0
+    assert "holds no checkpoint yet; starting the run" in capsys.readouterr().out
+    assert (out / "latest.json").is_file() and [p.name for p in out.glob(".tmp-*")] == []
+    assert main(argv) == 0  # the same command again: resumes the finished run, trains nothing
+    assert "resuming" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------- 15: fronthaul
+def test_a_corrupted_fronthaul_message_is_rejected_by_its_crc_and_counted():
+    from cfisac.distributed.transport import queue_pair
+    from cfisac.distributed.wire import Kind, MessageError, make_message
+
+    a, b = queue_pair(1, 0, timeout_s=5)
+    for step in (1, 2):
+        msg = make_message(Kind.FORWARD, [torch.arange(64, dtype=torch.uint8)], sender=1, ap=0, step=step)
+        msg.body[10] ^= 0x10  # after the CRC was computed: a bit flipped on the way
+        a.send(msg)
+        with pytest.raises(MessageError, match=rf"FORWARD message from rank 1 is corrupted \(CRC-32.*rejected "
+                                               rf"\({step} corrupted message"):
+            b.recv(Kind.FORWARD)
+    assert b.traffic.to_dict()["rejected_messages"] == {"FORWARD": 2}
+    good = make_message(Kind.FORWARD, [torch.arange(64, dtype=torch.uint8)], sender=1, ap=0, step=3)
+    a.send(good)
+    assert b.recv(Kind.FORWARD).header.step == 3 and b.traffic.rejected_messages == {"FORWARD": 2}

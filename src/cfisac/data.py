@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,10 @@ def _claim_parts(parts: Path, meta: dict[str, Any], path: Path) -> int:
 def _read_part(part: Path) -> dict[str, np.ndarray] | None:
     """The arrays of a finished chunk file when it is intact (its SHA-256s match), else None (simulated again)."""
     try:
-        with np.load(part) as z:
+        with open(part, "rb") as fh, np.load(fh) as z:
             arrays = {k: z[k] for k in ARRAYS}
             digests = [d.decode() for d in z["sha256"]]
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # torn or damaged: simulated again
         return None
     if [_digest(arrays[k]) for k in ARRAYS] != digests:
         return None

@@ -368,6 +368,13 @@ def seal_checkpoint(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
     return st
 
 
+def damaged(path: Path, why: str) -> ValueError:
+    """The one-line error of a damaged checkpoint file: names it and says what to do."""
+    why = " ".join(why.split())
+    return ValueError(f"checkpoint file {path} {why}; delete {path.parent} (a resumed run then continues from "
+                      "best.json's checkpoint) or train again into a new --out")
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     """``ckpt/state.json``, verified (with the safetensors files) against its checksums; a ``ValueError`` naming
     the file that is missing, truncated or corrupted."""
@@ -375,20 +382,20 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint file {path} is unreadable or not valid JSON (corrupted?): {err}") from None
+        raise damaged(path, f"is unreadable or not valid JSON (corrupted?): {err}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint file {path} is not a JSON object (corrupted?)")
+        raise damaged(path, "is not a JSON object (corrupted?)")
     digests = state.get("sha256")
     if digests is None:  # written before checksums existed: read unverified
         return state
     if not isinstance(digests, dict) or digests.get("state.json") != _state_digest(state):
-        raise ValueError(f"checkpoint file {path} is corrupted (checksum mismatch)")
+        raise damaged(path, "is corrupted (checksum mismatch)")
     for name in CHECKPOINT_FILES:
         f = ckpt / name
         if not f.is_file():
-            raise ValueError(f"checkpoint file {f} is missing")
+            raise damaged(f, "is missing")
         if file_sha256(f) != digests.get(name):
-            raise ValueError(f"checkpoint file {f} is corrupted or truncated (SHA-256 mismatch with state.json)")
+            raise damaged(f, "is corrupted or truncated (SHA-256 mismatch with state.json)")
     return state
 
 
@@ -397,7 +404,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"checkpoint file {path} cannot be read (truncated or corrupted?): {err}") from None
+        raise damaged(path, f"cannot be read (truncated or corrupted?): {err}") from None
 
 
 def remove_stale_checkpoint_temporaries(out: Path) -> list[Path]:
