@@ -625,3 +625,29 @@ def test_a_corrupted_fronthaul_message_is_rejected_by_its_crc_and_counted():
     good = make_message(Kind.FORWARD, [torch.arange(64, dtype=torch.uint8)], sender=1, ap=0, step=3)
     a.send(good)
     assert b.recv(Kind.FORWARD).header.step == 3 and b.traffic.rejected_messages == {"FORWARD": 2}
+
+
+def test_write_results_and_plot_cdf_remove_their_own_stale_temporaries(tmp_path, monkeypatch):
+    import errno
+
+    from cfisac import evaluate
+
+    dead = _dead_pid()
+    (tmp_path / f".r.json.tmp-{dead}").write_text("{")
+    (tmp_path / f".r.tmp-{dead}.png").write_bytes(b"half")
+    (tmp_path / f".r.json.tmp-{os.getppid()}").write_text("a live writer's")
+    evaluate.write_results(tmp_path / "r.json", {"a": math.nan})
+    res = {"estimator": "x", "position_errors": [1.0, 2.0], "velocity_errors": [0.5], "position_rmse": 1.6,
+           "velocity_rmse": 0.5}
+    evaluate.plot_cdf(tmp_path / "r.png", [res])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r.json", "r.png", f".r.json.tmp-{os.getppid()}"])
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None}
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate.os, "replace", full)
+    with pytest.raises(OSError):
+        evaluate.write_results(tmp_path / "r.json", {"a": 1.0})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None}
+    assert not (tmp_path / f".r.json.tmp-{os.getpid()}").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -169,15 +170,24 @@ def plot_cdf(path: str | Path, results: list[dict[str, Any]], *, title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    from .data import remove_stale_temporaries
+
+    remove_stale_temporaries(path.parent, re.escape(f".{path.stem}.tmp-") + r"(?P<pid>\d+)" + re.escape(path.suffix))
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
-    """Write a results dict as JSON (atomically); NaN becomes null."""
+    """Write a results dict as JSON (atomically: a temporary renamed into place; temporaries of dead writers are
+    removed first, an ``OSError`` leaves the previous file intact); NaN becomes null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -190,7 +200,17 @@ def write_results(path: str | Path, results: dict[str, Any]) -> Path:
             return [clean(w) for w in v]
         return v
 
+    from .data import remove_stale_temporaries
+
+    remove_stale_temporaries(path.parent, re.escape(f".{path.name}.tmp-") + r"(?P<pid>\d+)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(clean(results), indent=1))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(clean(results), indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:  # disk full / denied: no temporary left, the previous file intact
+        tmp.unlink(missing_ok=True)
+        raise
     return path
