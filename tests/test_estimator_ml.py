@@ -279,20 +279,22 @@ REFERENCE = Path(__file__).parent / "data" / "ml_reference.json"
 
 
 def test_estimates_match_the_scene_looping_reference_on_fixed_scenes():
-    """The 8 tiny scenes (Q = 2, 50 dBm) of tests/data/ml_reference.json, made by the scene-looping ml.py before
-    the batched rewrite (command in the file): every joint and distributed position within 1e-4 m and velocity
-    within 1e-4 m/s of the stored ones (measured: <= 4e-6; the LM stops on a 1e-3 likelihood-unit gain). The scenes
-    run as one batch, so batching across scenes must not change a scene's result."""
+    """The first 4 of the 8 tiny scenes (Q = 2, 50 dBm) of tests/data/ml_reference.json, made by the scene-looping
+    ml.py before the batched rewrite (command in the file; scene d depends only on the seed and d): every joint and
+    distributed position within 1e-4 m and velocity within 1e-4 m/s of the stored ones (measured: <= 4e-6; the LM
+    stops on a 1e-3 likelihood-unit gain). The scenes run as one batch, so batching across scenes must not change a
+    scene's result."""
     ref = json.loads(REFERENCE.read_text())
     case = next(c for c in ref["cases"] if c["preset"] == "tiny")
     cfg = cfisac.SystemConfig.preset("tiny", n_targets=case["n_targets"], power_dbm=case["power_dbm"])
-    sc = cfisac.sample_scenes(cfg, case["scenes"], case["seed"])
-    assert torch.allclose(sc.positions, torch.tensor(case["true_positions"], dtype=torch.float64))
+    n = 4
+    sc = cfisac.sample_scenes(cfg, n, case["seed"])
+    assert torch.allclose(sc.positions, torch.tensor(case["true_positions"][:n], dtype=torch.float64))
     x = cfisac.transmit_signals(cfg, sc, case["seed"], dtype=torch.complex128)
     y = cfisac.sensing_echoes(cfg, sc, x, seed=case["seed"])
     out = create("ml-joint", cfg)(y, x)
     for key in ("positions", "velocities", "distributed_positions", "distributed_velocities"):
-        err = (getattr(out, key) - torch.tensor(case[key], dtype=torch.float64)).abs().max()
+        err = (getattr(out, key) - torch.tensor(case[key][:n], dtype=torch.float64)).abs().max()
         assert float(err) < 1e-4, (key, float(err))
 
 
