@@ -347,7 +347,8 @@ class _Kernels:
             z = (grid_rx[sl] @ r) * (grid_tx[sl] @ xc) * scale[:, sl]  # [P, u, Ns Ts]
             z = z.view(p, -1, ns, ts)
             if self.fft_range:  # range DFT [P, u, K, Ts]
-                s1 = torch.fft.ifft(z, n=self.lf, dim=-2, norm="forward")[..., :self.n_range, :]
+                s1 = torch.fft.ifft(z.transpose(-1, -2).contiguous(), n=self.lf, dim=-1, norm="forward")
+                s1 = s1[..., :self.n_range].transpose(-1, -2).contiguous()
             else:
                 s1 = self.dft_range @ z
             if self.fft_doppler:
