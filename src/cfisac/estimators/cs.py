@@ -27,8 +27,14 @@ Batching: every stage works on R "rows" (one receive AP of one scene, or one OMP
 sequential parts (OMP steps, the cyclic polish over atoms, polish rounds) are Python loops over the small fixed
 numbers N Q (atoms) and rounds, never over scenes; converged rows drop out of the polish. Memory is bounded by the
 chunk size (:meth:`CsEstimator.default_chunk_size`) and by computing the correlation statistic in blocks of rows x
-symbols of at most :data:`PICK_BLOCK` complex cells. Results equal the reference's up to floating-point rounding
-(``tests/test_cs.py`` states the tolerance).
+symbols of at most :data:`PICK_BLOCK` complex cells (peak RSS growth 1.5 GiB for one ``paper`` scene, 1.7 GiB for
+a 64-scene ``quick`` chunk). Results equal the reference's up to floating-point rounding (``tests/test_cs.py``
+states the tolerance; the fronthaul messages of 50 noisy ``quick`` scenes at 50 dBm agreed to 1e-17).
+
+Cost: the work is arithmetic, not interpreter overhead, so batching alone gains little; the correlation step is
+computed with fewer operations than the reference's (see :meth:`CsEstimator._correlation`), the rest is the same
+algorithm. About half of the time is the correlation statistic (La x Mr x Ts x Kw values per transmit AP and pick,
+about 15 picks per AP), half the zoom refinements (about 80 refinements of 56 objective evaluations per AP).
 """
 
 from __future__ import annotations
