@@ -68,7 +68,8 @@ def main() -> None:
     for i in a.front_ends:
         cmd = [sys.executable, __file__, "--child", str(i), "--preset", a.preset, "--threads", str(a.threads),
                "--repeats", str(a.repeats), "--batches", *map(str, a.batches)]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
         cells = ", ".join(f"B={b}: {row[f's_per_scene_ap_b{b}'] * 1e3:.2f} ms ({row[f'peak_rss_gib_b{b}']:.2f} GiB)"
                           for b in sorted(a.batches))
         print(f"{row['front_end']} {row['options'] or ''} output {tuple(row['output'])}: {cells}; "
