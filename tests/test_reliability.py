@@ -651,3 +651,28 @@ def test_write_results_and_plot_cdf_remove_their_own_stale_temporaries(tmp_path,
         evaluate.write_results(tmp_path / "r.json", {"a": 1.0})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": None}
     assert not (tmp_path / f".r.json.tmp-{os.getpid()}").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from safetensors import SafetensorError
+
+    import cfisac.train as train_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = find_checkpoint(run)
+
+    def too_large(tensors, path, *a, **k):
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(train_mod, "save_file", too_large)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*ckpt-e0002-s000000: Error while serializing"):
+        train(TINY, TINY_M, _tcfg(epochs=2), run, resume=True, progress=False, log=None, plot=False)
+    assert find_checkpoint(run) == before  # latest.json still names the intact earlier checkpoint
+    assert not list(run.glob(".tmp-*"))
+    assert main(["train", "--preset", "tiny", "--n-train", "16", "--n-val", "4", "--batch-size", "8", "--epochs", "2",
+                 "--seed", "0", "--out", str(run), "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("cfisac train: error: cannot write the")

@@ -697,11 +697,37 @@ def train(
         log(line)
 
     def save(finished: bool) -> Path:
-        nonlocal best
         model.sync_codebooks()
         name = f"ckpt-e{epoch:04d}-s{step_in_epoch:06d}"
         remove_stale_checkpoint_temporaries(out)
         tmp = out / f".tmp-{name}-{os.getpid()}"
+        final = out / name
+        try:
+            is_best = write_checkpoint_dir(tmp, final, finished)
+        except (OSError, SafetensorError) as err:  # disk full, file too large, denied: the earlier checkpoints stay
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = getattr(err, "strerror", None) or " ".join(str(err).split())
+            raise OSError(f"cannot write the checkpoint {final}: {why}; the run can be resumed from "
+                          f"{out / 'latest.json'} (if any) once there is space") from None
+        fsync_dir(out)
+        pointer = {"checkpoint": name, "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
+        write_json_atomic(out / "latest.json", pointer)
+        if is_best:
+            write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
+        keep = {name}
+        if (out / "best.json").is_file():
+            keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
+        for old in out.glob("ckpt-e*"):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        write_csv(out / "history.csv", HISTORY_FIELDS, history)
+        write_csv(out / "steps.csv", STEP_FIELDS, steps)
+        return final
+
+    def write_checkpoint_dir(tmp: Path, final: Path, finished: bool) -> bool:
+        """The checkpoint (weights, optimiser, sealed state.json) into ``tmp``, renamed to ``final``; whether it is
+        the best so far."""
+        nonlocal best
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -724,24 +750,10 @@ def train(
         for p in tmp.iterdir():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-        final = out / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fsync_dir(out)
-        pointer = {"checkpoint": name, "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
-        write_json_atomic(out / "latest.json", pointer)
-        if is_best:
-            write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
-        keep = {name}
-        if (out / "best.json").is_file():
-            keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
-        for old in out.glob("ckpt-e*"):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-        write_csv(out / "history.csv", HISTORY_FIELDS, history)
-        write_csv(out / "steps.csv", STEP_FIELDS, steps)
-        return final
+        return is_best
 
     t_start = time.monotonic()
     elapsed = elapsed0
