@@ -167,14 +167,19 @@ class MusicEstimator(BatchedEstimator):
     ``oversample`` zero padding of the range / Doppler DFTs (4); ``refine_rounds`` maximum cyclic refinement rounds
     (8, stopped per beam once no path moves by 1e-5 cell); ``n_candidates`` target candidates tried per detection (3);
     ``angle_grid`` MUSIC grid size (``max(512, 64 Mr)``); ``forward_backward`` (True); ``covariance`` ``"raw"`` /
-    ``"gated"``; and the :class:`BatchedEstimator` keywords ``device``, ``dtype``, ``chunk_size``.
+    ``"gated"``; ``refine_method`` ``"zoom"`` (the reference's 5-point zoom, 14 halvings) / ``"newton"`` (damped
+    Newton steps to the local maximum itself: faster, but not the reference's numbers where the range objective is
+    not smooth on a sub-cell scale; see :func:`cfisac.estimators.dsp.refine_delay_doppler`); ``map_dtype`` complex
+    dtype of the ray delay-Doppler maps (``torch.complex64``: only their peaks are used, the refinement that follows
+    is in the estimator's dtype); and the :class:`BatchedEstimator` keywords ``device``, ``dtype``, ``chunk_size``.
     """
 
     name = "music"
 
     def __init__(self, cfg: SystemConfig, *, model_order: str = "given", oversample: int = 4, refine_rounds: int = 8,
                  n_candidates: int = 3, angle_grid: int | None = None, forward_backward: bool = True,
-                 covariance: str = "raw", device: torch.device | str | None = None,
+                 covariance: str = "raw", refine_method: str = "zoom", map_dtype: torch.dtype = torch.complex64,
+                 device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.complex128, chunk_size: int | None = None) -> None:
         if cfg.n_targets >= cfg.n_rx_antennas:
             raise ValueError(
@@ -182,6 +187,10 @@ class MusicEstimator(BatchedEstimator):
                 f"{cfg.n_targets}")
         if covariance not in COVARIANCES:
             raise ValueError(f"covariance must be 'gated' or 'raw', got {covariance!r}")
+        if refine_method not in ("newton", "zoom"):
+            raise ValueError(f"refine_method must be 'newton' or 'zoom', got {refine_method!r}")
+        if map_dtype not in (torch.complex64, torch.complex128):
+            raise ValueError(f"map_dtype must be torch.complex64 or torch.complex128, got {map_dtype!r}")
         if model_order not in MODEL_ORDERS:
             raise ValueError(f"model_order must be one of {MODEL_ORDERS}, got {model_order!r}")
         for name, v, low in (("oversample", oversample, 1), ("refine_rounds", refine_rounds, 0),
@@ -201,6 +210,8 @@ class MusicEstimator(BatchedEstimator):
         self.angle_grid = angle_grid
         self.forward_backward = forward_backward
         self.covariance = covariance
+        self.refine_method = refine_method
+        self.map_dtype = map_dtype
         self.fronthaul_bits_per_ap = 96 * cfg.n_targets
         self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
         res = cfg.resolution()
@@ -379,7 +390,7 @@ class MusicEstimator(BatchedEstimator):
         d, f, _, obj = refine_delay_doppler(rows.r, grid, d0, f0, x_n=x.x[:, n], aod=aod, others=others,
                                             x_index=rows.xi, x_cov=x.cov[:, n],
                                             step_d=grid.range_res / self.oversample,
-                                            step_f=grid.doppler_res / self.oversample)
+                                            step_f=grid.doppler_res / self.oversample, method=self.refine_method)
         return d, f, aod(d[:, None])[:, 0], obj
 
     def _path_peak(self, rows: _Rows, x: _Tx, resid: torch.Tensor, n: int, urx: torch.Tensor,
@@ -393,7 +404,7 @@ class MusicEstimator(BatchedEstimator):
         pmap, d, f, _, valid = ray_delay_doppler_map(resid, x.x[:, n], grid, rx=rows.rx, e=e, tx=lay.tx[n],
                                                      tx_axis=lay.tx_axes[n], d_max=d_hi + grid.range_res / 2,
                                                      oversample=self.oversample, x_index=rows.xi,
-                                                     x_cov=x.cov[:, n])
+                                                     x_cov=x.cov[:, n], map_dtype=self.map_dtype)
         ok = valid[:, :, None] & (d[None, :] >= d_lo[:, None])[:, :, None] & (f.abs() <= self.f_max)[None, None, :]
         flat = torch.where(ok, pmap, -math.inf).reshape(pmap.shape[0], -1).argmax(1)
         return d[flat // f.numel()], f[flat % f.numel()]
@@ -463,7 +474,7 @@ class MusicEstimator(BatchedEstimator):
             d_max = torch.where(ok, dn, -math.inf).amax(1) + grid.range_res
             pmap, d, f, _, _ = ray_delay_doppler_map(resid[ray_row], x.x[:, n], grid, rx=rr.rx, e=e, tx=lay.tx[n],
                                                      tx_axis=lay.tx_axes[n], d_max=d_max, oversample=self.oversample,
-                                                     x_index=rr.xi, x_cov=x.cov[:, n])
+                                                     x_index=rr.xi, x_cov=x.cov[:, n], map_dtype=self.map_dtype)
             pmap = torch.where((f.abs() <= self.f_max)[None, None, :], pmap, 0.0)
             pos = ((dn - d[0]) / (d[1] - d[0])).clamp(0, d.numel() - 1 - 1e-9)
             k0 = pos.floor().long()
