@@ -192,7 +192,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
     ref_ctx = tiny_ctx(tmp_path / "b")
     ref = PointStore(ref_ctx.root, "fig6", base_cfg=ref_ctx.base_cfg)
     run_points(ref, sweep_points(ref_ctx, []), log=lambda s: None)
-    volatile = {"wall_s", "finished_at", "point", "metrics"}
+    volatile = {"wall_s", "finished_at", "point", "metrics", "row_sha256"}  # the checksum covers wall_s
 
     def table(s):
         return {k: {c: v for c, v in r.items() if c not in volatile} for k, r in s.latest().items()}
