@@ -191,6 +191,255 @@ def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: 
     return out_x.reshape(*batch, 2), out_cost.reshape(batch)
 
 
+EPS = 2.220446049250313e-16  # float64 machine epsilon (scipy's EPS)
+TRF_TOL = 1e-12  # ftol = xtol = gtol of the reference's least_squares calls
+
+
+def _trust_region_step(s2: torch.Tensor, vecs: torch.Tensor, suf: torch.Tensor, delta: torch.Tensor,
+                       alpha: torch.Tensor, n_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched ``scipy.optimize._lsq.common.solve_lsq_trust_region`` for two unknowns: (p_h [K, 2], alpha [K]).
+
+    ``s2`` [K, 2] squared singular values of the augmented Jacobian (descending), ``vecs`` [K, 2, 2] its right
+    singular vectors (columns), ``suf = s * U^T f`` [K, 2], ``delta`` the radii, ``alpha`` the previous
+    Levenberg-Marquardt parameters, ``n_rows`` the residual counts (rank threshold). More's algorithm, 10
+    iterations at most, relative tolerance 0.01 on ``||p|| - delta``.
+    """
+    s = s2.clamp_min(0.0).sqrt()
+    full_rank = s[:, 1] > EPS * n_rows * s[:, 0]
+    gn = -(vecs @ (suf / torch.where(full_rank[:, None], s2, torch.ones_like(s2)))[..., None])[..., 0]
+    gn_ok = full_rank & (torch.linalg.vector_norm(gn, dim=-1) <= delta)
+
+    def phi_and_derivative(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        denom = s2 + a[:, None]
+        p_norm = torch.linalg.vector_norm(suf / denom, dim=-1)
+        return p_norm - delta, -(suf**2 / denom**3).sum(-1) / p_norm
+
+    upper = torch.linalg.vector_norm(suf, dim=-1) / delta
+    phi0, dphi0 = phi_and_derivative(torch.zeros_like(delta))
+    lower = torch.where(full_rank, -phi0 / dphi0, torch.zeros_like(delta))
+    restart = (~full_rank) & (alpha == 0)
+    a = torch.where(restart, torch.maximum(0.001 * upper, (lower * upper).sqrt()), alpha)
+    active = ~gn_ok
+    for _ in range(10):
+        if not bool(active.any()):
+            break
+        out = (a < lower) | (a > upper)
+        a_in = torch.where(out, torch.maximum(0.001 * upper, (lower * upper).sqrt()), a)
+        phi, dphi = phi_and_derivative(a_in)
+        upper_n = torch.where(phi < 0, a_in, upper)
+        ratio = phi / dphi
+        lower_n = torch.maximum(lower, a_in - ratio)
+        a_n = a_in - (phi + delta) * ratio / delta
+        a = torch.where(active, a_n, a)
+        lower = torch.where(active, lower_n, lower)
+        upper = torch.where(active, upper_n, upper)
+        active = active & ~(phi.abs() < 0.01 * delta)
+    p = -(vecs @ (suf / (s2 + a[:, None]))[..., None])[..., 0]
+    p = p * (delta / torch.linalg.vector_norm(p, dim=-1))[:, None]
+    return torch.where(gn_ok[:, None], gn, p), torch.where(gn_ok, torch.zeros_like(a), a)
+
+
+def _step_to_bound(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``step_size_to_bound``: (smallest t >= 0 with x + t s on the box [K], hits [K, 2] bool)."""
+    t = torch.where(s != 0, torch.maximum((lo - x) / s, (hi - x) / s), torch.full_like(x, math.inf))
+    t_min = t.amin(-1)
+    return t_min, (t == t_min[:, None]) & (s != 0)
+
+
+def _quadratic(jh: torch.Tensor, diag: torch.Tensor, gh: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``evaluate_quadratic``: ``0.5 s^T (J^T J + diag) s + g^T s`` with ``jtj`` [K, 2, 2] given as ``jh``."""
+    return 0.5 * ((jh @ s[..., None])[..., 0] * s).sum(-1) + 0.5 * (diag * s * s).sum(-1) + (gh * s).sum(-1)
+
+
+def _minimize_1d(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``minimize_quadratic_1d`` of ``a t^2 + b t + c`` on [lo, hi]: (t, value); the first of lo, hi, extremum."""
+    ext = -0.5 * b / torch.where(a != 0, a, torch.ones_like(a))
+    ext_ok = (a != 0) & (lo < ext) & (ext < hi)
+    ts = torch.stack([lo, hi, torch.where(ext_ok, ext, lo)], -1)
+    ys = ts * (a[:, None] * ts + b[:, None]) + c[:, None]
+    ys[:, 2] = torch.where(ext_ok, ys[:, 2], torch.full_like(ys[:, 2], math.inf))
+    i = ys.argmin(-1, keepdim=True)
+    return ts.gather(1, i)[:, 0], ys.gather(1, i)[:, 0]
+
+
+def _select_step(x, jtj, diag_h, g_h, p, p_h, d, delta, lo, hi, theta):
+    """Batched ``scipy.optimize._lsq.trf.select_step``: (step [K, 2], step_h [K, 2], predicted reduction [K])."""
+    inside = ((x + p >= lo) & (x + p <= hi)).all(-1)
+    p_value_full = _quadratic(jtj, diag_h, g_h, p_h)
+    p_stride, hits = _step_to_bound(x, p, lo, hi)
+    p_stride = torch.where(inside, torch.ones_like(p_stride), p_stride)  # keep the arithmetic finite
+    r_h = torch.where(hits, -p_h, p_h)
+    r = d * r_h
+    p_b, p_hb = p * p_stride[:, None], p_h * p_stride[:, None]
+    x_on_bound = x + p_b
+    # intersect_trust_region(p_hb, r_h, delta): the positive root
+    qa = (r_h * r_h).sum(-1)
+    qb = (p_hb * r_h).sum(-1)
+    qc = (p_hb * p_hb).sum(-1) - delta**2
+    disc = (qb * qb - qa * qc).clamp_min(0.0).sqrt()
+    qq = -(qb + torch.where(qb >= 0, disc, -disc))
+    safe_qq = torch.where(qq != 0, qq, torch.ones_like(qq))
+    t1, t2 = qq / torch.where(qa != 0, qa, torch.ones_like(qa)), qc / safe_qq
+    to_tr = torch.maximum(t1, t2)
+    to_bound, _ = _step_to_bound(x_on_bound, r, lo, hi)
+    r_stride = torch.minimum(to_bound, to_tr)
+    pos = r_stride > 0
+    safe_rs = torch.where(pos, r_stride, torch.ones_like(r_stride))
+    r_lo = torch.where(pos, (1 - theta) * p_stride / safe_rs, torch.zeros_like(r_stride))
+    r_hi = torch.where(pos, torch.where(r_stride == to_bound, theta * to_bound, to_tr), -torch.ones_like(r_stride))
+    avail = r_lo <= r_hi
+    # build_quadratic_1d(J_h, g_h, r_h, s0=p_hb, diag=diag_h)
+    jr = (jtj @ r_h[..., None])[..., 0]
+    a = 0.5 * ((jr * r_h).sum(-1) + (diag_h * r_h * r_h).sum(-1))
+    b = (g_h * r_h).sum(-1) + (jr * p_hb).sum(-1) + (diag_h * p_hb * r_h).sum(-1)
+    c = 0.5 * ((jtj @ p_hb[..., None])[..., 0] * p_hb).sum(-1) + (g_h * p_hb).sum(-1) \
+        + 0.5 * (diag_h * p_hb * p_hb).sum(-1)
+    t_r, r_value = _minimize_1d(a, b, c, r_lo, torch.where(avail, r_hi, r_lo))
+    r_value = torch.where(avail, r_value, torch.full_like(r_value, math.inf))
+    r_h2 = r_h * t_r[:, None] + p_hb
+    r2 = r_h2 * d
+    p_t, p_ht = p_b * theta[:, None], p_hb * theta[:, None]
+    p_value = _quadratic(jtj, diag_h, g_h, p_ht)
+    ag_h = -g_h
+    ag = d * ag_h
+    gn = torch.linalg.vector_norm(ag_h, dim=-1)
+    to_tr_g = delta / torch.where(gn > 0, gn, torch.ones_like(gn))
+    to_bound_g, _ = _step_to_bound(x, ag, lo, hi)
+    ag_stride = torch.where(to_bound_g < to_tr_g, theta * to_bound_g, to_tr_g)
+    ja = (jtj @ ag_h[..., None])[..., 0]
+    qa_g = 0.5 * ((ja * ag_h).sum(-1) + (diag_h * ag_h * ag_h).sum(-1))
+    qb_g = (g_h * ag_h).sum(-1)
+    t_g, ag_value = _minimize_1d(qa_g, qb_g, torch.zeros_like(qa_g), torch.zeros_like(qa_g), ag_stride)
+    ag_h, ag = ag_h * t_g[:, None], ag * t_g[:, None]
+    use_p = (p_value < r_value) & (p_value < ag_value)
+    use_r = ~use_p & (r_value < p_value) & (r_value < ag_value)
+    step = torch.where(use_p[:, None], p_t, torch.where(use_r[:, None], r2, ag))
+    step_h = torch.where(use_p[:, None], p_ht, torch.where(use_r[:, None], r_h2, ag_h))
+    value = torch.where(use_p, p_value, torch.where(use_r, r_value, ag_value))
+    step = torch.where(inside[:, None], p, step)
+    step_h = torch.where(inside[:, None], p_h, step_h)
+    return step, step_h, -torch.where(inside, p_value_full, value)
+
+
+def _scaled(r: torch.Tensor, jac: torch.Tensor, m: torch.Tensor, robust: bool,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cost [K], scaled residuals [K, R], scaled Jacobian [K, R, 2]) as scipy's ``scale_for_robust_loss_function``."""
+    if not robust:
+        return 0.5 * (m * r * r).sum(-1), m * r, m[..., None] * jac
+    z = (r / ROBUST_SCALE) ** 2
+    rho1 = 1.0 / (1.0 + z)
+    rho2 = -1.0 / (1.0 + z) ** 2 / ROBUST_SCALE**2
+    js = rho1 + 2.0 * rho2 * r * r
+    js = torch.where(js < EPS, torch.full_like(js, EPS), js).sqrt()
+    cost = 0.5 * ROBUST_SCALE**2 * (m * torch.log1p(z)).sum(-1)
+    return cost, m * r * rho1 / js, (m * js)[..., None] * jac
+
+
+def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                data: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None, *, robust: bool,
+                max_nfev: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched trust-region-reflective bounded (robust) least squares in two unknowns, step for step scipy's
+    ``least_squares(method="trf", loss="cauchy" or "linear", f_scale=ROBUST_SCALE, bounds=(lower, upper),
+    x_scale=1, tr_solver="exact", ftol=xtol=gtol=1e-12, max_nfev=max_nfev)``.
+
+    Arguments as :func:`robust_box_lsq` (``x0`` [*batch, 2] strictly inside the box; ``fn`` is evaluated at one
+    point per problem). Coleman-Li scaling, More's trust-region step on the (closed-form 2 x 2) SVD of the scaled
+    augmented Jacobian, the reflective / truncated / scaled-gradient step selection and scipy's radius update and
+    termination tests; every loop iteration is one function evaluation of every running problem (a rejected
+    step shrinks the radius and is retried at the next one). Returns (x [*batch, 2], cost [*batch]).
+    """
+    batch = x0.shape[:-1]
+    n = x0[..., 0].numel()
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        tail = t.shape[len(batch):]
+        return t.expand(*batch, *tail).reshape(n, *tail)
+
+    lo, hi = lower.expand(n, 2), upper.expand(n, 2)
+    data = tuple(flat(t)[:, None] for t in data)
+    x = x0.reshape(n, 2).clone()
+    r, jac, _ = _evaluate(fn, x[:, None], data)
+    r, jac = r[:, 0], jac[:, 0]
+    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r).clone()
+    n_rows = m.sum(-1)
+    cost, f, J = _scaled(r, jac, m, robust)
+    g = (J * f[..., None]).sum(-2)
+    v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, torch.ones_like(x)))
+    delta = torch.linalg.vector_norm(x / v.sqrt(), dim=-1)
+    delta = torch.where(delta == 0, torch.ones_like(delta), delta)
+    alpha = torch.zeros_like(delta)
+    nfev = torch.ones_like(delta)
+    out_x, out_cost = x.clone(), cost.clone()
+    idx = torch.arange(n, device=x.device)
+    while idx.numel():
+        v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, torch.ones_like(x)))
+        dv = torch.where(g < 0, -torch.ones_like(x), torch.where(g > 0, torch.ones_like(x), torch.zeros_like(x)))
+        g_norm = (g * v).abs().amax(-1)
+        stop = (g_norm < TRF_TOL) | (nfev >= max_nfev)
+        if bool(stop.any()):
+            fin, run = torch.nonzero(stop).flatten(), torch.nonzero(~stop).flatten()
+            out_x[idx[fin]], out_cost[idx[fin]] = x[fin], cost[fin]
+            idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, dv, g_norm, lo, hi = (
+                t[run] for t in (idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, dv, g_norm, lo, hi))
+            data = tuple(t[run] for t in data)
+            if idx.numel() == 0:
+                break
+        d = v.sqrt()
+        diag_h = g * dv
+        g_h = d * g
+        jh = J * d[:, None, :]
+        jtj = jh.transpose(-1, -2) @ jh  # [K, 2, 2]
+        aug = jtj + torch.diag_embed(diag_h)
+        # closed-form eigen-decomposition of the 2 x 2 aug = V diag(s^2) V^T (descending)
+        a00, a01, a11 = aug[:, 0, 0], aug[:, 0, 1], aug[:, 1, 1]
+        mean, rad = 0.5 * (a00 + a11), torch.hypot(0.5 * (a00 - a11), a01)
+        l1 = mean + rad
+        l2 = torch.where(l1 > 0, (a00 * a11 - a01 * a01) / torch.where(l1 > 0, l1, torch.ones_like(l1)),
+                         mean - rad)
+        e = torch.where((a00 >= a11)[:, None], torch.stack([l1 - a11, a01], -1), torch.stack([a01, l1 - a00], -1))
+        en = torch.linalg.vector_norm(e, dim=-1, keepdim=True)
+        e = torch.where(en > 0, e / torch.where(en > 0, en, torch.ones_like(en)),
+                        torch.tensor([1.0, 0.0], dtype=x.dtype, device=x.device))
+        vecs = torch.stack([e, torch.stack([-e[:, 1], e[:, 0]], -1)], -1)  # columns
+        s2 = torch.stack([l1, l2.clamp_min(0.0)], -1)
+        suf = (vecs.transpose(-1, -2) @ g_h[..., None])[..., 0]
+        theta = torch.clamp(1 - g_norm, min=0.995)
+        p_h, alpha = _trust_region_step(s2, vecs, suf, delta, alpha, n_rows)
+        p = d * p_h
+        step, step_h, predicted = _select_step(x, jtj, diag_h, g_h, p, p_h, d, delta, lo, hi, theta)
+        x_new = x + step
+        inf_t = torch.full_like(x_new, math.inf)
+        x_new = torch.where(x_new <= lo, torch.nextafter(lo, hi), x_new)
+        x_new = torch.where(x_new >= hi, torch.nextafter(hi, -inf_t), x_new)
+        r_new, jac_new, _ = _evaluate(fn, x_new[:, None], data)
+        r_new, jac_new = r_new[:, 0], jac_new[:, 0]
+        nfev = nfev + 1
+        cost_new, f_new, J_new = _scaled(r_new, jac_new, m, robust)
+        step_h_norm = torch.linalg.vector_norm(step_h, dim=-1)
+        reduction = cost - cost_new
+        safe_pred = torch.where(predicted > 0, predicted, torch.ones_like(predicted))
+        ratio = torch.where(predicted > 0, reduction / safe_pred,
+                            torch.where((predicted == 0) & (reduction == 0), torch.ones_like(predicted),
+                                        torch.zeros_like(predicted)))
+        delta_new = torch.where(ratio < 0.25, 0.25 * step_h_norm,
+                                torch.where((ratio > 0.75) & (step_h_norm > 0.95 * delta), 2.0 * delta, delta))
+        step_norm = torch.linalg.vector_norm(step, dim=-1)
+        terminated = ((reduction < TRF_TOL * cost) & (ratio > 0.25)) | (
+            step_norm < TRF_TOL * (TRF_TOL + torch.linalg.vector_norm(x, dim=-1)))
+        ok = reduction > 0
+        alpha = torch.where(terminated, alpha, alpha * delta / delta_new)
+        delta = torch.where(terminated, delta, delta_new)
+        x = torch.where(ok[:, None], x_new, x)
+        f = torch.where(ok[:, None], f_new, f)
+        J = torch.where(ok[:, None, None], J_new, J)
+        cost = torch.where(ok, cost_new, cost)
+        g = (J * f[..., None]).sum(-2)
+        nfev = torch.where(terminated, torch.full_like(nfev, math.inf), nfev)
+    return out_x.reshape(*batch, 2), out_cost.reshape(batch)
+
+
 # ---------------------------------------------------------------------------------------------------- geometry
 def _ray_points(lay: ApLayout, u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """AoA ray of every AP and slot cut with each transmit AP's bistatic ellipse: [B, M, Q, N, 2] (not clipped).
@@ -278,7 +527,8 @@ def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: tor
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _position_residuals(g, lay, grid, rx, axes, u, d)
 
-    x, cost = robust_box_lsq(fn, x0, lo, hi, (rx[:, None], axes[:, None], u[:, None], d[:, None]), robust=True)
+    x, cost = trf_box_lsq(fn, x0, lo, hi, (rx[:, None], axes[:, None], u[:, None], d[:, None]), robust=True,
+                          max_nfev=100)
     rows = torch.arange(x.shape[0], device=x.device)
     best = cost.argmin(-1)
     g, best_cost = x[rows, best], cost[rows, best]
@@ -288,8 +538,8 @@ def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: tor
     need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
     if need.numel():
         g = g.clone()
-        g[need] = robust_box_lsq(fn, g[need], lo, hi, (rx[need], axes[need], u[need], d[need]), keep[need],
-                                 robust=False)[0]
+        g[need] = trf_box_lsq(fn, g[need], lo, hi, (rx[need], axes[need], u[need], d[need]), keep[need],
+                              robust=False, max_nfev=100)[0]
     return g, best_cost
 
 
@@ -346,22 +596,24 @@ def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.
     if n_rows <= 2:
         return v0
     loo = 1.0 - torch.eye(n_rows, dtype=a.dtype, device=a.device)  # [R (left out), R]
-    starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim),
-                        _velocity_grid_start(a, b, lim, grid.velocity_res)[:, None]], 1)
+    starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim)], 1)
     lo = torch.full((2,), -vmax, dtype=a.dtype, device=a.device)
     hi = -lo
 
     def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         return (a * v[..., None, :]).sum(-1) - b, a, None
 
-    x, cost = robust_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True)
-    rows = torch.arange(x.shape[0], device=x.device)
-    v = x[rows, cost.argmin(-1)]
+    x, cost = trf_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True, max_nfev=200)
+    v, best = x[:, 0], torch.full_like(cost[:, 0], math.inf)
+    for k in range(x.shape[1]):  # the first start that lowers the best cost by more than 1e-15 (as the reference)
+        better = cost[:, k] < best - 1e-15
+        v = torch.where(better[:, None], x[:, k], v)
+        best = torch.where(better, cost[:, k], best)
     keep = ((a * v[:, None, :]).sum(-1) - b).abs() <= REJECT * ROBUST_SCALE
     need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
     if need.numel():
         v = v.clone()
-        v[need] = robust_box_lsq(fn, v[need], lo, hi, (a[need], b[need]), keep[need], robust=False)[0]
+        v[need] = trf_box_lsq(fn, v[need], lo, hi, (a[need], b[need]), keep[need], robust=False, max_nfev=200)[0]
     return v
 
 
