@@ -209,6 +209,8 @@ def test_reproduce_exits_nonzero_when_points_fail_after_writing_the_report(tmp_p
                "--threads", "1"])
     assert rc == 1
     assert (out / "report.md").is_file()  # the report is still written
+    report = (out / "report.md").read_text()
+    assert "Points missing or failed" in report and "failed (RuntimeError: injected failure)" in report  # and why
     rows = PointStore(out, "fig6").rows()
     assert rows and all(r["status"] == "failed" for r in rows)
     assert "point(s) failed" in capsys.readouterr().err
