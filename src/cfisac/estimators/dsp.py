@@ -339,8 +339,15 @@ def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f
             idx = index if sel is None else index[sel]
             rk = rank if sel is None else rank[sel]
             a = steering_vectors(aod(cd) if sel is None else aod_sub(cd, sel), nt, grid.spacing, cdt)  # [p, G, Nt]
-            bc = _grouped_beams(a, xc, idx, rk, n_group).reshape(cd.shape[0], cd.shape[1], ts, ns)
-            e = (bc * delay_phase(grid, cd).conj().to(cdt)[:, :, None, :]).permute(0, 2, 1, 3)  # [p, Ts, G, Ns]
+            # conj(b) e^{+j 2 pi i d df / c} in the problems-per-signal layout of _grouped_beams (phase applied in
+            # place), gathered straight into the [p, Ts, G, Ns] layout of the data product: one copy, not three.
+            g = cd.shape[1]
+            stacked = torch.zeros((S, n_group, g, nt), dtype=cdt, device=dev)
+            stacked[idx, rk] = a
+            phase = torch.zeros((S, n_group, g, 1, ns), dtype=cdt, device=dev)
+            phase[idx, rk] = delay_phase(grid, cd).conj().to(cdt)[:, :, None, :]
+            e = (stacked.reshape(S, n_group * g, nt) @ xc).view(S, n_group, g, ts, ns).mul_(phase)
+            e = e.permute(0, 1, 3, 2, 4)[idx, rk]  # [p, Ts, G, Ns]
             dt = data_t if sel is None else data_t[sel]
             return e @ dt, _beam_energy(a, rx_cov[idx])  # [p, Ts, G, 1 + K], [p, G]
 
