@@ -195,144 +195,142 @@ EPS = 2.220446049250313e-16  # float64 machine epsilon (scipy's EPS)
 TRF_TOL = 1e-12  # ftol = xtol = gtol of the reference's least_squares calls
 
 
-def _trust_region_step(s2: torch.Tensor, vecs: torch.Tensor, suf: torch.Tensor, delta: torch.Tensor,
-                       alpha: torch.Tensor, n_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched ``scipy.optimize._lsq.common.solve_lsq_trust_region`` for two unknowns: (p_h [K, 2], alpha [K]).
+def _trust_region_step(l1: torch.Tensor, l2: torch.Tensor, suf1: torch.Tensor, suf2: torch.Tensor,
+                       delta: torch.Tensor, alpha: torch.Tensor, n_rows: torch.Tensor,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched ``scipy.optimize._lsq.common.solve_lsq_trust_region`` for two unknowns.
 
-    ``s2`` [K, 2] squared singular values of the augmented Jacobian (descending), ``vecs`` [K, 2, 2] its right
-    singular vectors (columns), ``suf = s * U^T f`` [K, 2], ``delta`` the radii, ``alpha`` the previous
-    Levenberg-Marquardt parameters, ``n_rows`` the residual counts (rank threshold). More's algorithm, 10
-    iterations at most, relative tolerance 0.01 on ``||p|| - delta``.
+    ``l1 >= l2`` [K] squared singular values of the augmented scaled Jacobian, ``suf1``, ``suf2`` [K] the
+    components of ``s * U^T f`` (= ``V^T g_h``) on its right singular vectors, ``delta`` the radii, ``alpha`` the
+    previous Levenberg-Marquardt parameters, ``n_rows`` the residual counts (rank threshold). The Gauss-Newton step
+    where it is in the region, else More's iteration on ``alpha`` (10 at most, relative tolerance 0.01 on
+    ``||p|| - delta``) and the step rescaled to norm ``delta``. Returns the step's components on the singular
+    vectors (w1, w2: ``p_h = -(w1 v1 + w2 v2)``) and the new ``alpha``.
     """
-    s = s2.clamp_min(0.0).sqrt()
-    full_rank = s[:, 1] > EPS * n_rows * s[:, 0]
-    gn = -(vecs @ (suf / torch.where(full_rank[:, None], s2, torch.ones_like(s2)))[..., None])[..., 0]
-    gn_ok = full_rank & (torch.linalg.vector_norm(gn, dim=-1) <= delta)
+    full_rank = l2 > (EPS * n_rows) ** 2 * l1
+    w1, w2 = suf1 / l1, suf2 / l2
+    gn_ok = full_rank & (torch.hypot(w1, w2) <= delta)
+    if bool(gn_ok.all()):
+        return w1, w2, torch.zeros_like(alpha)
 
-    def phi_and_derivative(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        denom = s2 + a[:, None]
-        p_norm = torch.linalg.vector_norm(suf / denom, dim=-1)
-        return p_norm - delta, -(suf**2 / denom**3).sum(-1) / p_norm
+    def phi_and_derivative(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d1, d2 = l1 + a, l2 + a
+        q1, q2 = suf1 / d1, suf2 / d2
+        p_norm = torch.hypot(q1, q2)
+        return p_norm - delta, -(q1 * q1 / d1 + q2 * q2 / d2) / p_norm, q1, q2
 
-    upper = torch.linalg.vector_norm(suf, dim=-1) / delta
-    phi0, dphi0 = phi_and_derivative(torch.zeros_like(delta))
-    lower = torch.where(full_rank, -phi0 / dphi0, torch.zeros_like(delta))
-    restart = (~full_rank) & (alpha == 0)
-    a = torch.where(restart, torch.maximum(0.001 * upper, (lower * upper).sqrt()), alpha)
+    upper = torch.hypot(suf1, suf2) / delta
+    phi0, dphi0 = phi_and_derivative(torch.zeros_like(delta))[:2]
+    lower = torch.where(full_rank, -phi0 / dphi0, 0.0)
+    a = torch.where(~full_rank & (alpha == 0), torch.maximum(0.001 * upper, (lower * upper).sqrt()), alpha)
     active = ~gn_ok
     for _ in range(10):
+        a_in = torch.where((a < lower) | (a > upper), torch.maximum(0.001 * upper, (lower * upper).sqrt()), a)
+        phi, dphi = phi_and_derivative(a_in)[:2]
+        ratio = phi / dphi
+        upper = torch.where(active & (phi < 0), a_in, upper)
+        lower = torch.where(active, torch.maximum(lower, a_in - ratio), lower)
+        a = torch.where(active, a_in - (phi + delta) * ratio / delta, a)
+        active = active & (phi.abs() >= 0.01 * delta)
         if not bool(active.any()):
             break
-        out = (a < lower) | (a > upper)
-        a_in = torch.where(out, torch.maximum(0.001 * upper, (lower * upper).sqrt()), a)
-        phi, dphi = phi_and_derivative(a_in)
-        upper_n = torch.where(phi < 0, a_in, upper)
-        ratio = phi / dphi
-        lower_n = torch.maximum(lower, a_in - ratio)
-        a_n = a_in - (phi + delta) * ratio / delta
-        a = torch.where(active, a_n, a)
-        lower = torch.where(active, lower_n, lower)
-        upper = torch.where(active, upper_n, upper)
-        active = active & ~(phi.abs() < 0.01 * delta)
-    p = -(vecs @ (suf / (s2 + a[:, None]))[..., None])[..., 0]
-    p = p * (delta / torch.linalg.vector_norm(p, dim=-1))[:, None]
-    return torch.where(gn_ok[:, None], gn, p), torch.where(gn_ok, torch.zeros_like(a), a)
+    _, _, q1, q2 = phi_and_derivative(a)
+    scale = delta / torch.hypot(q1, q2)
+    return (torch.where(gn_ok, w1, q1 * scale), torch.where(gn_ok, w2, q2 * scale),
+            torch.where(gn_ok, 0.0, a))
 
 
 def _step_to_bound(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``step_size_to_bound``: (smallest t >= 0 with x + t s on the box [K], hits [K, 2] bool)."""
-    t = torch.where(s != 0, torch.maximum((lo - x) / s, (hi - x) / s), torch.full_like(x, math.inf))
+    t = torch.where(s != 0, torch.maximum((lo - x) / s, (hi - x) / s), math.inf)
     t_min = t.amin(-1)
     return t_min, (t == t_min[:, None]) & (s != 0)
 
 
-def _quadratic(jh: torch.Tensor, diag: torch.Tensor, gh: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``evaluate_quadratic``: ``0.5 s^T (J^T J + diag) s + g^T s`` with ``jtj`` [K, 2, 2] given as ``jh``."""
-    return 0.5 * ((jh @ s[..., None])[..., 0] * s).sum(-1) + 0.5 * (diag * s * s).sum(-1) + (gh * s).sum(-1)
+def _quadratic(aug: torch.Tensor, g_h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``evaluate_quadratic``: ``0.5 s^T aug s + g_h^T s`` with ``aug = J_h^T J_h + diag_h`` [K, 2, 2]."""
+    return ((0.5 * (aug @ s[..., None])[..., 0] + g_h) * s).sum(-1)
 
 
-def _minimize_1d(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+def _minimize_1d(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | float, lo: torch.Tensor, hi: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``minimize_quadratic_1d`` of ``a t^2 + b t + c`` on [lo, hi]: (t, value); the first of lo, hi, extremum."""
-    ext = -0.5 * b / torch.where(a != 0, a, torch.ones_like(a))
+    ext = -0.5 * b / a
     ext_ok = (a != 0) & (lo < ext) & (ext < hi)
     ts = torch.stack([lo, hi, torch.where(ext_ok, ext, lo)], -1)
-    ys = ts * (a[:, None] * ts + b[:, None]) + c[:, None]
-    ys[:, 2] = torch.where(ext_ok, ys[:, 2], torch.full_like(ys[:, 2], math.inf))
+    ys = ts * (a[:, None] * ts + b[:, None]) + c if isinstance(c, float) else \
+        ts * (a[:, None] * ts + b[:, None]) + c[:, None]
+    ys[:, 2] = torch.where(ext_ok, ys[:, 2], math.inf)
     i = ys.argmin(-1, keepdim=True)
     return ts.gather(1, i)[:, 0], ys.gather(1, i)[:, 0]
 
 
-def _select_step(x, jtj, diag_h, g_h, p, p_h, d, delta, lo, hi, theta):
-    """Batched ``scipy.optimize._lsq.trf.select_step``: (step [K, 2], step_h [K, 2], predicted reduction [K])."""
-    inside = ((x + p >= lo) & (x + p <= hi)).all(-1)
-    p_value_full = _quadratic(jtj, diag_h, g_h, p_h)
+def _select_step(x: torch.Tensor, aug: torch.Tensor, g_h: torch.Tensor, p: torch.Tensor, p_h: torch.Tensor,
+                 d: torch.Tensor, delta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, theta: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched ``scipy.optimize._lsq.trf.select_step``: (step [K, 2], step_h [K, 2], predicted reduction [K]).
+
+    The trust-region step where it stays in the box; else the best (on the quadratic model) of the step cut at the
+    bound and shrunk by ``theta``, its reflection and the scaled gradient step.
+    """
+    xp = x + p
+    inside = ((xp >= lo) & (xp <= hi)).all(-1)
+    p_value_full = _quadratic(aug, g_h, p_h)
+    if bool(inside.all()):
+        return p, p_h, -p_value_full
     p_stride, hits = _step_to_bound(x, p, lo, hi)
-    p_stride = torch.where(inside, torch.ones_like(p_stride), p_stride)  # keep the arithmetic finite
     r_h = torch.where(hits, -p_h, p_h)
     r = d * r_h
     p_b, p_hb = p * p_stride[:, None], p_h * p_stride[:, None]
-    x_on_bound = x + p_b
     # intersect_trust_region(p_hb, r_h, delta): the positive root
-    qa = (r_h * r_h).sum(-1)
-    qb = (p_hb * r_h).sum(-1)
-    qc = (p_hb * p_hb).sum(-1) - delta**2
+    qa, qb, qc = (r_h * r_h).sum(-1), (p_hb * r_h).sum(-1), (p_hb * p_hb).sum(-1) - delta**2
     disc = (qb * qb - qa * qc).clamp_min(0.0).sqrt()
     qq = -(qb + torch.where(qb >= 0, disc, -disc))
-    safe_qq = torch.where(qq != 0, qq, torch.ones_like(qq))
-    t1, t2 = qq / torch.where(qa != 0, qa, torch.ones_like(qa)), qc / safe_qq
-    to_tr = torch.maximum(t1, t2)
-    to_bound, _ = _step_to_bound(x_on_bound, r, lo, hi)
+    to_tr = torch.maximum(qq / qa, qc / qq)
+    to_bound = _step_to_bound(x + p_b, r, lo, hi)[0]
     r_stride = torch.minimum(to_bound, to_tr)
     pos = r_stride > 0
-    safe_rs = torch.where(pos, r_stride, torch.ones_like(r_stride))
-    r_lo = torch.where(pos, (1 - theta) * p_stride / safe_rs, torch.zeros_like(r_stride))
-    r_hi = torch.where(pos, torch.where(r_stride == to_bound, theta * to_bound, to_tr), -torch.ones_like(r_stride))
+    r_lo = torch.where(pos, (1 - theta) * p_stride / r_stride, 0.0)
+    r_hi = torch.where(pos, torch.where(r_stride == to_bound, theta * to_bound, to_tr), -1.0)
     avail = r_lo <= r_hi
     # build_quadratic_1d(J_h, g_h, r_h, s0=p_hb, diag=diag_h)
-    jr = (jtj @ r_h[..., None])[..., 0]
-    a = 0.5 * ((jr * r_h).sum(-1) + (diag_h * r_h * r_h).sum(-1))
-    b = (g_h * r_h).sum(-1) + (jr * p_hb).sum(-1) + (diag_h * p_hb * r_h).sum(-1)
-    c = 0.5 * ((jtj @ p_hb[..., None])[..., 0] * p_hb).sum(-1) + (g_h * p_hb).sum(-1) \
-        + 0.5 * (diag_h * p_hb * p_hb).sum(-1)
+    ar, ap = (aug @ r_h[..., None])[..., 0], (aug @ p_hb[..., None])[..., 0]
+    a = 0.5 * (ar * r_h).sum(-1)
+    b = ((g_h + ap) * r_h).sum(-1)
+    c = ((0.5 * ap + g_h) * p_hb).sum(-1)
     t_r, r_value = _minimize_1d(a, b, c, r_lo, torch.where(avail, r_hi, r_lo))
-    r_value = torch.where(avail, r_value, torch.full_like(r_value, math.inf))
+    r_value = torch.where(avail, r_value, math.inf)
     r_h2 = r_h * t_r[:, None] + p_hb
-    r2 = r_h2 * d
     p_t, p_ht = p_b * theta[:, None], p_hb * theta[:, None]
-    p_value = _quadratic(jtj, diag_h, g_h, p_ht)
+    p_value = _quadratic(aug, g_h, p_ht)
     ag_h = -g_h
     ag = d * ag_h
-    gn = torch.linalg.vector_norm(ag_h, dim=-1)
-    to_tr_g = delta / torch.where(gn > 0, gn, torch.ones_like(gn))
-    to_bound_g, _ = _step_to_bound(x, ag, lo, hi)
+    to_tr_g = delta / torch.linalg.vector_norm(ag_h, dim=-1)
+    to_bound_g = _step_to_bound(x, ag, lo, hi)[0]
     ag_stride = torch.where(to_bound_g < to_tr_g, theta * to_bound_g, to_tr_g)
-    ja = (jtj @ ag_h[..., None])[..., 0]
-    qa_g = 0.5 * ((ja * ag_h).sum(-1) + (diag_h * ag_h * ag_h).sum(-1))
+    qa_g = 0.5 * ((aug @ ag_h[..., None])[..., 0] * ag_h).sum(-1)
     qb_g = (g_h * ag_h).sum(-1)
-    t_g, ag_value = _minimize_1d(qa_g, qb_g, torch.zeros_like(qa_g), torch.zeros_like(qa_g), ag_stride)
-    ag_h, ag = ag_h * t_g[:, None], ag * t_g[:, None]
-    use_p = (p_value < r_value) & (p_value < ag_value)
-    use_r = ~use_p & (r_value < p_value) & (r_value < ag_value)
-    step = torch.where(use_p[:, None], p_t, torch.where(use_r[:, None], r2, ag))
-    step_h = torch.where(use_p[:, None], p_ht, torch.where(use_r[:, None], r_h2, ag_h))
-    value = torch.where(use_p, p_value, torch.where(use_r, r_value, ag_value))
-    step = torch.where(inside[:, None], p, step)
-    step_h = torch.where(inside[:, None], p_h, step_h)
+    t_g, ag_value = _minimize_1d(qa_g, qb_g, 0.0, torch.zeros_like(qa_g), ag_stride)
+    use_p = ((p_value < r_value) & (p_value < ag_value))[:, None]
+    use_r = ((r_value < p_value) & (r_value < ag_value))[:, None]
+    keep = inside[:, None]
+    step = torch.where(keep, p, torch.where(use_p, p_t, torch.where(use_r, r_h2 * d, ag * t_g[:, None])))
+    step_h = torch.where(keep, p_h, torch.where(use_p, p_ht, torch.where(use_r, r_h2, ag_h * t_g[:, None])))
+    value = torch.where(use_p[:, 0], p_value, torch.where(use_r[:, 0], r_value, ag_value))
     return step, step_h, -torch.where(inside, p_value_full, value)
 
 
 def _scaled(r: torch.Tensor, jac: torch.Tensor, m: torch.Tensor, robust: bool,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cost [K], scaled residuals [K, R], scaled Jacobian [K, R, 2]) as scipy's ``scale_for_robust_loss_function``."""
+    """(cost [K], scaled residuals [K, R], scaled Jacobian [K, R, 2]) as scipy's ``scale_for_robust_loss_function``
+    (Cauchy loss of scale :data:`ROBUST_SCALE`, ``robust``) or the plain residuals; ``m`` masks the dropped ones."""
     if not robust:
-        return 0.5 * (m * r * r).sum(-1), m * r, m[..., None] * jac
+        mr = m * r
+        return 0.5 * (mr * r).sum(-1), mr, m[..., None] * jac
     z = (r / ROBUST_SCALE) ** 2
     rho1 = 1.0 / (1.0 + z)
-    rho2 = -1.0 / (1.0 + z) ** 2 / ROBUST_SCALE**2
-    js = rho1 + 2.0 * rho2 * r * r
-    js = torch.where(js < EPS, torch.full_like(js, EPS), js).sqrt()
+    js = (rho1 * (1.0 - 2.0 * z * rho1)).clamp_min(EPS).sqrt()  # rho' + 2 rho'' r^2, at least EPS, square root
     cost = 0.5 * ROBUST_SCALE**2 * (m * torch.log1p(z)).sum(-1)
     return cost, m * r * rho1 / js, (m * js)[..., None] * jac
 
@@ -345,10 +343,12 @@ def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: tor
     x_scale=1, tr_solver="exact", ftol=xtol=gtol=1e-12, max_nfev=max_nfev)``.
 
     Arguments as :func:`robust_box_lsq` (``x0`` [*batch, 2] strictly inside the box; ``fn`` is evaluated at one
-    point per problem). Coleman-Li scaling, More's trust-region step on the (closed-form 2 x 2) SVD of the scaled
-    augmented Jacobian, the reflective / truncated / scaled-gradient step selection and scipy's radius update and
-    termination tests; every loop iteration is one function evaluation of every running problem (a rejected
-    step shrinks the radius and is retried at the next one). Returns (x [*batch, 2], cost [*batch]).
+    point per problem; its second derivatives are not used). Coleman-Li scaling ``v`` (distance to the bound the
+    gradient points to), More's trust-region step on the closed-form 2 x 2 eigen-decomposition of the scaled
+    augmented normal matrix (= the SVD scipy takes), the reflective / truncated / scaled-gradient step selection,
+    strictly feasible iterates (``nextafter`` of a bound), scipy's radius update and termination tests. Every loop
+    iteration is one function evaluation of every running problem (a rejected step shrinks the radius and is
+    retried at the next one); finished problems leave the batch. Returns (x [*batch, 2], cost [*batch]).
     """
     batch = x0.shape[:-1]
     n = x0[..., 0].numel()
@@ -357,86 +357,68 @@ def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: tor
         tail = t.shape[len(batch):]
         return t.expand(*batch, *tail).reshape(n, *tail)
 
-    lo, hi = lower.expand(n, 2), upper.expand(n, 2)
+    lo, hi = lower, upper
+    lo_in, hi_in = torch.nextafter(lo, hi), torch.nextafter(hi, lo)
     data = tuple(flat(t)[:, None] for t in data)
     x = x0.reshape(n, 2).clone()
     r, jac, _ = _evaluate(fn, x[:, None], data)
-    r, jac = r[:, 0], jac[:, 0]
-    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r).clone()
+    m = torch.ones_like(r[:, 0]) if mask is None else flat(mask).to(r.dtype).expand_as(r[:, 0]).clone()
     n_rows = m.sum(-1)
-    cost, f, J = _scaled(r, jac, m, robust)
-    g = (J * f[..., None]).sum(-2)
-    v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, torch.ones_like(x)))
+    cost, f, J = _scaled(r[:, 0], jac[:, 0], m, robust)
+    g = (f[:, None, :] @ J)[:, 0]
+    v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, 1.0))
     delta = torch.linalg.vector_norm(x / v.sqrt(), dim=-1)
-    delta = torch.where(delta == 0, torch.ones_like(delta), delta)
+    delta = torch.where(delta == 0, 1.0, delta)
     alpha = torch.zeros_like(delta)
-    nfev = torch.ones_like(delta)
+    nfev = torch.ones_like(delta)  # +inf once a termination test is met
     out_x, out_cost = x.clone(), cost.clone()
     idx = torch.arange(n, device=x.device)
-    while idx.numel():
-        v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, torch.ones_like(x)))
-        dv = torch.where(g < 0, -torch.ones_like(x), torch.where(g > 0, torch.ones_like(x), torch.zeros_like(x)))
+    while True:
+        v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, 1.0))
         g_norm = (g * v).abs().amax(-1)
         stop = (g_norm < TRF_TOL) | (nfev >= max_nfev)
-        if bool(stop.any()):
+        if bool(stop.any()):  # retire the finished problems
             fin, run = torch.nonzero(stop).flatten(), torch.nonzero(~stop).flatten()
             out_x[idx[fin]], out_cost[idx[fin]] = x[fin], cost[fin]
-            idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, dv, g_norm, lo, hi = (
-                t[run] for t in (idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, dv, g_norm, lo, hi))
-            data = tuple(t[run] for t in data)
-            if idx.numel() == 0:
+            if run.numel() == 0:
                 break
+            idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, g_norm = (
+                t[run] for t in (idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, g_norm))
+            data = tuple(t[run] for t in data)
         d = v.sqrt()
-        diag_h = g * dv
         g_h = d * g
         jh = J * d[:, None, :]
-        jtj = jh.transpose(-1, -2) @ jh  # [K, 2, 2]
-        aug = jtj + torch.diag_embed(diag_h)
-        # closed-form eigen-decomposition of the 2 x 2 aug = V diag(s^2) V^T (descending)
+        aug = jh.mT @ jh + torch.diag_embed(g.abs())  # J_h^T J_h + diag(g dv), dv = sign(g) (finite bounds)
         a00, a01, a11 = aug[:, 0, 0], aug[:, 0, 1], aug[:, 1, 1]
-        mean, rad = 0.5 * (a00 + a11), torch.hypot(0.5 * (a00 - a11), a01)
-        l1 = mean + rad
-        l2 = torch.where(l1 > 0, (a00 * a11 - a01 * a01) / torch.where(l1 > 0, l1, torch.ones_like(l1)),
-                         mean - rad)
-        e = torch.where((a00 >= a11)[:, None], torch.stack([l1 - a11, a01], -1), torch.stack([a01, l1 - a00], -1))
-        en = torch.linalg.vector_norm(e, dim=-1, keepdim=True)
-        e = torch.where(en > 0, e / torch.where(en > 0, en, torch.ones_like(en)),
-                        torch.tensor([1.0, 0.0], dtype=x.dtype, device=x.device))
-        vecs = torch.stack([e, torch.stack([-e[:, 1], e[:, 0]], -1)], -1)  # columns
-        s2 = torch.stack([l1, l2.clamp_min(0.0)], -1)
-        suf = (vecs.transpose(-1, -2) @ g_h[..., None])[..., 0]
-        theta = torch.clamp(1 - g_norm, min=0.995)
-        p_h, alpha = _trust_region_step(s2, vecs, suf, delta, alpha, n_rows)
-        p = d * p_h
-        step, step_h, predicted = _select_step(x, jtj, diag_h, g_h, p, p_h, d, delta, lo, hi, theta)
+        l1 = 0.5 * (a00 + a11) + torch.hypot(0.5 * (a00 - a11), a01)
+        l2 = ((a00 * a11 - a01 * a01) / l1).clamp_min(0.0)
+        ang = 0.5 * torch.atan2(2.0 * a01, a00 - a11)  # first singular vector (cos, sin)
+        cs, sn = torch.cos(ang), torch.sin(ang)
+        w1, w2, alpha = _trust_region_step(l1, l2, cs * g_h[:, 0] + sn * g_h[:, 1], cs * g_h[:, 1] - sn * g_h[:, 0],
+                                           delta, alpha, n_rows)
+        p_h = -torch.stack([w1 * cs - w2 * sn, w1 * sn + w2 * cs], -1)
+        theta = (1.0 - g_norm).clamp_min(0.995)
+        step, step_h, predicted = _select_step(x, aug, g_h, d * p_h, p_h, d, delta, lo, hi, theta)
         x_new = x + step
-        inf_t = torch.full_like(x_new, math.inf)
-        x_new = torch.where(x_new <= lo, torch.nextafter(lo, hi), x_new)
-        x_new = torch.where(x_new >= hi, torch.nextafter(hi, -inf_t), x_new)
+        x_new = torch.where(x_new <= lo, lo_in, torch.where(x_new >= hi, hi_in, x_new))
         r_new, jac_new, _ = _evaluate(fn, x_new[:, None], data)
-        r_new, jac_new = r_new[:, 0], jac_new[:, 0]
-        nfev = nfev + 1
-        cost_new, f_new, J_new = _scaled(r_new, jac_new, m, robust)
+        cost_new, f_new, J_new = _scaled(r_new[:, 0], jac_new[:, 0], m, robust)
         step_h_norm = torch.linalg.vector_norm(step_h, dim=-1)
         reduction = cost - cost_new
-        safe_pred = torch.where(predicted > 0, predicted, torch.ones_like(predicted))
-        ratio = torch.where(predicted > 0, reduction / safe_pred,
-                            torch.where((predicted == 0) & (reduction == 0), torch.ones_like(predicted),
-                                        torch.zeros_like(predicted)))
+        ratio = torch.where(predicted > 0, reduction / predicted, ((predicted == 0) & (reduction == 0)).double())
         delta_new = torch.where(ratio < 0.25, 0.25 * step_h_norm,
                                 torch.where((ratio > 0.75) & (step_h_norm > 0.95 * delta), 2.0 * delta, delta))
-        step_norm = torch.linalg.vector_norm(step, dim=-1)
         terminated = ((reduction < TRF_TOL * cost) & (ratio > 0.25)) | (
-            step_norm < TRF_TOL * (TRF_TOL + torch.linalg.vector_norm(x, dim=-1)))
-        ok = reduction > 0
+            torch.linalg.vector_norm(step, dim=-1) < TRF_TOL * (TRF_TOL + torch.linalg.vector_norm(x, dim=-1)))
         alpha = torch.where(terminated, alpha, alpha * delta / delta_new)
         delta = torch.where(terminated, delta, delta_new)
+        ok = reduction > 0
         x = torch.where(ok[:, None], x_new, x)
         f = torch.where(ok[:, None], f_new, f)
         J = torch.where(ok[:, None, None], J_new, J)
         cost = torch.where(ok, cost_new, cost)
-        g = (J * f[..., None]).sum(-2)
-        nfev = torch.where(terminated, torch.full_like(nfev, math.inf), nfev)
+        g = (f[:, None, :] @ J)[:, 0]
+        nfev = torch.where(terminated, math.inf, nfev + 1)
     return out_x.reshape(*batch, 2), out_cost.reshape(batch)
 
 
