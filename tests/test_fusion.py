@@ -10,7 +10,7 @@ from scipy.optimize import least_squares
 
 import cfisac
 from cfisac import SystemConfig
-from cfisac.estimators.fusion import ROBUST_SCALE, BistaticMessages, fuse_bistatic, robust_box_lsq
+from cfisac.estimators.fusion import ROBUST_SCALE, BistaticMessages, fuse_bistatic, trf_box_lsq
 from cfisac.estimators.reference.signal_processing import (
     ApMessages,
     Comb,
@@ -97,6 +97,10 @@ def test_batched_fusion_equals_the_reference_on_noisy_permuted_messages_with_an_
     assert float(err.median()) < cfg.resolution()["range_resolution_m"]
 
 
+def linear_residuals(v, a, b):
+    return (a * v[..., None, :]).sum(-1) - b, a
+
+
 def test_solver_matches_scipy_on_a_robust_bounded_linear_fit_with_an_active_bound():
     gen = np.random.default_rng(3)
     a = gen.standard_normal((12, 2))
@@ -104,14 +108,38 @@ def test_solver_matches_scipy_on_a_robust_bounded_linear_fit_with_an_active_boun
     b = a @ v_true + 0.05 * gen.standard_normal(12)
     b[[2, 7]] += np.array([6.0, -4.0])  # two gross outliers the Cauchy loss must reject
     ref = least_squares(lambda v: a @ v - b, np.zeros(2), jac=lambda v: a, bounds=(-1.0, 1.0), loss="cauchy",
-                        f_scale=ROBUST_SCALE, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+                        f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
     lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
-    x, cost = robust_box_lsq(lambda v, a, b: ((a * v[..., None, :]).sum(-1) - b, a, None),
-                             torch.zeros(1, 2, dtype=torch.float64), lo, hi, (at[None], bt[None]), robust=True)
-    np.testing.assert_allclose(x[0].numpy(), ref.x, atol=1e-7)
+    x, cost = trf_box_lsq(linear_residuals, torch.zeros(1, 2, dtype=torch.float64), lo, hi, (at[None], bt[None]),
+                          robust=True, max_nfev=100)
+    np.testing.assert_allclose(x[0].numpy(), ref.x, atol=1e-9)
     assert abs(float(x[0, 0]) - 1.0) < 1e-12  # on the bound
-    assert float(cost[0]) == pytest.approx(ref.cost, abs=1e-10)
+    assert float(cost[0]) == pytest.approx(ref.cost, abs=1e-12)
+
+
+@pytest.mark.parametrize("robust", [True, False])
+def test_solver_follows_scipys_trust_region_reflective_path_from_starts_on_the_box_edges(robust):
+    """Random robust fits with gross outliers (several minima) started inside, near a face and near a corner of
+    the box: the batched solver ends where scipy's ``least_squares`` does (an LM with projection often does not:
+    from a start on an edge trf slides along it into another basin)."""
+    gen = np.random.default_rng(11)
+    P, R = 40, 8
+    a = gen.standard_normal((P, R, 2))
+    b = (a @ gen.uniform(-1.5, 1.5, (P, 2))[..., None])[..., 0] + 0.05 * gen.standard_normal((P, R))
+    b[:, :3] += gen.uniform(-8.0, 8.0, (P, 3))
+    lim = 1.0 - 1e-9
+    starts = np.stack([gen.uniform(-lim, lim, (P, 2)), np.stack([np.full(P, lim), gen.uniform(-1, 1, P)], -1),
+                       np.stack([np.full(P, -lim), np.full(P, lim)], -1)], 1)  # [P, 3, 2]
+    lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
+    x, cost = trf_box_lsq(linear_residuals, torch.from_numpy(starts), lo, hi,
+                          (torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None]), robust=robust, max_nfev=200)
+    kw = dict(loss="cauchy", f_scale=ROBUST_SCALE) if robust else {}
+    for p, s in itertools.product(range(P), range(3)):
+        ref = least_squares(lambda v, p=p: a[p] @ v - b[p], starts[p, s], jac=lambda v, p=p: a[p], bounds=(-1, 1),
+                            xtol=1e-12, ftol=1e-12, gtol=1e-12, **kw)
+        np.testing.assert_allclose(x[p, s].numpy(), ref.x, atol=1e-6, err_msg=f"problem {p}, start {s}")
+        assert float(cost[p, s]) == pytest.approx(ref.cost, rel=1e-9, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------- exactness

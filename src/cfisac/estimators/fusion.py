@@ -42,15 +42,13 @@ from ..config import SystemConfig
 from ..physics import ApLayout, SensingGrid, aoa_direction, ray_distance, wrap_cosine
 from . import Estimate
 
-__all__ = ["BistaticMessages", "fuse_bistatic", "robust_box_lsq"]
+__all__ = ["BistaticMessages", "fuse_bistatic", "trf_box_lsq"]
 
 ROBUST_SCALE = 0.5  # Cauchy loss scale of the fusion, in resolution cells (as the reference)
 REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
-MAX_ITER = 30  # iteration cap of the solver (problems leave the batch once converged; see robust_box_lsq)
-DAMPING_TRIALS = (1.0, 1e2, 1e4)  # Levenberg-Marquardt damping factors tried in parallel at every iteration
 EXHAUSTIVE_MAX_Q = 6  # association by exhaustive permutation search up to this many targets
 
-Residuals = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+Residuals = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -67,130 +65,6 @@ class BistaticMessages:
 
 
 # ---------------------------------------------------------------------------------------------------- solver
-def _cost(r: torch.Tensor, mask: torch.Tensor, robust: bool) -> torch.Tensor:
-    """scipy's ``least_squares`` cost: ``0.5 sum s^2 log(1 + (r/s)^2)`` (Cauchy) or ``0.5 sum r^2`` over ``mask``."""
-    if robust:
-        return 0.5 * ROBUST_SCALE**2 * (mask * torch.log1p((r / ROBUST_SCALE) ** 2)).sum(-1)
-    return 0.5 * (mask * r**2).sum(-1)
-
-
-def _evaluate(fn: Residuals, x: torch.Tensor, data: tuple[torch.Tensor, ...],
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``fn`` at ``x`` [K, C, 2] with the Jacobian / second derivatives broadcast to [K, C, R, 2 or 3]."""
-    r, jac, curv = fn(x, *data)
-    return r, jac.expand(*r.shape, 2), None if curv is None else curv.expand(*r.shape, 3)
-
-
-def robust_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                   data: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None, *, robust: bool,
-                   max_iter: int = MAX_ITER, tol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched bounded (robust) nonlinear least squares in two unknowns: ``min_x sum_r mask_r rho(r_r(x))``.
-
-    ``x0`` [*batch, 2] float64: the starts, inside the box ``lower <= x <= upper`` ([2] each). ``data``: tensors
-    [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
-    ``fn(x [K, C, 2], *data [K, 1, ...]) -> (r [K, C, R], J [K, C, R, 2], C [K, C, R, 3] or None)`` evaluates
-    residuals, Jacobian and second derivatives ``(d2r/dx0^2, d2r/dx0 dx1, d2r/dx1^2)`` (None: linear residuals;
-    J and C may be broadcastable) of K problems at C points each.
-    ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for dropped ones.
-    ``rho`` is the Cauchy loss ``s^2 / 2 log(1 + (r/s)^2)`` of scale :data:`ROBUST_SCALE` (``robust``, scipy's
-    ``loss="cauchy"``) or ``r^2 / 2``.
-
-    Each iteration is a Levenberg-Marquardt step ``(H + lam diag H) dx = -J^T W r`` with the Cauchy weights
-    ``W = 1 / (1 + z)``, ``z = (r/s)^2``, and the Hessian of the cost
-    ``H = J^T diag((1 - z) / (1 + z)^2) J + sum_r W r C_r`` (Newton steps) where it is positive definite, else
-    the iteratively reweighted ``H = J^T W J`` (a descent direction). Coordinates at a bound whose gradient points
-    outwards are held fixed and the step is projected onto the box. The steps of the damping factors
-    ``lam * DAMPING_TRIALS`` are evaluated together; the lowest cost among those that do not increase it is taken
-    (then ``lam`` shrinks, else it grows past the largest trial). A problem stops when its least damped move is
-    below ``tol``, the decrease ``|grad . dx|`` it predicts is below the rounding of the cost, or ``lam``
-    saturates, and then leaves the batch, so that the work follows the problems still running; at most
-    ``max_iter`` iterations. Returns (x [*batch, 2], cost [*batch]).
-    """
-    batch = x0.shape[:-1]
-    n = x0[..., 0].numel()
-
-    def flat(t: torch.Tensor) -> torch.Tensor:
-        tail = t.shape[len(batch):]
-        return t.expand(*batch, *tail).reshape(n, *tail)
-
-    lo0, lo1, hi0, hi1 = lower[0], lower[1], upper[0], upper[1]
-    data = tuple(flat(t)[:, None] for t in data)
-    x = x0.reshape(n, 2).clone()
-    r, jac, curv = _evaluate(fn, x[:, None], data)
-    r, jac, curv = r[:, 0], jac[:, 0], None if curv is None else curv[:, 0]
-    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r)
-    cost = _cost(r, m, robust)
-    out_x, out_cost = x.clone(), cost.clone()
-    idx = torch.arange(n, device=x.device)
-    lam = torch.full_like(cost, 1e-4)
-    factors = torch.tensor(DAMPING_TRIALS, dtype=x.dtype, device=x.device)
-    for it in range(max_iter):
-        j0, j1 = jac[..., 0], jac[..., 1]
-        if robust:
-            z = (r / ROBUST_SCALE) ** 2
-            w = m / (1.0 + z)
-            wh = w * (1.0 - z) / (1.0 + z)
-        else:
-            w = wh = m
-        wr = w * r
-        g0, g1 = (wr * j0).sum(-1), (wr * j1).sum(-1)
-        wj0, wj1 = w * j0, w * j1
-        h00, h01, h11 = (wj0 * j0).sum(-1), (wj0 * j1).sum(-1), (wj1 * j1).sum(-1)
-        if robust or curv is not None:
-            nj0, nj1 = wh * j0, wh * j1
-            n00, n01, n11 = (nj0 * j0).sum(-1), (nj0 * j1).sum(-1), (nj1 * j1).sum(-1)
-            if curv is not None:
-                n00 = n00 + (wr * curv[..., 0]).sum(-1)
-                n01 = n01 + (wr * curv[..., 1]).sum(-1)
-                n11 = n11 + (wr * curv[..., 2]).sum(-1)
-            pd = (n00 > 0) & (n00 * n11 - n01 * n01 > 0)
-            h00, h01, h11 = torch.where(pd, n00, h00), torch.where(pd, n01, h01), torch.where(pd, n11, h11)
-        xa, xb = x[..., 0], x[..., 1]
-        free0 = ~(((xa <= lo0) & (g0 > 0)) | ((xa >= hi0) & (g0 < 0)))
-        free1 = ~(((xb <= lo1) & (g1 > 0)) | ((xb >= hi1) & (g1 < 0)))
-        zero = torch.zeros_like(h00)
-        g0, g1 = torch.where(free0, g0, zero), torch.where(free1, g1, zero)
-        # one step per damping trial lam * DAMPING_TRIALS, all evaluated in one call: [K, C]
-        lam_c = lam[:, None] * factors
-        eps = (1e-12 * (h00.abs() + h11.abs()) + 1e-300)[:, None]
-        one = torch.ones_like(lam_c)
-        a00 = torch.where(free0[:, None], h00[:, None] * (1.0 + lam_c) + eps, one)
-        a11 = torch.where(free1[:, None], h11[:, None] * (1.0 + lam_c) + eps, one)
-        a01 = torch.where((free0 & free1)[:, None], h01[:, None], zero[:, None])
-        det = a00 * a11 - a01 * a01
-        gc0, gc1 = g0[:, None], g1[:, None]
-        step = torch.stack([a01 * gc1 - a11 * gc0, a01 * gc0 - a00 * gc1], -1) / det[..., None]  # [K, C, 2]
-        x_new = torch.clamp(x[:, None] + step, lower, upper)
-        r_new, jac_new, curv_new = _evaluate(fn, x_new, data)
-        cost_new = _cost(r_new, m[:, None], robust)
-        accept = cost_new <= cost[:, None]
-        pick = torch.where(accept, cost_new, torch.full_like(cost_new, torch.inf)).argmin(-1)  # lowest accepted
-        ok = accept.any(-1)
-        # done: the least damped move is below tol, or the decrease it predicts is below the rounding of the cost
-        pred = (g0 * step[:, 0, 0] + g1 * step[:, 0, 1]).abs()
-        done = ((x_new[:, 0] - x).abs().amax(-1) < tol) | (lam >= 1e12) | (pred <= 1e-15 * cost)
-        sel = pick[:, None]
-        x = torch.where(ok[:, None], x_new.gather(1, sel[..., None].expand(-1, 1, 2))[:, 0], x)
-        r = torch.where(ok[:, None], r_new.gather(1, sel[..., None].expand(-1, 1, r.shape[-1]))[:, 0], r)
-        jac = torch.where(ok[:, None, None],
-                          jac_new.gather(1, sel[..., None, None].expand(-1, 1, *jac.shape[1:]))[:, 0], jac)
-        if curv is not None:
-            curv = torch.where(ok[:, None, None],
-                               curv_new.gather(1, sel[..., None, None].expand(-1, 1, *curv.shape[1:]))[:, 0], curv)
-        cost = torch.where(ok, cost_new.gather(1, sel)[:, 0], cost)
-        lam = torch.where(ok, lam_c.gather(1, sel)[:, 0] * 0.1, lam * factors[-1] * 10.0).clamp(1e-12, 1e12)
-        if it % 2 == 1 and bool(done.any()):  # retire the converged problems
-            fin, run = torch.nonzero(done).flatten(), torch.nonzero(~done).flatten()
-            out_x[idx[fin]], out_cost[idx[fin]] = x[fin], cost[fin]
-            idx, x, r, jac, cost, lam, m = idx[run], x[run], r[run], jac[run], cost[run], lam[run], m[run]
-            curv = None if curv is None else curv[run]
-            data = tuple(t[run] for t in data)
-            if idx.numel() == 0:
-                break
-    out_x[idx], out_cost[idx] = x, cost
-    return out_x.reshape(*batch, 2), out_cost.reshape(batch)
-
-
 EPS = 2.220446049250313e-16  # float64 machine epsilon (scipy's EPS)
 TRF_TOL = 1e-12  # ftol = xtol = gtol of the reference's least_squares calls
 
@@ -342,8 +216,12 @@ def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: tor
     ``least_squares(method="trf", loss="cauchy" or "linear", f_scale=ROBUST_SCALE, bounds=(lower, upper),
     x_scale=1, tr_solver="exact", ftol=xtol=gtol=1e-12, max_nfev=max_nfev)``.
 
-    Arguments as :func:`robust_box_lsq` (``x0`` [*batch, 2] strictly inside the box; ``fn`` is evaluated at one
-    point per problem; its second derivatives are not used). Coleman-Li scaling ``v`` (distance to the bound the
+    ``x0`` [*batch, 2] float64: the starts, strictly inside the box ``lower < x < upper`` ([2] each). ``data``:
+    tensors [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
+    ``fn(x [K, 2], *data [K, ...]) -> (r [K, R], J [K, R, 2] or broadcastable)`` evaluates the residuals and their
+    Jacobian of K problems. ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for
+    dropped ones. ``robust``: Cauchy loss ``s^2 / 2 log(1 + (r/s)^2)`` of scale :data:`ROBUST_SCALE`, else
+    ``r^2 / 2``. Coleman-Li scaling ``v`` (distance to the bound the
     gradient points to), More's trust-region step on the closed-form 2 x 2 eigen-decomposition of the scaled
     augmented normal matrix (= the SVD scipy takes), the reflective / truncated / scaled-gradient step selection,
     strictly feasible iterates (``nextafter`` of a bound), scipy's radius update and termination tests. Every loop
@@ -359,12 +237,12 @@ def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: tor
 
     lo, hi = lower, upper
     lo_in, hi_in = torch.nextafter(lo, hi), torch.nextafter(hi, lo)
-    data = tuple(flat(t)[:, None] for t in data)
+    data = tuple(flat(t) for t in data)
     x = x0.reshape(n, 2).clone()
-    r, jac, _ = _evaluate(fn, x[:, None], data)
-    m = torch.ones_like(r[:, 0]) if mask is None else flat(mask).to(r.dtype).expand_as(r[:, 0]).clone()
+    r, jac = fn(x, *data)
+    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r).clone()
     n_rows = m.sum(-1)
-    cost, f, J = _scaled(r[:, 0], jac[:, 0], m, robust)
+    cost, f, J = _scaled(r, jac.expand(*r.shape, 2), m, robust)
     g = (f[:, None, :] @ J)[:, 0]
     v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, 1.0))
     delta = torch.linalg.vector_norm(x / v.sqrt(), dim=-1)
@@ -401,8 +279,8 @@ def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: tor
         step, step_h, predicted = _select_step(x, aug, g_h, d * p_h, p_h, d, delta, lo, hi, theta)
         x_new = x + step
         x_new = torch.where(x_new <= lo, lo_in, torch.where(x_new >= hi, hi_in, x_new))
-        r_new, jac_new, _ = _evaluate(fn, x_new[:, None], data)
-        cost_new, f_new, J_new = _scaled(r_new[:, 0], jac_new[:, 0], m, robust)
+        r_new, jac_new = fn(x_new, *data)
+        cost_new, f_new, J_new = _scaled(r_new, jac_new.expand(*r_new.shape, 2), m, robust)
         step_h_norm = torch.linalg.vector_norm(step_h, dim=-1)
         reduction = cost - cost_new
         ratio = torch.where(predicted > 0, reduction / predicted, ((predicted == 0) & (reduction == 0)).double())
@@ -457,20 +335,14 @@ def _local_locations(lay: ApLayout, grid: SensingGrid, u: torch.Tensor, d: torch
     return torch.clamp(loc, lo, hi), torch.clamp(pts, lo, hi)
 
 
-def _distance_curvature(e: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """Second derivatives ``(I - e e^T) / rho`` of a distance ``rho = ||g - p||`` (unit ``e``): [..., 3]."""
-    ex, ey = e[..., 0], e[..., 1]
-    return torch.stack([1.0 - ex * ex, -ex * ey, 1.0 - ey * ey], -1) / rho[..., None]
-
-
 def _position_residuals(g: torch.Tensor, lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor,
-                        u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Residuals (resolution cells) [..., R], Jacobian [..., R, 2] and second derivatives [..., R, 3] at ``g``.
+                        u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals (resolution cells) [..., R] and Jacobian [..., R, 2] at ``g`` [..., 2].
 
     The A receive APs at ``rx`` with axes ``axes`` [..., A, 2] measured AoA cosines ``u`` [..., A] and bistatic
     ranges ``d`` [..., A, N]; ``R = A + A N`` residuals ``wrap(axis . e_m(g) - u_m) / u_res`` then
-    ``(||g - t_n|| + ||g - r_m|| - d_{m,n}) / range_res`` in (m, n) row-major order (Eq. 7). With ``c = axis - u e``
-    the AoA cosine has gradient ``c / rho`` and Hessian ``-(e c^T + c e^T + u (I - e e^T)) / rho^2``.
+    ``(||g - t_n|| + ||g - r_m|| - d_{m,n}) / range_res`` in (m, n) row-major order (Eq. 7); the AoA cosine
+    ``axis . e`` has gradient ``(axis - u e) / rho``.
     """
     dr = g[..., None, :] - rx  # [..., A, 2]
     rr = torch.linalg.vector_norm(dr, dim=-1).clamp_min(1e-6)
@@ -479,19 +351,13 @@ def _position_residuals(g: torch.Tensor, lay: ApLayout, grid: SensingGrid, rx: t
     rt = torch.linalg.vector_norm(dt, dim=-1).clamp_min(1e-6)
     et = dt / rt[..., None]
     u_model = (er * axes).sum(-1)
-    c = axes - u_model[..., None] * er
-    du = c / rr[..., None]
+    du = (axes - u_model[..., None] * er) / rr[..., None]
     d_model = rt[..., None, :] + rr[..., :, None]  # [..., A, N]
     dd = et[..., None, :, :] + er[..., :, None, :]  # [..., A, N, 2]
     res = torch.cat([wrap_cosine(u_model - u, grid.spacing) / grid.u_res,
                      ((d_model - d) / grid.range_res).flatten(-2)], -1)
     jac = torch.cat([du / grid.u_res, dd.flatten(-3, -2) / grid.range_res], -2)
-    ex, ey, cx, cy = er[..., 0], er[..., 1], c[..., 0], c[..., 1]
-    ku = -(torch.stack([2 * ex * cx, ex * cy + cx * ey, 2 * ey * cy], -1)
-           + u_model[..., None] * _distance_curvature(er, torch.ones_like(rr))) / (rr**2)[..., None]
-    kd = _distance_curvature(et, rt)[..., None, :, :] + _distance_curvature(er, rr)[..., :, None, :]
-    curv = torch.cat([ku / grid.u_res, kd.flatten(-3, -2) / grid.range_res], -2)
-    return res, jac, curv
+    return res, jac
 
 
 def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor,
@@ -506,7 +372,7 @@ def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: tor
     x0 = torch.minimum(torch.maximum(starts, lo + 1e-6), hi - 1e-6)
 
     def fn(g: torch.Tensor, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor, d: torch.Tensor,
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           ) -> tuple[torch.Tensor, torch.Tensor]:
         return _position_residuals(g, lay, grid, rx, axes, u, d)
 
     x, cost = trf_box_lsq(fn, x0, lo, hi, (rx[:, None], axes[:, None], u[:, None], d[:, None]), robust=True,
@@ -582,8 +448,8 @@ def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.
     lo = torch.full((2,), -vmax, dtype=a.dtype, device=a.device)
     hi = -lo
 
-    def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        return (a * v[..., None, :]).sum(-1) - b, a, None
+    def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (a * v[..., None, :]).sum(-1) - b, a
 
     x, cost = trf_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True, max_nfev=200)
     v, best = x[:, 0], torch.full_like(cost[:, 0], math.inf)
