@@ -398,7 +398,7 @@ def kill_train(w: Path, kills: int, rng: random.Random) -> None:
 
 def kill_reproduce(w: Path, kills: int, rng: random.Random) -> None:
     rp = lambda out: [CFISAC, "reproduce", "fig6", "--preset", "tiny", "--schemes", "prior,music", "--out",  # noqa: E731
-                      str(out), "--no-progress", "--threads", "1", "--scheme-seconds", "0"]
+                      str(out), "--no-progress", "--threads", "1", "--scheme-seconds", "0", "--n-test", "24"]
     t0 = time.monotonic()
     p = run(rp(w / "ref-rep"))
     t_ref = time.monotonic() - t0
@@ -417,6 +417,11 @@ def kill_reproduce(w: Path, kills: int, rng: random.Random) -> None:
 
         a, b = numbers(w / "ref-rep"), numbers(w / "k-rep")
         same = a == b and len(a) > 0
+        if not same:  # keep both for a look
+            for d in ("ref-rep", "k-rep"):
+                shutil.copytree(w / d, Path(tempfile.gettempdir()) / f"faults-{d}-{os.getpid()}", dirs_exist_ok=True)
+            diff = [k for k in a if a[k] != b.get(k)]
+            print(f"differing points: {diff}; kept in {tempfile.gettempdir()}/faults-*-{os.getpid()}", flush=True)
         return same and (w / "k-rep" / "report.md").is_file(), (
             f"{len(b)} points; RMSEs, root-CRLBs, n_scenes, bits and metrics (but wall times) equal to the "
             f"uninterrupted run ({t_ref:.0f} s): {same}")
