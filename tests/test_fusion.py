@@ -109,11 +109,9 @@ def test_solver_matches_scipy_on_a_robust_bounded_linear_fit_with_an_active_boun
     b[[2, 7]] += np.array([6.0, -4.0])  # two gross outliers the Cauchy loss must reject
     ref = least_squares(lambda v: a @ v - b, np.zeros(2), jac=lambda v: a, bounds=(-1.0, 1.0), loss="cauchy",
                         f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
-    at, bt = torch.from_numpy(a), torch.from_numpy(b)
-    lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
-    x, cost = trf_box_lsq(linear_residuals, torch.zeros(1, 2, dtype=torch.float64), lo, hi, (at[None], bt[None]),
-                          robust=True, max_nfev=100)
-    np.testing.assert_allclose(x[0].numpy(), ref.x, atol=1e-9)
+    lo, hi = np.full(2, -1.0), np.full(2, 1.0)
+    x, cost = trf_box_lsq(linear_residuals, np.zeros((1, 2)), lo, hi, (a[None], b[None]), robust=True, max_nfev=100)
+    np.testing.assert_allclose(x[0], ref.x, atol=1e-9)
     assert abs(float(x[0, 0]) - 1.0) < 1e-12  # on the bound
     assert float(cost[0]) == pytest.approx(ref.cost, abs=1e-12)
 
@@ -131,14 +129,13 @@ def test_solver_follows_scipys_trust_region_reflective_path_from_starts_on_the_b
     lim = 1.0 - 1e-9
     starts = np.stack([gen.uniform(-lim, lim, (P, 2)), np.stack([np.full(P, lim), gen.uniform(-1, 1, P)], -1),
                        np.stack([np.full(P, -lim), np.full(P, lim)], -1)], 1)  # [P, 3, 2]
-    lo, hi = torch.full((2,), -1.0, dtype=torch.float64), torch.full((2,), 1.0, dtype=torch.float64)
-    x, cost = trf_box_lsq(linear_residuals, torch.from_numpy(starts), lo, hi,
-                          (torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None]), robust=robust, max_nfev=200)
+    x, cost = trf_box_lsq(linear_residuals, starts, np.full(2, -1.0), np.full(2, 1.0), (a[:, None], b[:, None]),
+                          robust=robust, max_nfev=200)
     kw = dict(loss="cauchy", f_scale=ROBUST_SCALE) if robust else {}
     for p, s in itertools.product(range(P), range(3)):
         ref = least_squares(lambda v, p=p: a[p] @ v - b[p], starts[p, s], jac=lambda v, p=p: a[p], bounds=(-1, 1),
                             xtol=1e-12, ftol=1e-12, gtol=1e-12, **kw)
-        np.testing.assert_allclose(x[p, s].numpy(), ref.x, atol=1e-6, err_msg=f"problem {p}, start {s}")
+        np.testing.assert_allclose(x[p, s], ref.x, atol=1e-6, err_msg=f"problem {p}, start {s}")
         assert float(cost[p, s]) == pytest.approx(ref.cost, rel=1e-9, abs=1e-12)
 
 

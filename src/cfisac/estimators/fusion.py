@@ -32,14 +32,14 @@ cost has several minima of similar cost (high noise), where the two solvers can 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..config import SystemConfig
-from ..physics import ApLayout, SensingGrid, aoa_direction, ray_distance, wrap_cosine
+from ..physics import ApLayout, SensingGrid, aoa_direction, ray_distance
 from . import Estimate
 
 __all__ = ["BistaticMessages", "fuse_bistatic", "trf_box_lsq"]
@@ -48,7 +48,7 @@ ROBUST_SCALE = 0.5  # Cauchy loss scale of the fusion, in resolution cells (as t
 REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
 EXHAUSTIVE_MAX_Q = 6  # association by exhaustive permutation search up to this many targets
 
-Residuals = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+Residuals = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -65,13 +65,17 @@ class BistaticMessages:
 
 
 # ---------------------------------------------------------------------------------------------------- solver
-EPS = 2.220446049250313e-16  # float64 machine epsilon (scipy's EPS)
+EPS = float(np.finfo(np.float64).eps)  # scipy's EPS
 TRF_TOL = 1e-12  # ftol = xtol = gtol of the reference's least_squares calls
 
 
-def _trust_region_step(l1: torch.Tensor, l2: torch.Tensor, suf1: torch.Tensor, suf2: torch.Tensor,
-                       delta: torch.Tensor, alpha: torch.Tensor, n_rows: torch.Tensor,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _norm2(x: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the 2-vectors x [..., 2]."""
+    return np.hypot(x[..., 0], x[..., 1])
+
+
+def _trust_region_step(l1: np.ndarray, l2: np.ndarray, suf1: np.ndarray, suf2: np.ndarray, delta: np.ndarray,
+                       alpha: np.ndarray, n_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched ``scipy.optimize._lsq.common.solve_lsq_trust_region`` for two unknowns.
 
     ``l1 >= l2`` [K] squared singular values of the augmented scaled Jacobian, ``suf1``, ``suf2`` [K] the
@@ -83,66 +87,65 @@ def _trust_region_step(l1: torch.Tensor, l2: torch.Tensor, suf1: torch.Tensor, s
     """
     full_rank = l2 > (EPS * n_rows) ** 2 * l1
     w1, w2 = suf1 / l1, suf2 / l2
-    gn_ok = full_rank & (torch.hypot(w1, w2) <= delta)
-    if bool(gn_ok.all()):
-        return w1, w2, torch.zeros_like(alpha)
+    gn_ok = full_rank & (np.hypot(w1, w2) <= delta)
+    if gn_ok.all():
+        return w1, w2, np.zeros_like(alpha)
 
-    def phi_and_derivative(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def phi_and_derivative(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         d1, d2 = l1 + a, l2 + a
         q1, q2 = suf1 / d1, suf2 / d2
-        p_norm = torch.hypot(q1, q2)
+        p_norm = np.hypot(q1, q2)
         return p_norm - delta, -(q1 * q1 / d1 + q2 * q2 / d2) / p_norm, q1, q2
 
-    upper = torch.hypot(suf1, suf2) / delta
-    phi0, dphi0 = phi_and_derivative(torch.zeros_like(delta))[:2]
-    lower = torch.where(full_rank, -phi0 / dphi0, 0.0)
-    a = torch.where(~full_rank & (alpha == 0), torch.maximum(0.001 * upper, (lower * upper).sqrt()), alpha)
+    upper = np.hypot(suf1, suf2) / delta
+    phi0, dphi0 = phi_and_derivative(np.zeros_like(delta))[:2]
+    lower = np.where(full_rank, -phi0 / dphi0, 0.0)
+    a = np.where(~full_rank & (alpha == 0), np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
     active = ~gn_ok
     for _ in range(10):
-        a_in = torch.where((a < lower) | (a > upper), torch.maximum(0.001 * upper, (lower * upper).sqrt()), a)
+        a_in = np.where((a < lower) | (a > upper), np.maximum(0.001 * upper, np.sqrt(lower * upper)), a)
         phi, dphi = phi_and_derivative(a_in)[:2]
         ratio = phi / dphi
-        upper = torch.where(active & (phi < 0), a_in, upper)
-        lower = torch.where(active, torch.maximum(lower, a_in - ratio), lower)
-        a = torch.where(active, a_in - (phi + delta) * ratio / delta, a)
-        active = active & (phi.abs() >= 0.01 * delta)
-        if not bool(active.any()):
+        upper = np.where(active & (phi < 0), a_in, upper)
+        lower = np.where(active, np.maximum(lower, a_in - ratio), lower)
+        a = np.where(active, a_in - (phi + delta) * ratio / delta, a)
+        active &= np.abs(phi) >= 0.01 * delta
+        if not active.any():
             break
     _, _, q1, q2 = phi_and_derivative(a)
-    scale = delta / torch.hypot(q1, q2)
-    return (torch.where(gn_ok, w1, q1 * scale), torch.where(gn_ok, w2, q2 * scale),
-            torch.where(gn_ok, 0.0, a))
+    scale = delta / np.hypot(q1, q2)
+    return np.where(gn_ok, w1, q1 * scale), np.where(gn_ok, w2, q2 * scale), np.where(gn_ok, 0.0, a)
 
 
-def _step_to_bound(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_to_bound(x: np.ndarray, s: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``step_size_to_bound``: (smallest t >= 0 with x + t s on the box [K], hits [K, 2] bool)."""
-    t = torch.where(s != 0, torch.maximum((lo - x) / s, (hi - x) / s), math.inf)
-    t_min = t.amin(-1)
+    t = np.where(s != 0, np.maximum((lo - x) / s, (hi - x) / s), np.inf)
+    t_min = t.min(-1)
     return t_min, (t == t_min[:, None]) & (s != 0)
 
 
-def _quadratic(aug: torch.Tensor, g_h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``evaluate_quadratic``: ``0.5 s^T aug s + g_h^T s`` with ``aug = J_h^T J_h + diag_h`` [K, 2, 2]."""
-    return ((0.5 * (aug @ s[..., None])[..., 0] + g_h) * s).sum(-1)
+def _quadratic(a00: np.ndarray, a01: np.ndarray, a11: np.ndarray, g_h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``evaluate_quadratic``: ``0.5 s^T aug s + g_h^T s`` with ``aug = J_h^T J_h + diag_h = [[a00, a01], [a01,
+    a11]]``."""
+    s0, s1 = s[:, 0], s[:, 1]
+    return 0.5 * (a00 * s0 * s0 + 2.0 * a01 * s0 * s1 + a11 * s1 * s1) + g_h[:, 0] * s0 + g_h[:, 1] * s1
 
 
-def _minimize_1d(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | float, lo: torch.Tensor, hi: torch.Tensor,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _minimize_1d(a: np.ndarray, b: np.ndarray, c: np.ndarray | float, lo: np.ndarray, hi: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """``minimize_quadratic_1d`` of ``a t^2 + b t + c`` on [lo, hi]: (t, value); the first of lo, hi, extremum."""
     ext = -0.5 * b / a
     ext_ok = (a != 0) & (lo < ext) & (ext < hi)
-    ts = torch.stack([lo, hi, torch.where(ext_ok, ext, lo)], -1)
-    ys = ts * (a[:, None] * ts + b[:, None]) + c if isinstance(c, float) else \
-        ts * (a[:, None] * ts + b[:, None]) + c[:, None]
-    ys[:, 2] = torch.where(ext_ok, ys[:, 2], math.inf)
-    i = ys.argmin(-1, keepdim=True)
-    return ts.gather(1, i)[:, 0], ys.gather(1, i)[:, 0]
+    ts = np.stack([lo, hi, np.where(ext_ok, ext, lo)], -1)
+    ys = ts * (a[:, None] * ts + b[:, None]) + np.asarray(c)[..., None]
+    ys[:, 2] = np.where(ext_ok, ys[:, 2], np.inf)
+    i = ys.argmin(-1)[:, None]
+    return np.take_along_axis(ts, i, 1)[:, 0], np.take_along_axis(ys, i, 1)[:, 0]
 
 
-def _select_step(x: torch.Tensor, aug: torch.Tensor, g_h: torch.Tensor, p: torch.Tensor, p_h: torch.Tensor,
-                 d: torch.Tensor, delta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, theta: torch.Tensor,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _select_step(x: np.ndarray, aug: tuple[np.ndarray, np.ndarray, np.ndarray], g_h: np.ndarray, p: np.ndarray,
+                 p_h: np.ndarray, d: np.ndarray, delta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched ``scipy.optimize._lsq.trf.select_step``: (step [K, 2], step_h [K, 2], predicted reduction [K]).
 
     The trust-region step where it stays in the box; else the best (on the quadratic model) of the step cut at the
@@ -150,53 +153,55 @@ def _select_step(x: torch.Tensor, aug: torch.Tensor, g_h: torch.Tensor, p: torch
     """
     xp = x + p
     inside = ((xp >= lo) & (xp <= hi)).all(-1)
-    p_value_full = _quadratic(aug, g_h, p_h)
-    if bool(inside.all()):
+    p_value_full = _quadratic(*aug, g_h, p_h)
+    if inside.all():
         return p, p_h, -p_value_full
     p_stride, hits = _step_to_bound(x, p, lo, hi)
-    r_h = torch.where(hits, -p_h, p_h)
+    r_h = np.where(hits, -p_h, p_h)
     r = d * r_h
     p_b, p_hb = p * p_stride[:, None], p_h * p_stride[:, None]
     # intersect_trust_region(p_hb, r_h, delta): the positive root
     qa, qb, qc = (r_h * r_h).sum(-1), (p_hb * r_h).sum(-1), (p_hb * p_hb).sum(-1) - delta**2
-    disc = (qb * qb - qa * qc).clamp_min(0.0).sqrt()
-    qq = -(qb + torch.where(qb >= 0, disc, -disc))
-    to_tr = torch.maximum(qq / qa, qc / qq)
+    disc = np.sqrt(np.maximum(qb * qb - qa * qc, 0.0))
+    qq = -(qb + np.where(qb >= 0, disc, -disc))
+    to_tr = np.maximum(qq / qa, qc / qq)
     to_bound = _step_to_bound(x + p_b, r, lo, hi)[0]
-    r_stride = torch.minimum(to_bound, to_tr)
+    r_stride = np.minimum(to_bound, to_tr)
     pos = r_stride > 0
-    r_lo = torch.where(pos, (1 - theta) * p_stride / r_stride, 0.0)
-    r_hi = torch.where(pos, torch.where(r_stride == to_bound, theta * to_bound, to_tr), -1.0)
+    r_lo = np.where(pos, (1 - theta) * p_stride / r_stride, 0.0)
+    r_hi = np.where(pos, np.where(r_stride == to_bound, theta * to_bound, to_tr), -1.0)
     avail = r_lo <= r_hi
     # build_quadratic_1d(J_h, g_h, r_h, s0=p_hb, diag=diag_h)
-    ar, ap = (aug @ r_h[..., None])[..., 0], (aug @ p_hb[..., None])[..., 0]
+    a00, a01, a11 = aug
+    ar = np.stack([a00 * r_h[:, 0] + a01 * r_h[:, 1], a01 * r_h[:, 0] + a11 * r_h[:, 1]], -1)
+    ap = np.stack([a00 * p_hb[:, 0] + a01 * p_hb[:, 1], a01 * p_hb[:, 0] + a11 * p_hb[:, 1]], -1)
     a = 0.5 * (ar * r_h).sum(-1)
     b = ((g_h + ap) * r_h).sum(-1)
     c = ((0.5 * ap + g_h) * p_hb).sum(-1)
-    t_r, r_value = _minimize_1d(a, b, c, r_lo, torch.where(avail, r_hi, r_lo))
-    r_value = torch.where(avail, r_value, math.inf)
+    t_r, r_value = _minimize_1d(a, b, c, r_lo, np.where(avail, r_hi, r_lo))
+    r_value = np.where(avail, r_value, np.inf)
     r_h2 = r_h * t_r[:, None] + p_hb
     p_t, p_ht = p_b * theta[:, None], p_hb * theta[:, None]
-    p_value = _quadratic(aug, g_h, p_ht)
+    p_value = _quadratic(*aug, g_h, p_ht)
     ag_h = -g_h
     ag = d * ag_h
-    to_tr_g = delta / torch.linalg.vector_norm(ag_h, dim=-1)
+    to_tr_g = delta / _norm2(ag_h)
     to_bound_g = _step_to_bound(x, ag, lo, hi)[0]
-    ag_stride = torch.where(to_bound_g < to_tr_g, theta * to_bound_g, to_tr_g)
-    qa_g = 0.5 * ((aug @ ag_h[..., None])[..., 0] * ag_h).sum(-1)
+    ag_stride = np.where(to_bound_g < to_tr_g, theta * to_bound_g, to_tr_g)
+    qa_g = _quadratic(a00, a01, a11, np.zeros_like(g_h), ag_h)
     qb_g = (g_h * ag_h).sum(-1)
-    t_g, ag_value = _minimize_1d(qa_g, qb_g, 0.0, torch.zeros_like(qa_g), ag_stride)
+    t_g, ag_value = _minimize_1d(qa_g, qb_g, 0.0, np.zeros_like(qa_g), ag_stride)
     use_p = ((p_value < r_value) & (p_value < ag_value))[:, None]
     use_r = ((r_value < p_value) & (r_value < ag_value))[:, None]
     keep = inside[:, None]
-    step = torch.where(keep, p, torch.where(use_p, p_t, torch.where(use_r, r_h2 * d, ag * t_g[:, None])))
-    step_h = torch.where(keep, p_h, torch.where(use_p, p_ht, torch.where(use_r, r_h2, ag_h * t_g[:, None])))
-    value = torch.where(use_p[:, 0], p_value, torch.where(use_r[:, 0], r_value, ag_value))
-    return step, step_h, -torch.where(inside, p_value_full, value)
+    step = np.where(keep, p, np.where(use_p, p_t, np.where(use_r, r_h2 * d, ag * t_g[:, None])))
+    step_h = np.where(keep, p_h, np.where(use_p, p_ht, np.where(use_r, r_h2, ag_h * t_g[:, None])))
+    value = np.where(use_p[:, 0], p_value, np.where(use_r[:, 0], r_value, ag_value))
+    return step, step_h, -np.where(inside, p_value_full, value)
 
 
-def _scaled(r: torch.Tensor, jac: torch.Tensor, m: torch.Tensor, robust: bool,
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scaled(r: np.ndarray, jac: np.ndarray, m: np.ndarray, robust: bool,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cost [K], scaled residuals [K, R], scaled Jacobian [K, R, 2]) as scipy's ``scale_for_robust_loss_function``
     (Cauchy loss of scale :data:`ROBUST_SCALE`, ``robust``) or the plain residuals; ``m`` masks the dropped ones."""
     if not robust:
@@ -204,99 +209,110 @@ def _scaled(r: torch.Tensor, jac: torch.Tensor, m: torch.Tensor, robust: bool,
         return 0.5 * (mr * r).sum(-1), mr, m[..., None] * jac
     z = (r / ROBUST_SCALE) ** 2
     rho1 = 1.0 / (1.0 + z)
-    js = (rho1 * (1.0 - 2.0 * z * rho1)).clamp_min(EPS).sqrt()  # rho' + 2 rho'' r^2, at least EPS, square root
-    cost = 0.5 * ROBUST_SCALE**2 * (m * torch.log1p(z)).sum(-1)
+    js = np.sqrt(np.maximum(rho1 * (1.0 - 2.0 * z * rho1), EPS))  # rho' + 2 rho'' r^2, at least EPS, square root
+    cost = 0.5 * ROBUST_SCALE**2 * (m * np.log1p(z)).sum(-1)
     return cost, m * r * rho1 / js, (m * js)[..., None] * jac
 
 
-def trf_box_lsq(fn: Residuals, x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                data: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None, *, robust: bool,
-                max_nfev: int) -> tuple[torch.Tensor, torch.Tensor]:
+def trf_box_lsq(fn: Residuals, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                data: tuple[np.ndarray, ...] = (), mask: np.ndarray | None = None, *, robust: bool,
+                max_nfev: int) -> tuple[np.ndarray, np.ndarray]:
     """Batched trust-region-reflective bounded (robust) least squares in two unknowns, step for step scipy's
     ``least_squares(method="trf", loss="cauchy" or "linear", f_scale=ROBUST_SCALE, bounds=(lower, upper),
-    x_scale=1, tr_solver="exact", ftol=xtol=gtol=1e-12, max_nfev=max_nfev)``.
+    x_scale=1, tr_solver="exact", ftol=xtol=gtol=1e-12, max_nfev=max_nfev)``; numpy float64 on the CPU.
 
-    ``x0`` [*batch, 2] float64: the starts, strictly inside the box ``lower < x < upper`` ([2] each). ``data``:
-    tensors [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
+    ``x0`` [*batch, 2]: the starts, strictly inside the box ``lower < x < upper`` ([2] each). ``data``: arrays
+    [*batch, ...] (leading dims broadcastable to ``batch``) describing each problem;
     ``fn(x [K, 2], *data [K, ...]) -> (r [K, R], J [K, R, 2] or broadcastable)`` evaluates the residuals and their
     Jacobian of K problems. ``mask`` [*batch, R] (broadcastable; None: all ones) is 1 for the residuals used, 0 for
     dropped ones. ``robust``: Cauchy loss ``s^2 / 2 log(1 + (r/s)^2)`` of scale :data:`ROBUST_SCALE`, else
-    ``r^2 / 2``. Coleman-Li scaling ``v`` (distance to the bound the
-    gradient points to), More's trust-region step on the closed-form 2 x 2 eigen-decomposition of the scaled
-    augmented normal matrix (= the SVD scipy takes), the reflective / truncated / scaled-gradient step selection,
-    strictly feasible iterates (``nextafter`` of a bound), scipy's radius update and termination tests. Every loop
-    iteration is one function evaluation of every running problem (a rejected step shrinks the radius and is
-    retried at the next one); finished problems leave the batch. Returns (x [*batch, 2], cost [*batch]).
-    """
-    batch = x0.shape[:-1]
-    n = x0[..., 0].numel()
+    ``r^2 / 2``.
 
-    def flat(t: torch.Tensor) -> torch.Tensor:
+    Coleman-Li scaling ``v`` (distance to the bound the gradient points to), More's trust-region step on the
+    closed-form 2 x 2 eigen-decomposition of the scaled augmented normal matrix (= the SVD scipy takes), the
+    reflective / truncated / scaled-gradient step selection, strictly feasible iterates (``nextafter`` of a bound),
+    scipy's radius update and termination tests. Every loop iteration is one function evaluation of every running
+    problem (a rejected step shrinks the radius and is retried at the next one); finished problems leave the
+    batch. Returns (x [*batch, 2], cost [*batch]).
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # in branches np.where discards
+        return _trf_box_lsq(fn, x0, lower, upper, data, mask, robust, max_nfev)
+
+
+def _trf_box_lsq(fn: Residuals, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, data: tuple[np.ndarray, ...],
+                 mask: np.ndarray | None, robust: bool, max_nfev: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trf_box_lsq` (floating-point warnings not suppressed)."""
+    batch = x0.shape[:-1]
+    n = int(np.prod(batch))
+
+    def flat(t: np.ndarray) -> np.ndarray:
         tail = t.shape[len(batch):]
-        return t.expand(*batch, *tail).reshape(n, *tail)
+        return np.broadcast_to(t, (*batch, *tail)).reshape(n, *tail)
 
     lo, hi = lower, upper
-    lo_in, hi_in = torch.nextafter(lo, hi), torch.nextafter(hi, lo)
+    lo_in, hi_in = np.nextafter(lo, hi), np.nextafter(hi, lo)
     data = tuple(flat(t) for t in data)
-    x = x0.reshape(n, 2).clone()
+    x = x0.reshape(n, 2).copy()
     r, jac = fn(x, *data)
-    m = torch.ones_like(r) if mask is None else flat(mask).to(r.dtype).expand_as(r).clone()
+    m = np.ones_like(r) if mask is None else np.broadcast_to(flat(mask).astype(r.dtype), r.shape).copy()
     n_rows = m.sum(-1)
-    cost, f, J = _scaled(r, jac.expand(*r.shape, 2), m, robust)
-    g = (f[:, None, :] @ J)[:, 0]
-    v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, 1.0))
-    delta = torch.linalg.vector_norm(x / v.sqrt(), dim=-1)
-    delta = torch.where(delta == 0, 1.0, delta)
-    alpha = torch.zeros_like(delta)
-    nfev = torch.ones_like(delta)  # +inf once a termination test is met
-    out_x, out_cost = x.clone(), cost.clone()
-    idx = torch.arange(n, device=x.device)
+    cost, f, J = _scaled(r, np.broadcast_to(jac, (*r.shape, 2)), m, robust)
+    g = np.einsum("kr,krj->kj", f, J)
+    v = np.where(g < 0, hi - x, np.where(g > 0, x - lo, 1.0))
+    delta = _norm2(x / np.sqrt(v))
+    delta = np.where(delta == 0, 1.0, delta)
+    alpha = np.zeros_like(delta)
+    nfev = np.ones_like(delta)  # +inf once a termination test is met
+    out_x, out_cost = x.copy(), cost.copy()
+    idx = np.arange(n)
     while True:
-        v = torch.where(g < 0, hi - x, torch.where(g > 0, x - lo, 1.0))
-        g_norm = (g * v).abs().amax(-1)
+        v = np.where(g < 0, hi - x, np.where(g > 0, x - lo, 1.0))
+        g_norm = np.abs(g * v).max(-1)
         stop = (g_norm < TRF_TOL) | (nfev >= max_nfev)
-        if bool(stop.any()):  # retire the finished problems
-            fin, run = torch.nonzero(stop).flatten(), torch.nonzero(~stop).flatten()
-            out_x[idx[fin]], out_cost[idx[fin]] = x[fin], cost[fin]
-            if run.numel() == 0:
+        if stop.any():  # retire the finished problems
+            out_x[idx[stop]], out_cost[idx[stop]] = x[stop], cost[stop]
+            run = ~stop
+            if not run.any():
                 break
             idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, g_norm = (
                 t[run] for t in (idx, x, f, J, g, cost, delta, alpha, nfev, m, n_rows, v, g_norm))
             data = tuple(t[run] for t in data)
-        d = v.sqrt()
+        d = np.sqrt(v)
         g_h = d * g
         jh = J * d[:, None, :]
-        aug = jh.mT @ jh + torch.diag_embed(g.abs())  # J_h^T J_h + diag(g dv), dv = sign(g) (finite bounds)
-        a00, a01, a11 = aug[:, 0, 0], aug[:, 0, 1], aug[:, 1, 1]
-        l1 = 0.5 * (a00 + a11) + torch.hypot(0.5 * (a00 - a11), a01)
-        l2 = ((a00 * a11 - a01 * a01) / l1).clamp_min(0.0)
-        ang = 0.5 * torch.atan2(2.0 * a01, a00 - a11)  # first singular vector (cos, sin)
-        cs, sn = torch.cos(ang), torch.sin(ang)
+        j0, j1 = jh[..., 0], jh[..., 1]
+        a00 = (j0 * j0).sum(-1) + np.abs(g[:, 0])  # J_h^T J_h + diag(g dv), dv = sign(g) (finite bounds)
+        a01 = (j0 * j1).sum(-1)
+        a11 = (j1 * j1).sum(-1) + np.abs(g[:, 1])
+        l1 = 0.5 * (a00 + a11) + np.hypot(0.5 * (a00 - a11), a01)
+        l2 = np.maximum((a00 * a11 - a01 * a01) / l1, 0.0)
+        ang = 0.5 * np.arctan2(2.0 * a01, a00 - a11)  # first singular vector (cos, sin)
+        cs, sn = np.cos(ang), np.sin(ang)
         w1, w2, alpha = _trust_region_step(l1, l2, cs * g_h[:, 0] + sn * g_h[:, 1], cs * g_h[:, 1] - sn * g_h[:, 0],
                                            delta, alpha, n_rows)
-        p_h = -torch.stack([w1 * cs - w2 * sn, w1 * sn + w2 * cs], -1)
-        theta = (1.0 - g_norm).clamp_min(0.995)
-        step, step_h, predicted = _select_step(x, aug, g_h, d * p_h, p_h, d, delta, lo, hi, theta)
+        p_h = -np.stack([w1 * cs - w2 * sn, w1 * sn + w2 * cs], -1)
+        theta = np.maximum(1.0 - g_norm, 0.995)
+        step, step_h, predicted = _select_step(x, (a00, a01, a11), g_h, d * p_h, p_h, d, delta, lo, hi, theta)
         x_new = x + step
-        x_new = torch.where(x_new <= lo, lo_in, torch.where(x_new >= hi, hi_in, x_new))
+        x_new = np.where(x_new <= lo, lo_in, np.where(x_new >= hi, hi_in, x_new))
         r_new, jac_new = fn(x_new, *data)
-        cost_new, f_new, J_new = _scaled(r_new, jac_new.expand(*r_new.shape, 2), m, robust)
-        step_h_norm = torch.linalg.vector_norm(step_h, dim=-1)
+        cost_new, f_new, J_new = _scaled(r_new, np.broadcast_to(jac_new, (*r_new.shape, 2)), m, robust)
+        step_h_norm = _norm2(step_h)
         reduction = cost - cost_new
-        ratio = torch.where(predicted > 0, reduction / predicted, ((predicted == 0) & (reduction == 0)).double())
-        delta_new = torch.where(ratio < 0.25, 0.25 * step_h_norm,
-                                torch.where((ratio > 0.75) & (step_h_norm > 0.95 * delta), 2.0 * delta, delta))
+        ratio = np.where(predicted > 0, reduction / predicted, ((predicted == 0) & (reduction == 0)) * 1.0)
+        delta_new = np.where(ratio < 0.25, 0.25 * step_h_norm,
+                             np.where((ratio > 0.75) & (step_h_norm > 0.95 * delta), 2.0 * delta, delta))
         terminated = ((reduction < TRF_TOL * cost) & (ratio > 0.25)) | (
-            torch.linalg.vector_norm(step, dim=-1) < TRF_TOL * (TRF_TOL + torch.linalg.vector_norm(x, dim=-1)))
-        alpha = torch.where(terminated, alpha, alpha * delta / delta_new)
-        delta = torch.where(terminated, delta, delta_new)
+            _norm2(step) < TRF_TOL * (TRF_TOL + _norm2(x)))
+        alpha = np.where(terminated, alpha, alpha * delta / delta_new)
+        delta = np.where(terminated, delta, delta_new)
         ok = reduction > 0
-        x = torch.where(ok[:, None], x_new, x)
-        f = torch.where(ok[:, None], f_new, f)
-        J = torch.where(ok[:, None, None], J_new, J)
-        cost = torch.where(ok, cost_new, cost)
-        g = (f[:, None, :] @ J)[:, 0]
-        nfev = torch.where(terminated, math.inf, nfev + 1)
+        x = np.where(ok[:, None], x_new, x)
+        f = np.where(ok[:, None], f_new, f)
+        J = np.where(ok[:, None, None], J_new, J)
+        cost = np.where(ok, cost_new, cost)
+        g = np.einsum("kr,krj->kj", f, J)
+        nfev = np.where(terminated, np.inf, nfev + 1)
     return out_x.reshape(*batch, 2), out_cost.reshape(batch)
 
 
@@ -335,60 +351,68 @@ def _local_locations(lay: ApLayout, grid: SensingGrid, u: torch.Tensor, d: torch
     return torch.clamp(loc, lo, hi), torch.clamp(pts, lo, hi)
 
 
-def _position_residuals(g: torch.Tensor, lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor,
-                        u: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residuals (resolution cells) [..., R] and Jacobian [..., R, 2] at ``g`` [..., 2].
+def _position_residuals(g: np.ndarray, tx: np.ndarray, rx: np.ndarray, axes: np.ndarray, u: np.ndarray,
+                        d: np.ndarray, grid: SensingGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals (resolution cells) [K, R] and Jacobian [K, R, 2] at ``g`` [K, 2] (numpy).
 
-    The A receive APs at ``rx`` with axes ``axes`` [..., A, 2] measured AoA cosines ``u`` [..., A] and bistatic
-    ranges ``d`` [..., A, N]; ``R = A + A N`` residuals ``wrap(axis . e_m(g) - u_m) / u_res`` then
-    ``(||g - t_n|| + ||g - r_m|| - d_{m,n}) / range_res`` in (m, n) row-major order (Eq. 7); the AoA cosine
-    ``axis . e`` has gradient ``(axis - u e) / rho``.
+    The A receive APs at ``rx`` with axes ``axes`` [K, A, 2] measured AoA cosines ``u`` [K, A] and bistatic
+    ranges ``d`` [K, A, N] of the transmit APs ``tx`` [N, 2]; ``R = A + A N`` residuals
+    ``wrap(axis . e_m(g) - u_m) / u_res`` then ``(||g - t_n|| + ||g - r_m|| - d_{m,n}) / range_res`` in (m, n)
+    row-major order (Eq. 7); the AoA cosine ``axis . e`` has gradient ``(axis - u e) / rho``.
     """
-    dr = g[..., None, :] - rx  # [..., A, 2]
-    rr = torch.linalg.vector_norm(dr, dim=-1).clamp_min(1e-6)
+    dr = g[:, None, :] - rx  # [K, A, 2]
+    rr = np.maximum(_norm2(dr), 1e-6)
     er = dr / rr[..., None]
-    dt = g[..., None, :] - lay.tx  # [..., N, 2]
-    rt = torch.linalg.vector_norm(dt, dim=-1).clamp_min(1e-6)
+    dt = g[:, None, :] - tx  # [K, N, 2]
+    rt = np.maximum(_norm2(dt), 1e-6)
     et = dt / rt[..., None]
     u_model = (er * axes).sum(-1)
     du = (axes - u_model[..., None] * er) / rr[..., None]
-    d_model = rt[..., None, :] + rr[..., :, None]  # [..., A, N]
-    dd = et[..., None, :, :] + er[..., :, None, :]  # [..., A, N, 2]
-    res = torch.cat([wrap_cosine(u_model - u, grid.spacing) / grid.u_res,
-                     ((d_model - d) / grid.range_res).flatten(-2)], -1)
-    jac = torch.cat([du / grid.u_res, dd.flatten(-3, -2) / grid.range_res], -2)
+    d_model = rt[:, None, :] + rr[:, :, None]  # [K, A, N]
+    dd = et[:, None, :, :] + er[:, :, None, :]  # [K, A, N, 2]
+    period = 1.0 / grid.spacing
+    wrapped = (u_model - u + period / 2) % period - period / 2
+    K = g.shape[0]
+    res = np.concatenate([wrapped / grid.u_res, ((d_model - d) / grid.range_res).reshape(K, -1)], -1)
+    jac = np.concatenate([du / grid.u_res, dd.reshape(K, -1, 2) / grid.range_res], -2)
     return res, jac
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float64 numpy copy of a tensor (on the CPU)."""
+    return t.detach().to("cpu", torch.float64).numpy()
 
 
 def _fit_positions(lay: ApLayout, grid: SensingGrid, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor,
                    d: torch.Tensor, starts: torch.Tensor, *, refit: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-start robust bounded position fits of P problems: (positions [P, 2], robust cost [P]).
+    """Multi-start robust bounded position fits of P problems: (positions [P, 2], robust cost [P]) on the device.
 
-    ``rx`` / ``axes`` [P, A, 2], ``u`` [P, A], ``d`` [P, A, N], ``starts`` [P, S, 2]. The start of lowest Cauchy
-    cost wins; with ``refit`` the residuals beyond ``REJECT * ROBUST_SCALE`` cells of it are dropped and the rest
-    refitted by plain bounded least squares when some are dropped and at least 3 remain.
+    ``rx`` / ``axes`` [P, A, 2], ``u`` [P, A], ``d`` [P, A, N], ``starts`` [P, S, 2]; as the reference, each start
+    (moved 1e-6 m into the area) is fitted by :func:`trf_box_lsq` (100 evaluations at most) and the first of
+    lowest Cauchy cost wins; with ``refit`` the residuals beyond ``REJECT * ROBUST_SCALE`` cells of it are dropped
+    and the rest refitted by plain bounded least squares when some are dropped and at least 3 remain.
     """
-    lo, hi = lay.lower, lay.upper
-    x0 = torch.minimum(torch.maximum(starts, lo + 1e-6), hi - 1e-6)
+    dev = u.device
+    lo, hi, tx = _numpy(lay.lower), _numpy(lay.upper), _numpy(lay.tx)
+    rx, axes, u, d = _numpy(rx), _numpy(axes), _numpy(u), _numpy(d)
+    x0 = np.minimum(np.maximum(_numpy(starts), lo + 1e-6), hi - 1e-6)
 
-    def fn(g: torch.Tensor, rx: torch.Tensor, axes: torch.Tensor, u: torch.Tensor, d: torch.Tensor,
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-        return _position_residuals(g, lay, grid, rx, axes, u, d)
+    def fn(g: np.ndarray, rx: np.ndarray, axes: np.ndarray, u: np.ndarray, d: np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray]:
+        return _position_residuals(g, tx, rx, axes, u, d, grid)
 
     x, cost = trf_box_lsq(fn, x0, lo, hi, (rx[:, None], axes[:, None], u[:, None], d[:, None]), robust=True,
                           max_nfev=100)
-    rows = torch.arange(x.shape[0], device=x.device)
+    rows = np.arange(x.shape[0])
     best = cost.argmin(-1)
     g, best_cost = x[rows, best], cost[rows, best]
-    if not refit:
-        return g, best_cost
-    keep = _position_residuals(g, lay, grid, rx, axes, u, d)[0].abs() <= REJECT * ROBUST_SCALE
-    need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
-    if need.numel():
-        g = g.clone()
-        g[need] = trf_box_lsq(fn, g[need], lo, hi, (rx[need], axes[need], u[need], d[need]), keep[need],
-                              robust=False, max_nfev=100)[0]
-    return g, best_cost
+    if refit:
+        keep = np.abs(fn(g, rx, axes, u, d)[0]) <= REJECT * ROBUST_SCALE
+        need = ~keep.all(-1) & (keep.sum(-1) >= 3)
+        if need.any():
+            g[need] = trf_box_lsq(fn, g[need], lo, hi, (rx[need], axes[need], u[need], d[need]), keep[need],
+                                  robust=False, max_nfev=100)[0]
+    return torch.from_numpy(g).to(dev), torch.from_numpy(best_cost).to(dev)
 
 
 def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -406,22 +430,6 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if bool(singular.any()):
         x = torch.where(singular[..., None], (torch.linalg.pinv(a) @ b[..., None])[..., 0], x)
     return x
-
-
-def _velocity_grid_start(a: torch.Tensor, b: torch.Tensor, lim: float, velocity_res: float) -> torch.Tensor:
-    """The point of lowest Cauchy cost on a grid over the velocity box [-lim, lim]^2: [P, 2].
-
-    ``a`` [P, R, 2], ``b`` [P, R] (the rows of :func:`_fit_velocities`). The grid step is a quarter of the loss
-    scale (``ROBUST_SCALE * velocity_res / 4`` m/s, at most 81 points a side), finer than the basins of the robust
-    cost, so the fit started there reaches its global minimum where the least-squares starts land in a worse local
-    one (a Doppler captured by another path can pull every least-squares start onto a box edge).
-    """
-    n = min(81, math.ceil(2.0 * lim / (ROBUST_SCALE * velocity_res / 4.0)) + 1)
-    axis = torch.linspace(-lim, lim, n, dtype=a.dtype, device=a.device)
-    pts = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)  # [G, 2]
-    r = torch.matmul(a, pts.T) - b[..., None]  # [P, R, G]
-    cost = torch.log1p((r / ROBUST_SCALE) ** 2).sum(-2)
-    return pts[cost.argmin(-1)]
 
 
 def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.Tensor, vmax: float) -> torch.Tensor:
@@ -445,24 +453,22 @@ def _fit_velocities(lay: ApLayout, grid: SensingGrid, g: torch.Tensor, f: torch.
         return v0
     loo = 1.0 - torch.eye(n_rows, dtype=a.dtype, device=a.device)  # [R (left out), R]
     starts = torch.cat([v0[:, None], _lstsq(a[:, None] * loo[..., None], b[:, None] * loo).clamp(-lim, lim)], 1)
-    lo = torch.full((2,), -vmax, dtype=a.dtype, device=a.device)
-    hi = -lo
+    lo, hi = np.full(2, -vmax), np.full(2, vmax)
+    a, b, starts = _numpy(a), _numpy(b), _numpy(starts)
 
-    def fn(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (a * v[..., None, :]).sum(-1) - b, a
+    def fn(v: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (a * v[:, None, :]).sum(-1) - b, a
 
     x, cost = trf_box_lsq(fn, starts, lo, hi, (a[:, None], b[:, None]), robust=True, max_nfev=200)
-    v, best = x[:, 0], torch.full_like(cost[:, 0], math.inf)
+    v, best = x[:, 0].copy(), np.full(cost.shape[0], np.inf)
     for k in range(x.shape[1]):  # the first start that lowers the best cost by more than 1e-15 (as the reference)
         better = cost[:, k] < best - 1e-15
-        v = torch.where(better[:, None], x[:, k], v)
-        best = torch.where(better, cost[:, k], best)
-    keep = ((a * v[:, None, :]).sum(-1) - b).abs() <= REJECT * ROBUST_SCALE
-    need = torch.nonzero(~keep.all(-1) & (keep.sum(-1) >= 3)).flatten()
-    if need.numel():
-        v = v.clone()
+        v[better], best[better] = x[better, k], cost[better, k]
+    keep = np.abs(fn(v, a, b)[0]) <= REJECT * ROBUST_SCALE
+    need = ~keep.all(-1) & (keep.sum(-1) >= 3)
+    if need.any():
         v[need] = trf_box_lsq(fn, v[need], lo, hi, (a[need], b[need]), keep[need], robust=False, max_nfev=200)[0]
-    return v
+    return torch.from_numpy(v).to(g.device)
 
 
 # ---------------------------------------------------------------------------------------------------- association
