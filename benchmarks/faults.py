@@ -37,6 +37,7 @@ CFISAC = str(Path(sys.executable).with_name("cfisac"))
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 
 CLEAR, RESUMED = "clear error", "resumed, identical"
+REPRODUCE_N_TEST = ["--n-test", "24"]  # test scenes per point of the reproduce kill chain (--reproduce-n-test)
 
 
 @dataclasses.dataclass
@@ -398,7 +399,7 @@ def kill_train(w: Path, kills: int, rng: random.Random) -> None:
 
 def kill_reproduce(w: Path, kills: int, rng: random.Random) -> None:
     rp = lambda out: [CFISAC, "reproduce", "fig6", "--preset", "tiny", "--schemes", "prior,music", "--out",  # noqa: E731
-                      str(out), "--no-progress", "--threads", "1", "--scheme-seconds", "0", "--n-test", "24"]
+                      str(out), "--no-progress", "--threads", "1", "--scheme-seconds", "0", *REPRODUCE_N_TEST]
     t0 = time.monotonic()
     p = run(rp(w / "ref-rep"))
     t_ref = time.monotonic() - t0
@@ -417,6 +418,10 @@ def kill_reproduce(w: Path, kills: int, rng: random.Random) -> None:
 
         a, b = numbers(w / "ref-rep"), numbers(w / "k-rep")
         same = a == b and len(a) > 0
+        commits = {r["git_commit"] for d in ("ref-rep", "k-rep") for r in PointStore(w / d, "fig6").rows()}
+        if len(commits) > 1:  # a shared checkout: someone committed estimator code between the two runs
+            print(f"warning: the rows come from several commits {sorted(commits)}: a difference may be the code's",
+                  flush=True)
         if not same:  # keep both for a look
             for d in ("ref-rep", "k-rep"):
                 shutil.copytree(w / d, Path(tempfile.gettempdir()) / f"faults-{d}-{os.getpid()}", dirs_exist_ok=True)
@@ -424,7 +429,7 @@ def kill_reproduce(w: Path, kills: int, rng: random.Random) -> None:
             print(f"differing points: {diff}; kept in {tempfile.gettempdir()}/faults-*-{os.getpid()}", flush=True)
         return same and (w / "k-rep" / "report.md").is_file(), (
             f"{len(b)} points; RMSEs, root-CRLBs, n_scenes, bits and metrics (but wall times) equal to the "
-            f"uninterrupted run ({t_ref:.0f} s): {same}")
+            f"uninterrupted run ({t_ref:.0f} s): {same}; rows from commit(s) {', '.join(sorted(commits))}")
 
     kill_chain("cfisac reproduce", rp(w / "k-rep"), w, kills, (0.2 * t_ref, 0.9 * t_ref), compare=same_points,
                resumed_marker="done before, skipped", rng=rng, output=w / "k-rep")
@@ -645,11 +650,14 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=5, help="SIGKILLs per command (default 5)")
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("--kill", default="simulate,train,reproduce", help="the commands of the kill group")
+    ap.add_argument("--reproduce-n-test", type=int, default=24, help="test scenes per point (0: the preset's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "faults.md")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                     help="only write --out from the .json files of earlier runs (e.g. one per group)")
     args = ap.parse_args()
     from machine import header
+
+    REPRODUCE_N_TEST[:] = ["--n-test", str(args.reproduce_n_test)] if args.reproduce_n_test else []
 
     if args.merge:
         heads, merged = [], {}
