@@ -221,7 +221,7 @@ class MusicEstimator(BatchedEstimator):
     def default_chunk_size(self) -> int:
         """Scenes per chunk: about 2 GiB of beam-stage working set (M Q n_candidates rows of Nt Ns Ts cells, x64 B).
 
-        At the ``paper`` preset this is 2 scenes: measured peak RSS 1.34 GiB for a 2-scene chunk (simulation
+        At the ``paper`` preset this is 2 scenes: measured peak RSS 1.20 GiB for a 2-scene chunk (simulation
         included); the ray maps are computed in sub-batches of :data:`cfisac.estimators.dsp.MAP_CHUNK_CELLS`."""
         cfg = self.cfg
         per_scene = cfg.n_rx * cfg.n_targets * self.n_candidates * cfg.n_tx_antennas * cfg.n_subcarriers \
