@@ -130,8 +130,9 @@ def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid,
     # Only the K <= L_f kept range bins: a DFT matrix product where that is cheaper than the padded FFT.
     dft = None
     if keep * ns <= MAP_DFT_FACTOR * lf * math.log2(lf):
-        k_i = torch.outer(torch.arange(ns, dtype=torch.float64, device=r.device), d / d[1] if keep > 1 else d)
-        dft = torch.polar(torch.ones_like(k_i), 2 * math.pi * k_i / lf).to(mdt)  # e^{+j 2 pi i k / L_f} [Ns, K]
+        k_i = torch.outer(torch.arange(ns, dtype=torch.float64, device=r.device),
+                          torch.arange(keep, dtype=torch.float64, device=r.device))
+        dft = torch.polar(torch.ones_like(k_i), 2 * math.pi * k_i.remainder(lf) / lf).to(mdt)  # e^{+j2 pi ik/L_f}
     step = max(1, MAP_CHUNK_CELLS // (nt * lf * ts))
     z = torch.empty((P, keep, ts), dtype=mdt, device=r.device)
     for lo in range(0, P, step):  # bounded memory: the padded per-antenna DFT is nt * lf * ts cells per problem
