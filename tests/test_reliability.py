@@ -383,37 +383,42 @@ def test_remove_stale_temporaries_keeps_live_and_own_writers(tmp_path):
 # benchmarks/faults.py, results in benchmarks/results/faults.md).
 
 # ---------------------------------------------------------------------------------------------------- 10: cache
-def test_a_killed_write_hdf5_resumes_with_the_same_contents(tmp_path, monkeypatch, capsys):
+_KILLED_WRITER = """
+import os, signal, sys
+import cfisac.data as data
+from cfisac.config import SystemConfig
+real, calls = data.simulate_batch, []
+def killed_after_three(cfg, seed, indices, **kw):
+    calls.append(1)
+    if len(calls) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # as kill -9: no except clause, no atexit
+    return real(cfg, seed, indices, **kw)
+data.simulate_batch = killed_after_three
+data.write_hdf5(sys.argv[1], SystemConfig.preset("tiny"), 10, seed=5, chunk=2)
+"""
+
+
+def test_a_killed_write_hdf5_resumes_with_the_same_contents(tmp_path, monkeypatch):
     import numpy as np
 
     import cfisac.data as data
 
     ref = write_hdf5(tmp_path / "ref.h5", TINY, 10, seed=5, chunk=2)
-    real = data.simulate_batch
-    calls: list[int] = []
-
-    def killed_after_three(cfg, seed, indices, **kw):
-        calls.append(indices[0])
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # the process dies here (SIGKILL does not even run the except clauses)
-        return real(cfg, seed, indices, **kw)
-
-    monkeypatch.setattr(data, "simulate_batch", killed_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        write_hdf5(tmp_path / "d.h5", TINY, 10, seed=5, chunk=2)
+    p = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "d.h5")], capture_output=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
     parts = tmp_path / ".d.h5.parts"
     assert not (tmp_path / "d.h5").exists() and len(list(parts.glob("c*.npz"))) == 3
     # a part damaged on disk is simulated again, not trusted
     part = parts / "c000001.npz"
     part.write_bytes(part.read_bytes()[:-30])
-    calls.clear()
+    real, calls = data.simulate_batch, []
     monkeypatch.setattr(data, "simulate_batch", lambda cfg, seed, indices, **kw: (calls.append(indices[0]),
                                                                                   real(cfg, seed, indices, **kw))[1])
     logs: list[str] = []
     write_hdf5(tmp_path / "d.h5", TINY, 10, seed=5, chunk=2, log=logs.append)
     assert calls == [2, 6, 8]  # chunks 0 and 2 were reused, 1 (damaged), 3 and 4 simulated
     assert any("resuming" in ln and "3 of 5 chunk files" in ln for ln in logs), logs
-    assert not parts.exists()
+    assert not parts.exists() and not [q for q in tmp_path.iterdir() if ".tmp-" in q.name]
     with h5py.File(ref) as a, h5py.File(tmp_path / "d.h5") as b:
         for k in ("y", "x", "labels", "indices", "sha256"):
             assert np.array_equal(a[k][()], b[k][()]), k
@@ -421,26 +426,24 @@ def test_a_killed_write_hdf5_resumes_with_the_same_contents(tmp_path, monkeypatc
     open_hdf5(tmp_path / "d.h5")
 
 
-def test_write_hdf5_with_other_arguments_does_not_reuse_the_chunks(tmp_path, monkeypatch):
+def test_write_hdf5_with_other_arguments_does_not_reuse_the_chunks(tmp_path):
     import numpy as np
 
-    import cfisac.data as data
-
-    real = data.simulate_batch
-
-    def die(cfg, seed, indices, **kw):
-        if indices[0] >= 2:
-            raise KeyboardInterrupt
-        return real(cfg, seed, indices, **kw)
-
-    monkeypatch.setattr(data, "simulate_batch", die)
-    with pytest.raises(KeyboardInterrupt):
-        write_hdf5(tmp_path / "d.h5", TINY, 4, seed=1, chunk=2)
-    monkeypatch.setattr(data, "simulate_batch", real)
-    write_hdf5(tmp_path / "d.h5", TINY, 4, seed=2, chunk=2)  # another seed: chunk 0 of seed 1 must not be used
-    ref = write_hdf5(tmp_path / "ref.h5", TINY, 4, seed=2, chunk=2)
+    p = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "d.h5")], capture_output=True)
+    assert p.returncode == -signal.SIGKILL and (tmp_path / ".d.h5.parts" / "c000000.npz").is_file()
+    write_hdf5(tmp_path / "d.h5", TINY, 10, seed=6, chunk=2)  # another seed: the chunks of seed 5 must not be used
+    ref = write_hdf5(tmp_path / "ref.h5", TINY, 10, seed=6, chunk=2)
     with h5py.File(ref) as a, h5py.File(tmp_path / "d.h5") as b:
         assert np.array_equal(a["y"][()], b["y"][()])
+
+
+def test_an_exception_or_ctrl_c_in_write_hdf5_leaves_nothing(tmp_path):
+    def stop(k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_hdf5(tmp_path / "d.h5", TINY, 6, seed=0, chunk=2, progress=stop)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_full_while_writing_the_cache_keeps_the_previous_file(tmp_path, monkeypatch, capsys):

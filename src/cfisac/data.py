@@ -204,7 +204,8 @@ def write_hdf5(
 
     Resuming: each simulated chunk is first stored (atomically, with its SHA-256s) in ``.NAME.h5.parts/``; the
     HDF5 file is assembled from them at the end, renamed into place, and the directory removed. A writer killed at
-    any moment leaves the finished chunks there, and the next call with the same arguments simulates only the
+    any moment (SIGKILL, SIGTERM, a full disk) leaves the finished chunks there (an exception or Ctrl-C removes
+    them), and the next call with the same arguments simulates only the
     missing ones (``log`` is told how many were found); the result has the same contents as an uninterrupted
     run, since sample d is a pure function of ``(cfg, seed, d)``. Other arguments start the directory afresh. Disk
     use peaks at about twice the file's size. A full disk or an unwritable folder is a one-line ``ValueError``; the
@@ -275,11 +276,12 @@ def write_hdf5(
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except OSError as err:  # disk full: the chunks stay for the rerun
         tmp.unlink(missing_ok=True)
         raise failed(err) from None
-    except BaseException:
+    except BaseException:  # an exception or Ctrl-C stops the write for good (SIGKILL / SIGTERM leave the chunks)
         tmp.unlink(missing_ok=True)
+        shutil.rmtree(parts, ignore_errors=True)
         raise
     shutil.rmtree(parts, ignore_errors=True)
     return path
