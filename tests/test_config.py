@@ -62,3 +62,24 @@ def test_grating_lobes_allowed_explicitly_and_unknown_names_rejected():
         SystemConfig.preset("tiny").replace(bogus=1)
     with pytest.raises(ValueError, match="bogus"):
         SystemConfig.from_json('{"bogus": 1}')
+
+
+def test_non_finite_axes_and_too_many_targets_are_refused():
+    import math
+
+    import pytest
+
+    import cfisac
+
+    cfg = cfisac.SystemConfig.preset("tiny")
+    for bad in ((math.nan, 0.0), (math.inf, 0.0)):
+        with pytest.raises(ValueError, match="tx_axes entries must be unit vectors"):
+            cfg.replace(tx_axes=(bad, (1.0, 0.0)))
+        with pytest.raises(ValueError, match="rx_axes entries must be unit vectors"):
+            cfg.replace(rx_axes=(bad, (-1.0, 0.0)))
+    # tiny: 19.5 m range cells, a 100 m x 100 m area -> 6 x 6 cells
+    assert cfg.replace(n_targets=36).n_targets == 36
+    with pytest.raises(ValueError, match="n_targets 37 exceeds the 36 range-resolution cells"):
+        cfg.replace(n_targets=37)
+    with pytest.raises(ValueError, match="n_targets 10000"):
+        cfisac.SystemConfig.preset("paper").replace(n_targets=10000)

@@ -328,9 +328,17 @@ class SystemConfig:
                 if len(p) != 2 or not all(math.isfinite(c) for c in p):
                     raise ValueError(f"{name}_positions entries must be finite (x, y) pairs, got {p}")
             for a in axes:
-                if len(a) != 2 or abs(math.hypot(*a) - 1.0) > 1e-6:
+                if len(a) != 2 or not all(math.isfinite(c) for c in a) or abs(math.hypot(*a) - 1.0) > 1e-6:
                     raise ValueError(f"{name}_axes entries must be unit vectors (x, y), got {a}")
         res = self.resolution()
+        (x0, x1), (y0, y1) = self.area
+        cell = res["range_resolution_m"]
+        max_targets = max(1, math.ceil((x1 - x0) / cell) * math.ceil((y1 - y0) / cell))
+        if self.n_targets > max_targets:
+            raise ValueError(
+                f"n_targets {self.n_targets} exceeds the {max_targets} range-resolution cells ({cell:.2f} m) of the "
+                f"area: no receiver can separate that many targets"
+            )
         if res["max_bistatic_range_m"] >= res["unambiguous_range_m"]:
             raise ValueError(
                 f"subcarrier_stride {self.subcarrier_stride} makes the bistatic range ambiguous: unambiguous range "
