@@ -8,7 +8,7 @@ The old path is the code at ``--old-rev`` (default: the last commit before the b
 into a temporary git worktree and imported from there; the new path is this working tree. Every measurement runs
 in its own process (``--child``), so its peak resident memory (``ru_maxrss``) is its own; on CUDA the peak
 allocated device memory is reported too. The test scenes are simulated once by the parent and loaded by every
-child (same scenes for both paths). A warm-up call on one scene precedes each timed call.
+child (same scenes for both paths). A warm-up call on one scene precedes each timed call (unless ``--no-warmup``).
 
 Estimators: ``seconds / scene`` of one call on ``B`` scenes (``--batches`` for the new path; the old path loops over
 scenes, so ``--old-batches`` small batches give its per-scene cost). Front ends: seconds per scene and receive AP
@@ -67,7 +67,8 @@ def _child(spec: dict) -> dict:
         run = cfisac.estimators.create(spec["scheme"], cfg, **({} if spec["old"] else {"device": dev}))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
-        run(y[:1], x[:1])  # warm-up
+        if spec.get("warmup", True):
+            run(y[:1], x[:1])  # warm-up
         sync()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -129,9 +130,9 @@ def _fmt(res: dict, key: str, scale: float = 1.0, digits: int = 4) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", nargs="+", default=["quick", "paper"])
+    p.add_argument("--presets", nargs="*", default=["quick", "paper"])
     p.add_argument("--schemes", nargs="+", default=list(ESTIMATORS))
-    p.add_argument("--front-ends", nargs="+", default=list(FRONT_ENDS))
+    p.add_argument("--front-ends", nargs="*", default=list(FRONT_ENDS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--old-batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--paper-batches", nargs="+", type=int, default=None, help="new-path batches at paper")
@@ -145,6 +146,7 @@ def main() -> None:
     p.add_argument("--old-rev", default=OLD_REV)
     p.add_argument("--no-old", action="store_true", help="time only the new path")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
+    p.add_argument("--no-warmup", action="store_true", help="no warm-up call (for slow paper-preset runs)")
     p.add_argument("--out", default=str(HERE / "results" / "batched.md"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -177,7 +179,7 @@ def main() -> None:
             runs = ([(True, b) for b in old_batches] if old_src is not None else []) + [(False, b) for b in batches]
             for old, b in runs:
                 spec = dict(kind="estimator", preset=preset, scheme=scheme, batch=b, old=old, device=args.device,
-                            threads=args.threads, power=args.power_dbm, data=str(data))
+                            threads=args.threads, power=args.power_dbm, data=str(data), warmup=not args.no_warmup)
                 res = _run_child(spec, old_src if old else new_src, args.timeout)
                 cells.append(_fmt(res, "seconds_per_scene") if "error" in res else
                              f"{_fmt(res, 'seconds_per_scene')} ({_fmt(res, 'peak_rss_gib', digits=3)})"

@@ -108,12 +108,13 @@ BUDGETS: dict[str, Budget] = {
                    learned=("dvqvae", "dvqvae-matched"), n_val=4, scheme_n_test={"ml": 2}),
     # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
-    # cost (benchmarks/results/batched.md) fits 200 scenes of monostatic and fewer of the others in the budget.
+    # cost (benchmarks/results/batched.md: s/scene at batch 64, quick) fits 200 scenes of monostatic and fewer of
+    # MUSIC (0.2 s), CS (1.4 s) and ML (1.2 s) in the budget.
     "quick": Budget(n_test=200, eval_batch=64, n_train=4000, n_val=100, batch_size=32, model_preset="quick",
                     train_seconds={"dvqvae-matched": 150.0, "dvqvae": 60.0, "*": 30.0}, max_epochs=None,
                     classical=("music", "cs", "monostatic", "ml"),
                     learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
-                    crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 24, "ml": 12}),
+                    crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 12, "ml": 12}),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",
@@ -354,12 +355,13 @@ def run_estimator(est: Any, batches: Callable[[int, int], dict[str, torch.Tensor
                   max_seconds: float | None = None, log: Callable[[str], Any] | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Call ``est(y, x)`` on test scenes 0, 1, ... (``batches(lo, hi)`` gives them): positions, velocities
-    [k, Q, 2] float64 and seconds per scene. Calls start at 1 scene and grow to ``batch`` (about 5 s per call);
-    with ``max_seconds`` the evaluation stops after the call that exceeds it, so ``k`` may be less than ``n``
-    (always the first k scenes). A progress line goes to ``log`` every 20 s."""
+    [k, Q, 2] float64 and seconds per scene. Calls take ``batch`` scenes (the batched estimators' unit of work);
+    with ``max_seconds`` they start at 1 scene and grow to ``batch`` (about 5 s per call) and the evaluation stops
+    after the call that exceeds it, so ``k`` may be less than ``n`` (always the first k scenes). A progress line goes
+    to ``log`` every 20 s."""
     pos, vel = [], []
     t0 = last = time.perf_counter()
-    step, lo = 1, 0
+    step, lo = (1 if max_seconds is not None else batch), 0
     with torch.no_grad():
         while lo < n:
             t_b = time.perf_counter()
@@ -371,7 +373,8 @@ def run_estimator(est: Any, batches: Callable[[int, int], dict[str, torch.Tensor
             k = hi - lo
             lo = hi
             now = time.perf_counter()
-            step = int(max(1, min(batch, 5.0 / max((now - t_b) / k, 1e-6))))
+            if max_seconds is not None:
+                step = int(max(1, min(batch, 5.0 / max((now - t_b) / k, 1e-6))))
             if max_seconds is not None and now - t0 > max_seconds and lo < n:
                 if log is not None:
                     log(f"  {getattr(est, 'name', 'estimator')}: time budget of {max_seconds:.0f} s spent after "
