@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,8 @@ def plot_accuracy(
     ncol = min(4, max(1, len(labels)))
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8.5, frameon=False)
     if few_any:
-        note = (note + "; " if note else "") + f"hollow markers: fewer than {FEW} test scenes (time-capped)"
+        note = (note + "; " if note else "") + (f"hollow markers: fewer than {FEW} test scenes (the line of the "
+                                                 "bound is that of all test scenes; the tables give each row's own)")
     note = (note + "; " if note else "") + "error bars: 95 % bootstrap intervals over the test scenes"
-    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
+    fig.suptitle(title + ("\n" + "\n".join(textwrap.wrap(note, 150)) if note else ""), fontsize=11)
     return save(fig, out_base)
