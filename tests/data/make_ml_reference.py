@@ -54,7 +54,7 @@ if __name__ == "__main__":
     new = compute()
     if "--check" in sys.argv:
         ref = json.loads(OUT.read_text())
-        for a, b in zip(ref["cases"], new["cases"]):
+        for a, b in zip(ref["cases"], new["cases"], strict=True):
             for k in ("positions", "velocities", "distributed_positions", "distributed_velocities"):
                 d = (torch.tensor(a[k]) - torch.tensor(b[k])).abs().max()
                 print(a["preset"], k, f"max abs diff {float(d):.3g}", f"ref {a['seconds']} s new {b['seconds']} s")
