@@ -12,7 +12,7 @@ The AP side and the CPU side are separate objects that exchange only what Algori
 Both sides draw the same batch because the sampling is predefined (Section IV): the batch indices of step r of
 epoch e are a pure function of ``(seed, e)`` (:func:`epoch_batches`); the AP simulates / reads only Y_m of those
 samples, the CPU only X and the labels. :class:`ApTrainer` and :class:`CpuTrainer` are written so that a process per
-side (issue 7) runs the same code with ``torch.distributed`` send / recv in place of the in-process hand-over of
+side (one rank) runs the same code with ``torch.distributed`` send / recv in place of the in-process hand-over of
 :func:`train_step`, and ends with the same parameters.
 
 Loss: ``L_est`` = mean squared error of the min-max normalised labels (Eq. 17, a mean instead of a sum) plus the
