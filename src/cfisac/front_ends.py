@@ -1,4 +1,4 @@
-"""Physics-aware AP front ends (issue 9): what a receive AP feeds its encoder instead of (or as) Re/Im of Y_m.
+"""Physics-aware AP front ends: what a receive AP feeds its encoder instead of (or as) Re/Im of Y_m.
 
 Every front end maps the echoes of one receive AP, ``y_m`` [B, Mr, Ns, Ts] complex (Eq. 6), and, when it needs them,
 the transmit signals ``x`` [B, N, Nt, Ns, Ts] complex (Eq. 3), to a real float32 tensor [B, C, D1, D2, D3] for the

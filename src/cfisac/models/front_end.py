@@ -1,4 +1,4 @@
-"""AP input front ends: the transform a receive AP applies to its echoes Y_m before its encoder (issue 9 hook).
+"""AP input front ends: the transform a receive AP applies to its echoes Y_m before its encoder.
 
 A front end is an ``nn.Module`` built by ``make_front_end(name, cfg, norm=..., **options)`` with
 
