@@ -21,7 +21,7 @@ import torch
 
 from ..config import SystemConfig
 
-__all__ = ["Estimate", "Estimator", "available", "create", "register"]
+__all__ = ["Estimate", "Estimator", "available", "create", "register", "register_without_checkpoint"]
 
 
 @dataclass
@@ -54,6 +54,20 @@ def register(name: str) -> Callable[[Callable[..., Estimator]], Callable[..., Es
         return factory
 
     return deco
+
+
+def register_without_checkpoint(name: str, cls: type, label: str, **fixed: Any) -> None:
+    """Register ``cls(cfg, **fixed, **options)`` under ``name`` for an estimator that has nothing to load
+    (``checkpoint`` must be None: ``ValueError`` naming ``label`` otherwise)."""
+
+    def factory(cfg: SystemConfig, checkpoint: str | None = None, **options: Any) -> Estimator:
+        if checkpoint is not None:
+            raise ValueError(f"the {label} has no checkpoint")
+        return cls(cfg, **fixed, **options)
+
+    factory.__module__ = cls.__module__  # the registry tells a second module's registration of a name by this
+    factory.__name__ = f"create_{name.replace('-', '_')}"
+    register(name)(factory)
 
 
 def _discover() -> None:

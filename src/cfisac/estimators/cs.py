@@ -57,7 +57,7 @@ from ..physics import (
     transmit_beam,
     wrap_cosine,
 )
-from . import register
+from . import register_without_checkpoint
 from .base import BatchedEstimator
 from .dsp import path_signatures, zoom_maximize, zoom_maximize_2d
 from .fusion import BistaticMessages, fuse_bistatic
@@ -528,8 +528,4 @@ class CsEstimator(BatchedEstimator):
         return aoa, gd, gf
 
 
-@register("cs")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> CsEstimator:
-    if checkpoint is not None:
-        raise ValueError("the CS baseline has no checkpoint")
-    return CsEstimator(cfg, **options)
+register_without_checkpoint("cs", CsEstimator, "CS baseline")

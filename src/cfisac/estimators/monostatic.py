@@ -52,7 +52,7 @@ from ..physics import (
     path_phase,
     steering_vectors,
 )
-from . import Estimate, register
+from . import Estimate, register_without_checkpoint
 from .base import BatchedEstimator, check_inputs
 
 __all__ = ["MonostaticDetections", "MonostaticEstimator"]
@@ -570,8 +570,4 @@ def _unit(phase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.polar(torch.ones_like(phase), phase).to(dtype)
 
 
-@register("monostatic")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
-    if checkpoint is not None:
-        raise ValueError("the monostatic baseline has no checkpoint")
-    return MonostaticEstimator(cfg, **options)
+register_without_checkpoint("monostatic", MonostaticEstimator, "monostatic baseline")

@@ -32,7 +32,7 @@ import torch
 from ..config import SPEED_OF_LIGHT, SystemConfig
 from ..geometry import steering_vectors
 from ..physics import ApLayout, SensingGrid, aoa_direction, direction_cosine, ray_distance, ray_exit
-from . import Estimate, register
+from . import Estimate, register_without_checkpoint
 from .base import BatchedEstimator
 from .dsp import (
     endfire_alias,
@@ -511,16 +511,5 @@ class MusicEstimator(BatchedEstimator):
         return out
 
 
-@register("music")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
-    if checkpoint is not None:
-        raise ValueError("the MUSIC baseline has no checkpoint")
-    return MusicEstimator(cfg, **options)
-
-
-@register("music-gated")
-def _create_gated(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
-    """MUSIC on the range-Doppler-gated covariance (``covariance="gated"``)."""
-    if checkpoint is not None:
-        raise ValueError("the MUSIC baseline has no checkpoint")
-    return MusicEstimator(cfg, covariance="gated", **options)
+register_without_checkpoint("music", MusicEstimator, "MUSIC baseline")
+register_without_checkpoint("music-gated", MusicEstimator, "MUSIC baseline", covariance="gated")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...config import SystemConfig
-from .. import Estimate, register
+from .. import Estimate, register_without_checkpoint
 from ..base import BatchedEstimator, check_inputs
 from .ap_stage import ApStageMixin
 from .fusion import FusionMixin
@@ -213,15 +213,5 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
         return self._geo[key]
 
 
-@register("ml")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MLEstimator:
-    if checkpoint is not None:
-        raise ValueError("the ML estimator has no checkpoint")
-    return MLEstimator(cfg, **options)
-
-
-@register("ml-joint")
-def _create_joint(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MLEstimator:
-    if checkpoint is not None:
-        raise ValueError("the ML estimator has no checkpoint")
-    return MLEstimator(cfg, joint=True, **options)
+register_without_checkpoint("ml", MLEstimator, "ML estimator")
+register_without_checkpoint("ml-joint", MLEstimator, "ML estimator", joint=True)

@@ -39,7 +39,7 @@ import torch
 from scipy.ndimage import maximum_filter
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
-from .. import Estimate, register
+from .. import Estimate, register_without_checkpoint
 from .signal_processing import (
     ApMessages,
     Comb,
@@ -334,8 +334,4 @@ class CsEstimator:
         return float(np.clip(ref + np.sum(w[ok] * du[ok]) / np.sum(w[ok]), -1.0, 1.0))
 
 
-@register("cs-reference")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> CsEstimator:
-    if checkpoint is not None:
-        raise ValueError("the CS baseline has no checkpoint")
-    return CsEstimator(cfg, **options)
+register_without_checkpoint("cs-reference", CsEstimator, "CS baseline")

@@ -35,7 +35,7 @@ import torch
 from scipy.ndimage import maximum_filter
 
 from ...config import SystemConfig
-from .. import Estimate, register
+from .. import Estimate, register_without_checkpoint
 from .signal_processing import (
     Comb,
     Layout,
@@ -230,8 +230,4 @@ class MonostaticEstimator:
         return paths
 
 
-@register("monostatic-reference")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MonostaticEstimator:
-    if checkpoint is not None:
-        raise ValueError("the monostatic baseline has no checkpoint")
-    return MonostaticEstimator(cfg, **options)
+register_without_checkpoint("monostatic-reference", MonostaticEstimator, "monostatic baseline")

@@ -50,7 +50,7 @@ import torch
 from scipy.signal import find_peaks
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
-from .. import Estimate, register
+from .. import Estimate, register_without_checkpoint
 from .signal_processing import (
     ApMessages,
     Comb,
@@ -433,16 +433,5 @@ class MusicEstimator:
         return (sigs @ amps).reshape(r.shape)
 
 
-@register("music-reference")
-def _create(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
-    if checkpoint is not None:
-        raise ValueError("the MUSIC baseline has no checkpoint")
-    return MusicEstimator(cfg, **options)
-
-
-@register("music-gated-reference")
-def _create_gated(cfg: SystemConfig, checkpoint: str | None = None, **options) -> MusicEstimator:
-    """MUSIC on the range-Doppler-gated covariance (``covariance="gated"``)."""
-    if checkpoint is not None:
-        raise ValueError("the MUSIC baseline has no checkpoint")
-    return MusicEstimator(cfg, covariance="gated", **options)
+register_without_checkpoint("music-reference", MusicEstimator, "MUSIC baseline")
+register_without_checkpoint("music-gated-reference", MusicEstimator, "MUSIC baseline", covariance="gated")
