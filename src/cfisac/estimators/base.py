@@ -20,7 +20,7 @@ import torch
 from ..config import SystemConfig
 from . import Estimate
 
-__all__ = ["BatchedEstimator", "check_inputs", "resolve_device"]
+__all__ = ["BatchedEstimator", "check_inputs", "check_int_options", "resolve_device"]
 
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
@@ -36,6 +36,14 @@ def resolve_device(device: torch.device | str | None) -> torch.device | None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+def check_int_options(**options: tuple[object, int]) -> None:
+    """``ValueError`` naming the first option ``name=(value, low)`` whose value is not an integer >= low (a bool is
+    not an integer here)."""
+    for name, (value, low) in options.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _check_tensor(name: str, t: Any, expect: tuple[int, ...], axes: str, batch: int | None) -> None:

@@ -58,7 +58,7 @@ from ..physics import (
     wrap_cosine,
 )
 from . import register_without_checkpoint
-from .base import BatchedEstimator
+from .base import BatchedEstimator, check_int_options
 from .dsp import path_signatures, zoom_maximize, zoom_maximize_2d
 from .fusion import BistaticMessages, fuse_bistatic
 
@@ -130,12 +130,9 @@ class CsEstimator(BatchedEstimator):
         if cfg.n_tx * cfg.n_targets > cfg.n_subcarriers // 2:
             raise ValueError(
                 f"CS needs N Q <= Ns / 2 atoms per symbol: N={cfg.n_tx}, Q={cfg.n_targets}, Ns={cfg.n_subcarriers}")
-        for name, v in (("delay_oversample", delay_oversample), ("aod_oversample", aod_oversample),
-                        ("oversample", oversample), ("symbol_chunk", symbol_chunk), ("n_candidates", n_candidates)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(refine_rounds, int) or isinstance(refine_rounds, bool) or refine_rounds < 0:
-            raise ValueError(f"refine_rounds must be a non-negative integer, got {refine_rounds!r}")
+        check_int_options(delay_oversample=(delay_oversample, 1), aod_oversample=(aod_oversample, 1),
+                          oversample=(oversample, 1), symbol_chunk=(symbol_chunk, 1), n_candidates=(n_candidates, 1),
+                          refine_rounds=(refine_rounds, 0))
         self.delay_oversample = delay_oversample
         self.aod_oversample = aod_oversample
         self.oversample = oversample

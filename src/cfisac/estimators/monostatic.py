@@ -53,7 +53,7 @@ from ..physics import (
     steering_vectors,
 )
 from . import Estimate, register_without_checkpoint
-from .base import BatchedEstimator, check_inputs
+from .base import BatchedEstimator, check_inputs, check_int_options
 
 __all__ = ["MonostaticDetections", "MonostaticEstimator"]
 
@@ -134,10 +134,8 @@ class MonostaticEstimator(BatchedEstimator):
                 f"{cfg.tx_positions}, rx_positions={cfg.rx_positions}); use SystemConfig.preset('monostatic') or "
                 "cfg.replace(tx_positions=((50.0, 0.0),), rx_positions=((50.0, 0.0),), tx_axes=((-1.0, 0.0),), "
                 "rx_axes=((1.0, 0.0),))")
-        for name, v, low in (("oversample", oversample, 1), ("angle_oversample", angle_oversample, 1),
-                             ("refine_rounds", refine_rounds, 0), ("n_candidates", n_candidates, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        check_int_options(oversample=(oversample, 1), angle_oversample=(angle_oversample, 1),
+                          refine_rounds=(refine_rounds, 0), n_candidates=(n_candidates, 1))
         super().__init__(cfg, device=device, dtype=dtype, chunk_size=chunk_size)
         self.oversample = oversample
         self.angle_oversample = angle_oversample

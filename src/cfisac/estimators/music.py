@@ -33,7 +33,7 @@ from ..config import SPEED_OF_LIGHT, SystemConfig
 from ..geometry import steering_vectors
 from ..physics import ApLayout, SensingGrid, aoa_direction, direction_cosine, ray_distance, ray_exit
 from . import Estimate, register_without_checkpoint
-from .base import BatchedEstimator
+from .base import BatchedEstimator, check_int_options
 from .dsp import (
     endfire_alias,
     find_peaks,
@@ -193,10 +193,7 @@ class MusicEstimator(BatchedEstimator):
             raise ValueError(f"map_dtype must be torch.complex64 or torch.complex128, got {map_dtype!r}")
         if model_order not in MODEL_ORDERS:
             raise ValueError(f"model_order must be one of {MODEL_ORDERS}, got {model_order!r}")
-        for name, v, low in (("oversample", oversample, 1), ("refine_rounds", refine_rounds, 0),
-                             ("n_candidates", n_candidates, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        check_int_options(oversample=(oversample, 1), refine_rounds=(refine_rounds, 0), n_candidates=(n_candidates, 1))
         if angle_grid is not None and (not isinstance(angle_grid, int) or isinstance(angle_grid, bool)
                                        or angle_grid < 3):
             raise ValueError(f"angle_grid must be an integer >= 3 or None, got {angle_grid!r}")

@@ -9,7 +9,7 @@ import torch
 
 from ...config import SystemConfig
 from .. import Estimate, register_without_checkpoint
-from ..base import BatchedEstimator, check_inputs
+from ..base import BatchedEstimator, check_inputs, check_int_options
 from .ap_stage import ApStageMixin
 from .fusion import FusionMixin
 from .joint import JointMixin
@@ -103,11 +103,8 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
         if cfg.n_tx * cfg.n_rx < 2:
             raise ValueError("the ML estimator needs at least two transmit/receive AP pairs: a single pair observes "
                              "only one component of each velocity (N M = 1)")
-        for name, v, lo in (("n_candidates", n_candidates, 1), ("relax_rounds", relax_rounds, 0),
-                            ("angle_oversample", angle_oversample, 1), ("oversample", oversample, 1),
-                            ("max_iter", max_iter, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_int_options(n_candidates=(n_candidates, 1), relax_rounds=(relax_rounds, 0),
+                          angle_oversample=(angle_oversample, 1), oversample=(oversample, 1), max_iter=(max_iter, 1))
         if not isinstance(joint, bool):
             raise ValueError(f"joint must be True or False, got {joint!r}")
         super().__init__(cfg, device=device, dtype=dtype, chunk_size=chunk_size)
