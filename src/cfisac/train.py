@@ -524,6 +524,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def publish_checkpoint(out: Path, pointer: dict[str, Any], best_val_loss: float | None,
+                       history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]]) -> None:
+    """Make the checkpoint ``out / pointer["checkpoint"]`` (already renamed into place) the run's latest: fsync the
+    run directory, point ``latest.json`` at it (and ``best.json`` with ``best_val_loss`` when that is given: the new
+    checkpoint is the best), remove every other checkpoint but the best, rewrite ``history.csv`` / ``steps.csv``.
+    The one publication step of in-process, split-process and data-parallel training."""
+    fsync_dir(out)
+    write_json_atomic(out / "latest.json", pointer)
+    if best_val_loss is not None:
+        write_json_atomic(out / "best.json", {**pointer, "val_loss": best_val_loss})
+    keep = {pointer["checkpoint"]}
+    if (out / "best.json").is_file():
+        keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
+    for old in out.glob("ckpt-e*"):
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    write_csv(out / "history.csv", HISTORY_FIELDS, history)
+    write_csv(out / "steps.csv", STEP_FIELDS, steps)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
@@ -709,19 +729,8 @@ def train(
             why = getattr(err, "strerror", None) or " ".join(str(err).split())
             raise OSError(f"cannot write the checkpoint {final}: {why}; the run can be resumed from "
                           f"{out / 'latest.json'} (if any) once there is space") from None
-        fsync_dir(out)
-        pointer = {"checkpoint": name, "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
-        write_json_atomic(out / "latest.json", pointer)
-        if is_best:
-            write_json_atomic(out / "best.json", {**pointer, "val_loss": best})
-        keep = {name}
-        if (out / "best.json").is_file():
-            keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
-        for old in out.glob("ckpt-e*"):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-        write_csv(out / "history.csv", HISTORY_FIELDS, history)
-        write_csv(out / "steps.csv", STEP_FIELDS, steps)
+        publish_checkpoint(out, {"checkpoint": name, "epoch": epoch, "step": step_in_epoch,
+                                 "global_step": global_step}, best if is_best else None, history, steps)
         return final
 
     def write_checkpoint_dir(tmp: Path, final: Path, finished: bool) -> bool:

@@ -74,19 +74,8 @@ class CheckpointWriter:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _train.fsync_dir(out)
-        pointer = {"checkpoint": name, "epoch": epoch, "step": step, "global_step": global_step}
-        _train.write_json_atomic(out / "latest.json", pointer)
-        if is_best:
-            _train.write_json_atomic(out / "best.json", {**pointer, "val_loss": self.best})
-        keep = {name}
-        if (out / "best.json").is_file():
-            keep.add(json.loads((out / "best.json").read_text())["checkpoint"])
-        for old in out.glob("ckpt-e*"):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-        _train.write_csv(out / "history.csv", _train.HISTORY_FIELDS, history)
-        _train.write_csv(out / "steps.csv", _train.STEP_FIELDS, steps)
+        _train.publish_checkpoint(out, {"checkpoint": name, "epoch": epoch, "step": step, "global_step": global_step},
+                                  self.best if is_best else None, history, steps)
         if self.plot:
             try:
                 _train.plot_loss(out / "loss.png", history, steps, title=f"{self.kind}, lr {self.tcfg.lr:g} "
