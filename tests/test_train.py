@@ -269,3 +269,60 @@ def test_assignment_training_ignores_the_label_order(loss):
         states.append(model.state_dict())
     same = all(torch.allclose(states[0][k], states[1][k], rtol=1e-5, atol=1e-7) for k in states[0])
     assert same == (loss == "assignment")
+
+
+# ---------------------------------------------------------------------------------------------------- geometry decoder
+GEO_M = ModelConfig.preset("tiny", front_end="image", input_norm="noise", decoder="geometry")
+
+
+@pytest.mark.parametrize("kind", ["dvqvae", "dvae"])
+def test_train_trains_resumes_and_loads_the_geometry_decoder(kind, tmp_path):
+    from cfisac.models.geometry_decoder import GeometryCpuTrainer
+    from cfisac.models.summary import macs_per_sample
+    from cfisac.train import make_cpu_trainer
+
+    torch.set_num_threads(1)
+    tcfg = _tcfg(kind=kind, n_train=16, batch_size=8)
+    model0 = build_model(kind, TINY, GEO_M, seed=tcfg.seed)  # the initial parameters of the run
+    assert isinstance(make_cpu_trainer(model0.cpu_side, GEO_M, tcfg), GeometryCpuTrainer)
+    full = train(TINY, GEO_M, tcfg, tmp_path / "full", progress=False, log=None, plot=False)
+    part = train(TINY, GEO_M, _tcfg(kind=kind, n_train=16, batch_size=8, epochs=1), tmp_path / "part",
+                 progress=False, log=None, plot=False)
+    assert part.finished and len(part.history) == 1
+    resumed = train(TINY, GEO_M, tcfg, tmp_path / "part", resume=True, progress=False, log=None, plot=False)
+    wf, wr = _weights(full.model), _weights(resumed.model)
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)  # optimizer state resumed
+    w0 = _weights(model0)
+    trained = [k for k in w0 if k.startswith("cpu_side.decoder.") and "weight" in k and not torch.equal(w0[k], wf[k])]
+    assert trained  # the decoder was updated
+    # the decoder's output range is the training normaliser's, and it is saved with the weights
+    dec = full.model.cpu_side.decoder
+    assert torch.equal(dec.label_minimum, full.normaliser.minimum.to(dec.label_minimum))
+    assert torch.equal(dec.label_maximum, full.normaliser.maximum.to(dec.label_maximum))
+    assert not torch.equal(dec.label_minimum, model0.cpu_side.decoder.label_minimum)
+    ck = load_checkpoint(tmp_path / "full")
+    assert torch.equal(ck.model.cpu_side.decoder.label_minimum, dec.label_minimum)
+    for h in full.history:
+        assert all(torch.isfinite(torch.tensor(h[k])) for k in ("train_loss", "val_loss", "val_position_rmse"))
+    b = simulate_batch(TINY, 99, range(6))
+    from cfisac.train import predict
+
+    pos_mem, vel_mem = predict(full.model, full.normaliser, b["y"], b["x"])
+    pos_ck, vel_ck = predict(ck.model, ck.normaliser, b["y"], b["x"])
+    assert torch.equal(pos_mem, pos_ck) and torch.equal(vel_mem, vel_ck)
+    est = cfisac.estimators.create(kind, TINY, checkpoint=tmp_path / "full")
+    e = est(b["y"], b["x"])
+    assert torch.allclose(e.positions, pos_mem, atol=1e-6) and torch.allclose(e.velocities, vel_mem, atol=1e-6)
+    (x0, x1), (y0, y1) = TINY.area
+    p = e.positions
+    assert torch.isfinite(p).all() and torch.isfinite(e.velocities).all()
+    assert ((p[..., 0] >= x0) & (p[..., 0] <= x1) & (p[..., 1] >= y0) & (p[..., 1] <= y1)).all()
+    macs = macs_per_sample(kind, TINY, GEO_M)
+    assert macs["decoder"] > 0 and macs["encoder"] == macs_per_sample(kind, TINY, TINY_M)["encoder"]
+
+
+def test_geometry_decoder_refuses_amp():
+    from cfisac.train import make_cpu_trainer
+
+    with pytest.raises(ValueError, match="amp"):
+        make_cpu_trainer(build_model("dvae", TINY, GEO_M).cpu_side, GEO_M, _tcfg(kind="dvae", amp=True))

@@ -17,7 +17,9 @@ side (one rank) runs the same code with ``torch.distributed`` send / recv in pla
 
 Loss: ``L_est`` = mean squared error of the min-max normalised labels (Eq. 17, a mean instead of a sum) plus the
 commitment loss of every AP (Eq. 21, omega applied in the quantizer); codebooks by EMA (Eq. 18-20). Adam, learning
-rate 1e-4 by default (paper Section V).
+rate 1e-4 by default (paper Section V). With ``ModelConfig(decoder="geometry")`` the CPU trains with the geometry
+decoder's heat-map loss (:class:`cfisac.models.geometry_decoder.GeometryCpuTrainer`, :func:`make_cpu_trainer`; the
+``mse`` columns then hold that loss) and the decoder's label range is set to the training normaliser's.
 
 Checkpoints (every epoch, and when a ``minutes`` budget stops the run) go to ``out/ckpt-eEEEE-sSSSSSS/``:
 ``model.safetensors`` (all weights and buffers, codebooks included), ``optim.safetensors`` (Adam moments and the
@@ -313,6 +315,19 @@ class CpuTrainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), [i.grad if need_grads else None for i in inputs], pred.detach().float()
+
+
+def make_cpu_trainer(cpu: CpuSide, mcfg: ModelConfig, tcfg: TrainConfig):
+    """The CPU trainer of ``mcfg.decoder``: :class:`CpuTrainer` (Eq. 17 with ``tcfg.loss``) for the paper's decoder,
+    :class:`cfisac.models.geometry_decoder.GeometryCpuTrainer` (its heat-map loss; ``tcfg.loss`` then only selects
+    the validation loss) for ``decoder="geometry"``. Both have the same ``step`` and ``optimizer``."""
+    if mcfg.decoder == "geometry":
+        from .models.geometry_decoder import GeometryCpuTrainer
+
+        if tcfg.amp:
+            raise ValueError("amp=True is not supported with decoder='geometry' (its trainer runs in float32)")
+        return GeometryCpuTrainer(cpu, lr=tcfg.lr)
+    return CpuTrainer(cpu, lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
 
 
 def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor, x: torch.Tensor,
@@ -690,7 +705,7 @@ def train(
 
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed).to(device)
     ap_trainers = [ApTrainer(ap, lr=tcfg.lr, amp=tcfg.amp) for ap in model.aps]
-    cpu_trainer = CpuTrainer(model.cpu_side, lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
+    cpu_trainer = make_cpu_trainer(model.cpu_side, mcfg, tcfg)
     optimizers = {**{f"ap{m}": t.optimizer for m, t in enumerate(ap_trainers)}, "cpu": cpu_trainer.optimizer}
     train_src = DataSource(cfg, tcfg.seed, tcfg.n_train, cache=tcfg.data)
     val_seed = train_src.cache.seed if train_src.cache is not None else tcfg.seed
@@ -712,6 +727,8 @@ def train(
     else:
         out.mkdir(parents=True, exist_ok=True)
         normaliser = LabelNormaliser.fit(train_src.labels(NORMALISER_MAX_SAMPLES))
+        if mcfg.decoder == "geometry":  # the decoder's output range (a saved buffer) = the training labels' range
+            model.cpu_side.decoder.set_label_range(normaliser.minimum, normaliser.maximum)
         epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
     for line in model_summary_lines(tcfg.kind, cfg, mcfg):
         log(line)

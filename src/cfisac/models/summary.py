@@ -11,9 +11,9 @@ from torch import nn
 
 from ..config import SystemConfig
 from .config import ModelConfig
-from .split import SplitModel, build_model
+from .split import SplitModel, build_cpu_side, build_model
 
-__all__ = ["macs_per_sample", "meta_model", "parameter_counts", "summary_lines"]
+__all__ = ["decoder_macs", "macs_per_sample", "meta_model", "parameter_counts", "summary_lines"]
 
 
 def meta_model(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> SplitModel:
@@ -48,7 +48,8 @@ def parameter_counts(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> dict[st
 
 def macs_per_sample(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> dict[str, int]:
     """Multiply-accumulates per sample of the three online stages (paper Table III): ``encoder`` (one AP: front end
-    excluded, convolutions), ``quantization`` (one AP: projector + distances to the Nc codewords), ``decoder``."""
+    excluded, convolutions), ``quantization`` (one AP: projector + distances to the Nc codewords), ``decoder``
+    (:func:`decoder_macs`)."""
     model = meta_model(kind, cfg, mcfg)
     counts: dict[str, int] = {"encoder": 0, "quantization": 0, "decoder": 0}
     stage = {"name": "encoder"}
@@ -71,21 +72,35 @@ def macs_per_sample(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> dict[str
             ap.projector(h.movedim(1, -1))
             if ap.quantizer is not None:
                 counts["quantization"] += ap.latent_length * mcfg.num_codes * mcfg.code_dim
-        stage["name"] = "decoder"
-        payloads = [torch.empty(1, *model.cpu_side.payload_shape, device="meta") for _ in range(cfg.n_rx)]
-        if kind == "cnn":
-            model.cpu_side(payloads, None)
-        else:
-            dec = model.cpu_side.decoder
-            z = dec.res(torch.cat(payloads, 1))
-            dec.fc_cpu(z.flatten(1))
-            t = dec.tx_encoder(torch.empty(1, 2, *dec.tx_front.spatial_shape, device="meta"))
-            dec.fc_tx(t.flatten(1))
-            dec.out(dec.fc(torch.empty(1, mcfg.fc_cpu + mcfg.fc_tx, device="meta")))
     finally:
         for h in handles:
             h.remove()
+    counts["decoder"] = decoder_macs(kind, cfg, mcfg, model)
     return counts
+
+
+def decoder_macs(kind: str, cfg: SystemConfig, mcfg: ModelConfig, model: SplitModel | None = None) -> int:
+    """Multiply-accumulates per sample of the CPU decoder, counted by :class:`torch.utils.flop_counter.FlopCounterMode`
+    (MACs = FLOPs / 2 of matrix products and convolutions) on one forward pass of M payloads [1, D, d1, d2, d3]
+    float32 (and X [1, N, Nt, Ns, Ts] complex64). On the ``meta`` device (shapes only) for the paper's decoder and
+    the CNN, whose count equals Table III's formula; the geometry decoder holds CPU constants (pixel grid, AP
+    positions) and a data-dependent peak readout, so it runs once on CPU with random payloads (its parameters are
+    small; the readout's top-Q, gathers and Q 2x2 least squares are not matrix products and add nothing)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if mcfg.decoder == "geometry":
+        cpu = build_cpu_side(kind, cfg, mcfg)
+        g = torch.Generator().manual_seed(0)
+        payloads = [torch.randn(1, *cpu.payload_shape, generator=g) for _ in range(cfg.n_rx)]
+        x = None
+    else:
+        cpu = (model if model is not None else meta_model(kind, cfg, mcfg)).cpu_side
+        payloads = [torch.empty(1, *cpu.payload_shape, device="meta") for _ in range(cfg.n_rx)]
+        x = None if kind == "cnn" else torch.empty(1, cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols,
+                                                    dtype=torch.complex64, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        cpu(payloads, x)
+    return int(counter.get_total_flops()) // 2
 
 
 def summary_lines(kind: str, cfg: SystemConfig, mcfg: ModelConfig) -> list[str]:
