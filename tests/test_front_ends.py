@@ -5,7 +5,8 @@ import torch
 
 import cfisac
 from cfisac import SystemConfig
-from cfisac.front_ends import (
+from cfisac.geometry import bistatic_geometry
+from cfisac.models.front_ends import (
     CovarianceFrontEnd,
     ImageFrontEnd,
     MatchedFrontEnd,
@@ -13,9 +14,8 @@ from cfisac.front_ends import (
     area_extent,
     create_front_end,
     front_end_output_shape,
+    make_front_end,
 )
-from cfisac.geometry import bistatic_geometry
-from cfisac.models.front_end import make_front_end
 from cfisac.sensing import sensing_indices
 
 C = 299792458.0
@@ -571,7 +571,7 @@ def test_beam_and_pixel_chunks_and_uncached_velocity_phases_give_the_same_maps(m
     vel = VelocityImageFrontEnd(CFG, ap_index=0)
     assert vel.velocity_phase_x is not None  # small enough to keep
     ref = vel(ym, x)
-    monkeypatch.setattr("cfisac.front_ends.VELOCITY_PHASE_CELLS", 0)
+    monkeypatch.setattr("cfisac.models.front_ends.image.VELOCITY_PHASE_CELLS", 0)
     uncached = VelocityImageFrontEnd(CFG, ap_index=0, chunk_cells=300)
     assert uncached.velocity_phase_x is None  # built per pixel chunk, as at the paper preset
     torch.testing.assert_close(uncached(ym, x), ref)
@@ -597,16 +597,29 @@ def test_front_ends_run_on_cuda_like_on_the_cpu():
         close_to(gpu.cpu(), cpu.double())
 
 
-def test_front_ends_module_does_not_import_the_models_package():
-    """One import direction: cfisac.models.front_end re-exports the registry of cfisac.front_ends."""
+def test_front_end_modules_import_no_model_module():
+    """One import direction: the front-end modules import the simulator layer and each other, no model module (the
+    models import the front ends); the former paths re-export the same objects."""
     import ast
+    import importlib
     import inspect
+    import pkgutil
 
-    import cfisac.front_ends as fe_module
-    import cfisac.models.front_end as model_fe
+    import cfisac.front_ends as old_module
+    import cfisac.models.front_end as old_model_module
+    import cfisac.models.front_ends as package
 
-    tree = ast.parse(inspect.getsource(fe_module))
-    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if "models" in m], imported
-    assert model_fe.FRONT_ENDS is fe_module.FRONT_ENDS and model_fe.make_front_end is fe_module.make_front_end
+    names = ["cfisac.models.front_ends"] + [f"cfisac.models.front_ends.{m.name}"
+                                            for m in pkgutil.iter_modules(package.__path__)]
+    assert len(names) == 6, names  # the package, base, raw, matched, image, covariance
+    for name in names:
+        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        imported = [("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        outside = [m for m in imported if m.startswith("..") and not m.startswith("...")]
+        assert outside in ([], ["..config"]), (name, outside)  # ..config: ModelConfig, for type hints only
+        assert not [m for m in imported if m.startswith("cfisac")], (name, imported)
+    assert old_module.FRONT_ENDS is package.FRONT_ENDS and old_module.create_front_end is package.create_front_end
+    assert old_model_module.make_front_end is package.make_front_end
+    assert old_model_module.TxFrontEnd is package.TxFrontEnd
+    assert package.available_front_ends() == ["covariance", "image", "matched", "raw", "velocity-image"]

@@ -9,7 +9,7 @@ the hyper-parameters; ``ModelConfig(decoder="geometry")`` selects the geometry-a
 """
 
 from .config import DECODERS, MODEL_KINDS, ModelConfig
-from .front_end import (
+from .front_ends import (
     FRONT_ENDS,
     FrontEnd,
     RawFrontEnd,

@@ -40,7 +40,7 @@ class ModelConfig:
     fully connected layer Phi_fc of ``fc_hidden`` units and the output layer Phi_out (4Q numbers).
     CNN centralized [1] (Section V-A): convolutions of widths ``cnn_channels`` with kernel ``cnn_kernel`` each followed
     by ReLU and max pooling by ``cnn_pool``, then fully connected layers ``cnn_fc`` and the output layer.
-    Input: ``front_end`` (registry of :mod:`cfisac.models.front_end`, "raw" = the paper) with ``front_end_options``,
+    Input: ``front_end`` (registry of :mod:`cfisac.models.front_ends`, "raw" = the paper) with ``front_end_options``,
     normalisation ``input_norm`` ("rms", "noise", "none").
     CPU decoder ``decoder``: ``"generic"`` (the paper's Eq. 16 decoder above, the faithful model) or ``"geometry"``
     (:mod:`cfisac.models.geometry_decoder`: per-AP maps over the area, fused, heat-map peaks and the bistatic

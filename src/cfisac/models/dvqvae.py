@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import SystemConfig
 from .config import ModelConfig
-from .front_end import TxFrontEnd
+from .front_ends import TxFrontEnd
 
 __all__ = ["Encoder", "FusionDecoder", "ResidualBlock", "downsampled_grid"]
 

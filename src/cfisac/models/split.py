@@ -33,7 +33,7 @@ from ..quantize import VectorQuantizer, message_nbytes, pack_index_batch, unpack
 from .cnn import CnnCentralized
 from .config import MODEL_KINDS, ModelConfig
 from .dvqvae import Encoder, FusionDecoder, downsampled_grid
-from .front_end import FrontEnd, model_front_end
+from .front_ends import FrontEnd, model_front_end
 from .geometry_decoder import GeometryDecoder
 
 __all__ = [
