@@ -40,12 +40,10 @@ from scipy.ndimage import maximum_filter
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
 from .. import Estimate, register_without_checkpoint
+from .fusion import ApMessages, Layout, fuse_messages
 from .signal_processing import (
-    ApMessages,
     Comb,
-    Layout,
     Path,
-    fuse_messages,
     pair_paths,
     steering,
     tx_beam,

@@ -36,9 +36,9 @@ from scipy.ndimage import maximum_filter
 
 from ...config import SystemConfig
 from .. import Estimate, register_without_checkpoint
+from .fusion import Layout
 from .signal_processing import (
     Comb,
-    Layout,
     Path,
     aoa_direction,
     delay_doppler_spectrum,

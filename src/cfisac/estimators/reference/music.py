@@ -51,15 +51,13 @@ from scipy.signal import find_peaks
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
 from .. import Estimate, register_without_checkpoint
+from .fusion import ApMessages, Layout, fuse_messages
 from .signal_processing import (
-    ApMessages,
     Comb,
-    Layout,
     Path,
     aoa_direction,
     direction_cosine,
     endfire_alias,
-    fuse_messages,
     path_signal,
     ray_delay_doppler_map,
     ray_distance,
