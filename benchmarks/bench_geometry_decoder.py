@@ -138,8 +138,9 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
         tr, n_train = tr[:args.train_limit], min(n_train, args.train_limit)
     tr_pos, tr_vel = _scenes(cfg, args.train_seed, n_train)
     te_pos, te_vel = _scenes(cfg, args.test_seed, n_test)
-    mcfg = ModelConfig.preset(args.model_preset, front_end="image", input_norm="noise", decoder="geometry",
-                              decoder_options=args.decoder_options or {}, kmeans_init=True, dead_code_threshold=1.0)
+    mcfg = ModelConfig.preset(args.model_preset, **{
+        **dict(front_end="image", input_norm="noise", decoder="geometry", decoder_options=args.decoder_options or {},
+               kmeans_init=True, dead_code_threshold=1.0), **(args.model_options or {})})
     torch.manual_seed(args.seed)
     model = build_model(args.kind, cfg, mcfg, seed=args.seed)
     for ap in model.aps:
@@ -154,19 +155,22 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
     budget, trained, step, epoch, curve, next_eval = args.minutes * 60.0, 0.0, 0, 0, [], 0.0
     cpu0 = time.process_time()
     losses: list[dict[str, float]] = []
-    while trained < budget:
+    max_steps = args.max_steps or math.inf
+    while trained < budget and step < max_steps:
         for idx in epoch_batches(args.seed, epoch, n_train, args.batch_size):
-            if args.lr_schedule == "cosine":
+            if args.lr_schedule == "cosine":  # over the time or the step budget, whichever is nearer its end
+                progress = min(1.0, max(trained / budget, step / max_steps))
                 for opt in optimizers:
                     for group in opt.param_groups:
-                        group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * min(1.0, trained / budget)))
+                        group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * progress))
             t1 = time.time()
             idx = torch.as_tensor(idx)
             st = train_step(aps, cpu, tr[idx].float(), None, target_all[idx])
             step += 1
             trained += time.time() - t1
             losses.append({**cpu.last, "commitment": st["commitment"]})
-            if trained >= next_eval or trained >= budget:
+            done = trained >= budget or step >= max_steps
+            if trained >= next_eval or done:
                 d = diagnose(model, te[:args.eval_scenes], te_pos[:args.eval_scenes], te_vel[:args.eval_scenes])
                 tail = losses[-20:]
                 mean = {k: sum(r[k] for r in tail) / len(tail) for k in tail[0]}
@@ -181,7 +185,7 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
                       f"positions {d['velocity_rmse_at_true_positions']:.2f} m/s; load {os.getloadavg()[0]:.2f}",
                       flush=True)
                 next_eval = trained + args.eval_every
-            if trained >= budget:
+            if done:
                 break
         epoch += 1
     cpu_s = time.process_time() - cpu0
@@ -194,7 +198,8 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "load_start": load0,
             "load_end": os.getloadavg(), "preset": args.preset, "power_dbm": args.power_dbm, "n_train": n_train,
             "n_test": n_test, "test_seed": args.test_seed, "kind": args.kind, "model": mcfg.to_dict(),
-            "lr": args.lr, "lr_schedule": args.lr_schedule, "batch_size": args.batch_size, "minutes": args.minutes,
+            "max_steps": args.max_steps, "lr": args.lr,
+            "lr_schedule": args.lr_schedule, "batch_size": args.batch_size, "minutes": args.minutes,
             "steps": step, "epochs": epoch, "train_wall_s": trained, "process_cpu_s": cpu_s,
             "fronthaul_bits_per_ap": model.fronthaul_bits_per_ap, "test": final, "curve": curve, "Q": Q}
 
@@ -260,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-preset", default="quick")
     p.add_argument("--kind", default="dvqvae", choices=["dvqvae", "dvae"])
     p.add_argument("--decoder-options", type=json.loads, default=None, help="JSON GeometryOptions fields")
+    p.add_argument("--model-options", type=json.loads, default=None,
+                   help="JSON ModelConfig fields over the geometry defaults (e.g. encoder_layers / encoder_widths)")
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (0: no limit)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--batch-size", type=int, default=32)

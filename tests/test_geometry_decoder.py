@@ -245,3 +245,65 @@ def test_cnn_kind_and_bad_payloads_raise(tiny_cfg):
         model.cpu_side.decoder.maps([torch.zeros(1, *model.cpu_side.payload_shape)])
     with pytest.raises(ValueError, match="features of AP 1"):
         model.cpu_side.decoder.maps([torch.zeros(1, *model.cpu_side.payload_shape), torch.zeros(1, 3, 2, 2, 2)])
+
+
+# ---------------------------------------------------------------------------------------------------- Doppler bins
+@pytest.mark.parametrize("fusion", ["conv", "sum"])
+def test_doppler_readout_shapes_loss_and_gradients(cfg2, fusion):
+    model = build_model("dvqvae", cfg2, _mcfg(velocity_readout="doppler", velocity_bins=8, fusion=fusion), seed=0)
+    dec = model.cpu_side.decoder
+    P, K = cfg2.n_rx * cfg2.n_tx, 8
+    bins = dec.velocity_bins
+    assert bins.shape == (K,) and float(bins[0]) == -float(bins[-1])
+    assert float(bins[-1]) > cfg2.max_speed  # b = u . v reaches beyond max_speed (|u| up to 2)
+    gen = torch.Generator().manual_seed(0)
+    payloads = [torch.randn(3, *model.cpu_side.payload_shape, generator=gen).requires_grad_() for _ in range(2)]
+    maps = dec.maps(payloads)
+    assert maps["doppler"].shape == (3, P, K, *dec.map_shape)
+    # bistatic = the soft-argmax of the bins, inside their range
+    ref = (torch.softmax(maps["doppler"], 2) * bins.float()[:, None, None]).sum(2)
+    torch.testing.assert_close(maps["bistatic"], ref)
+    pos = torch.rand(3, 2, 2, generator=gen, dtype=torch.float64) * 90 + 5
+    vel = (torch.rand(3, 2, 2, generator=gen, dtype=torch.float64) - 0.5) * 40
+    parts = geometry_loss(dec, maps, pos, vel)
+    assert float(parts["doppler"].detach()) > 0.5  # untrained: far from the two-hot targets
+    parts["loss"].backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in payloads)
+    assert float(dec.head.weight.grad[5 + 2 * P:].abs().sum()) > 0  # the bin logits are trained
+
+
+def test_doppler_two_hot_logits_give_the_exact_velocity(cfg2):
+    """Bin logits = log of the two-hot encoding of the true bistatic velocities: the soft-argmax returns b, the
+    least squares the velocity, and the cross entropy equals the two-hot entropy (its minimum)."""
+    dec = build_model("dvqvae", cfg2, _mcfg(velocity_readout="doppler"), seed=0).cpu_side.decoder
+    pos = torch.tensor([[[71.0, 33.0], [12.3, 80.2]]], dtype=torch.float64)
+    vel = torch.tensor([[[3.0, -7.5], [-12.0, 4.0]]], dtype=torch.float64)
+    g1, g2 = dec.map_shape
+    P, bins = cfg2.n_rx * cfg2.n_tx, dec.velocity_bins
+    K, width = len(bins), float(bins[1] - bins[0])
+    u = bistatic_directions(pos, dec.tx_positions, dec.rx_positions)
+    b = (u * vel[..., None, :]).sum(-1)  # [1, Q, P]
+    logits = torch.full((1, P, K, g1, g2), -30.0, dtype=torch.float64)
+    i, j = (pos[0, :, 0] // dec.pixel_size[0]).long(), (pos[0, :, 1] // dec.pixel_size[1]).long()
+    entropy = 0.0
+    for q in range(2):
+        for p in range(P):
+            t = (float(b[0, q, p]) - float(bins[0])) / width
+            lo = int(math.floor(t))
+            w_hi = t - lo
+            logits[0, p, :, i[q], j[q]] = -1e3
+            logits[0, p, lo, i[q], j[q]] = math.log(1 - w_hi)
+            logits[0, p, lo + 1, i[q], j[q]] = math.log(w_hi)
+            entropy -= (1 - w_hi) * math.log(1 - w_hi) + w_hi * math.log(w_hi)
+    bistatic = (torch.softmax(logits, 2) * bins[:, None, None]).sum(2)
+    flat = i * g2 + j
+    got = bistatic.flatten(2)[0][:, flat].T  # [Q, P]
+    np.testing.assert_allclose(got.numpy(), b[0].numpy(), atol=1e-9)
+    maps = {"bistatic": bistatic.float(), "log_weight": torch.full((1, P, g1, g2), 1e4)}
+    v = dec.velocity_at(maps, flat[None], pos)
+    np.testing.assert_allclose(v[0].numpy(), vel[0].numpy(), atol=1e-3)
+    zeros = torch.zeros(1, g1, g2)
+    full = {"heat": zeros, "offset": torch.zeros(1, 2, g1, g2), "doppler": logits.float(), **maps}
+    dec2 = build_model("dvqvae", cfg2, _mcfg(velocity_readout="doppler", velocity_support=0), seed=0).cpu_side.decoder
+    parts = geometry_loss(dec2, full, pos, vel)
+    assert float(parts["doppler"]) == pytest.approx(entropy / (2 * P), abs=1e-4)

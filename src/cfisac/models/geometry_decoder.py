@@ -78,6 +78,7 @@ class GeometryOptions:
     peak_window: int = 3
     heatmap_sigma: float = 1.0
     velocity_readout: str = "ls"
+    velocity_bins: int = 16  # bins of the per-pair bistatic-velocity softmax of velocity_readout="doppler"
     velocity_weight: float = 1.0
     offset_weight: float = 1.0
     velocity_support: int = 1  # the bistatic / velocity losses also at the pixels within this many of the true one
@@ -96,7 +97,7 @@ class GeometryOptions:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the offending option."""
-        for name in ("map_channels", "peak_window"):
+        for name in ("map_channels", "peak_window", "velocity_bins"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"decoder option {name} must be a positive integer, got {v!r}")
@@ -107,10 +108,12 @@ class GeometryOptions:
         u = self.map_upsample
         if u is not None and (not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 6):
             raise ValueError(f"decoder option map_upsample must be None or an integer in 0..6, got {u!r}")
+        if self.velocity_bins < 2:
+            raise ValueError(f"decoder option velocity_bins must be at least 2, got {self.velocity_bins}")
         if self.peak_window % 2 == 0:
             raise ValueError(f"decoder option peak_window must be odd, got {self.peak_window}")
         choices = {"fusion": ("conv", "sum"), "peak_readout": ("offset", "softargmax"),
-                   "velocity_readout": ("ls", "direct")}
+                   "velocity_readout": ("ls", "direct", "doppler")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"decoder option {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -239,7 +242,9 @@ def geometry_loss(decoder: GeometryDecoder, maps: dict[str, torch.Tensor], posit
     velocities [B, Q, 2] (m, m/s; any target order): ``heat`` (focal), ``offset`` (L1, pixels), ``bistatic`` (L1 of
     b / max_speed at the true pixels and their neighbours within ``velocity_support``), ``velocity`` (L1 / max_speed
     of the readout velocity at the true positions, read at the same pixels)
-    and ``loss`` = heat + offset_weight offset + velocity_weight (bistatic + velocity)."""
+    , ``doppler`` (``velocity_readout="doppler"``: the cross entropy of the bins' softmax at the same pixels against
+    the two-hot encoding of the true b, whose mean is b; 0 otherwise)
+    and ``loss`` = heat + offset_weight offset + velocity_weight (bistatic + velocity + doppler)."""
     o = decoder.options
     xs, ys = decoder.pixel_x, decoder.pixel_y
     pos = positions.to(xs.dtype)
@@ -259,17 +264,29 @@ def geometry_loss(decoder: GeometryDecoder, maps: dict[str, torch.Tensor], posit
     # the velocity losses at the true pixel and its neighbours within velocity_support (clamped to the grid): the
     # bistatic velocities vary slowly over a few pixels, and a peak read one pixel off still gets a good velocity
     r = o.velocity_support
-    l_bi, l_vel, n = 0.0, 0.0, 0
+    doppler = maps.get("doppler")
+    if doppler is not None:  # two-hot targets over the bins: their mean is b_true (inside the bins' range)
+        bins = decoder.velocity_bins
+        K = len(bins)
+        t = ((b_true - bins[0]) / (bins[1] - bins[0])).clamp(0, K - 1)
+        lo = t.floor().long().clamp(max=K - 2)
+        two_hot = F.one_hot(lo, K) * (1 - (t - lo))[..., None] + F.one_hot(lo + 1, K) * (t - lo)[..., None]
+        logits_flat = doppler.flatten(1, 2)  # [B, P K, G1, G2]
+    l_bi, l_vel, l_cls, n = 0.0, 0.0, 0.0, 0
     for di in range(-r, r + 1):
         for dj in range(-r, r + 1):
             f = (i + di).clamp(0, len(xs) - 1) * len(ys) + (j + dj).clamp(0, len(ys) - 1)
             b = _gather_maps(maps["bistatic"], f).to(xs.dtype)
             l_bi = l_bi + (b - b_true).abs().mean() / vmax
+            if doppler is not None:
+                logp = F.log_softmax(_gather_maps(logits_flat, f).reshape(*b_true.shape, K).to(xs.dtype), -1)
+                l_cls = l_cls + -(two_hot * logp).sum(-1).mean()
             l_vel = l_vel + (decoder.velocity_at(maps, f, pos) - vel).abs().mean() / vmax
             n += 1
-    l_bi, l_vel = l_bi / n, l_vel / n
-    loss = l_heat + o.offset_weight * l_off + o.velocity_weight * (l_bi + l_vel)
-    return {"loss": loss, "heat": l_heat, "offset": l_off, "bistatic": l_bi, "velocity": l_vel}
+    l_bi, l_vel, l_cls = l_bi / n, l_vel / n, l_cls / n
+    loss = l_heat + o.offset_weight * l_off + o.velocity_weight * (l_bi + l_vel + l_cls)
+    return {"loss": loss, "heat": l_heat, "offset": l_off, "bistatic": l_bi, "velocity": l_vel,
+            "doppler": torch.as_tensor(l_cls, dtype=xs.dtype)}
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -339,7 +356,13 @@ class GeometryDecoder(nn.Module):
             Q, v = cfg.n_targets, cfg.max_speed
             lo = torch.tensor([x0, y0] * Q + [-v, -v] * Q, dtype=torch.float64)
             hi = torch.tensor([x1, y1] * Q + [v, v] * Q, dtype=torch.float64)
-        for name, t in (("pixel_x", xs), ("pixel_y", ys), ("tx_positions", tx), ("rx_positions", rx)):
+            # bins of the bistatic velocity b = u . v (velocity_readout="doppler"): centres over +-b_max, the largest
+            # |u_x| v_max + |u_y| v_max over the pixel centres and pairs (|v_x|, |v_y| <= max_speed)
+            g = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1)
+            b_max = float(bistatic_directions(g, tx, rx).abs().sum(-1).amax()) * v
+            bins = torch.linspace(-b_max, b_max, opts.velocity_bins, dtype=torch.float64)
+        for name, t in (("pixel_x", xs), ("pixel_y", ys), ("tx_positions", tx), ("rx_positions", rx),
+                        ("velocity_bins", bins)):
             self.register_buffer(name, t, persistent=False)
         self.register_buffer("label_minimum", lo)  # persistent: the label range travels with the state dict
         self.register_buffer("label_maximum", hi)
@@ -348,8 +371,8 @@ class GeometryDecoder(nn.Module):
         if opts.fusion == "conv":
             self.fuse = nn.Conv2d(M * c, c, 3, padding=1)
             self.fuse_res = _Res2d(c, opts.fusion_layers)
-        # heads: heat 1, offset 2, bistatic P, log-weights P, direct velocity 2
-        self.n_head = 1 + 2 + 2 * P + 2
+        # heads: heat 1, offset 2, bistatic P, log-weights P, direct velocity 2 (+ bistatic-velocity logits P K)
+        self.n_head = 1 + 2 + 2 * P + 2 + (P * opts.velocity_bins if opts.velocity_readout == "doppler" else 0)
         self.head = nn.Conv2d(c, self.n_head, 1)
         with torch.no_grad():
             self.head.bias.zero_()
@@ -383,7 +406,9 @@ class GeometryDecoder(nn.Module):
 
     def maps(self, features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Steps 1-3: ``heat`` [B, G1, G2], ``offset`` [B, 2, G1, G2], ``bistatic`` / ``log_weight`` [B, M N, G1, G2],
-        ``velocity`` [B, 2, G1, G2] (float32)."""
+        ``velocity`` [B, 2, G1, G2] (float32); with ``velocity_readout="doppler"`` also ``doppler``, the logits
+        [B, M N, K, G1, G2] over the K bistatic-velocity bins (buffer ``velocity_bins`` [K], m/s), and ``bistatic``
+        is their soft-argmax sum_k softmax_k b_k."""
         self._check(features)
         a = [dec(f) for dec, f in zip(self.ap_maps, features, strict=True)]
         M, N = self.num_aps, len(self.tx_positions)
@@ -393,11 +418,21 @@ class GeometryDecoder(nn.Module):
         else:  # "sum": per-AP heads; heat logits summed, offsets / direct velocities averaged, pair m N + n from AP m
             hs = [self.head(am) for am in a]
             own = [hs[m][:, k + m * N:k + (m + 1) * N] for k in (3, 3 + P) for m in range(M)]
+            K, c0 = self.options.velocity_bins, 5 + 2 * P  # the bins of pair p: channels c0 + p K ... c0 + p K + K - 1
+            own_bins = [hs[m][:, c0 + m * N * K:c0 + (m + 1) * N * K] for m in range(M)] if self.n_head > c0 else []
             h = torch.cat([torch.stack([hm[:, :1] for hm in hs]).sum(0), torch.stack([hm[:, 1:3] for hm in hs]).mean(0),
-                           *own, torch.stack([hm[:, 3 + 2 * P:] for hm in hs]).mean(0)], 1)
+                           *own, torch.stack([hm[:, 3 + 2 * P:c0] for hm in hs]).mean(0), *own_bins], 1)
         vmax = self.max_speed
-        return {"heat": h[:, 0], "offset": h[:, 1:3], "bistatic": h[:, 3:3 + P] * vmax,
-                "log_weight": h[:, 3 + P:3 + 2 * P], "velocity": h[:, 3 + 2 * P:5 + 2 * P] * vmax}
+        out = {"heat": h[:, 0], "offset": h[:, 1:3], "bistatic": h[:, 3:3 + P] * vmax,
+               "log_weight": h[:, 3 + P:3 + 2 * P], "velocity": h[:, 3 + 2 * P:5 + 2 * P] * vmax}
+        if self.options.velocity_readout == "doppler":
+            # per pixel and pair a softmax over the bistatic-velocity bins; b = its mean (a soft-argmax)
+            B, _, g1, g2 = h.shape
+            logits = h[:, 5 + 2 * P:].reshape(B, P, self.options.velocity_bins, g1, g2)
+            out["doppler"] = logits
+            bins = self.velocity_bins.to(logits.dtype)
+            out["bistatic"] = (torch.softmax(logits, 2) * bins[:, None, None]).sum(2)
+        return out
 
     def velocity_at(self, maps: dict[str, torch.Tensor], flat: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The velocity [B, Q, 2] (m/s, float64) of targets at ``positions`` [B, Q, 2] read at pixels ``flat``
