@@ -175,7 +175,8 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
                 d = diagnose(model, te[:args.eval_scenes], te_pos[:args.eval_scenes], te_vel[:args.eval_scenes])
                 tail = losses[-20:]
                 mean = {k: sum(r[k] for r in tail) / len(tail) for k in tail[0]}
-                curve.append({"train_s": round(trained, 1), "train_cpu_s": round(train_cpu, 1), "steps": step, "epoch": epoch,
+                curve.append({"train_s": round(trained, 1), "train_cpu_s": round(train_cpu, 1), "steps": step,
+                              "epoch": epoch,
                               "train_loss": mean, **{k: d[k] for k in ("position_rmse", "velocity_rmse",
                                                                         "missed_share",
                                                                         "velocity_rmse_at_true_positions")}})
