@@ -27,7 +27,7 @@ def _child(a: argparse.Namespace) -> None:
     import torch
 
     import cfisac
-    from cfisac.front_ends import create_front_end
+    from cfisac.models.front_ends import create_front_end
 
     torch.set_num_threads(a.threads)
     cfg = cfisac.SystemConfig.preset(a.preset)

@@ -190,8 +190,8 @@ def message_rmse(model: Any, normaliser: Any, features: Any, test: dict[str, tor
     return acc.position_rmse, acc.velocity_rmse
 
 
-def _front_ends(name: str, cfg: cfisac.SystemConfig) -> list[torch.nn.Module]:
-    from cfisac.front_ends import create_front_end
+def front_end_modules(name: str, cfg: cfisac.SystemConfig) -> list[torch.nn.Module]:
+    from cfisac.models.front_ends import create_front_end
 
     fe, opts, norm = CACHED[name]
     return [create_front_end(fe, cfg, norm=norm, ap_index=m, **opts) for m in range(cfg.n_rx)]
@@ -201,7 +201,7 @@ def prepare_features(name: str, cfg: cfisac.SystemConfig, source: Any, n: int, p
                      chunk: int = 32) -> np.ndarray:
     """Front-end outputs of the M receive APs for samples 0..n-1 of ``source`` (a callable range -> batch dict):
     a float32 memory map [n, M, C, D1, D2, D3] at ``path`` (reused when complete)."""
-    fes = _front_ends(name, cfg)
+    fes = front_end_modules(name, cfg)
     shape = (n, cfg.n_rx, *fes[0].output_shape)
     done = path.with_suffix(".done")
     if done.exists() and json.loads(done.read_text()) == list(shape):

@@ -7,9 +7,10 @@ config and seed); ``--copy K`` first copies rows 0..K-1 from an existing ``<name
 per range, then ``--finish`` once: it checks every row is filled and writes the ``.done`` / ``.json`` files that
 ``prepare_features`` accepts. Prints the front-end seconds per scene and AP of its range.
 
-    .venv/bin/python benchmarks/extend_front_end_features.py image --n 32768 --range 16384 24576 --copy 16384 &
-    .venv/bin/python benchmarks/extend_front_end_features.py image --n 32768 --range 24576 32768 &
-    wait; .venv/bin/python benchmarks/extend_front_end_features.py image --n 32768 --finish
+    P=benchmarks/explorations/extend_front_end_features.py
+    .venv/bin/python $P image --n 32768 --range 16384 24576 --copy 16384 &
+    .venv/bin/python $P image --n 32768 --range 24576 32768 &
+    wait; .venv/bin/python $P image --n 32768 --finish
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from front_end_bench import front_end_modules
 
 import cfisac
-from bench_front_ends import _front_ends
 from cfisac.data import simulate_batch
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
-    fes = _front_ends(args.name, cfg)
+    fes = front_end_modules(args.name, cfg)
     shape = (args.n, cfg.n_rx, *fes[0].output_shape)
     folder = args.features or Path("data/front_end_features") / f"{args.preset}-P{args.power_dbm:g}"
     path = folder / f"{args.name}-train{args.n}.f16.npy"

@@ -6,7 +6,7 @@ Doppler axis), the strongest pixel is target 1, the pixels within 2 of it are bl
 target 2; each target's velocity is the peak of the summed ``velocity-image`` plane at its pixel. Also prints how far
 each receive AP's single strongest ``image`` peak is from the nearest true target.
 
-    .venv/bin/python benchmarks/peak_readout.py --features data/front_end_features/quick-P48 --power-dbm 48
+    .venv/bin/python benchmarks/explorations/peak_readout.py --features data/front_end_features/quick-P48 --power-dbm 48
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 import cfisac
 from cfisac.data import simulate_batch
-from cfisac.front_ends import create_front_end
 from cfisac.metrics import accuracy
+from cfisac.models.front_ends import create_front_end
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ messages (500 held-out scenes, seed 1) every 30 s (first 250 scenes) and at the 
 - ``--zero-x``: feed zeros to the decoder's transmit-signal branch (a diagnostic: does the decoder memorise the
   training scenes through X?).
 
-    .venv/bin/python benchmarks/explore_front_ends.py --fe image --minutes 4 \
+    .venv/bin/python benchmarks/explorations/explore_front_ends.py --fe image --minutes 4 \
         --over '{"kmeans_init": true, "dead_code_threshold": 1.0}'
 
 Results are exploratory (one seed, a few minutes, other processes on the machine): see
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from front_end_bench import CachedFrontEnd, message_rmse  # this folder's loader of ../bench_front_ends.py
 
 import cfisac
-from bench_front_ends import CachedFrontEnd, message_rmse  # benchmarks/ is the script's directory
 from cfisac.data import open_hdf5, simulate_batch
 from cfisac.models import LabelNormaliser, ModelConfig, build_model
 from cfisac.train import ApTrainer, CpuTrainer, train_step

@@ -5,7 +5,7 @@ With ``--online-steps`` (the ``steps.csv`` of on-line runs, e.g. ``bench_front_e
 also draws their training loss (normalised MSE of Eq. 17, mean of 50 steps) against scenes seen, next to the loss of
 predicting the training-label mean (the mean variance of the min-max normalised labels of ``--data``).
 
-    .venv/bin/python benchmarks/plot_front_ends.py benchmarks/results/front_ends.jsonl \
+    .venv/bin/python benchmarks/explorations/plot_front_ends.py benchmarks/results/front_ends.jsonl \
         --out benchmarks/results/front_ends_curves.png --power-dbm 48 --prior 40.56 16.32 --train-mean 37.25 16.32 \
         --crlb 0.172 0.751 --ml 2.30 1.62 --online-steps runs/bench_front_ends_raw/*/steps.csv \
         --online-out benchmarks/results/front_ends_raw_loss.png --data data/quick-P48-seed0-n16384.h5
