@@ -21,7 +21,8 @@ from cfisac.experiments import (
     run_points,
     write_report,
 )
-from cfisac.experiments.common import TEST_START, evaluation_data, monostatic_config
+from cfisac.experiments.common import monostatic_config
+from cfisac.experiments.evaluation import TEST_START, evaluation_data
 from cfisac.experiments.report import format_summary, markdown_to_html
 from cfisac.experiments.store import Point, spec_hash
 
@@ -129,7 +130,7 @@ def test_figures_and_report(all_run):
     assert "**Paper:**" in text and "cfisac reproduce" in text and "Machine:" in text
     assert "Points missing" not in text
     # the plain verdict on the learned schemes: their RMSE as a fraction of the prior predictor's, from the rows
-    from cfisac.experiments.common import is_learned
+    from cfisac.experiments.scheme import is_learned
     from cfisac.experiments.report import summary_powers, summary_rows, verdict_lines
 
     verdict = verdict_lines(ctx)
@@ -264,18 +265,18 @@ def test_monostatic_sees_the_same_targets_and_spec_hash_is_stable(tmp_path):
 
 def test_streamed_test_scenes_equal_the_cached_ones(tmp_path, monkeypatch):
     """Large (paper-scale) test sets are simulated chunk by chunk instead of cached: same scenes, same CRLB."""
-    from cfisac.experiments import common
+    from cfisac.experiments import evaluation
 
     ctx = tiny_ctx(tmp_path)
     cfg = ctx.base_cfg
-    cached = common.evaluation_batch(ctx, cfg, 1, 3)
-    bound = common.crlb_of_scenes(ctx, cfg)
-    monkeypatch.setattr(common, "CACHE_BYTES", 0)
+    cached = evaluation.evaluation_batch(ctx, cfg, 1, 3)
+    bound = evaluation.crlb_of_scenes(ctx, cfg)
+    monkeypatch.setattr(evaluation, "CACHE_BYTES", 0)
     ctx2 = tiny_ctx(tmp_path)
-    streamed = common.evaluation_batch(ctx2, cfg, 1, 3)
+    streamed = evaluation.evaluation_batch(ctx2, cfg, 1, 3)
     for k in ("y", "x", "positions", "velocities"):
         assert torch.equal(cached[k], streamed[k]), k
-    assert common.crlb_of_scenes(ctx2, cfg) == bound
+    assert evaluation.crlb_of_scenes(ctx2, cfg) == bound
 
 
 def test_markdown_to_html_subset():
@@ -284,3 +285,63 @@ def test_markdown_to_html_subset():
     assert "<h1>T</h1>" in html and "<strong>b</strong>" in html and "<code>c</code>" in html
     assert "<ul><li>x</li><li>y</li></ul>" in html and "<td>1</td>" in html and "&lt;k&gt;" in html
     assert '<img alt="alt" src="f.png">' in html
+
+
+def test_scheme_names_round_trip_and_unknown_names_are_refused():
+    from cfisac.experiments.scheme import Scheme
+
+    names = ("dvqvae", "dvqvae-matched", "dvqvae-image-geometry", "dvae-velocity-image-geometry", "dvqvae-geometry",
+             "cnn", "music", "music-gated-reference", "ml-joint", "prior", "crlb")
+    for name in names:
+        assert str(Scheme.parse(name)) == name
+    geo = Scheme.parse("dvqvae-image-geometry")
+    assert (geo.kind, geo.front_end, geo.decoder) == ("dvqvae", "image", "geometry")
+    assert geo.learned and not geo.faithful and Scheme.parse("dvqvae").faithful
+    assert Scheme.parse("dvae-velocity-image").front_end == "velocity-image"
+    assert geo.model_options() == {"front_end": "image", "decoder": "geometry"}
+    assert not Scheme.parse("music-gated").learned and Scheme.parse("music-gated").classical
+    assert "geometry decoder" in geo.label and "image front end" in geo.label
+    assert geo.style["color"] != Scheme.parse("dvqvae").style["color"]
+    for bad, needle in (("nosuch", "'nosuch'"), ("dvqvae-nosuch", "'nosuch'"), ("music-x", "'music-x'"),
+                        ("", "non-empty")):
+        with pytest.raises(ValueError, match=needle):
+            Scheme.parse(bad)
+    with pytest.raises(ValueError, match="not learned"):
+        Scheme("music", front_end="image")
+
+
+def test_learned_scheme_trains_the_model_config_of_its_name(tmp_path):
+    from cfisac.experiments.learned import model_config, training_spec
+
+    ctx = tiny_ctx(tmp_path)
+    m = model_config(ctx, "dvqvae-image-geometry")
+    assert (m.front_end, m.decoder) == ("image", "geometry")
+    assert model_config(ctx, "dvqvae").decoder == "generic"
+    spec = training_spec(ctx, "dvqvae-image-geometry", [ctx.base_cfg])
+    assert spec["kind"] == "dvqvae" and spec["model"]["decoder"] == "geometry"
+    assert spec_hash(spec) != spec_hash(training_spec(ctx, "dvqvae-image", [ctx.base_cfg]))
+    with pytest.raises(ValueError, match="not a learned scheme"):
+        model_config(ctx, "music")
+
+
+def test_cli_evaluation_and_experiment_evaluation_share_the_root_crlb(one_thread):
+    """``evaluate`` (cfisac evaluate) averages the bound like the RMSE, exactly as the experiments do."""
+    from cfisac import crlb, estimators
+    from cfisac.config import SystemConfig
+    from cfisac.data import simulate_batch
+    from cfisac.evaluate import evaluate
+    from cfisac.experiments.evaluation import crlb_summary, root_crlb_per_scene
+    from cfisac.scene import sample_scenes
+
+    cfg = SystemConfig.preset("tiny")
+    res = evaluate(estimators.create("prior", cfg), cfg, n_test=3, seed=5, batch_size=2, with_crlb=True)
+    scenes = sample_scenes(cfg, 3, 5, indices=torch.arange(3))
+    x = simulate_batch(cfg, 5, [0, 1, 2])["x"]
+    want = crlb.average_root_crlb(crlb.crlb(cfg, scenes, x))
+    assert res["root_crlb"]["position"] == pytest.approx(want[0], rel=1e-9)
+    assert res["root_crlb"]["velocity"] == pytest.approx(want[1], rel=1e-9)
+    assert res["root_crlb"]["position"] < res["prior"]["position_rmse"]
+    pos, vel = root_crlb_per_scene(cfg, scenes, x)
+    assert crlb_summary(pos, vel)["root_crlb_position"] == pytest.approx(want[0], rel=1e-9)
+    with pytest.raises(ValueError, match="singular for all 3"):
+        crlb_summary(torch.full((3,), math.nan, dtype=torch.float64), vel)

@@ -87,27 +87,18 @@ def _threads(requested: str) -> tuple[int, str]:
 def check_schemes(text: str) -> list[str]:
     """The comma-separated ``--schemes``: each one ``prior``, ``crlb``, a registered classical estimator
     (:func:`cfisac.estimators.available`) or a learned ``dvqvae`` / ``dvae`` / ``cnn`` with an optional registered
-    ``-<front end>``; a ``ValueError`` naming the first unknown one."""
-    from .. import estimators
-    from ..experiments.common import is_learned
-    from ..experiments.learned import split_scheme
-    from ..models.front_end import available_front_ends
+    ``-<front end>`` and ``-<decoder>`` (:meth:`cfisac.experiments.scheme.Scheme.parse`); a ``ValueError`` naming
+    the first unknown one."""
+    from ..experiments.scheme import Scheme
 
     wanted = [s.strip() for s in text.split(",") if s.strip()]
     if not wanted:
         raise ValueError(f"--schemes lists no scheme: {text!r}")
-    known = estimators.available()
     for s in wanted:
-        if s in ("prior", "crlb"):
-            continue
-        if is_learned(s):
-            _, front_end = split_scheme(s)
-            if front_end not in available_front_ends():
-                raise ValueError(f"--schemes: {s!r} has an unknown front end {front_end!r}; choose one of "
-                                 f"{available_front_ends()}")
-        elif s not in known:
-            raise ValueError(f"--schemes: unknown scheme {s!r}; choose from prior, crlb, {', '.join(known)} "
-                             "(learned: dvqvae, dvae, cnn [-<front end>])")
+        try:
+            Scheme.parse(s)
+        except ValueError as err:
+            raise ValueError(f"--schemes: {s!r}: {err}") from None
     return wanted
 
 
@@ -146,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scheme_seconds is not None:
         overrides["scheme_seconds"] = float(args.scheme_seconds) if args.scheme_seconds > 0 else None
     if args.schemes is not None:
-        from ..experiments.common import is_learned
+        from ..experiments.scheme import is_learned
 
         wanted = check_schemes(args.schemes)
         overrides["classical"] = tuple(s for s in wanted if not is_learned(s) and s not in ("prior", "crlb"))

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .common import is_learned, scheme_label
+from .scheme import Scheme, is_learned, scheme_label
 
 __all__ = ["compare_lines", "curve", "fmt_pair", "growth_line", "monotone", "ratio_line", "row_at", "scheme_label"]
 
@@ -79,7 +79,7 @@ def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit:
             txt += " In velocity: " + ", ".join(scheme_label(r["scheme"]) for r in weak_v) + "."
         if weak or weak_v:
             txt += " Such a scheme has extracted (almost) nothing from the echoes for that quantity."
-        raw_learned = [r for r in weak if is_learned(r["scheme"]) and "-" not in r["scheme"]]
+        raw_learned = [r for r in weak if Scheme.parse(r["scheme"]).faithful]
         if raw_learned:
             txt += (" For the paper's learned schemes (raw echoes at the receive AP) this is expected at our scale: "
                     "random data symbols leave no delay / Doppler in the second-order statistics of Y_m (see the "

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .common import Context, is_learned, operating_config, scheme_label, scheme_style, titled
+from .common import Context, operating_config, titled
 from .discuss import fmt_pair
 from .plotting import plt, save
+from .scheme import is_learned, scheme_label, scheme_style
 from .store import Point
 
 NAME = "fig10"
@@ -34,7 +35,7 @@ def _artifact(ctx: Context, scheme: str) -> Path:
 
 
 def points(ctx: Context) -> list[Point]:
-    from .common import estimates_of
+    from .evaluation import estimates_of
     from .learned import training_spec
 
     cfg = operating_config(ctx)

@@ -13,9 +13,11 @@ from typing import Any
 
 from matplotlib.ticker import FuncFormatter
 
-from .common import Context, evaluate_scheme, operating_config, scheme_label, scheme_style, titled
+from .common import Context, operating_config, titled
 from .discuss import fmt_pair
+from .evaluation import evaluate_scheme
 from .plotting import log_ticks, plt, save
+from .scheme import Scheme, scheme_label, scheme_style
 from .store import Point
 
 NAME = "fig12"
@@ -38,7 +40,7 @@ def points(ctx: Context) -> list[Point]:
         Point(key="scheme=prior", scheme="prior", x_name="fronthaul_bits_per_ap", x_value=0.0, cfg=cfg,
               seed=ctx.seed, spec=prior_spec, run=lambda: evaluate_scheme(ctx, "prior", cfg)),
     ]
-    learned = [s for s in ctx.budget.learned if s.split("-")[0] == "dvqvae"] or ["dvqvae"]
+    learned = [s for s in ctx.budget.learned if Scheme.parse(s).kind == "dvqvae"] or ["dvqvae"]
     for scheme in learned:
         for nc in CODEBOOKS[ctx.preset]:
             over = {"num_codes": nc}
@@ -64,7 +66,7 @@ def figures(ctx: Context, rows: list[dict[str, Any]]) -> list[Path]:
                                          ("location RMSE (m)", "velocity RMSE (m/s)"), strict=True):
         vq: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            if r["scheme"].startswith("dvqvae"):
+            if Scheme.parse(r["scheme"]).kind == "dvqvae":
                 vq.setdefault(r["scheme"], []).append(r)
         labelled: set[float] = set()
         for scheme, pts in sorted(vq.items(), key=lambda kv: kv[0] == "dvqvae"):

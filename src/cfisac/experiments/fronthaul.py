@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context, is_learned, scheme_label
+from .common import Context
+from .scheme import Scheme, scheme_label
 from .store import Point
 
 NAME = "fronthaul"
@@ -39,24 +40,22 @@ def count(ctx: Context, scheme: str, cfg: SystemConfig, model_preset: str) -> di
     from ..fronthaul import centralized_bits, learned_bits, transmit_signal_bits
     from ..models import model_front_end
     from ..models.config import ModelConfig
-    from .learned import split_scheme
 
+    s = Scheme.parse(scheme)
     central = centralized_bits(cfg)
     down = 0
-    if is_learned(scheme):
-        kind, fe = split_scheme(scheme)
-        mcfg = ModelConfig.preset(model_preset, front_end=fe)
-        bits = learned_bits(kind, cfg, mcfg)
+    if s.learned:
+        mcfg = ModelConfig.preset(model_preset, **s.model_options())
+        bits = learned_bits(s.kind, cfg, mcfg)
         if model_front_end(cfg, mcfg).needs_x:
             down = transmit_signal_bits(cfg)
     elif scheme == "monostatic":
         bits = 0
     else:
         bits = estimators.create(scheme, cfg).fronthaul_bits_per_ap
-    base = scheme.split("-")[0]
     return {"fronthaul_bits_per_ap": float(bits),
             "metrics": {"reduction_vs_centralized": 1.0 - bits / central, "downlink_bits_per_ap": down,
-                        "formula": FORMULA.get(base, ""), "centralized_bits": central}}
+                        "formula": FORMULA.get(s.kind, ""), "centralized_bits": central}}
 
 
 def points(ctx: Context) -> list[Point]:

@@ -1,10 +1,11 @@
-"""Learned schemes in the experiments: train once per training spec (cached, resumable), then evaluate.
+"""Learned schemes in the experiments: train once per training spec (cached, resumable), then load the estimator.
 
-A learned scheme is ``"dvqvae"``, ``"dvae"`` or ``"cnn"``, optionally with a physics-aware AP front end as
-``"<model>-<front end>"`` (e.g. ``"dvqvae-matched"``; plain names use the paper's ``"raw"`` front end). Its training
-spec (:func:`training_spec`) holds everything the trained weights depend on: the model kind and
-:class:`cfisac.models.config.ModelConfig`, the training system configs (one, or several whose scenes are pooled:
-the union of a sweep's configurations), the scene counts and budgets of the preset, the learning rate and the seed.
+A learned scheme (:class:`cfisac.experiments.scheme.Scheme`) is a model kind ``"dvqvae"``, ``"dvae"`` or ``"cnn"``
+with an AP front end and a CPU decoder (``"dvqvae"``: the paper's raw front end and generic decoder;
+``"dvqvae-matched"``, ``"dvqvae-image-geometry"``: ours). Its training spec (:func:`training_spec`) holds
+everything the trained weights depend on: the model kind and :class:`cfisac.models.config.ModelConfig`, the
+training system configs (one, or several whose scenes are pooled: the union of a sweep's configurations), the scene
+counts and budgets of the preset, the learning rate and the seed.
 The checkpoint lives in ``reports/<preset>/cache/models/<scheme>-<spec hash>/``; a second process asking for the same
 spec waits on a lock file instead of training it again (job arrays), and a killed training resumes from its last
 checkpoint.
@@ -25,37 +26,38 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context, evaluate_scheme
+from .common import Context
+from .scheme import Scheme, as_scheme
 from .store import spec_hash
 
-__all__ = ["ensure_trained", "learned_estimator", "model_config", "train_and_evaluate", "training_spec"]
+__all__ = ["ensure_trained", "learned_estimator", "learned_scheme", "model_config", "training_info", "training_spec"]
 
 
-def split_scheme(scheme: str) -> tuple[str, str]:
-    """``"dvqvae-matched"`` -> ``("dvqvae", "matched")``; ``"dvqvae"`` -> ``("dvqvae", "raw")``."""
-    kind, _, front_end = scheme.partition("-")
-    if kind not in ("dvqvae", "dvae", "cnn"):
-        raise ValueError(f"unknown learned scheme {scheme!r}: expected dvqvae, dvae or cnn [-<front end>]")
-    return kind, front_end or "raw"
+def learned_scheme(scheme: str | Scheme) -> Scheme:
+    """The :class:`Scheme` of a learned scheme (name or scheme); ``ValueError`` for any other."""
+    s = as_scheme(scheme)
+    if not s.learned:
+        raise ValueError(f"scheme {str(s)!r} is not a learned scheme (dvqvae, dvae or cnn [-<front end>][-<decoder>])")
+    return s
 
 
-def model_config(ctx: Context, scheme: str, **overrides: Any):
-    """The :class:`ModelConfig` of ``scheme`` at the preset's model size, with ``overrides``."""
+def model_config(ctx: Context, scheme: str | Scheme, **overrides: Any):
+    """The :class:`ModelConfig` of ``scheme`` at the preset's model size (``ModelConfig.preset`` defaults, the
+    scheme's front end and decoder), with ``overrides``."""
     from ..models.config import ModelConfig
 
-    _, front_end = split_scheme(scheme)
-    return ModelConfig.preset(ctx.budget.model_preset, front_end=front_end, **overrides)
+    return ModelConfig.preset(ctx.budget.model_preset, **{**learned_scheme(scheme).model_options(), **overrides})
 
 
-def training_spec(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
+def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfig], *,
                   model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> dict[str, Any]:
     """Everything the trained weights of ``scheme`` depend on (JSON-able; hashed into the checkpoint name)."""
     if not cfgs:
         raise ValueError("a learned scheme needs at least one training config")
-    kind, _ = split_scheme(scheme)
+    s = learned_scheme(scheme)
     b = ctx.budget
     return {
-        "kind": kind, "model": model_config(ctx, scheme, **(model_overrides or {})).to_dict(),
+        "kind": s.kind, "model": model_config(ctx, scheme, **(model_overrides or {})).to_dict(),
         "train_cfgs": [c.to_dict() for c in cfgs], "n_train": b.n_train, "n_val": b.n_val,
         "train_seconds": b.train_budget(scheme), "max_epochs": b.max_epochs,
         "batch_size": b.batch_size, "learning_rate": b.learning_rate if learning_rate is None else learning_rate,
@@ -63,7 +65,7 @@ def training_spec(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
     }
 
 
-def checkpoint_dir(ctx: Context, scheme: str, spec: dict[str, Any]) -> Path:
+def checkpoint_dir(ctx: Context, scheme: str | Scheme, spec: dict[str, Any]) -> Path:
     return ctx.cache_dir / "models" / f"{scheme}-{spec_hash(spec)}"
 
 
@@ -84,7 +86,7 @@ class _Lock:
         self._f.close()
 
 
-def ensure_trained(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *,
+def ensure_trained(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfig], *,
                    model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> Path:
     """The checkpoint directory of ``scheme`` trained on ``cfgs`` under the context's budget (trained if needed).
 
@@ -129,22 +131,16 @@ def training_info(ckpt: Path) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def learned_estimator(ctx: Context, scheme: str, cfgs: Sequence[SystemConfig], *, eval_cfg: SystemConfig,
+def learned_estimator(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfig], *, eval_cfg: SystemConfig,
                       model_overrides: dict[str, Any] | None = None, learning_rate: float | None = None) -> Any:
     """A trained estimator of ``scheme`` (``cfisac.estimators`` interface) for evaluation on ``eval_cfg``."""
     ckpt = ensure_trained(ctx, scheme, cfgs, model_overrides=model_overrides, learning_rate=learning_rate)
     return _load_estimator(ctx, scheme, eval_cfg, ckpt)
 
 
-def train_and_evaluate(model_name: str, cfg: SystemConfig, ctx: Context, *,
-                       train_cfgs: Sequence[SystemConfig] | None = None, **options: Any) -> dict[str, Any]:
-    """Train ``model_name`` on ``train_cfgs`` (default ``[cfg]``) under ``ctx.budget`` and evaluate it on the test
-    scenes of ``cfg``: the result columns of :mod:`cfisac.experiments.store` (RMSEs, root-CRLB, fronthaul bits)."""
-    return evaluate_scheme(ctx, model_name, cfg, train_cfgs=list(train_cfgs or [cfg]), train_options=options)
-
-
 # ---------------------------------------------------------------------------------------------------- adapters
-def _train(ctx: Context, scheme: str, cfgs: list[SystemConfig], spec: dict[str, Any], out: Path) -> dict[str, Any]:
+def _train(ctx: Context, scheme: str | Scheme, cfgs: list[SystemConfig], spec: dict[str, Any],
+           out: Path) -> dict[str, Any]:
     """Run :func:`cfisac.train.train` for ``spec`` into ``out`` (resuming a killed run found there)."""
     from ..models.config import ModelConfig
     from ..train import TrainConfig, train
@@ -163,11 +159,10 @@ def _train(ctx: Context, scheme: str, cfgs: list[SystemConfig], spec: dict[str, 
             "fronthaul_bits_per_ap": res.model.fronthaul_bits_per_ap, "history": res.history}
 
 
-def _load_estimator(ctx: Context, scheme: str, cfg: SystemConfig, ckpt: Path) -> Any:
+def _load_estimator(ctx: Context, scheme: str | Scheme, cfg: SystemConfig, ckpt: Path) -> Any:
     """The registry's learned estimator (online execution, Algorithm 2: every AP emits its fronthaul message, the
     CPU parses, dequantizes and decodes), from the latest checkpoint of the run directory ``ckpt``."""
     from .. import estimators
 
-    kind, _ = split_scheme(scheme)
-    return estimators.create(kind, cfg, checkpoint=str(ckpt), device=ctx.device,
+    return estimators.create(learned_scheme(scheme).kind, cfg, checkpoint=str(ckpt), device=ctx.device,
                              batch_size=max(1, ctx.budget.eval_batch))

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .common import scheme_label, scheme_style  # noqa: E402
+from .scheme import Scheme, scheme_label, scheme_style  # noqa: E402
 
 __all__ = ["SERIES_STYLES", "plot_accuracy", "save"]
 
@@ -23,8 +23,9 @@ ORDER = ("crlb", "prior", "monostatic", "music", "cs", "ml", "cnn", "dvae", "dvq
 
 
 def _order(scheme: str) -> tuple[int, str]:
-    base = scheme.split("-")[0]
-    return (ORDER.index(base) if base in ORDER else len(ORDER), scheme)
+    """Sort key of a scheme name: the paper's order of its kind (:data:`ORDER`), then the name."""
+    kind = Scheme.parse(scheme).kind
+    return (ORDER.index(kind) if kind in ORDER else len(ORDER), scheme)
 
 
 def save(fig: Any, out_base: Path) -> list[Path]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .common import Context, scheme_label
+from .common import Context
+from .scheme import scheme_label
 from .store import code_identity
 
 __all__ = ["format_summary", "markdown_to_html", "summary_rows", "write_report"]
@@ -131,7 +132,7 @@ LEARNED_AT_PRIOR = 0.9  # a learned scheme within 10 % of the prior predictor's 
 def verdict_lines(ctx: Context) -> list[str]:
     """Plain statements, computed from the stored Fig. 6 rows at each summary power, of how every learned scheme
     fares against the prior predictor (area centre, zero velocity) and the root-CRLB of its scenes."""
-    from .common import is_learned
+    from .scheme import is_learned
 
     out: list[str] = []
     for power in summary_powers(ctx):

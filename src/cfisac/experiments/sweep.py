@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import SystemConfig
-from .common import Context, evaluate_scheme, is_learned
+from .common import Context
+from .evaluation import evaluate_scheme
+from .scheme import is_learned
 from .store import Point
 
 __all__ = ["AccuracySweep", "fmt_value"]
@@ -96,9 +98,9 @@ class AccuracySweep:
                 cfg: SystemConfig) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
             if scheme == "crlb":
-                from .common import crlb_of_scenes
+                from . import evaluation  # looked up at call time (tests replace it)
 
-                return crlb_of_scenes(ctx, cfg, **self.crlb_options)
+                return evaluation.crlb_of_scenes(ctx, cfg, **self.crlb_options)
             if is_learned(scheme):
                 cfgs, opts = self.train_spec(ctx, scheme, value, series)
                 return evaluate_scheme(ctx, scheme, cfg, train_cfgs=cfgs, train_options=opts,
