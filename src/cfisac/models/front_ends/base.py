@@ -25,7 +25,7 @@ from torch import nn
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
 from ...geometry import bistatic_geometry
-from ...sensing import sensing_indices
+from ...physics import SensingGrid, doppler_phase
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -213,11 +213,10 @@ def velocity_grid(cfg: SystemConfig, d3: int) -> torch.Tensor:
 
 
 def doppler_matrix(cfg: SystemConfig, vels: torch.Tensor) -> torch.Tensor:
-    """e^{-j 2 pi t f_l dT} / sqrt(Ts), f_l = v_l fc / c, t the absolute symbol indices: [D3, Ts] complex128."""
-    _, t_idx = sensing_indices(cfg)
+    """e^{-j 2 pi t f_l dT} / sqrt(Ts), f_l = v_l fc / c, t the absolute symbol indices: [D3, Ts] complex128 (the
+    conjugate of the Doppler phase of Eq. 6, :func:`cfisac.physics.doppler_phase`: the sum over t undoes it)."""
     fd = vels * cfg.carrier_frequency / SPEED_OF_LIGHT
-    phase = -2 * math.pi * cfg.symbol_duration * fd[:, None] * t_idx[None]
-    return torch.polar(torch.ones_like(phase), phase) / math.sqrt(cfg.n_symbols)
+    return doppler_phase(SensingGrid.from_config(cfg), fd).conj() / math.sqrt(cfg.n_symbols)
 
 
 def abs2(v: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from ...config import SPEED_OF_LIGHT, SystemConfig
 from ...geometry import bistatic_geometry, steering_vectors
+from ...physics import SensingGrid, delay_phase
 from ...sensing import sensing_indices
 from .base import (
     DEFAULT_CHUNK_CELLS,
@@ -74,12 +75,10 @@ def _image_constants(
     if bool((geo.tx.distance < 1e-6).any()) or bool((geo.rx.distance < 1e-6).any()):
         raise ValueError("a pixel centre coincides with an AP; choose another pixel grid")
     vels = velocity_grid(cfg, d3)
-    i_idx, _ = sensing_indices(cfg)
-    one = torch.ones((), dtype=f64)
     rx = steering_vectors(geo.rx.cos_angle[0, m], cfg.n_rx_antennas, cfg.antenna_spacing, cdt).conj()  # [G, Mr]
     tx = steering_vectors(geo.tx.cos_angle[0], cfg.n_tx_antennas, cfg.antenna_spacing, cdt).conj()  # [N, G, Nt]
     rng = geo.bistatic_range[0, :, m]  # [N, G]
-    delay = torch.polar(one, 2 * math.pi * cfg.subcarrier_spacing / SPEED_OF_LIGHT * rng[..., None] * i_idx)
+    delay = delay_phase(SensingGrid.from_config(cfg), rng).conj()  # e^{+j 2 pi i df d / c}: undoes Eq. (6)
     grid = {"x": xs, "y": ys, "bistatic_velocity": vels}
     return grid, {"rx_weights": rx, "tx_weights": tx, "delay_phase": delay / math.sqrt(cfg.n_subcarriers),
                   "doppler_matrix": doppler_matrix(cfg, vels)}

@@ -47,9 +47,9 @@ from typing import Any
 
 import torch
 
-from ...config import SPEED_OF_LIGHT, SystemConfig
+from ...config import SystemConfig
 from ...geometry import steering_vectors
-from ...sensing import sensing_indices
+from ...physics import SensingGrid, delay_phase
 from .base import (
     DEFAULT_CHUNK_CELLS,
     FrontEnd,
@@ -72,7 +72,6 @@ def _matched_constants(
 ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor]]:
     """Grids (physical axes, float64) and transform matrices (complex128) of :class:`MatchedFrontEnd`."""
     d1, d2, d3 = shape
-    c, df = SPEED_OF_LIGHT, cfg.subcarrier_spacing
     res, ext = cfg.resolution(), area_extent(cfg)
     r_lo = max(0.0, ext["min_range"] - res["range_resolution_m"])
     r_hi = min(res["unambiguous_range_m"], ext["max_range"] + res["range_resolution_m"])
@@ -82,16 +81,15 @@ def _matched_constants(
     ranges = torch.linspace(r_lo, r_hi, d2, dtype=f64) if d2 > 1 else torch.tensor([(r_lo + r_hi) / 2], dtype=f64)
     vels = velocity_grid(cfg, d3)
     grid = {"cos_tx": cos_tx, "cos_rx": cos_rx, "bistatic_range": ranges, "bistatic_velocity": vels}
-    i_idx, _ = sensing_indices(cfg)
-    one = torch.ones((), dtype=f64)
     cdt = torch.complex128  # kept in double; cast to the working precision at use (small matrices)
     # Transmit beams: s = a_t(c_b)^H x -> weights conj(a_t(c_b)) [Nb, Nt].
     beams = steering_vectors(cos_tx, cfg.n_tx_antennas, cfg.antenna_spacing, cdt).conj()
     # Receive beams: a_r(c_a)^H y -> [D1, Mr] (identity when the antennas are kept).
     rx = (steering_vectors(cos_rx, cfg.n_rx_antennas, cfg.antenna_spacing, cdt).conj()
           if cos_rx is not None else torch.eye(cfg.n_rx_antennas, dtype=cdt))
-    # Delay: e^{+j 2 pi i df r_k / c} / sqrt(Ns) [D2, Ns]; Doppler: e^{-j 2 pi t f_l dT} / sqrt(Ts) [D3, Ts].
-    delay = torch.polar(one, 2 * math.pi * df / c * ranges[:, None] * i_idx[None]) / math.sqrt(cfg.n_subcarriers)
+    # Delay: e^{+j 2 pi i df r_k / c} / sqrt(Ns) [D2, Ns]; Doppler: e^{-j 2 pi t f_l dT} / sqrt(Ts) [D3, Ts]:
+    # the conjugate Eq. (6) phases (cfisac.physics), whose sums undo those of a path at (r_k, f_l).
+    delay = delay_phase(SensingGrid.from_config(cfg), ranges).conj() / math.sqrt(cfg.n_subcarriers)
     dop = doppler_matrix(cfg, vels)
     return grid, {"tx_weights": beams, "rx_weights": rx, "delay_matrix": delay, "doppler_matrix": dop}
 
