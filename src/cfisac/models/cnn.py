@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import SystemConfig
 from .config import ModelConfig
+from .dvqvae import check_ap_features
 
 __all__ = ["CnnCentralized"]
 
@@ -42,11 +43,6 @@ class CnnCentralized(nn.Module):
         self.out = nn.Linear(n, 4 * cfg.n_targets)
 
     def forward(self, features: list[torch.Tensor], x: torch.Tensor | None = None) -> torch.Tensor:
-        if len(features) != self.num_aps:
-            raise ValueError(f"expected echoes of {self.num_aps} receive APs, got {len(features)}")
-        for m, f in enumerate(features):
-            if f.dim() != 5 or tuple(f.shape[1:]) != (self.in_channels, *self.grid):
-                raise ValueError(f"input of AP {m} has shape {tuple(f.shape)}, expected "
-                                 f"[B, {self.in_channels}, {', '.join(map(str, self.grid))}]")
+        check_ap_features(features, self.num_aps, self.in_channels, self.grid, what="echoes")
         h = self.features(torch.cat(features, dim=1)).flatten(1)
         return self.out(self.fc(h))

@@ -18,6 +18,7 @@ The AP side (front end + encoder + projector Phi_vq + quantizer) and the CPU sid
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from ..config import SystemConfig
 from .config import ModelConfig
 from .front_ends import TxFrontEnd
 
-__all__ = ["Encoder", "FusionDecoder", "ResidualBlock", "downsampled_grid"]
+__all__ = ["Encoder", "FusionDecoder", "ResidualBlock", "check_ap_features", "downsampled_grid"]
 
 
 def downsampled_grid(shape: tuple[int, ...], layers: int, what: str = "input") -> tuple[int, ...]:
@@ -37,6 +38,19 @@ def downsampled_grid(shape: tuple[int, ...], layers: int, what: str = "input") -
         raise ValueError(f"{what} grid {tuple(shape)} is not divisible by 2^{layers} = {f} in every dimension "
                          f"({layers} downsampling layers of stride 2)")
     return tuple(s // f for s in shape)
+
+
+def check_ap_features(features: Sequence[torch.Tensor], num_aps: int, in_channels: int, grid: tuple[int, ...], *,
+                      what: str = "features") -> None:
+    """Raise ``ValueError`` unless ``features`` holds one tensor [B, in_channels, *grid] per receive AP (``num_aps``
+    of them): the M inputs of a CPU network (the latents of Eq. 16, or the front-end tensors of the CNN baseline);
+    ``what`` names them in the message."""
+    if len(features) != num_aps:
+        raise ValueError(f"expected {what} of {num_aps} receive APs, got {len(features)}")
+    for m, f in enumerate(features):
+        if f.dim() != 5 or tuple(f.shape[1:]) != (in_channels, *grid):
+            raise ValueError(f"{what} of AP {m} have shape {tuple(f.shape)}, expected "
+                             f"[B, {in_channels}, {', '.join(map(str, grid))}]")
 
 
 class ResidualBlock(nn.Module):
@@ -94,12 +108,7 @@ class FusionDecoder(nn.Module):
         self.out = nn.Linear(mcfg.fc_hidden, 4 * cfg.n_targets)  # Phi_out
 
     def forward(self, features: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if len(features) != self.num_aps:
-            raise ValueError(f"expected features of {self.num_aps} receive APs, got {len(features)}")
-        for m, f in enumerate(features):
-            if f.dim() != 5 or tuple(f.shape[1:]) != (self.in_channels, *self.grid):
-                raise ValueError(f"features of AP {m} have shape {tuple(f.shape)}, expected "
-                                 f"[B, {self.in_channels}, {', '.join(map(str, self.grid))}]")
+        check_ap_features(features, self.num_aps, self.in_channels, self.grid)
         z = torch.cat(features, dim=1)
         a = self.fc_cpu(self.res(z).flatten(1))
         t = self.fc_tx(self.tx_encoder(self.tx_front(x)).flatten(1))
