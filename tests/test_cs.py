@@ -13,7 +13,7 @@ import torch
 import cfisac
 from cfisac import SystemConfig
 from cfisac.estimators import create
-from cfisac.estimators.cs import CsEstimator
+from cfisac.estimators.cs import CsEstimator, _Rows
 from cfisac.estimators.reference.cs import CsEstimator as ReferenceCs
 from cfisac.estimators.reference.signal_processing import validate_inputs
 from cfisac.geometry import bistatic_geometry
@@ -52,6 +52,35 @@ def test_estimates_equal_the_reference_through_the_registry():
     # the fusion's least squares (tolerances 1e-12) amplifies ~1e-10 message differences to ~1e-6
     torch.testing.assert_close(out.positions, ref.positions, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.velocities, ref.velocities, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_atoms", [1, 2])
+def test_pick_statistic_updated_from_the_data_equals_the_statistic_of_the_residual(n_atoms):
+    """The OMP statistic of ``r = y - Phi C`` from the data's cached lags plus the rank-2J update equals the one
+    computed from r itself (the lags of r's own range transform), to rounding; and it is not the data's."""
+    cfg = TINY.replace(power_dbm=54.0, n_targets=2)
+    _, x, y = simulate(cfg, 2, 7)
+    est = CsEstimator(cfg)
+    ctx = est._context(y.device)
+    S, M = y.shape[:2]
+    rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
+    rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
+                 torch.arange(M).repeat(S))
+    R = rows.y.shape[0]
+    g = torch.Generator().manual_seed(1)
+    n = torch.randint(0, cfg.n_tx, (R, n_atoms), generator=g)
+    d = 80.0 + 60.0 * torch.rand(R, n_atoms, generator=g, dtype=torch.float64)
+    u = 2.0 * torch.rand(R, n_atoms, generator=g, dtype=torch.float64) - 1.0
+    phi, coef = est._solve(ctx, rows, n, d, u)
+    resid = rows.y - (phi @ coef).permute(0, 3, 2, 1)
+    for k in range(cfg.n_tx):
+        x_k, rxx_k = rows.x[:, k], rows.rxx[:, k]
+        rho_y = est._data_lags(ctx, rows.y, x_k)
+        updated = est._correlation(ctx, rho_y, rows.y, x_k, rxx_k, (phi, coef))
+        direct = est._correlation(ctx, est._data_lags(ctx, resid, x_k), resid, x_k, rxx_k, None)
+        data = est._correlation(ctx, rho_y, rows.y, x_k, rxx_k, None)
+        torch.testing.assert_close(updated, direct, rtol=1e-10, atol=1e-12 * float(direct.abs().max()))
+        assert float((data - direct).abs().max()) > 1e-3 * float(direct.abs().max())
 
 
 def test_noiseless_messages_are_the_true_geometry_and_the_reference():

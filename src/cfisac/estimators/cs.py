@@ -32,9 +32,11 @@ a 64-scene ``quick`` chunk). Results equal the reference's up to floating-point 
 states the tolerance; the fronthaul messages of 50 noisy ``quick`` scenes at 50 dBm agreed to 1e-17).
 
 Cost: the work is arithmetic, not interpreter overhead, so batching alone gains little; the correlation step is
-computed with fewer operations than the reference's (see :meth:`CsEstimator._correlation`), the rest is the same
-algorithm. About half of the time is the correlation statistic (La x Mr x Ts x Kw values per transmit AP and pick,
-about 15 picks per AP), half the zoom refinements (about 80 refinements of 56 objective evaluations per AP).
+computed with fewer operations than the reference's (see :meth:`CsEstimator._correlation`): the data's part of the
+statistic is computed once per row and transmit AP (:meth:`CsEstimator._data_lags`) and every pick on a residual
+only range-transforms the 2J columns of the fitted atoms (the statistic is quadratic in the residual), the rest is
+the same algorithm. Most of the remaining time is the zoom refinements (about 80 refinements of 56 objective
+evaluations per AP).
 """
 
 from __future__ import annotations
@@ -80,18 +82,21 @@ def _abs2(z: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _Rows:
     """The data of R rows (receive AP of a scene, or a candidate of one): ``y`` [R, Mr, Ns, Ts], ``x`` [R, N, Nt, Ns,
-    Ts] (the scene's transmit signals), ``rxx`` [R, N, Ts, Nt, Nt] (``sum_i x x^H`` per symbol), ``m`` [R] long."""
+    Ts] (the scene's transmit signals), ``rxx`` [R, N, Ts, Nt, Nt] (``sum_i x x^H`` per symbol), ``m`` [R] long and
+    ``rho`` [R, N, Ts, Kw, 2, 2Nt - 1] the data's lag correlations of the OMP statistic (:meth:`CsEstimator._data_lags`;
+    None on candidate copies, which pick nothing)."""
 
     y: torch.Tensor
     x: torch.Tensor
     rxx: torch.Tensor
     m: torch.Tensor
+    rho: torch.Tensor | None = None
 
     def take(self, idx: torch.Tensor) -> _Rows:
-        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx])
+        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx], None if self.rho is None else self.rho[idx])
 
     def repeat(self, c: int) -> _Rows:
-        """Every row ``c`` times (row r * c + j is copy j of row r)."""
+        """Every row ``c`` times (row r * c + j is copy j of row r), without ``rho``."""
         return _Rows(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.rxx, self.m)))
 
 
@@ -187,6 +192,7 @@ class CsEstimator(BatchedEstimator):
         rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
         rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
                      torch.arange(M, device=y.device).repeat(S))
+        rows.rho = torch.stack([self._data_lags(ctx, rows.y, rows.x[:, k]) for k in range(N)], 1)
         n, d, u = self._omp(ctx, rows)
         coeffs, _ = self._least_squares(ctx, rows, n, d, u)
         u_rx, f, amp = self._angle_doppler(ctx, coeffs)
@@ -208,10 +214,10 @@ class CsEstimator(BatchedEstimator):
         d = torch.zeros((P, 0), dtype=torch.float64, device=dev)
         u = torch.zeros_like(d)
         quota = torch.full((P, N), Q, dtype=torch.long, device=dev)
-        residual = rows.y
+        fit = None  # the residual is y - Phi C (atoms Phi, least-squares coefficients C of the atoms chosen so far)
         crows = rows.repeat(C)
         for _ in range(N * Q):
-            cn, cd, cu, ok = self._pick(ctx, residual, rows, quota > 0, C)  # [P, C]
+            cn, cd, cu, ok = self._pick(ctx, rows, fit, quota > 0, C)  # [P, C]
             on, od, ou = (t.repeat_interleave(C, 0) for t in (n, d, u))
             others = (on, od, ou) if on.shape[1] else None
             nd, nu, _ = self._refine(ctx, crows, cn.reshape(-1), cd.reshape(-1), cu.reshape(-1), others, first=True)
@@ -224,27 +230,30 @@ class CsEstimator(BatchedEstimator):
             sel = torch.arange(P, device=dev) * C + err.argmin(1)
             n, d, u = tn[sel], td[sel], tu[sel]
             quota[torch.arange(P, device=dev), n[:, -1]] -= 1
-            residual = rows.y - self._least_squares(ctx, rows, n, d, u)[1]
+            fit = self._solve(ctx, rows, n, d, u)
         d, u = self._polish(ctx, rows, n, d, u, rounds=self.refine_rounds, redetect=REDETECT)
         return n, d, u
 
-    def _pick(self, ctx: _Context, r: torch.Tensor, rows: _Rows, allowed: torch.Tensor, top: int,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _pick(self, ctx: _Context, rows: _Rows, fit: tuple[torch.Tensor, torch.Tensor] | None, allowed: torch.Tensor,
+              top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """OMP selection: the ``top`` grid atoms with the largest normalised correlation energy
         ``sum_{k,t} |phi_t^H r_{k,t}|^2 / ||phi_t||^2`` among the local maxima (3 x 3 max filter, wrapping in AoD for a
         half-wavelength array) of every allowed transmit AP's statistic, inside each (n, m) range window; best first.
 
-        ``r`` [R, Mr, Ns, Ts] residuals, ``allowed`` [R, N] bool. Returns (n [R, top] long, d, u [R, top] float64,
+        The residual is ``r = y - Phi C`` with ``fit = (Phi [R, Ts, Ns, J], C [R, Ts, J, Mr])`` the atoms and
+        least-squares coefficients of :meth:`_solve` (None: ``r = y``); ``rows.rho`` must hold the data's lag
+        correlations (:meth:`_data_lags`). ``allowed`` [R, N] bool. Returns (n [R, top] long, d, u [R, top] float64,
         exists [R, top] bool).
         """
-        R, N = r.shape[0], self.cfg.n_tx
+        R, N = rows.y.shape[0], self.cfg.n_tx
         kw = ctx.d_bins.shape[0]
-        stat = torch.full((R, N, self.la, kw), -math.inf, dtype=torch.float64, device=r.device)
+        stat = torch.full((R, N, self.la, kw), -math.inf, dtype=torch.float64, device=rows.y.device)
         for k in range(N):
             idx = allowed[:, k].nonzero()[:, 0]
             if idx.numel() == 0:
                 continue
-            s = self._correlation(ctx, r[idx], rows.x[idx, k], rows.rxx[idx, k])
+            sub_fit = None if fit is None else (fit[0][idx], fit[1][idx])
+            s = self._correlation(ctx, rows.rho[idx, k], rows.y[idx], rows.x[idx, k], rows.rxx[idx, k], sub_fit)
             ok = ctx.window[k][rows.m[idx]][:, None, :] & ctx.u_valid[None, :, None]
             stat[idx, k] = torch.where(ok, s, torch.full_like(s, -math.inf))
         # 3 x 3 max filter: 'wrap' (periodic AoD) or 'nearest' along AoD, 'nearest' along range (-inf outside windows)
@@ -265,46 +274,91 @@ class CsEstimator(BatchedEstimator):
         n = flat // (kw * self.la)
         return n, ctx.d_bins[g], ctx.u_tx[p], best > -math.inf
 
-    def _correlation(self, ctx: _Context, r: torch.Tensor, x_n: torch.Tensor, rxx_n: torch.Tensor) -> torch.Tensor:
-        """The OMP statistic of one transmit AP on the AoD x range-window grid: [R, La, Kw] float64.
+    def _range_dft(self, ctx: _Context, xc: torch.Tensor, v: torch.Tensor, dft_t: torch.Tensor | None) -> torch.Tensor:
+        """``c[l, k] = sum_i e^{+j 2 pi i b / L_f} conj(x_l[i]) v_k[i]`` on the window bins b: [r, T, Kw, Nt, V] for
+        ``xc = conj(x)`` [r, T, Ns, Nt, 1] and columns ``v`` [r, T, Ns, 1, V] (the reference's ``ifft(., Lf) * Lf``:
+        by the padded FFT when ``dft_t`` [Kw, Ns] is None, else by the product with it)."""
+        g = xc * v  # [r, T, Ns, Nt, V]
+        if dft_t is None:  # long combs: the zero-padded FFT is cheaper than the product
+            b0, b1 = ctx.bins
+            c = torch.fft.ifft(g, n=self.lf, dim=2)[:, :, b0:b1] * self.lf
+            return c.contiguous()
+        r, t, ns, nt, nv = g.shape
+        return (dft_t @ g.reshape(r, t, ns, nt * nv)).reshape(r, t, -1, nt, nv)
 
-        ``r`` [R, Mr, Ns, Ts], ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt]. Per symbol block:
-        ``g = conj(x_l) r_k`` [Nt, Mr, Ns]; the zero-padded range DFT restricted to the window bins (the reference's
-        ``ifft(., Lf) * Lf``; a product with ``exp(+j 2 pi i k / Lf)`` [Ns, Kw] for short combs) gives ``c[l, k]``; the
-        AoD DFT ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
-        rho[lambda]`` with the transmit-antenna lag correlation ``rho[lambda] = sum_{l - l' = lambda} sum_k c[l, k]
-        conj(c[l', k])`` and ``W = exp(-j 2 pi lambda p / La) / Nt`` (the same numbers as the reference's zero-padded
-        FFT and ``|.|^2``, fewer operations); divided by ``||phi_t||^2 = a^H R_x,t a`` and summed over symbols.
-        """
-        R, mr, ns, ts = r.shape
+    def _data_lags(self, ctx: _Context, y: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
+        """Transmit-antenna lag correlations of the data ``y`` [R, Mr, Ns, Ts] against one transmit AP's ``x_n``
+        [R, Nt, Ns, Ts]: ``rho[t, b, lambda] = sum_{l - l' = lambda} sum_k c[l, k] conj(c[l', k])`` (``c`` of
+        :meth:`_range_dft` per symbol t and window bin b), as [R, Ts, Kw, 2, 2 Nt - 1] float64 (real, imaginary)."""
+        R, mr, ns, ts = y.shape
         nt = x_n.shape[1]
-        dft, lag, w = self._correlation_kernels(ctx, ns, nt, r.dtype)
+        dft, lag, _ = self._correlation_kernels(ctx, ns, nt, y.dtype)
         kw = dft.shape[1]
-        b0, b1 = ctx.bins
         use_fft = ns * kw > FFT_RATIO * self.lf * math.log2(self.lf)
-        energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
-        inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
+        dft_t = None if use_fft else dft.transpose(0, 1).contiguous()  # [Kw, Ns]
         per = nt * mr * (self.lf if use_fft else max(ns, kw))
         tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
         rc = max(1, PICK_BLOCK // (per * tc))
-        out = torch.zeros((R, self.la, kw), dtype=torch.float64, device=r.device)
-        if use_fft:
-            xc = x_n.conj().permute(0, 3, 1, 2)[:, :, :, None]  # [R, Ts, Nt, 1, Ns]
-            rp = r.permute(0, 3, 1, 2)[:, :, None]  # [R, Ts, 1, Mr, Ns]
-        else:  # subcarriers first: the product dft^T @ g lands in the [Kw, Nt, Mr] layout directly
-            xc = x_n.conj().permute(0, 3, 2, 1)[..., None]  # [R, Ts, Ns, Nt, 1]
-            rp = r.permute(0, 3, 2, 1)[..., None, :]  # [R, Ts, Ns, 1, Mr]
-            dft_t = dft.transpose(0, 1).contiguous()  # [Kw, Ns]
+        xc = x_n.conj().permute(0, 3, 2, 1)[..., None]  # [R, Ts, Ns, Nt, 1]
+        yp = y.permute(0, 3, 2, 1)[..., None, :]  # [R, Ts, Ns, 1, Mr]
+        out = torch.empty((R, ts, kw, 2, 2 * nt - 1), dtype=lag.dtype, device=y.device)
         for r0 in range(0, R, rc):
             for t0 in range(0, ts, tc):
-                g = xc[r0:r0 + rc, t0:t0 + tc] * rp[r0:r0 + rc, t0:t0 + tc]
-                if use_fft:  # long combs: the zero-padded FFT is cheaper than the product (reference's ifft * Lf)
-                    c = torch.fft.ifft(g, n=self.lf, dim=-1)[..., b0:b1] * self.lf  # [r, T, Nt, Mr, Kw]
-                    c = c.permute(0, 1, 4, 2, 3).contiguous()  # [r, T, Kw, Nt, Mr]
-                else:
-                    c = (dft_t @ g.reshape(*g.shape[:3], nt * mr)).reshape(*g.shape[:2], kw, nt, mr)
+                c = self._range_dft(ctx, xc[r0:r0 + rc, t0:t0 + tc], yp[r0:r0 + rc, t0:t0 + tc], dft_t)
                 rcc = c @ c.conj().transpose(-1, -2)  # [r, T, Kw, Nt, Nt]
-                rho = torch.view_as_real(rcc.reshape(*rcc.shape[:3], nt * nt)).transpose(-1, -2) @ lag
+                out[r0:r0 + rc, t0:t0 + tc] = (torch.view_as_real(rcc.reshape(*rcc.shape[:3], nt * nt))
+                                               .transpose(-1, -2) @ lag)
+        return out
+
+    def _correlation(self, ctx: _Context, rho_y: torch.Tensor, y: torch.Tensor, x_n: torch.Tensor,
+                     rxx_n: torch.Tensor, fit: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The OMP statistic of one transmit AP on the residual ``r = y - Phi C``: [R, La, Kw] float64.
+
+        ``rho_y`` [R, Ts, Kw, 2, 2Nt - 1] the data's lag correlations (:meth:`_data_lags`), ``y`` [R, Mr, Ns, Ts],
+        ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt], ``fit`` = (Phi [R, Ts, Ns, J], C [R, Ts, J, Mr]) or None.
+        Per symbol, ``c = conj(x_l) r_k`` range-transformed (:meth:`_range_dft`) gives ``c[l, k]``; the AoD DFT
+        ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
+        rho[lambda]`` with the transmit-antenna lag correlation ``rho[lambda] = sum_{l - l' = lambda} (c c^H)[l, l']``
+        and ``W = exp(-j 2 pi lambda p / La) / Nt``, divided by ``||phi_t||^2 = a^H R_x,t a`` and summed over symbols
+        (the same numbers as the reference's zero-padded FFTs and ``|.|^2``, fewer operations). ``c`` is linear in
+        r: ``c = c_y - D C`` with ``D = c(Phi)`` [Nt, J], so ``c c^H = c_y c_y^H + U V^H`` with ``U = [D G - F, -D]``,
+        ``V = [D, F]``, ``F = c(y C^H)`` [Nt, J] and ``G = C C^H`` [J, J]: only 2J columns are range-transformed per
+        pick (``c_y c_y^H`` is ``rho_y``, computed once), and the lags of ``U V^H`` are sums over ``l`` directly.
+        """
+        R, mr, ns, ts = y.shape
+        nt = x_n.shape[1]
+        dft, lag, w = self._correlation_kernels(ctx, ns, nt, y.dtype)
+        kw = dft.shape[1]
+        energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
+        inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
+        J = 0 if fit is None else fit[0].shape[-1]
+        use_fft = ns * kw > FFT_RATIO * self.lf * math.log2(self.lf)
+        dft_t = None if use_fft else dft.transpose(0, 1).contiguous()  # [Kw, Ns]
+        per = nt * max(2 * J, 1) * (self.lf if use_fft else max(ns, kw)) + kw * (2 * nt - 1) * self.la
+        tc = max(1, min(self.symbol_chunk, ts, PICK_BLOCK // per))
+        rc = max(1, PICK_BLOCK // (per * tc))
+        out = torch.zeros((R, self.la, kw), dtype=torch.float64, device=y.device)
+        if J:
+            phi, coef = fit
+            xc = x_n.conj().permute(0, 3, 2, 1)[..., None]  # [R, Ts, Ns, Nt, 1]
+            yc = y.permute(0, 3, 2, 1) @ coef.conj().transpose(-1, -2)  # y C^H: [R, Ts, Ns, J]
+            cols = torch.cat([phi, yc], -1)[..., None, :]  # [R, Ts, Ns, 1, 2J]
+            gram = coef @ coef.conj().transpose(-1, -2)  # G = C C^H: [R, Ts, J, J]
+        for r0 in range(0, R, rc):
+            for t0 in range(0, ts, tc):
+                rho = rho_y[r0:r0 + rc, t0:t0 + tc]
+                if J:
+                    c = self._range_dft(ctx, xc[r0:r0 + rc, t0:t0 + tc], cols[r0:r0 + rc, t0:t0 + tc], dft_t)
+                    dd, ff = c[..., :J], c[..., J:]  # [r, T, Kw, Nt, J]
+                    u = torch.cat([dd @ gram[r0:r0 + rc, t0:t0 + tc, None] - ff, -dd], -1)  # [r, T, Kw, Nt, 2J]
+                    v = torch.cat([dd, ff], -1)
+                    # lags of X = U V^H: with columns reversed, X[l, l'] sits at (l, l + Nt - 1 - l'), lag
+                    # l - l' + Nt - 1, once each row is shifted by its index (pad to 2Nt columns, re-read as 2Nt - 1)
+                    xf = u @ v.flip(-2).conj().transpose(-1, -2)  # [r, T, Kw, Nt, Nt]: X[l, Nt - 1 - l']
+                    lead = xf.shape[:3]
+                    sk = torch.nn.functional.pad(xf, (0, nt)).reshape(*lead, 2 * nt * nt)[..., :nt * (2 * nt - 1)]
+                    lags = sk.reshape(*lead, nt, 2 * nt - 1).sum(-2)  # [r, T, Kw, 2Nt - 1]
+                    rho = rho + torch.view_as_real(lags).transpose(-1, -2)
                 pw = rho.reshape(*rho.shape[:3], -1) @ w  # [r, T, Kw, La] = sum_k |v|^2
                 out[r0:r0 + rc] += torch.einsum("rtgp,rpt->rpg", pw.to(torch.float64), inv_e[r0:r0 + rc, :, t0:t0 + tc])
         return out
@@ -342,14 +396,19 @@ class CsEstimator(BatchedEstimator):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-symbol ridge-regularised least squares of all atoms [R, J]: coefficients [R, Ts, J, Mr] and the fitted
         signal [R, Mr, Ns, Ts]."""
+        phi, coeffs = self._solve(ctx, rows, n, d, u)
+        return coeffs, (phi @ coeffs).permute(0, 3, 2, 1)
+
+    def _solve(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The atoms [R, Ts, Ns, J] (:meth:`_atoms`) and their :meth:`_least_squares` coefficients [R, Ts, J, Mr]."""
         phi = self._atoms(ctx, rows, n, d, u)
         ph = phi.conj().transpose(-1, -2)
         gram = ph @ phi
         J = phi.shape[-1]
         ridge = 1e-10 * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1) / J + TINY
         eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
-        coeffs = torch.linalg.solve(gram + ridge[..., None, None] * eye, ph @ rows.y.permute(0, 3, 2, 1))
-        return coeffs, (phi @ coeffs).permute(0, 3, 2, 1)
+        return phi, torch.linalg.solve(gram + ridge[..., None, None] * eye, ph @ rows.y.permute(0, 3, 2, 1))
 
     def _refine(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor,
                 others: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, first: bool,
@@ -438,8 +497,7 @@ class CsEstimator(BatchedEstimator):
                 nd, nu, obj = self._refine(ctx, sub, sn[:, j], od, ou, others, first=False)
                 if rnd < redetect:
                     allowed = torch.nn.functional.one_hot(sn[:, j], cfg.n_tx).bool()
-                    res = sub.y - self._least_squares(ctx, sub, *others)[1]
-                    pn, pd, pu, ok = self._pick(ctx, res, sub, allowed, 1)
+                    pn, pd, pu, ok = self._pick(ctx, sub, self._solve(ctx, sub, *others), allowed, 1)
                     cd, cu, objc = self._refine(ctx, sub, pn[:, 0], pd[:, 0], pu[:, 0], others, first=True)
                     swap = ok[:, 0] & (objc > obj * (1.0 + REPLACE))
                     nd, nu = torch.where(swap, cd, nd), torch.where(swap, cu, nu)
