@@ -28,6 +28,16 @@ def steer(c: float, n: int, d: float = 0.5) -> torch.Tensor:
                          for k in range(n)], dtype=torch.complex128) / math.sqrt(n)
 
 
+def small_literal_case(*, seed: int) -> tuple[SystemConfig, torch.Tensor, torch.Tensor]:
+    """A config small enough for the literal references (Ns = 8, Ts = 4, Nt = 3, Mr = 2) and 2 random scenes:
+    y [2, Mr, Ns, Ts], x [2, N, Nt, Ns, Ts] complex128."""
+    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
+    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    return cfg, y, x
+
+
 def white_x(cfg: SystemConfig, B: int, seed: int) -> torch.Tensor:
     """Independent QPSK symbols on every transmit antenna (a white, full-rank probing signal), complex128."""
     g = torch.Generator().manual_seed(seed)
@@ -139,11 +149,8 @@ def literal_matched(cfg: SystemConfig, fe: MatchedFrontEnd, y: torch.Tensor, x: 
 
 
 def test_matched_map_equals_literal_sums():
-    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
+    cfg, y, x = small_literal_case(seed=0)
     fe = MatchedFrontEnd(cfg, norm="none", tx_beams=3, angle_bins=3, delay_bins=5, doppler_bins=4, output="complex")
-    g = torch.Generator().manual_seed(0)
-    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
-    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
     ref = literal_matched(cfg, fe, y, x)
     got = fe.complex_map(y, x)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
@@ -348,10 +355,7 @@ def literal_image(cfg: SystemConfig, fe: ImageFrontEnd, y: torch.Tensor, x: torc
 
 
 def test_image_equals_literal_back_projection():
-    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
-    g = torch.Generator().manual_seed(5)
-    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
-    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    cfg, y, x = small_literal_case(seed=5)
     for m in range(cfg.n_rx):
         fe = ImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), doppler_bins=3)
         ref = literal_image(cfg, fe, y, x)
@@ -430,10 +434,7 @@ def literal_velocity_image(cfg: SystemConfig, fe: VelocityImageFrontEnd, y: torc
 
 
 def test_velocity_image_equals_literal_back_projection_and_chunking_is_exact():
-    cfg = CFG.replace(n_subcarriers=8, n_symbols=4, n_tx_antennas=3, n_rx_antennas=2)
-    g = torch.Generator().manual_seed(7)
-    y = torch.randn(2, 2, 8, 4, dtype=torch.complex128, generator=g)
-    x = torch.randn(2, 2, 3, 8, 4, dtype=torch.complex128, generator=g)
+    cfg, y, x = small_literal_case(seed=7)
     for m in range(cfg.n_rx):
         fe = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 2))
         assert fe.output_shape == (2, 3, 2, 3)
