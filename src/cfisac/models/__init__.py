@@ -3,9 +3,10 @@
 ``build_model(kind, cfg, mcfg, seed=0)`` assembles M :class:`ApSide` (front end, encoder, projector, quantizer) and
 one :class:`CpuSide` (decoder) in a :class:`SplitModel`; ``ModelConfig.preset("paper" | "quick" | "tiny")`` gives
 the hyper-parameters; ``ModelConfig(decoder="geometry")`` selects the geometry-aware CPU decoder of
-:mod:`cfisac.models.geometry_decoder` instead of the paper's. AP input front ends are a dict registry
-(:func:`register_front_end`, :func:`make_front_end`): ``"raw"`` is the paper's. Trained models are used through
-``cfisac.estimators.create("dvqvae", cfg, checkpoint=...)`` (:mod:`cfisac.models.estimator`).
+:mod:`cfisac.models.geometry_decoder` instead of the paper's. AP input front ends are the package
+:mod:`cfisac.models.front_ends`, a dict registry (:func:`register_front_end`, :func:`make_front_end`): ``"raw"`` is
+the paper's. Trained models are used through ``cfisac.estimators.create("dvqvae", cfg, checkpoint=...)``
+(:mod:`cfisac.models.estimator`).
 """
 
 from .config import DECODERS, MODEL_KINDS, ModelConfig
