@@ -268,8 +268,8 @@ def fit_entropy_model(checkpoint: str | Path, *, n: int = 1000, seed: int | None
                       which: str = "latest") -> EntropyModel:
     """Fit an :class:`EntropyModel` on the indices the trained APs of ``checkpoint`` emit for training samples
     ``start .. start+n-1`` of dataset ``seed`` (default: the checkpoint's training seed)."""
+    from .checkpoint import load_checkpoint
     from .data import simulate_batch
-    from .train import load_checkpoint
 
     ck = load_checkpoint(checkpoint, which=which)
     if ck.kind != "dvqvae":

@@ -69,8 +69,8 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(args: argparse.Namespace):
+    from ..checkpoint import TrainConfig
     from ..models import ModelConfig
-    from ..train import TrainConfig
 
     cfg = system_from_args(args)
     preset = args.model_preset or (args.preset if args.preset in MODEL_PRESETS else "quick")
@@ -188,7 +188,7 @@ def run_dist_train(args: argparse.Namespace) -> int:
 
 
 def _sense_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..train import find_checkpoint, model_from_state
+    from ..checkpoint import find_checkpoint, model_from_state
 
     _check_runtime(args)
     check_positive_int("--n", args.n, allow_none=False)
@@ -267,10 +267,10 @@ def run_ddp_train(args: argparse.Namespace) -> int:
 def run_entropy_fit(args: argparse.Namespace) -> int:
     import torch
 
+    from ..checkpoint import load_checkpoint
     from ..data import simulate_batch
     from ..entropy import fit_entropy_model
     from ..quantize import bits_per_index
-    from ..train import load_checkpoint
 
     check_positive_int("--n", args.n, allow_none=False)
     check_positive_int("--eval-n", args.eval_n, allow_none=False)

@@ -36,10 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..checkpoint import find_checkpoint, load_checkpoint
     from ..estimators import create
     from ..evaluate import evaluate, plot_cdf, write_results
+    from ..fit import NORMALISER_MAX_SAMPLES, DataSource
     from ..fronthaul import format_bits
-    from ..train import NORMALISER_MAX_SAMPLES, DataSource, find_checkpoint, load_checkpoint
 
     check_threads("--threads", args.threads)
     check_device("--device", args.device)

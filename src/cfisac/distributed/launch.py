@@ -95,9 +95,9 @@ def run_worker(task: str, options: dict[str, Any]) -> Any:
     ``distributed``). Returns the role function's result."""
     import torch.distributed as dist
 
+    from ..checkpoint import TrainConfig
     from ..config import SystemConfig
     from ..models import ModelConfig
-    from ..train import TrainConfig
     from .common import DistConfig
     from .sensing import run_ap_sensing, run_cpu_sensing
     from .training import run_ap_training, run_cpu_training

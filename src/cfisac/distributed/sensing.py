@@ -61,7 +61,7 @@ def load_side(checkpoint: str | Path, role: str, m: int = 0, *, which: str = "la
     """
     from safetensors import safe_open
 
-    from ..train import find_checkpoint, model_from_state
+    from ..checkpoint import find_checkpoint, model_from_state
 
     ckpt = find_checkpoint(checkpoint, which)
     kind, cfg, mcfg, tcfg, normaliser = model_from_state(json.loads((ckpt / "state.json").read_text()))

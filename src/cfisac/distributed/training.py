@@ -25,7 +25,7 @@ Training step r of epoch e (global step s)
 End of epoch (and when the time budget stops the run)
     6. CPU -> AP ``CONTROL`` {op: "validate"}; AP -> CPU one ``EVAL`` per validation batch (eval mode: no EMA).
     7. CPU -> AP ``CONTROL`` {op: "checkpoint"}; AP -> CPU ``STATE`` (parameters, buffers, Adam state); the CPU
-       writes a checkpoint in the format of ``cfisac train`` (:mod:`cfisac.distributed.checkpoint`). Also every
+       writes a checkpoint in the format of ``cfisac train`` (:class:`cfisac.checkpoint.CheckpointWriter`). Also every
        ``checkpoint_every`` steps, and once at the start of a fresh run.
 Finish
     8. CPU -> AP ``CONTROL`` {op: "stop"}; AP -> CPU ``DONE``.
@@ -51,24 +51,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from ..checkpoint import TrainConfig, write_json_atomic
 from ..config import SystemConfig
+from ..fit import (
+    NORMALISER_MAX_SAMPLES,
+    DataSource,
+    TrainResult,
+    codebook_stat,
+    epoch_batches,
+    fit,
+    model_summary_lines,
+    open_run,
+    split_psi,
+    start_model,
+)
 from ..metrics import accuracy
 from ..models import LabelNormaliser, ModelConfig, build_ap_side, build_model
-from ..train import (
-    NORMALISER_MAX_SAMPLES,
-    RESUMABLE_CHANGES,
-    ApTrainer,
-    CpuTrainer,
-    DataSource,
-    TrainConfig,
-    TrainResult,
-    epoch_batches,
-    estimation_loss,
-)
-from .checkpoint import CheckpointWriter, read_checkpoint
+from ..train import ApTrainer, estimation_loss, make_cpu_trainer
 from .common import (
     DistConfig,
     ap_echoes,
@@ -342,6 +343,181 @@ def _check_links(links: Sequence[Link], n_rx: int) -> None:
             raise ValueError(f"link {m} must connect rank 0 to rank {m + 1}, got {link.rank} -> {link.peer}")
 
 
+class SplitProcesses:
+    """:func:`cfisac.fit.fit`'s strategy on the CPU rank (steps 2-8 of the module docstring): controls to every
+    receive AP, their payloads (``FORWARD``) in, the decoder step, the gradients (``GRAD``) out; validation over
+    ``EVAL`` messages; at a checkpoint every AP's state (``STATE``) gathered into ``model``."""
+
+    is_writer, checkpoint_at_start = True, True
+
+    def __init__(self, links: Sequence[Link], model, cpu_trainer, normaliser: LabelNormaliser, cfg: SystemConfig,
+                 mcfg: ModelConfig, tcfg: TrainConfig, dcfg: DistConfig, out: Path, device: torch.device,
+                 ap_optim: dict[int, dict[str, torch.Tensor]], groups: dict[str, Any]) -> None:
+        self.links, self.model, self.cpu_trainer, self.normaliser = list(links), model, cpu_trainer, normaliser
+        self.cfg, self.mcfg, self.tcfg, self.dcfg, self.out, self.device = cfg, mcfg, tcfg, dcfg, out, device
+        self.ap_optim, self.groups = ap_optim, groups
+        self.uplink = dcfg.uplink(tcfg.kind)
+        self.checkpoint_every, self.plot_each_checkpoint = dcfg.checkpoint_every, dcfg.plot
+        self.extra = {"runtime": dcfg.to_dict(), "uplink": self.uplink, "world_size": cfg.n_rx + 1}
+        grid = tuple(model.cpu_side.payload_shape[1:])
+        self.mirrors = [CodebookMirror(mcfg.num_codes, mcfg.code_dim, grid) if self.uplink == "indices" else None
+                        for _ in range(cfg.n_rx)]
+        self.need_grads = any(p.requires_grad for p in model.aps[0].parameters())
+        self.global_step = 0
+        self.timings: dict[str, float] = dict.fromkeys(
+            ("control", "data", "wait_forward", "decoder_step", "send_grad"), 0.0)
+        self.timings["steps"] = 0
+        self.recent: deque[float] = deque(maxlen=1000)  # wall time of the last steps (CPU view)
+        self.where = {"epoch": 0, "step": 0, "global_step": 0}
+
+    # -- messages
+    def control(self, op: str, **fields: Any) -> None:
+        for link in self.links:
+            _send_json(link, Kind.CONTROL, {"op": op, **fields}, step=self.global_step, checksum=self.dcfg.checksum)
+
+    def receive_payloads(self, kind: Kind, step: int, batch: int) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
+        payloads, stats = [], []
+        for m, link in enumerate(self.links):
+            what = f"{kind.name} of step {step} from {link.peer_name}"
+            msg = link.recv(kind, what=what)
+            if msg.header.step != step or msg.header.ap != m:
+                raise MessageError(f"{what}: message is for AP {msg.header.ap} step {msg.header.step}")
+            if bool(msg.header.flags & FLAG_INDICES) != (self.uplink == "indices"):
+                raise MessageError(f"{what}: payload type does not match the {self.uplink!r} uplink")
+            st, rest = decode_stats(open_body(msg), what)
+            if self.uplink == "indices":
+                p = self.mirrors[m].payload(rest, what=what, batch=batch)
+            else:
+                p = decode_tensor(rest, what=what, shape=(batch, *self.model.cpu_side.payload_shape),
+                                  dtype=torch.float32)
+            payloads.append(p.to(self.device))
+            stats.append(st)
+        return payloads, stats
+
+    def start(self, run) -> None:
+        """Steps 1-2: HELLO from every AP, INIT (its state and the schedule position of ``run``) to every AP."""
+        for m, link in enumerate(self.links):
+            hello, _ = _recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
+            if hello.get("role") != "ap" or hello.get("ap") != m or hello.get("task") != "train":
+                raise MessageError(f"{link.peer_name} introduced itself as {hello}: expected receive AP {m} for "
+                                   "training (launch the same sub-command on every rank)")
+        self.global_step = run.global_step
+        self.where.update(epoch=run.epoch, step=run.step, global_step=run.global_step)
+        for m, link in enumerate(self.links):
+            meta = {"ap": m, "system": self.cfg.to_dict(), "model": self.mcfg.to_dict(), "train": self.tcfg.to_dict(),
+                    "distributed": self.dcfg.to_dict(), "groups": self.groups.get(f"ap{m}") or [],
+                    "epoch": run.epoch, "step": run.step, "global_step": run.global_step}
+            blob = pack_state(self.model.aps[m].state_dict(), self.ap_optim[m], meta)
+            link.send(make_message(Kind.INIT, [blob], sender=0, ap=m, step=run.global_step, device=link.device,
+                                   checksum=self.dcfg.checksum))
+
+    def finish(self) -> None:
+        """Step 8: stop every AP and wait for its DONE."""
+        self.control("stop")
+        for link in self.links:
+            _recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
+        self.write_report()
+
+    # -- the strategy
+    def start_epoch(self, epoch: int, todo: list[list[int]]) -> None:
+        pass
+
+    def end_epoch(self) -> None:
+        pass
+
+    def step(self, epoch: int, step: int, rows: list[int], global_step: int) -> dict[str, Any]:
+        cfg, device, checksum = self.cfg, self.device, self.dcfg.checksum
+        self.global_step = global_step
+        self.where.update(epoch=epoch, step=step, global_step=global_step)
+        t0 = time.perf_counter()
+        self.control("step", epoch=epoch, step=step)
+        t1 = time.perf_counter()
+        b = cpu_inputs(cfg, self.tcfg.seed, rows)
+        x = b["x"].to(device)
+        target = self.normaliser.normalise(b["labels"].to(device))
+        t2 = time.perf_counter()
+        payloads, ap_stats = self.receive_payloads(Kind.FORWARD, global_step, len(rows))
+        t3 = time.perf_counter()
+        loss, grads, pred = self.cpu_trainer.step(payloads, x, target, need_grads=self.need_grads)
+        t4 = time.perf_counter()
+        if self.need_grads:
+            for m, link in enumerate(self.links):
+                link.send(make_message(Kind.GRAD, encode_tensor(grads[m].float()), sender=0, ap=m,
+                                       step=global_step, device=link.device, checksum=checksum))
+        t5 = time.perf_counter()
+        for key, dt in (("control", t1 - t0), ("data", t2 - t1), ("wait_forward", t3 - t2),
+                        ("decoder_step", t4 - t3), ("send_grad", t5 - t4)):
+            self.timings[key] += dt
+        self.timings["steps"] += 1
+        self.recent.append(time.perf_counter() - t0)
+        self.global_step = global_step + 1
+        commitment = sum(s["commitment"] for s in ap_stats)
+        kind = self.tcfg.kind
+        return {"loss": loss + commitment, "mse": loss, "commitment": commitment, "n": len(rows),
+                "perplexity": codebook_stat([s["perplexity"] for s in ap_stats], kind),
+                "usage": codebook_stat([s["usage"] for s in ap_stats], kind), "prediction": pred,
+                "positions": b["positions"], "velocities": b["velocities"]}
+
+    def validate(self) -> dict[str, float]:
+        cfg, tcfg, device, model = self.cfg, self.tcfg, self.device, self.model
+        self.control("validate")
+        sq, count, pe, ve = 0.0, 0, [], []
+        model.cpu_side.eval()
+        with torch.no_grad():
+            for k, rows in enumerate(validation_batches(tcfg)):
+                b = cpu_inputs(cfg, tcfg.seed, rows, offset=tcfg.n_train)
+                payloads, _ = self.receive_payloads(Kind.EVAL, k, len(rows))
+                pred = model.cpu_side(payloads, b["x"].to(device)).float()
+                target = self.normaliser.normalise(b["labels"].to(device))
+                sq += float(estimation_loss(pred, target, cfg.n_targets, tcfg.loss, reduction="sum"))
+                count += target.numel()
+                pos, vel = split_psi(self.normaliser.denormalise(pred), cfg.n_targets)
+                acc = accuracy(pos, vel, b["positions"], b["velocities"])
+                pe.append(acc.position_errors)
+                ve.append(acc.velocity_errors)
+        model.cpu_side.train()
+        pe_all, ve_all = torch.cat(pe), torch.cat(ve)
+        return {"val_loss": sq / count, "val_position_rmse": float(pe_all.pow(2).mean().sqrt()),
+                "val_velocity_rmse": float(ve_all.pow(2).mean().sqrt())}
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Step 7: every AP's state (``STATE``) into ``model``; the optimizer tensors of every side."""
+        self.control("checkpoint")
+        tensors: dict[str, torch.Tensor] = {}
+        for m, link in enumerate(self.links):
+            msg = link.recv(Kind.STATE, what=f"STATE from {link.peer_name}")
+            sd, ot, meta = unpack_state(open_body(msg).cpu().numpy().tobytes(), f"STATE of AP {m}")
+            if meta.get("ap") != m:
+                raise MessageError(f"STATE from {link.peer_name} is for AP {meta.get('ap')}")
+            missing, unexpected = self.model.aps[m].load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise MessageError(f"STATE of AP {m} does not match its model: missing {missing}, "
+                                   f"unexpected {unexpected}")
+            self.ap_optim[m] = ot
+            if meta.get("groups"):
+                self.groups[f"ap{m}"] = meta["groups"]
+        for m in range(self.cfg.n_rx):
+            tensors.update({f"ap{m}.{k}": v for k, v in self.ap_optim[m].items()})
+        ct, cg = optimizer_tensors(self.cpu_trainer.optimizer)
+        tensors.update({f"cpu.{k}": v for k, v in ct.items()})
+        if cg:
+            self.groups["cpu"] = cg
+        return tensors, self.groups
+
+    def after_checkpoint(self, path: Path) -> None:
+        self.write_report()
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def write_report(self) -> None:
+        """out/distributed.json: this session's traffic per AP link and the CPU's time per step phase."""
+        rep = {"uplink": self.uplink, "world_size": self.cfg.n_rx + 1, "cpu_timings_s": self.timings,
+               "recent_step_s": list(self.recent),
+               "traffic": {f"ap{m}": link.traffic.to_dict() for m, link in enumerate(self.links)}}
+        write_json_atomic(self.out / "distributed.json", rep)
+
+
 def run_cpu_training(
     links: Sequence[Link], cfg: SystemConfig, mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, *,
     dcfg: DistConfig | None = None, resume: bool = False, progress: bool = True,
@@ -352,8 +528,6 @@ def run_cpu_training(
     Same options, outputs and checkpoint format as :func:`cfisac.train.train` (``resume`` continues from
     ``out/latest.json``, also a checkpoint of an in-process run). ``links[m]`` connects to receive AP m.
     """
-    from ..train import model_summary_lines, progress_bar, read_steps, split_psi
-
     out = Path(out)
     log = log or (lambda s: None)
     dcfg = dcfg or DistConfig()
@@ -363,257 +537,34 @@ def run_cpu_training(
     if tcfg.data is not None:
         raise ValueError("distributed training simulates its data on the fly (each rank keeps only its share); an "
                          "HDF5 cache (--data) holds every AP's echoes and X in one file and is not supported")
-    uplink = dcfg.uplink(tcfg.kind)
     device = torch.device(tcfg.device)
-    if resume:
-        if not (out / "latest.json").is_file():
-            raise ValueError(f"--resume: {out} holds no checkpoint to resume (no latest.json)")
-        ckpt, state, weights, opt_tensors = read_checkpoint(out)
-        from ..train import model_from_state
-
-        kind0, cfg0, mcfg0, tcfg0, normaliser = model_from_state(state)
-        if cfg0 != cfg or mcfg0 != mcfg:
-            raise ValueError("--resume: the system or model configuration differs from the checkpoint's")
-        diff = [k for k in tcfg.to_dict() if k not in RESUMABLE_CHANGES and getattr(tcfg, k) != getattr(tcfg0, k)]
-        if diff:
-            raise ValueError(f"--resume: training options {diff} differ from the checkpoint's "
-                             f"(only {list(RESUMABLE_CHANGES)} may change)")
-    elif (out / "latest.json").exists():
-        raise ValueError(f"{out} already holds a run; pass resume=True (--resume) or choose another output")
-
+    run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log,
+                   labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed)
     if any(ap.needs_x for ap in model.aps):
         raise ValueError(f"front end {mcfg.front_end!r} needs X at the receive AP; the distributed runtime keeps X "
                          "at the CPU (paper Section III-C)")
-    cpu_trainer = CpuTrainer(model.cpu_side.to(device), lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
+    cpu_trainer = make_cpu_trainer(model.cpu_side.to(device), mcfg, tcfg)
+    start_model(model, run)
     ap_optim: dict[int, dict[str, torch.Tensor]] = {m: {} for m in range(cfg.n_rx)}
     groups: dict[str, Any] = {}
-    if resume:
-        model.load_state_dict(weights)
-        torch.set_rng_state(opt_tensors.pop("rng.torch"))
-        for key, val in opt_tensors.items():
+    if run.optim is not None:
+        for key, val in run.optim.items():
             owner, rest = key.split(".", 1)
             if owner.startswith("ap"):
                 ap_optim[int(owner[2:])][rest] = val
-        cpu_t = {k.split(".", 1)[1]: v for k, v in opt_tensors.items() if k.startswith("cpu.")}
-        groups = dict(state["optim"])
+        cpu_t = {k.split(".", 1)[1]: v for k, v in run.optim.items() if k.startswith("cpu.")}
+        groups = dict(run.state["optim"])
         load_optimizer_tensors(cpu_trainer.optimizer, cpu_t, groups.get("cpu") or [], device)
-        epoch, step_in_epoch, global_step = state["epoch"], state["step"], state["global_step"]
-        history, elapsed0 = state["history"], state["elapsed_s"]
-        best = state.get("best_val_loss")
-        steps = read_steps(out / "steps.csv", global_step)
-        last_ckpt: Path | None = ckpt
-        log(f"resuming {out} at epoch {epoch} step {step_in_epoch} (global step {global_step})")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        normaliser = LabelNormaliser.fit(DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
-        epoch, step_in_epoch, global_step, history, elapsed0, best, steps = 0, 0, 0, [], 0.0, None, []
-        last_ckpt = None
     for line in model_summary_lines(tcfg.kind, cfg, mcfg):
         log(line)
-    extra = {"runtime": dcfg.to_dict(), "uplink": uplink, "world_size": cfg.n_rx + 1}
-    writer = CheckpointWriter(out, kind=tcfg.kind, cfg=cfg, mcfg=mcfg, tcfg=tcfg, normaliser=normaliser,
-                              extra=extra, plot=dcfg.plot, best=best, log=log)
-    grid = tuple(model.cpu_side.payload_shape[1:])
-    mirrors = [CodebookMirror(mcfg.num_codes, mcfg.code_dim, grid) if uplink == "indices" else None
-               for _ in range(cfg.n_rx)]
-    need_grads = any(p.requires_grad for p in model.aps[0].parameters())
-    checksum = dcfg.checksum
-    elapsed = elapsed0
-    timings = dict.fromkeys(("control", "data", "wait_forward", "decoder_step", "send_grad"), 0.0)
-    timings["steps"] = 0
-    recent: deque[float] = deque(maxlen=1000)  # wall time of the last steps (CPU view)
-    where = {"epoch": epoch, "step": step_in_epoch, "global_step": global_step}
-
-    def control(op: str, **fields: Any) -> None:
-        for link in links:
-            _send_json(link, Kind.CONTROL, {"op": op, **fields}, step=global_step, checksum=checksum)
-
-    def receive_payloads(kind: Kind, step: int, batch: int) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
-        payloads, stats = [], []
-        for m, link in enumerate(links):
-            what = f"{kind.name} of step {step} from {link.peer_name}"
-            msg = link.recv(kind, what=what)
-            if msg.header.step != step or msg.header.ap != m:
-                raise MessageError(f"{what}: message is for AP {msg.header.ap} step {msg.header.step}")
-            if bool(msg.header.flags & FLAG_INDICES) != (uplink == "indices"):
-                raise MessageError(f"{what}: payload type does not match the {uplink!r} uplink")
-            st, rest = decode_stats(open_body(msg), what)
-            if uplink == "indices":
-                p = mirrors[m].payload(rest, what=what, batch=batch)
-            else:
-                p = decode_tensor(rest, what=what, shape=(batch, *model.cpu_side.payload_shape), dtype=torch.float32)
-            payloads.append(p.to(device))
-            stats.append(st)
-        return payloads, stats
-
-    def gather_states() -> dict[str, torch.Tensor]:
-        control("checkpoint")
-        tensors: dict[str, torch.Tensor] = {}
-        for m, link in enumerate(links):
-            msg = link.recv(Kind.STATE, what=f"STATE from {link.peer_name}")
-            sd, ot, meta = unpack_state(open_body(msg).cpu().numpy().tobytes(), f"STATE of AP {m}")
-            if meta.get("ap") != m:
-                raise MessageError(f"STATE from {link.peer_name} is for AP {meta.get('ap')}")
-            missing, unexpected = model.aps[m].load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise MessageError(f"STATE of AP {m} does not match its model: missing {missing}, "
-                                   f"unexpected {unexpected}")
-            ap_optim[m] = ot
-            if meta.get("groups"):
-                groups[f"ap{m}"] = meta["groups"]
-        for m in range(cfg.n_rx):
-            tensors.update({f"ap{m}.{k}": v for k, v in ap_optim[m].items()})
-        ct, cg = optimizer_tensors(cpu_trainer.optimizer)
-        tensors.update({f"cpu.{k}": v for k, v in ct.items()})
-        if cg:
-            groups["cpu"] = cg
-        return tensors
-
-    def save(finished: bool) -> Path:
-        tensors = gather_states()
-        path = writer.write(model, tensors, groups, epoch=epoch, step=step_in_epoch, global_step=global_step,
-                            elapsed=elapsed, history=history, steps=steps, finished=finished)
-        write_report()
-        return path
-
-    def write_report() -> None:
-        """out/distributed.json: this session's traffic per AP link and the CPU's time per step phase."""
-        from ..train import write_json_atomic
-
-        rep = {"uplink": uplink, "world_size": cfg.n_rx + 1, "cpu_timings_s": timings,
-               "recent_step_s": list(recent),
-               "traffic": {f"ap{m}": link.traffic.to_dict() for m, link in enumerate(links)}}
-        write_json_atomic(out / "distributed.json", rep)
-
-    def validate() -> dict[str, float]:
-        if tcfg.n_val == 0:
-            return {"val_loss": float("nan"), "val_position_rmse": float("nan"), "val_velocity_rmse": float("nan")}
-        control("validate")
-        sq, count, pe, ve = 0.0, 0, [], []
-        model.cpu_side.eval()
-        with torch.no_grad():
-            for k, rows in enumerate(validation_batches(tcfg)):
-                b = cpu_inputs(cfg, tcfg.seed, rows, offset=tcfg.n_train)
-                payloads, _ = receive_payloads(Kind.EVAL, k, len(rows))
-                x = b["x"].to(device)
-                pred = model.cpu_side(payloads, x).float()
-                target = normaliser.normalise(b["labels"].to(device))
-                sq += float(estimation_loss(pred, target, cfg.n_targets, tcfg.loss, reduction="sum"))
-                count += target.numel()
-                pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
-                acc = accuracy(pos, vel, b["positions"], b["velocities"])
-                pe.append(acc.position_errors)
-                ve.append(acc.velocity_errors)
-        model.cpu_side.train()
-        pe_all, ve_all = torch.cat(pe), torch.cat(ve)
-        return {"val_loss": sq / count, "val_position_rmse": float(pe_all.pow(2).mean().sqrt()),
-                "val_velocity_rmse": float(ve_all.pow(2).mean().sqrt())}
-
-    stopped = False
+    strategy = SplitProcesses(links, model, cpu_trainer, run.normaliser, cfg, mcfg, tcfg, dcfg, out, device,
+                              ap_optim, groups)
     try:
-        # -- start: HELLO from every AP, INIT to every AP (paper Step 1)
-        for m, link in enumerate(links):
-            hello, _ = _recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
-            if hello.get("role") != "ap" or hello.get("ap") != m or hello.get("task") != "train":
-                raise MessageError(f"{link.peer_name} introduced itself as {hello}: expected receive AP {m} for "
-                                   "training (launch the same sub-command on every rank)")
-        for m, link in enumerate(links):
-            meta = {"ap": m, "system": cfg.to_dict(), "model": mcfg.to_dict(), "train": tcfg.to_dict(),
-                    "distributed": dcfg.to_dict(), "groups": groups.get(f"ap{m}") or [],
-                    "epoch": epoch, "step": step_in_epoch, "global_step": global_step}
-            blob = pack_state(model.aps[m].state_dict(), ap_optim[m], meta)
-            link.send(make_message(Kind.INIT, [blob], sender=0, ap=m, step=global_step, device=link.device,
-                                   checksum=checksum))
-        if not resume:
-            last_ckpt = save(finished=False)
-        t_start = time.monotonic()
-        budget = None if tcfg.minutes is None else tcfg.minutes * 60.0
-        while epoch < tcfg.epochs and not stopped:
-            if budget is not None and elapsed >= budget:  # e.g. resuming a run whose budget is spent
-                stopped = True
-                break
-            batches = epoch_batches(tcfg.seed, epoch, tcfg.n_train, tcfg.batch_size)
-            sums = {"loss": 0.0, "mse": 0.0, "commitment": 0.0, "n": 0, "perplexity": 0.0, "usage": 0.0}
-            bar = progress_bar(progress, len(batches), step_in_epoch, f"epoch {epoch + 1}/{tcfg.epochs}")
-            while step_in_epoch < len(batches):
-                rows = batches[step_in_epoch]
-                where.update(epoch=epoch, step=step_in_epoch, global_step=global_step)
-                t0 = time.perf_counter()
-                control("step", epoch=epoch, step=step_in_epoch)
-                t1 = time.perf_counter()
-                b = cpu_inputs(cfg, tcfg.seed, rows)
-                x = b["x"].to(device)
-                target = normaliser.normalise(b["labels"].to(device))
-                t2 = time.perf_counter()
-                payloads, ap_stats = receive_payloads(Kind.FORWARD, global_step, len(rows))
-                t3 = time.perf_counter()
-                loss, grads, pred = cpu_trainer.step(payloads, x, target, need_grads=need_grads)
-                t4 = time.perf_counter()
-                if need_grads:
-                    for m, link in enumerate(links):
-                        link.send(make_message(Kind.GRAD, encode_tensor(grads[m].float()), sender=0, ap=m,
-                                               step=global_step, device=link.device, checksum=checksum))
-                t5 = time.perf_counter()
-                for key, dt in (("control", t1 - t0), ("data", t2 - t1), ("wait_forward", t3 - t2),
-                                ("decoder_step", t4 - t3), ("send_grad", t5 - t4)):
-                    timings[key] += dt
-                timings["steps"] += 1
-                recent.append(time.perf_counter() - t0)
-                commitment = sum(s["commitment"] for s in ap_stats)
-                r = {"mse": loss, "commitment": commitment, "loss": loss + commitment,
-                     "perplexity": [s["perplexity"] for s in ap_stats], "usage": [s["usage"] for s in ap_stats]}
-                step_in_epoch += 1
-                global_step += 1
-                k = len(rows)
-                perp = float(np.nanmean(r["perplexity"])) if tcfg.kind == "dvqvae" else float("nan")
-                usage = float(np.nanmean(r["usage"])) if tcfg.kind == "dvqvae" else float("nan")
-                for key in ("loss", "mse", "commitment"):
-                    sums[key] += r[key] * k
-                sums["perplexity"] += perp * k
-                sums["usage"] += usage * k
-                sums["n"] += k
-                steps.append({"step": global_step, "epoch": epoch + step_in_epoch / len(batches), "loss": r["loss"],
-                              "mse": r["mse"], "commitment": r["commitment"], "perplexity": perp})
-                elapsed = elapsed0 + time.monotonic() - t_start
-                if bar is not None:
-                    pos, vel = split_psi(normaliser.denormalise(pred), cfg.n_targets)
-                    acc = accuracy(pos, vel, b["positions"], b["velocities"])
-                    post = {"loss": f"{r['loss']:.4f}", "rmse_pos": f"{acc.position_rmse:.1f}m",
-                            "rmse_vel": f"{acc.velocity_rmse:.1f}m/s"}
-                    if tcfg.kind == "dvqvae":
-                        post["perplexity"] = f"{perp:.1f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(1)
-                if budget is not None and elapsed >= budget:
-                    stopped = step_in_epoch < len(batches) or epoch + 1 < tcfg.epochs
-                    break
-                if (dcfg.checkpoint_every and global_step % dcfg.checkpoint_every == 0
-                        and step_in_epoch < len(batches)):
-                    last_ckpt = save(finished=False)
-            if bar is not None:
-                bar.close()
-            n = max(1, sums["n"])
-            row = {"epoch": epoch + step_in_epoch / len(batches), "steps": global_step,
-                   "samples": epoch * tcfg.n_train + sum(len(bb) for bb in batches[:step_in_epoch]),
-                   "train_loss": sums["loss"] / n, "train_mse": sums["mse"] / n,
-                   "train_commitment": sums["commitment"] / n, "perplexity": sums["perplexity"] / n,
-                   "usage": sums["usage"] / n}
-            row.update(validate())
-            row["elapsed_s"] = elapsed
-            if step_in_epoch >= len(batches):
-                epoch, step_in_epoch = epoch + 1, 0
-            if sums["n"]:
-                history.append(row)
-                log(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.5f}, val loss {row['val_loss']:.5f}, "
-                    f"val RMSE {row['val_position_rmse']:.2f} m / {row['val_velocity_rmse']:.2f} m/s"
-                    + (f", perplexity {row['perplexity']:.1f}" if tcfg.kind == "dvqvae" else "")
-                    + f" ({elapsed:.0f} s)")
-            last_ckpt = save(finished=epoch >= tcfg.epochs)
-        control("stop")
-        for link in links:
-            _recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
-        write_report()
+        strategy.start(run)
+        result = fit(strategy, run, cfg, mcfg, tcfg, progress=progress, log=log,
+                     plot_title=f"{tcfg.kind}, lr {tcfg.lr:g} (distributed)")
+        strategy.finish()
     except KeyboardInterrupt:
         _abort_all(links, "the CPU was interrupted")
         raise
@@ -622,18 +573,17 @@ def run_cpu_training(
         reason = f"{type(err).__name__}: {err}"
         _abort_all(links, f"the CPU stops the run: {reason}", skip={failed} if failed is not None else set())
         try:  # distributed.json with the traffic so far (rejected corrupted messages included)
-            write_report()
+            strategy.write_report()
         except Exception:  # noqa: BLE001 - the failure below is what matters
             pass
-        pointer = (f"the last complete checkpoint is {last_ckpt} (resume with the same command plus --resume)"
-                   if last_ckpt is not None else "no checkpoint was written")
+        pointer = (f"the last complete checkpoint is {run.checkpoint} (resume with the same command plus --resume)"
+                   if run.checkpoint is not None else "no checkpoint was written")
+        where = strategy.where
         raise DistributedTrainingError(
             f"distributed training failed at epoch {where['epoch']} step {where['step']} (global step "
             f"{where['global_step']}): {reason}; every rank stops; {pointer}") from err
-    model.sync_codebooks()
-    model.eval()
     log(f"traffic per AP link and time per step phase: {out / 'distributed.json'}")
-    return TrainResult(out, last_ckpt, history, not stopped, model, normaliser)
+    return result
 
 
 def _failed_peer(err: BaseException, links: Sequence[Link]) -> int | None:

@@ -86,7 +86,7 @@ def _factory(name: str):
                                     batch_size=batch_size, device=device)
         if model_overrides:
             raise ValueError(f"model options {sorted(model_overrides)} cannot be changed on a trained checkpoint")
-        from ..train import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         ck = load_checkpoint(checkpoint, which=which, device=device)
         return LearnedEstimator(name, cfg, ck.model, ck.normaliser, batch_size=batch_size, device=device,
