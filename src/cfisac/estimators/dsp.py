@@ -211,23 +211,52 @@ def zoom_maximize(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.T
 
     ``objective(c)`` maps candidates [..., G] to values [..., G]. Each iteration evaluates ``n_points`` equispaced
     candidates in ``[x - step, x + step]`` (clipped to [lower, upper]), moves to the best (first on ties) and halves
-    the step: accuracy ``step / 2^n_iter`` if the start lies within ``step / 2`` of the maximum's lobe. Returns
-    (argmax [...], max value [...]).
+    the step: accuracy ``step / 2^n_iter`` if the start lies within ``step / 2`` of the maximum's lobe. With
+    ``n_points = 5`` and no bounds, the candidates 0, 2, 4 of an iteration are the previous iteration's best and its
+    two neighbours (when inside the previous grid): their values are reused and only 3 candidates (1, 3 and the one
+    outside the previous grid, or a repeat of the best) are evaluated, the same maximisation with 3/5 of the
+    objective evaluations. Returns (argmax [...], max value [...]).
     """
     x = x0.to(torch.float64).clone()
     h = torch.as_tensor(step, dtype=torch.float64, device=x.device).expand(x.shape).clone()
     offs = torch.linspace(-1.0, 1.0, n_points, dtype=torch.float64, device=x.device)
     best = torch.zeros_like(x)
-    for _ in range(n_iter):
-        cand = x[..., None] + h[..., None] * offs
-        if lower is not None or upper is not None:
-            cand = cand.clamp(lower, upper)
-        val = objective(cand)
+    reuse = n_points == 5 and lower is None and upper is None
+    cand = val = k = None
+    for it in range(n_iter):
+        if reuse and it > 0:
+            cand, val = _zoom_step(objective, cand, val, k, x, h)
+        else:
+            cand = x[..., None] + h[..., None] * offs
+            if lower is not None or upper is not None:
+                cand = cand.clamp(lower, upper)
+            val = objective(cand)
         k = val.argmax(-1, keepdim=True)
         x = cand.gather(-1, k)[..., 0]
         best = val.gather(-1, k)[..., 0]
         h = h * 0.5
     return x, best
+
+
+def _zoom_step(objective: Callable[[torch.Tensor], torch.Tensor], prev: torch.Tensor, prev_val: torch.Tensor,
+               k: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One 5-point :func:`zoom_maximize` iteration around the previous best ``x = prev[k]`` (half-width ``h``):
+    candidates [..., 5] and values [..., 5], new points 0, 2, 4 taken from the previous grid ``prev`` / ``prev_val``
+    [..., 5] where it has them (best ``k`` [..., 1] and its neighbours), the rest evaluated (3 per problem)."""
+    offs = torch.tensor([-1.0, -0.5, 0.5, 1.0], dtype=torch.float64, device=x.device)
+    fresh = x[..., None] + h[..., None] * offs  # new points 0, 1, 3, 4
+    at_lo, at_hi = k == 0, k == 4
+    edge = torch.where(at_lo, fresh[..., :1], torch.where(at_hi, fresh[..., 3:], x[..., None]))
+    v = objective(torch.cat([fresh[..., 1:3], edge], -1))  # [..., 3]: points 1, 3, the edge point
+    left = (k - 1).clamp_min(0)
+    right = (k + 1).clamp_max(4)
+    c0 = torch.where(at_lo, fresh[..., :1], prev.gather(-1, left))
+    c4 = torch.where(at_hi, fresh[..., 3:], prev.gather(-1, right))
+    v0 = torch.where(at_lo, v[..., 2:], prev_val.gather(-1, left))
+    v4 = torch.where(at_hi, v[..., 2:], prev_val.gather(-1, right))
+    cand = torch.cat([c0, fresh[..., 1:2], x[..., None], fresh[..., 2:3], c4], -1)
+    val = torch.cat([v0, v[..., :1], prev_val.gather(-1, k), v[..., 1:2], v4], -1)
+    return cand, val
 
 
 def zoom_maximize_2d(z: torch.Tensor, kernel_a: Callable[[torch.Tensor], torch.Tensor],
