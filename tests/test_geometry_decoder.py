@@ -307,3 +307,24 @@ def test_doppler_two_hot_logits_give_the_exact_velocity(cfg2):
     dec2 = build_model("dvqvae", cfg2, _mcfg(velocity_readout="doppler", velocity_support=0), seed=0).cpu_side.decoder
     parts = geometry_loss(dec2, full, pos, vel)
     assert float(parts["doppler"]) == pytest.approx(entropy / (2 * P), abs=1e-4)
+
+
+def test_latent_velocity_branch_pairs_come_from_their_own_ap(cfg2):
+    model = build_model("dvqvae", cfg2, _mcfg(velocity_branch="latent", velocity_hidden=8), seed=0)
+    dec = model.cpu_side.decoder
+    N, P = cfg2.n_tx, cfg2.n_rx * cfg2.n_tx
+    gen = torch.Generator().manual_seed(0)
+    payloads = [torch.randn(2, *model.cpu_side.payload_shape, generator=gen) for _ in range(2)]
+    maps = dec.maps(payloads)
+    assert maps["bistatic"].shape == (2, P, *dec.map_shape) and maps["log_weight"].shape == (2, P, *dec.map_shape)
+    changed = dec.maps([payloads[0], payloads[1] + torch.randn(payloads[1].shape, generator=gen)])
+    # pairs m N + n of AP 0 unchanged, those of AP 1 changed (and the fused heat changes with either AP)
+    torch.testing.assert_close(changed["bistatic"][:, :N], maps["bistatic"][:, :N])
+    assert (changed["bistatic"][:, N:] - maps["bistatic"][:, N:]).abs().amax() > 1e-3
+    pos = torch.rand(2, 2, 2, generator=gen, dtype=torch.float64) * 90 + 5
+    vel = (torch.rand(2, 2, 2, generator=gen, dtype=torch.float64) - 0.5) * 40
+    geometry_loss(dec, maps, pos, vel)["loss"].backward()
+    for m in range(2):
+        assert all(float(p.grad.abs().sum()) > 0 for p in dec.ap_maps[m].vel.parameters())
+    with pytest.raises(ValueError, match="velocity_branch"):
+        _mcfg(velocity_branch="latent", velocity_readout="doppler")

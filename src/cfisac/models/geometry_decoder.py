@@ -78,6 +78,8 @@ class GeometryOptions:
     peak_window: int = 3
     heatmap_sigma: float = 1.0
     velocity_readout: str = "ls"
+    velocity_branch: str = "map"  # "latent": each AP's bistatic velocities from its latent grid (see ApMapDecoder)
+    velocity_hidden: int = 64  # hidden width of the "latent" velocity branch
     velocity_bins: int = 16  # bins of the per-pair bistatic-velocity softmax of velocity_readout="doppler"
     velocity_weight: float = 1.0
     offset_weight: float = 1.0
@@ -97,7 +99,7 @@ class GeometryOptions:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the offending option."""
-        for name in ("map_channels", "peak_window", "velocity_bins"):
+        for name in ("map_channels", "peak_window", "velocity_bins", "velocity_hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"decoder option {name} must be a positive integer, got {v!r}")
@@ -108,12 +110,14 @@ class GeometryOptions:
         u = self.map_upsample
         if u is not None and (not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 6):
             raise ValueError(f"decoder option map_upsample must be None or an integer in 0..6, got {u!r}")
+        if self.velocity_branch == "latent" and self.velocity_readout == "doppler":
+            raise ValueError("decoder option velocity_branch='latent' needs velocity_readout 'ls' or 'direct'")
         if self.velocity_bins < 2:
             raise ValueError(f"decoder option velocity_bins must be at least 2, got {self.velocity_bins}")
         if self.peak_window % 2 == 0:
             raise ValueError(f"decoder option peak_window must be odd, got {self.peak_window}")
         choices = {"fusion": ("conv", "sum"), "peak_readout": ("offset", "softargmax"),
-                   "velocity_readout": ("ls", "direct", "doppler")}
+                   "velocity_readout": ("ls", "direct", "doppler"), "velocity_branch": ("map", "latent")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"decoder option {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -308,7 +312,8 @@ class _Res2d(nn.Module):
 class ApMapDecoder(nn.Module):
     """Step 1 of the module docstring: one AP's features [B, D, d1, d2, d3] -> its map [B, C, G1, G2]."""
 
-    def __init__(self, in_channels: int, grid: tuple[int, int, int], opts: GeometryOptions, upsample: int) -> None:
+    def __init__(self, in_channels: int, grid: tuple[int, int, int], opts: GeometryOptions, upsample: int,
+                 n_tx: int = 1) -> None:
         super().__init__()
         c = opts.map_channels
         # per-sample normalisation of the dequantized features (their scale is whatever the codebook learned:
@@ -318,16 +323,31 @@ class ApMapDecoder(nn.Module):
         self.res = nn.ModuleList(nn.Conv3d(c, c, 3, padding=1) for _ in range(opts.map_res_layers))
         self.fold = nn.Conv2d(c * grid[2], c, 1)  # mixes the Doppler / velocity axis into the channels
         self.up = nn.ModuleList(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1) for _ in range(upsample))
+        # velocity_branch="latent": this AP's N bistatic velocities (units of max_speed) and log-weights from the
+        # unfolded Doppler axis at the latent grid (a short, wide path), bilinearly upsampled to the map grid
+        self.scale = 2**upsample
+        self.vel = None
+        if opts.velocity_branch == "latent":
+            self.vel = nn.Sequential(nn.Conv2d(c * grid[2], opts.velocity_hidden, 1), nn.ReLU(),
+                                     nn.Conv2d(opts.velocity_hidden, 2 * n_tx, 3, padding=1))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map [B, C, G1, G2] and, with the latent velocity branch, [B, 2 N, G1, G2] (bistatic velocities of
+        the pairs (m, 0..N-1) / max_speed, then their log-weights; None otherwise)."""
         h = F.relu(self.inp(self.norm(f)))
         for conv in self.res:
             h = F.relu(h + conv(h))
         B, C, d1, d2, d3 = h.shape
-        h = F.relu(self.fold(h.permute(0, 1, 4, 2, 3).reshape(B, C * d3, d1, d2)))
+        folded = h.permute(0, 1, 4, 2, 3).reshape(B, C * d3, d1, d2)
+        v = None
+        if self.vel is not None:
+            v = self.vel(folded)
+            if self.scale > 1:
+                v = F.interpolate(v, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        h = F.relu(self.fold(folded))
         for up in self.up:
             h = F.relu(up(h))
-        return h
+        return h, v
 
 
 class GeometryDecoder(nn.Module):
@@ -367,7 +387,7 @@ class GeometryDecoder(nn.Module):
         self.register_buffer("label_minimum", lo)  # persistent: the label range travels with the state dict
         self.register_buffer("label_maximum", hi)
         c, M, P = opts.map_channels, cfg.n_rx, cfg.n_rx * cfg.n_tx
-        self.ap_maps = nn.ModuleList(ApMapDecoder(in_channels, self.grid, opts, up) for _ in range(M))
+        self.ap_maps = nn.ModuleList(ApMapDecoder(in_channels, self.grid, opts, up, cfg.n_tx) for _ in range(M))
         if opts.fusion == "conv":
             self.fuse = nn.Conv2d(M * c, c, 3, padding=1)
             self.fuse_res = _Res2d(c, opts.fusion_layers)
@@ -410,7 +430,8 @@ class GeometryDecoder(nn.Module):
         [B, M N, K, G1, G2] over the K bistatic-velocity bins (buffer ``velocity_bins`` [K], m/s), and ``bistatic``
         is their soft-argmax sum_k softmax_k b_k."""
         self._check(features)
-        a = [dec(f) for dec, f in zip(self.ap_maps, features, strict=True)]
+        outs = [dec(f) for dec, f in zip(self.ap_maps, features, strict=True)]
+        a = [o[0] for o in outs]
         M, N = self.num_aps, len(self.tx_positions)
         P = M * N
         if self.options.fusion == "conv":
@@ -425,6 +446,9 @@ class GeometryDecoder(nn.Module):
         vmax = self.max_speed
         out = {"heat": h[:, 0], "offset": h[:, 1:3], "bistatic": h[:, 3:3 + P] * vmax,
                "log_weight": h[:, 3 + P:3 + 2 * P], "velocity": h[:, 3 + 2 * P:5 + 2 * P] * vmax}
+        if self.options.velocity_branch == "latent":  # pair m N + n from AP m's own branch
+            out["bistatic"] = torch.cat([o[1][:, :N] for o in outs], 1) * vmax
+            out["log_weight"] = torch.cat([o[1][:, N:] for o in outs], 1)
         if self.options.velocity_readout == "doppler":
             # per pixel and pair a softmax over the bistatic-velocity bins; b = its mean (a soft-argmax)
             B, _, g1, g2 = h.shape
