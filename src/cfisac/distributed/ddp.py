@@ -11,7 +11,7 @@ What is averaged and what is not:
   replica. The APs are never mixed: replica k's AP m meets only the other replicas' AP m (each replica runs the
   hooks in the same order m = 0..M-1). DDP's own buffer broadcast (``broadcast_buffers``) is off: it would
   overwrite codebooks from rank 0 every step and hide a divergence instead of preventing it.
-- data: step r of epoch e uses the global batch ``cfisac.train.epoch_batches(seed, e, n_train, B)[r]``; replica k
+- data: step r of epoch e uses the global batch ``cfisac.fit.epoch_batches(seed, e, n_train, B)[r]``; replica k
   simulates only its contiguous share of those sample indices, on its own device (disjoint indices).
 
 Hence R replicas give the parameters of :func:`cfisac.train.train` with batch size B (to float rounding), and the

@@ -4,6 +4,8 @@ Rank 0 runs :func:`run_cpu_training`, rank 1 + m runs :func:`run_ap_training` fo
 messages (:mod:`cfisac.distributed.wire`) over links (:mod:`cfisac.distributed.transport`). The AP side and the CPU
 side are the trainer objects (:class:`cfisac.train.ApTrainer`, :class:`cfisac.train.CpuTrainer`), so k steps give
 the parameters of k steps of :func:`cfisac.train.train` with the same seeds.
+The CPU rank's epochs, budget, validation cadence, checkpoints and resume are :func:`cfisac.fit.fit`'s, with the
+strategy :class:`SplitProcesses`; the checkpoints are written by :class:`cfisac.checkpoint.CheckpointWriter`.
 
 Fixed schedule (AP m <-> CPU; every arrow is one message; the CPU drives, the APs follow):
 
@@ -14,7 +16,7 @@ Start
        initialises every side and sends the AP its part). The CPU's configs are authoritative.
 Training step r of epoch e (global step s)
     3. CPU -> AP ``CONTROL`` {op: "step", epoch: e, step: r}. Both sides derive the batch's sample indices from
-       ``cfisac.train.epoch_batches(seed, e, ...)[r]`` (predefined sampling, Section IV); the AP checks e and r.
+       ``cfisac.fit.epoch_batches(seed, e, ...)[r]`` (predefined sampling, Section IV); the AP checks e and r.
     4. AP -> CPU ``FORWARD``: local statistics (commitment, perplexity, usage) and, in ``indices`` mode, the
        bit-packed indices [B, L] plus the codewords used whose value the CPU does not have yet (the EMA moves every
        used codeword every step, so in practice the used rows, [k <= Nc, D] float32); in ``features`` mode the
