@@ -326,3 +326,56 @@ def test_geometry_decoder_refuses_amp():
 
     with pytest.raises(ValueError, match="amp"):
         make_cpu_trainer(build_model("dvae", TINY, GEO_M).cpu_side, GEO_M, _tcfg(kind="dvae", amp=True))
+
+
+def test_fit_drives_any_strategy_with_the_shared_bookkeeping(tmp_path):
+    """cfisac.fit.fit with a stub strategy: the predefined batches in order, global steps, validation once per
+    epoch, checkpoints at the start, every ``checkpoint_every`` steps and at each epoch end, history and steps."""
+    from cfisac.checkpoint import find_checkpoint as find
+    from cfisac.fit import epoch_batches as batches_of
+    from cfisac.fit import fit, open_run
+
+    class Stub:
+        is_writer, checkpoint_at_start, checkpoint_every, plot_each_checkpoint, extra = True, True, 2, False, None
+
+        def __init__(self) -> None:
+            self.model = build_model("dvae", TINY, TINY_M)
+            self.calls, self.saved = [], []
+
+        def start_epoch(self, epoch, todo):
+            self.calls.append(("start", epoch, len(todo)))
+
+        def step(self, epoch, step, rows, global_step):
+            self.calls.append(("step", epoch, step, tuple(rows), global_step))
+            return {"loss": 1.0 + global_step, "mse": 1.0, "commitment": float(global_step), "n": len(rows),
+                    "perplexity": float("nan"), "usage": float("nan"), "prediction": None}
+
+        def end_epoch(self):
+            self.calls.append(("end",))
+
+        def validate(self):
+            return {"val_loss": 0.5, "val_position_rmse": 1.0, "val_velocity_rmse": 2.0}
+
+        def optimizer_state(self):
+            return {}, {}
+
+        def after_checkpoint(self, path):
+            self.saved.append(path.name)
+
+        def any_rank(self, flag):
+            return flag
+
+    tcfg = _tcfg(kind="dvae", n_train=24, batch_size=8)  # 3 steps per epoch, 2 epochs
+    run = open_run(tmp_path, TINY, TINY_M, tcfg, resume=False, log=lambda s: None,
+                   labels=lambda: simulate_batch(TINY, 0, range(4))["labels"].double())
+    stub = Stub()
+    res = fit(stub, run, TINY, TINY_M, tcfg, progress=False, log=lambda s: None)
+    steps = [c for c in stub.calls if c[0] == "step"]
+    want = [(e, r, tuple(rows)) for e in range(2) for r, rows in enumerate(batches_of(tcfg.seed, e, 24, 8))]
+    assert [c[1:4] for c in steps] == want and [c[4] for c in steps] == list(range(6))
+    assert stub.saved == ["ckpt-e0000-s000000", "ckpt-e0000-s000002", "ckpt-e0001-s000000", "ckpt-e0001-s000001",
+                          "ckpt-e0002-s000000"]
+    assert res.finished and res.checkpoint == find(tmp_path) and res.checkpoint.name == "ckpt-e0002-s000000"
+    assert [h["epoch"] for h in res.history] == [1.0, 2.0] and res.history[1]["train_loss"] == pytest.approx(5.0)
+    with open(tmp_path / "steps.csv") as f:
+        assert [float(r["loss"]) for r in csv.DictReader(f)] == [1.0 + s for s in range(6)]
