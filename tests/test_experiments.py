@@ -130,8 +130,8 @@ def test_figures_and_report(all_run):
     assert "**Paper:**" in text and "cfisac reproduce" in text and "Machine:" in text
     assert "Points missing" not in text
     # the plain verdict on the learned schemes: their RMSE as a fraction of the prior predictor's, from the rows
-    from cfisac.experiments.scheme import is_learned
     from cfisac.experiments.report import summary_powers, summary_rows, verdict_lines
+    from cfisac.experiments.scheme import is_learned
 
     verdict = verdict_lines(ctx)
     assert "## How the learned schemes fare" in text and all(v in text for v in verdict)
@@ -319,6 +319,10 @@ def test_learned_scheme_trains_the_model_config_of_its_name(tmp_path):
     assert model_config(ctx, "dvqvae").decoder == "generic"
     spec = training_spec(ctx, "dvqvae-image-geometry", [ctx.base_cfg])
     assert spec["kind"] == "dvqvae" and spec["model"]["decoder"] == "geometry"
+    # the budget's recipe of that scheme (quantizer initialisation, learning rate); the paper's model keeps 1e-4
+    assert m.kmeans_init and spec["model"]["kmeans_init"] and spec["learning_rate"] == 1e-3
+    assert training_spec(ctx, "dvqvae", [ctx.base_cfg])["learning_rate"] == 1e-4
+    assert not model_config(ctx, "dvqvae").kmeans_init
     assert spec_hash(spec) != spec_hash(training_spec(ctx, "dvqvae-image", [ctx.base_cfg]))
     with pytest.raises(ValueError, match="not a learned scheme"):
         model_config(ctx, "music")
@@ -345,3 +349,14 @@ def test_cli_evaluation_and_experiment_evaluation_share_the_root_crlb(one_thread
     assert crlb_summary(pos, vel)["root_crlb_position"] == pytest.approx(want[0], rel=1e-9)
     with pytest.raises(ValueError, match="singular for all 3"):
         crlb_summary(torch.full((3,), math.nan, dtype=torch.float64), vel)
+
+
+def test_report_says_whose_design_each_learned_scheme_is_and_how_it_compares():
+    from cfisac.experiments.report import _against_prior, role
+
+    assert role("dvqvae").startswith("the paper's model")
+    assert role("dvqvae-image-geometry").startswith("our design, beyond the paper")
+    assert "image front end" in role("dvqvae-image-geometry") and "geometry" in role("dvqvae-image-geometry")
+    assert role("dvqvae-matched") == "our design, beyond the paper (the matched front end)"
+    assert _against_prior(0.3, 0.95) == "location learned; velocity not learned (within 10% of the prior predictor)"
+    assert _against_prior(1.3, 0.5) == "velocity learned; location worse than the prior predictor"

@@ -60,7 +60,10 @@ class Budget:
     ``name-frontend``); ``crlb_max_scenes``: scenes of the root-CRLB (the first ``n`` of the test set);
     ``n_val``: validation scenes during training; ``scheme_n_test``: fewer test scenes for slow schemes;
     ``scheme_seconds``: wall-clock cap of one classical point's evaluation (it then stops after the first k scenes,
-    at least one batch; the row's ``n_scenes`` says how many and ``metrics.time_capped`` is set).
+    at least one batch; the row's ``n_scenes`` says how many and ``metrics.time_capped`` is set);
+    ``learning_rate``: of every learned scheme (the paper's 1e-4) unless ``scheme_learning_rate`` names it;
+    ``scheme_model_options``: :class:`cfisac.models.config.ModelConfig` fields a learned scheme sets over the model
+    preset (its training recipe, e.g. the quantizer's initialisation), by scheme name.
     """
 
     n_test: int
@@ -77,6 +80,8 @@ class Budget:
     n_val: int = 0
     scheme_n_test: dict[str, int] = field(default_factory=dict)
     scheme_seconds: float | None = None
+    scheme_learning_rate: dict[str, float] = field(default_factory=dict)
+    scheme_model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def n_test_of(self, scheme: str) -> int:
         """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
@@ -92,27 +97,51 @@ class Budget:
         t = self.train_seconds
         return float(t.get(str(s), t.get(s.kind, t.get("*", 60.0))))
 
+    def learning_rate_of(self, scheme: str | Scheme) -> float:
+        """Learning rate of a learned scheme: ``scheme_learning_rate`` of its name, else ``learning_rate``."""
+        return float(self.scheme_learning_rate.get(str(as_scheme(scheme)), self.learning_rate))
+
+    def model_options_of(self, scheme: str | Scheme) -> dict[str, Any]:
+        """The ModelConfig fields of ``scheme_model_options`` for a scheme (empty: the model preset's)."""
+        return dict(self.scheme_model_options.get(str(as_scheme(scheme)), {}))
+
+
+# The training recipe of the geometry-aware scheme (benchmarks/results/geometry_decoder.md, where it was measured):
+# noise-normalised image front end, k-means codebook initialisation with dead-code restarts, learning rate 1e-3.
+GEOMETRY_MODEL_OPTIONS = {"dvqvae-image-geometry": {"input_norm": "noise", "kmeans_init": True,
+                                                    "dead_code_threshold": 1.0}}
+GEOMETRY_LEARNING_RATE = {"dvqvae-image-geometry": 1e-3}
 
 BUDGETS: dict[str, Budget] = {
     # unit tests: a handful of scenes, a few training steps
     "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
                    batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
-                   learned=("dvqvae", "dvqvae-matched"), n_val=4, scheme_n_test={"ml": 2}),
+                   learned=("dvqvae", "dvqvae-image-geometry"), n_val=4, scheme_n_test={"ml": 2},
+                   scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
+                   scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
     # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
     # cost (benchmarks/results/batched.md: s/scene at batch 64, quick) fits 200 scenes of monostatic and fewer of
-    # MUSIC (0.2 s), CS (1.4 s) and ML (1.2 s) in the budget.
+    # MUSIC (0.2 s), CS (1.4 s) and ML (1.2 s) in the budget. Learned: the paper's D-VQVAE (raw Y_m, generic
+    # decoder) and our geometry-aware one (image front end, geometry decoder: the largest training budget, it needs
+    # minutes to move off the prior), the D-VAE and the CNN.
     "quick": Budget(n_test=200, eval_batch=64, n_train=4000, n_val=100, batch_size=32, model_preset="quick",
-                    train_seconds={"dvqvae-matched": 150.0, "dvqvae": 60.0, "*": 30.0}, max_epochs=None,
+                    train_seconds={"dvqvae-image-geometry": 180.0, "dvqvae-matched": 150.0, "dvqvae": 60.0,
+                                   "*": 30.0}, max_epochs=None,
                     classical=("music", "cs", "monostatic", "ml"),
-                    learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
-                    crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 12, "ml": 12}),
+                     learned=("dvqvae", "dvqvae-image-geometry", "dvae", "cnn"),
+                    crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 12, "ml": 12},
+                    scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
+                    scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",
-                    classical=("music", "cs", "monostatic", "ml"), learned=("dvqvae", "dvqvae-matched", "dvae", "cnn"),
+                    classical=("music", "cs", "monostatic", "ml"),
+                    learned=("dvqvae", "dvqvae-image-geometry", "dvqvae-matched", "dvae", "cnn"),
                     crlb_max_scenes=400, n_val=400,
-                    scheme_n_test={"music": 500, "cs": 200, "monostatic": 500, "ml": 100}),
+                    scheme_n_test={"music": 500, "cs": 200, "monostatic": 500, "ml": 100},
+                    scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
+                    scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
 }
 
 

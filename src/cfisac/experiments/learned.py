@@ -43,10 +43,12 @@ def learned_scheme(scheme: str | Scheme) -> Scheme:
 
 def model_config(ctx: Context, scheme: str | Scheme, **overrides: Any):
     """The :class:`ModelConfig` of ``scheme`` at the preset's model size (``ModelConfig.preset`` defaults, the
-    scheme's front end and decoder), with ``overrides``."""
+    scheme's front end and decoder, the budget's ``scheme_model_options`` of it), with ``overrides``."""
     from ..models.config import ModelConfig
 
-    return ModelConfig.preset(ctx.budget.model_preset, **{**learned_scheme(scheme).model_options(), **overrides})
+    s = learned_scheme(scheme)
+    return ModelConfig.preset(ctx.budget.model_preset,
+                              **{**s.model_options(), **ctx.budget.model_options_of(s), **overrides})
 
 
 def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfig], *,
@@ -60,7 +62,7 @@ def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfi
         "kind": s.kind, "model": model_config(ctx, scheme, **(model_overrides or {})).to_dict(),
         "train_cfgs": [c.to_dict() for c in cfgs], "n_train": b.n_train, "n_val": b.n_val,
         "train_seconds": b.train_budget(scheme), "max_epochs": b.max_epochs,
-        "batch_size": b.batch_size, "learning_rate": b.learning_rate if learning_rate is None else learning_rate,
+        "batch_size": b.batch_size, "learning_rate": b.learning_rate_of(s) if learning_rate is None else learning_rate,
         "seed": ctx.seed,
     }
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .common import Context
-from .scheme import scheme_label
+from .scheme import Scheme, is_learned, scheme_label
 from .store import code_identity
 
 __all__ = ["format_summary", "markdown_to_html", "summary_rows", "write_report"]
@@ -129,32 +129,79 @@ def _summary_block(ctx: Context, power: float) -> str:
 LEARNED_AT_PRIOR = 0.9  # a learned scheme within 10 % of the prior predictor's RMSE has learned (almost) nothing
 
 
+def role(scheme: str) -> str:
+    """Whose design a learned scheme is: the paper's model as published, or ours (what it changes)."""
+    s = Scheme.parse(scheme)
+    if s.faithful:
+        return "the paper's model (raw Y_m at the receive AP, the generic decoder of Eq. 16)"
+    changes = ([f"the {s.front_end} front end"] if s.front_end != "raw" else []) + (
+        [f"the {s.decoder}-aware CPU decoder" if s.decoder == "geometry" else f"the {s.decoder} decoder"]
+        if s.decoder != "generic" else [])
+    return "our design, beyond the paper (" + " and ".join(changes) + ")"
+
+
+def _against_prior(fp: float, fv: float) -> str:
+    """What the RMSE fractions ``fp``, ``fv`` of the prior predictor's say (see :data:`LEARNED_AT_PRIOR`)."""
+    learned = [q for q, f in (("location", fp), ("velocity", fv)) if f < LEARNED_AT_PRIOR]
+    worse = [q for q, f in (("location", fp), ("velocity", fv)) if f > 1 / LEARNED_AT_PRIOR]
+    level = [q for q in ("location", "velocity") if q not in learned and q not in worse]
+    parts = ([" and ".join(learned) + " learned"] if learned else []) + (
+        [" and ".join(worse) + " worse than the prior predictor"] if worse else [])
+    if level:
+        parts.append(" and ".join(level) + f" not learned (within {1 - LEARNED_AT_PRIOR:.0%} of the prior predictor)")
+    return "; ".join(parts)
+
+
 def verdict_lines(ctx: Context) -> list[str]:
     """Plain statements, computed from the stored Fig. 6 rows at each summary power, of how every learned scheme
-    fares against the prior predictor (area centre, zero velocity) and the root-CRLB of its scenes."""
-    from .scheme import is_learned
-
+    fares against the prior predictor (area centre, zero velocity), the ML estimator (on its own, possibly fewer,
+    test scenes) and the root-CRLB of its scenes, and whose design it is (:func:`role`)."""
     out: list[str] = []
     for power in summary_powers(ctx):
         rows = summary_rows(ctx, power)
         prior = next((r for r in rows if r["scheme"] == "prior"), None)
         if prior is None:
             continue
+        ml = next((r for r in rows if r["scheme"] == "ml"), None)
         for r in rows:
             if not is_learned(r["scheme"]):
                 continue
             fp, fv = (r[k] / prior[k] for k in ("position_rmse", "velocity_rmse"))
-            learned = [what for what, f in (("location", fp), ("velocity", fv)) if f < LEARNED_AT_PRIOR]
-            what = (" and ".join(learned) + " learned" if learned else
-                    f"nothing learned: within {1 - LEARNED_AT_PRIOR:.0%} of the prior predictor in both")
+            vs_ml = ""
+            if ml is not None and ml["position_rmse"] > 0 and ml["velocity_rmse"] > 0:
+                vs_ml = (f"; {_num(r['position_rmse'] / ml['position_rmse'])} / "
+                         f"{_num(r['velocity_rmse'] / ml['velocity_rmse'])} times the ML estimator's "
+                         f"({_num(ml['position_rmse'])} m / {_num(ml['velocity_rmse'])} m/s on its "
+                         f"{_num(ml['n_scenes'])} test scenes)")
             crlb = ""
             if math.isfinite(r["root_crlb_position"]) and r["root_crlb_position"] > 0:
                 crlb = (f"; {_num(r['position_rmse'] / r['root_crlb_position'])} / "
                         f"{_num(r['velocity_rmse'] / r['root_crlb_velocity'])} times the root-CRLB of its scenes")
-            out.append(f"At {power:g} dBm, {scheme_label(r['scheme'])}: {_num(r['position_rmse'])} m / "
-                       f"{_num(r['velocity_rmse'])} m/s = {fp:.2f} / {fv:.2f} of the prior predictor's RMSE "
-                       f"({_num(prior['position_rmse'])} m / {_num(prior['velocity_rmse'])} m/s){crlb}; {what}.")
+            out.append(f"At {power:g} dBm, {scheme_label(r['scheme'])}, {role(r['scheme'])}: "
+                       f"{_num(r['position_rmse'])} m / {_num(r['velocity_rmse'])} m/s = {fp:.2f} / {fv:.2f} of "
+                       f"the prior predictor's RMSE ({_num(prior['position_rmse'])} m / "
+                       f"{_num(prior['velocity_rmse'])} m/s){vs_ml}{crlb}; {_against_prior(fp, fv)}.")
     return out
+
+
+def learned_notes(ctx: Context) -> str:
+    """What the learned schemes of the summary are (a paragraph under the verdicts; no numbers: those are above)."""
+    schemes = {Scheme.parse(r["scheme"]) for p in summary_powers(ctx) for r in summary_rows(ctx, p)
+               if is_learned(r["scheme"])}
+    text = ("What they are: the paper's D-VQVAE sees only Y_m at the receive AP, whose second-order statistics carry "
+            "the angle of arrival but no delay or Doppler (random data symbols; see the caveat *Why the paper's "
+            "D-VQVAE struggles* below and `benchmarks/results/front_ends.md`), so it can learn at most some location "
+            "from the angles.")
+    if any(s.decoder == "geometry" for s in schemes):
+        text += (" The geometry-aware D-VQVAE is our design, beyond the paper (`ModelConfig(front_end=\"image\", "
+                 "decoder=\"geometry\")`): the receive AP also knows X (as the classical baselines assume; the "
+                 "downlink of X is in the fronthaul table) and sends quantised messages of the same kind; the CPU "
+                 "decodes each AP's message into a map over the area's position grid through the known AP geometry, "
+                 "fuses the APs, reads the targets as heat-map peaks and the velocity by least squares on the "
+                 "bistatic Doppler equations (`cfisac.models.geometry_decoder`; ablations in "
+                 "`benchmarks/results/geometry_decoder.md`).")
+    return text + (" Every learned scheme trains for the preset's wall-clock budget (`Budget.train_seconds` in the "
+                   "configuration below), not to convergence.")
 
 
 CAVEATS = (
@@ -280,13 +327,7 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
         verdict = verdict_lines(ctx)
         if verdict:
             md += ["## How the learned schemes fare", ""] + [f"- {v}" for v in verdict] + [
-                "", "Why (see the caveat *Why the paper's D-VQVAE struggles* below and "
-                "`benchmarks/results/front_ends.md`): the paper's receive AP sees only Y_m, whose second-order "
-                "statistics carry the angle of arrival but no delay or Doppler (random data symbols), so the "
-                "faithful model learns at most some location from the angles; with X at the receive AP "
-                "(`front_end=\"image\"`) the network learns location and some velocity, but within CPU budgets it "
-                "stays far from the ML estimator and the bound; the limit there is training (a D-VAE without the "
-                "quantizer ends at the same place), not the 1280-bit message.", ""]
+                "", learned_notes(ctx), ""]
     md += ["## How to reproduce", "", "```bash"]
     md += list(commands) or [f"cfisac reproduce --preset {ctx.preset}"]
     md += [f"cfisac reproduce all --preset {ctx.preset}          # every figure and table (resumes)",
