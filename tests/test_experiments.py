@@ -28,7 +28,7 @@ from cfisac.experiments.store import Point, spec_hash
 
 # A handful of scenes and one epoch of 8 training scenes: the code paths of the quick / paper presets in seconds.
 TINY = dict(n_test=3, eval_batch=3, n_train=8, n_val=2, train_seconds={"*": 60.0}, max_epochs=1, batch_size=8,
-            classical=(), learned=("dvqvae",), crlb_max_scenes=3)
+            classical=(), learned=("dvqvae", "dvqvae-image-geometry"), crlb_max_scenes=3)
 
 
 def tiny_ctx(root, **kw):
