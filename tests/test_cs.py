@@ -13,7 +13,7 @@ import torch
 import cfisac
 from cfisac import SystemConfig
 from cfisac.estimators import create
-from cfisac.estimators.cs import CsEstimator, _Rows
+from cfisac.estimators.cs import CsEstimator
 from cfisac.estimators.reference.cs import CsEstimator as ReferenceCs
 from cfisac.estimators.reference.signal_processing import validate_inputs
 from cfisac.geometry import bistatic_geometry
@@ -62,10 +62,7 @@ def test_pick_statistic_updated_from_the_data_equals_the_statistic_of_the_residu
     _, x, y = simulate(cfg, 2, 7)
     est = CsEstimator(cfg)
     ctx = est._context(y.device)
-    S, M = y.shape[:2]
-    rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
-    rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
-                 torch.arange(M).repeat(S))
+    rows = est._rows(ctx, y, x)
     R = rows.y.shape[0]
     g = torch.Generator().manual_seed(1)
     n = torch.randint(0, cfg.n_tx, (R, n_atoms), generator=g)
@@ -74,11 +71,11 @@ def test_pick_statistic_updated_from_the_data_equals_the_statistic_of_the_residu
     phi, coef = est._solve(ctx, rows, n, d, u)
     resid = rows.y - (phi @ coef).permute(0, 3, 2, 1)
     for k in range(cfg.n_tx):
-        x_k, rxx_k = rows.x[:, k], rows.rxx[:, k]
+        x_k, ie_k = rows.x[:, k], rows.inv_e[:, k]
         rho_y = est._data_lags(ctx, rows.y, x_k)
-        updated = est._correlation(ctx, rho_y, rows.y, x_k, rxx_k, (phi, coef))
-        direct = est._correlation(ctx, est._data_lags(ctx, resid, x_k), resid, x_k, rxx_k, None)
-        data = est._correlation(ctx, rho_y, rows.y, x_k, rxx_k, None)
+        updated = est._correlation(ctx, rho_y, rows.y, x_k, ie_k, (phi, coef))
+        direct = est._correlation(ctx, est._data_lags(ctx, resid, x_k), resid, x_k, ie_k, None)
+        data = est._correlation(ctx, rho_y, rows.y, x_k, ie_k, None)
         torch.testing.assert_close(updated, direct, rtol=1e-10, atol=1e-12 * float(direct.abs().max()))
         assert float((data - direct).abs().max()) > 1e-3 * float(direct.abs().max())
 

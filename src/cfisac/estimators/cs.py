@@ -83,17 +83,20 @@ def _abs2(z: torch.Tensor) -> torch.Tensor:
 class _Rows:
     """The data of R rows (receive AP of a scene, or a candidate of one): ``y`` [R, Mr, Ns, Ts], ``x`` [R, N, Nt, Ns,
     Ts] (the scene's transmit signals), ``rxx`` [R, N, Ts, Nt, Nt] (``sum_i x x^H`` per symbol), ``m`` [R] long and
-    ``rho`` [R, N, Ts, Kw, 2, 2Nt - 1] the data's lag correlations of the OMP statistic (:meth:`CsEstimator._data_lags`;
-    None on candidate copies, which pick nothing)."""
+    ``rho`` [R, N, Ts, Kw, 2, 2Nt - 1] the data's lag correlations of the OMP statistic (:meth:`CsEstimator._data_lags`)
+    and ``inv_e`` [R, N, La, Ts] float64 the inverse atom energies ``1 / (a^H R_x,t a)`` of the AoD grid (both None
+    on candidate copies, which pick nothing)."""
 
     y: torch.Tensor
     x: torch.Tensor
     rxx: torch.Tensor
     m: torch.Tensor
     rho: torch.Tensor | None = None
+    inv_e: torch.Tensor | None = None
 
     def take(self, idx: torch.Tensor) -> _Rows:
-        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx], None if self.rho is None else self.rho[idx])
+        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx], *(None if t is None else t[idx]
+                                                                              for t in (self.rho, self.inv_e)))
 
     def repeat(self, c: int) -> _Rows:
         """Every row ``c`` times (row r * c + j is copy j of row r), without ``rho``."""
@@ -189,15 +192,24 @@ class CsEstimator(BatchedEstimator):
         cfg = self.cfg
         S, M, N, Q = y.shape[0], cfg.n_rx, cfg.n_tx, cfg.n_targets
         ctx = self._context(y.device)
-        rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
-        rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
-                     torch.arange(M, device=y.device).repeat(S))
-        rows.rho = torch.stack([self._data_lags(ctx, rows.y, rows.x[:, k]) for k in range(N)], 1)
+        rows = self._rows(ctx, y, x)
         n, d, u = self._omp(ctx, rows)
         coeffs, _ = self._least_squares(ctx, rows, n, d, u)
         u_rx, f, amp = self._angle_doppler(ctx, coeffs)
         aoa, ranges, dopplers = self._pair(ctx, rows.m, n, d, u_rx, f, amp)
         return BistaticMessages(aoa.reshape(S, M, Q), ranges.reshape(S, M, Q, N), dopplers.reshape(S, M, Q, N))
+
+    def _rows(self, ctx: _Context, y: torch.Tensor, x: torch.Tensor) -> _Rows:
+        """One row per (scene, receive AP) of ``y`` [S, M, Mr, Ns, Ts] and ``x`` [S, N, Nt, Ns, Ts], with the data's
+        lag correlations and the inverse atom energies of the OMP statistic."""
+        S, M, N = y.shape[0], self.cfg.n_rx, self.cfg.n_tx
+        rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
+        rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
+                     torch.arange(M, device=y.device).repeat(S))
+        rows.rho = torch.stack([self._data_lags(ctx, rows.y, rows.x[:, k]) for k in range(N)], 1)
+        energy = torch.einsum("pl,rntlk,pk->rnpt", ctx.a_tx.conj(), rows.rxx, ctx.a_tx).real.to(torch.float64)
+        rows.inv_e = 1.0 / energy.clamp_min(TINY)  # [R, N, La, Ts]
+        return rows
 
     def fuse(self, messages: BistaticMessages, x: torch.Tensor) -> object:
         """CPU fusion (step 4): :func:`cfisac.estimators.fusion.fuse_bistatic`."""
@@ -253,7 +265,7 @@ class CsEstimator(BatchedEstimator):
             if idx.numel() == 0:
                 continue
             sub_fit = None if fit is None else (fit[0][idx], fit[1][idx])
-            s = self._correlation(ctx, rows.rho[idx, k], rows.y[idx], rows.x[idx, k], rows.rxx[idx, k], sub_fit)
+            s = self._correlation(ctx, rows.rho[idx, k], rows.y[idx], rows.x[idx, k], rows.inv_e[idx, k], sub_fit)
             ok = ctx.window[k][rows.m[idx]][:, None, :] & ctx.u_valid[None, :, None]
             stat[idx, k] = torch.where(ok, s, torch.full_like(s, -math.inf))
         # 3 x 3 max filter: 'wrap' (periodic AoD) or 'nearest' along AoD, 'nearest' along range (-inf outside windows)
@@ -311,11 +323,12 @@ class CsEstimator(BatchedEstimator):
         return out
 
     def _correlation(self, ctx: _Context, rho_y: torch.Tensor, y: torch.Tensor, x_n: torch.Tensor,
-                     rxx_n: torch.Tensor, fit: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                     inv_e: torch.Tensor, fit: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """The OMP statistic of one transmit AP on the residual ``r = y - Phi C``: [R, La, Kw] float64.
 
         ``rho_y`` [R, Ts, Kw, 2, 2Nt - 1] the data's lag correlations (:meth:`_data_lags`), ``y`` [R, Mr, Ns, Ts],
-        ``x_n`` [R, Nt, Ns, Ts], ``rxx_n`` [R, Ts, Nt, Nt], ``fit`` = (Phi [R, Ts, Ns, J], C [R, Ts, J, Mr]) or None.
+        ``x_n`` [R, Nt, Ns, Ts], ``inv_e`` [R, La, Ts] (``1 / a^H R_x,t a``), ``fit`` = (Phi [R, Ts, Ns, J],
+        C [R, Ts, J, Mr]) or None.
         Per symbol, ``c = conj(x_l) r_k`` range-transformed (:meth:`_range_dft`) gives ``c[l, k]``; the AoD DFT
         ``v[p, k] = sum_l a_l(u_p) c[l, k]`` enters only through ``sum_k |v[p, k]|^2 = sum_lambda W[lambda, p]
         rho[lambda]`` with the transmit-antenna lag correlation ``rho[lambda] = sum_{l - l' = lambda} (c c^H)[l, l']``
@@ -329,8 +342,6 @@ class CsEstimator(BatchedEstimator):
         nt = x_n.shape[1]
         dft, lag, w = self._correlation_kernels(ctx, ns, nt, y.dtype)
         kw = dft.shape[1]
-        energy = torch.einsum("pl,rtlk,pk->rpt", ctx.a_tx.conj(), rxx_n, ctx.a_tx).real.to(torch.float64)
-        inv_e = 1.0 / energy.clamp_min(TINY)  # [R, La, Ts]
         J = 0 if fit is None else fit[0].shape[-1]
         use_fft = ns * kw > FFT_RATIO * self.lf * math.log2(self.lf)
         dft_t = None if use_fft else dft.transpose(0, 1).contiguous()  # [Kw, Ns]
@@ -359,8 +370,11 @@ class CsEstimator(BatchedEstimator):
                     sk = torch.nn.functional.pad(xf, (0, nt)).reshape(*lead, 2 * nt * nt)[..., :nt * (2 * nt - 1)]
                     lags = sk.reshape(*lead, nt, 2 * nt - 1).sum(-2)  # [r, T, Kw, 2Nt - 1]
                     rho = rho + torch.view_as_real(lags).transpose(-1, -2)
-                pw = rho.reshape(*rho.shape[:3], -1) @ w  # [r, T, Kw, La] = sum_k |v|^2
-                out[r0:r0 + rc] += torch.einsum("rtgp,rpt->rpg", pw.to(torch.float64), inv_e[r0:r0 + rc, :, t0:t0 + tc])
+                # sum_t sum_lambda rho[t, b, lambda] W[lambda, p] / E[p, t]: one product per row over (t, lambda)
+                nr = rho.shape[0]
+                wt = w.T.to(torch.float64)[None, :, None, :] * inv_e[r0:r0 + rc, :, t0:t0 + tc, None]  # [r, La, T, *]
+                rt = rho.to(torch.float64).permute(0, 1, 3, 4, 2).reshape(nr, -1, kw)  # [r, T 2 (2Nt - 1), Kw]
+                out[r0:r0 + rc] += wt.reshape(nr, self.la, -1) @ rt
         return out
 
     def _correlation_kernels(self, ctx: _Context, ns: int, nt: int, dtype: torch.dtype,
