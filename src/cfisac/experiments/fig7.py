@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import SystemConfig
-from .common import Context, operating_config, titled
+from .common import Context, titled
 from .discuss import compare_lines, curve, growth_line
 from .plotting import plot_accuracy
 from .store import Point
-from .sweep import AccuracySweep
+from .sweep import AccuracySweep, system_sweep
 
 NAME = "fig7"
 TITLE = "Fig. 7: RMSE versus the number of targets Q (operating power P0)"
@@ -26,11 +25,7 @@ PAPER = ("As Q grows, the conventional schemes (monostatic, CS, MUSIC) degrade s
 
 
 def sweep(ctx: Context) -> AccuracySweep:
-    def cfg_for(ctx: Context, q: float, series: str) -> SystemConfig:
-        return operating_config(ctx, n_targets=int(q))
-
-    return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
-                         schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
+    return system_sweep(ctx, name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], field_name="n_targets")
 
 
 def points(ctx: Context) -> list[Point]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import SystemConfig
-from .common import Context, operating_config, titled
+from .common import Context, titled
 from .discuss import compare_lines, growth_line
 from .plotting import plot_accuracy
 from .store import Point
-from .sweep import AccuracySweep
+from .sweep import AccuracySweep, system_sweep
 
 NAME = "fig8"
 TITLE = "Fig. 8: RMSE versus the number of OFDM symbols Ts (operating power P0)"
@@ -26,11 +25,7 @@ PAPER = ("Ts has little effect on location; fewer symbols degrade velocity (coar
 
 
 def sweep(ctx: Context) -> AccuracySweep:
-    def cfg_for(ctx: Context, ts: float, series: str) -> SystemConfig:
-        return operating_config(ctx, n_symbols=int(ts))
-
-    return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
-                         schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
+    return system_sweep(ctx, name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], field_name="n_symbols")
 
 
 def points(ctx: Context) -> list[Point]:

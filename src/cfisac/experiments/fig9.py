@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import SystemConfig
-from .common import Context, operating_config, titled
+from .common import Context, titled
 from .discuss import compare_lines, growth_line
 from .plotting import plot_accuracy
 from .store import Point
-from .sweep import AccuracySweep
+from .sweep import AccuracySweep, system_sweep
 
 NAME = "fig9"
 TITLE = "Fig. 9: RMSE versus the number of antennas per receive AP Mr (operating power P0)"
@@ -24,11 +23,7 @@ PAPER = ("More receive antennas improve localization (finer angular resolution);
 
 
 def sweep(ctx: Context) -> AccuracySweep:
-    def cfg_for(ctx: Context, mr: float, series: str) -> SystemConfig:
-        return operating_config(ctx, n_rx_antennas=int(mr))
-
-    return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
-                         schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
+    return system_sweep(ctx, name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], field_name="n_rx_antennas")
 
 
 def points(ctx: Context) -> list[Point]:

@@ -22,7 +22,7 @@ from .evaluation import evaluate_scheme
 from .scheme import is_learned
 from .store import Point
 
-__all__ = ["AccuracySweep", "fmt_value"]
+__all__ = ["AccuracySweep", "fmt_value", "system_sweep"]
 
 
 def fmt_value(v: float) -> str:
@@ -112,3 +112,15 @@ class AccuracySweep:
 
 def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def system_sweep(ctx: Context, *, name: str, x_name: str, values: Sequence[float], field_name: str) -> AccuracySweep:
+    """The sweep of one integer :class:`SystemConfig` field ``field_name`` (Figs. 7-9: Q, Ts, Mr) at the operating
+    power P0, every scheme of the budget, learned schemes trained once per value (the shapes change)."""
+    from .common import operating_config
+
+    def cfg_for(ctx: Context, value: float, series: str) -> SystemConfig:
+        return operating_config(ctx, **{field_name: int(value)})
+
+    return AccuracySweep(name=name, x_name=x_name, values=values, cfg_for=cfg_for,
+                         schemes=["prior", *ctx.budget.classical, *ctx.budget.learned], training="per_point")
