@@ -57,9 +57,9 @@ def _bits(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------------- summary
 def summary_rows(ctx: Context, power: float | None = None) -> list[dict[str, Any]]:
     """Fig. 6 rows at ``power`` (default: the preset's operating power P0), one per scheme, ``crlb`` first."""
-    from . import load_rows
     from .common import operating_power
     from .plotting import _order
+    from .registry import load_rows
 
     p = operating_power(ctx) if power is None else power
     rows = [r for r in load_rows(ctx, "fig6") if abs(r["x_value"] - p) < 1e-9]
@@ -68,15 +68,15 @@ def summary_rows(ctx: Context, power: float | None = None) -> list[dict[str, Any
 
 def summary_powers(ctx: Context) -> list[float]:
     """The paper's 30 dBm and the preset's operating power P0 (when they differ), where Fig. 6 has rows."""
-    from . import fig6
     from .common import operating_power
+    from .fig6 import REFERENCE_POWER
 
-    return [p for p in dict.fromkeys((fig6.REFERENCE_POWER, operating_power(ctx))) if summary_rows(ctx, p)]
+    return [p for p in dict.fromkeys((REFERENCE_POWER, operating_power(ctx))) if summary_rows(ctx, p)]
 
 
 def _fronthaul_bits(ctx: Context) -> dict[str, float]:
     """Bits per AP and update of each scheme from the fronthaul experiment's rows (when run)."""
-    from . import load_rows
+    from .registry import load_rows
 
     return {r["scheme"]: r["fronthaul_bits_per_ap"] for r in load_rows(ctx, "fronthaul")
             if r["series"] == "preset"}
@@ -289,7 +289,7 @@ def _machine() -> str:
 
 
 def _missing(ctx: Context, name: str, mod: Any) -> list[str]:
-    from . import store_of
+    from .registry import store_of
 
     store = store_of(ctx, name)
     latest_ok = store.latest()
@@ -311,7 +311,7 @@ def write_report(ctx: Context, names: Iterable[str] | None = None, *, commands: 
                  plots: bool = True) -> Path:
     """Write ``report.md`` and ``report.html`` under ``ctx.root`` for experiments ``names`` (default: every one
     with stored rows) and return the markdown path."""
-    from . import EXPERIMENTS, get, load_rows, store_of
+    from .registry import EXPERIMENTS, get, load_rows, store_of
 
     names = [n for n in (names or EXPERIMENTS)]
     ident = code_identity()
