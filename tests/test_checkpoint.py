@@ -26,7 +26,8 @@ TINY_M = ModelConfig.preset("tiny")
 
 
 def test_inference_modules_do_not_import_the_trainer():
-    code = ("import sys, cfisac.checkpoint, cfisac.models.estimator, cfisac.entropy, cfisac.commands.evaluate; "
+    code = ("import sys, cfisac.checkpoint, cfisac.models.estimator, cfisac.entropy, cfisac.commands.evaluate, "
+            "cfisac.distributed.sensing; "
             "print(sorted(m for m in ('cfisac.train', 'cfisac.fit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -663,7 +663,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
 
     from safetensors import SafetensorError
 
-    import cfisac.train as train_mod
+    import cfisac.checkpoint as checkpoint_mod
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -672,7 +672,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     def too_large(tensors, path, *a, **k):
         raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
 
-    monkeypatch.setattr(train_mod, "save_file", too_large)
+    monkeypatch.setattr(checkpoint_mod, "save_file", too_large)
     with pytest.raises(OSError, match=r"cannot write the checkpoint .*ckpt-e0002-s000000: Error while serializing"):
         train(TINY, TINY_M, _tcfg(epochs=2), run, resume=True, progress=False, log=None, plot=False)
     assert find_checkpoint(run) == before  # latest.json still names the intact earlier checkpoint

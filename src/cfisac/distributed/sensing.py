@@ -33,7 +33,7 @@ import torch
 from ..metrics import accuracy
 from ..models import build_ap_side, build_cpu_side
 from .common import ap_echoes, cpu_inputs
-from .training import DistributedTrainingError, _abort_all, _recv_json, _send_json, pending_abort
+from .protocol import DistributedTrainingError, abort_all, pending_abort, recv_json, send_json
 from .transport import Link, PeerAborted, PeerFailure, role_name
 from .wire import (
     Kind,
@@ -112,10 +112,10 @@ def run_ap_sensing(link: Link, m: int, checkpoint: str | Path, *, seed: int, n: 
             em = EntropyModel.load(entropy_model)
             if (em.num_codes, em.length) != (mcfg.num_codes, ap.latent_length) or m >= em.num_aps:
                 raise ValueError(f"entropy model {entropy_model} does not fit this model (Nc, L, M)")
-        _send_json(link, Kind.HELLO, {"role": "ap", "ap": m, "task": "sense", "kind": kind, "coder": coder,
-                                      "L": ap.latent_length, "Nc": mcfg.num_codes,
-                                      "message_nbytes": ap.message_nbytes, "host": socket.gethostname(),
-                                      "pid": os.getpid()}, ap=m, checksum=checksum)
+        send_json(link, Kind.HELLO, {"role": "ap", "ap": m, "task": "sense", "kind": kind, "coder": coder,
+                                     "L": ap.latent_length, "Nc": mcfg.num_codes,
+                                     "message_nbytes": ap.message_nbytes, "host": socket.gethostname(),
+                                     "pid": os.getpid()}, ap=m, checksum=checksum)
         if kind == "dvqvae":
             link.send(make_message(Kind.CODEBOOK, encode_tensor(ap.quantizer.codebook.float().cpu()),
                                    sender=link.rank, ap=m, device=link.device, checksum=checksum))
@@ -129,14 +129,14 @@ def run_ap_sensing(link: Link, m: int, checkpoint: str | Path, *, seed: int, n: 
             link.send(make_message(kind_w, [body], sender=link.rank, ap=m, step=k, device=link.device,
                                    checksum=checksum))
             count += len(rows)
-        _send_json(link, Kind.DONE, {"updates": count}, ap=m, checksum=checksum)
+        send_json(link, Kind.DONE, {"updates": count}, ap=m, checksum=checksum)
         return {"updates": count, "traffic": link.traffic.to_dict()}
     except PeerAborted as err:
         raise DistributedSensingError(f"{me} stops: {err}") from err
     except PeerFailure as err:
         raise DistributedSensingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
-        _abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
+        abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
         raise DistributedSensingError(f"{me} failed: {type(err).__name__}: {err}") from err
 
 
@@ -200,7 +200,7 @@ def run_cpu_sensing(links: Sequence[Link], checkpoint: str | Path, *, seed: int,
     pos_out, vel_out, tp, tv = [], [], [], []
     try:
         for m, link in enumerate(links):
-            hello, _ = _recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
+            hello, _ = recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
             if hello.get("role") != "ap" or hello.get("ap") != m or hello.get("task") != "sense":
                 raise MessageError(f"{link.peer_name} introduced itself as {hello}: expected receive AP {m} for "
                                    "sensing")
@@ -257,9 +257,9 @@ def run_cpu_sensing(links: Sequence[Link], checkpoint: str | Path, *, seed: int,
             tp.append(b["positions"])
             tv.append(b["velocities"])
         for link in links:
-            _recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
+            recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
     except Exception as err:
-        _abort_all(links, f"the CPU stops online sensing: {type(err).__name__}: {err}")
+        abort_all(links, f"the CPU stops online sensing: {type(err).__name__}: {err}")
         raise DistributedSensingError(f"distributed online sensing failed: {type(err).__name__}: {err}") from err
     P, V, TP, TV = torch.cat(pos_out), torch.cat(vel_out), torch.cat(tp), torch.cat(tv)
     acc = accuracy(P, V, TP, TV)

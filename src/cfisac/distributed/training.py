@@ -81,6 +81,7 @@ from .common import (
     pack_state,
     unpack_state,
 )
+from .protocol import DistributedTrainingError, abort_all, pending_abort, recv_json, send_json
 from .transport import Link, PeerAborted, PeerFailure, role_name
 from .wire import (
     FLAG_INDICES,
@@ -88,11 +89,9 @@ from .wire import (
     Message,
     MessageError,
     decode_index_record,
-    decode_json,
     decode_stats,
     decode_tensor,
     encode_index_record,
-    encode_json,
     encode_stats,
     encode_tensor,
     make_message,
@@ -100,10 +99,6 @@ from .wire import (
 )
 
 __all__ = ["DistributedTrainingError", "run_ap_training", "run_cpu_training", "validation_batches"]
-
-
-class DistributedTrainingError(RuntimeError):
-    """Raised on every rank when a distributed run fails; the message names the failing rank and the checkpoint."""
 
 
 def validation_batches(tcfg: TrainConfig) -> list[range]:
@@ -114,38 +109,6 @@ def validation_batches(tcfg: TrainConfig) -> list[range]:
 
 def _payload_grid(ap_or_cpu) -> tuple[int, ...]:
     return tuple(ap_or_cpu.payload_shape[1:])
-
-
-def _send_json(link: Link, kind: Kind, obj: dict[str, Any], *, step: int = 0, ap: int | None = None,
-               checksum: bool = True, timeout: float | None = None) -> None:
-    link.send(make_message(kind, [encode_json(obj)], sender=link.rank, ap=ap, step=step, device=link.device,
-                           checksum=checksum), timeout=timeout)
-
-
-def _recv_json(link: Link, kind: Kind, what: str) -> tuple[dict[str, Any], Message]:
-    msg = link.recv(kind, what=what)
-    return decode_json(open_body(msg), what), msg
-
-
-def _abort_all(links: Sequence[Link], reason: str, *, skip: set[int] = frozenset()) -> None:
-    """Best effort: tell every reachable peer why the run stops (short timeout, errors ignored)."""
-    for link in links:
-        if link.peer in skip:
-            continue
-        try:
-            _send_json(link, Kind.ABORT, {"reason": reason}, timeout=min(5.0, link.timeout_s))
-        except Exception:  # the peer may be dead: nothing more to do
-            pass
-
-
-def pending_abort(link: Link, timeout: float = 0.5) -> str | None:
-    """After a failed send / receive: the reason of an ``ABORT`` the peer sent before it went away, if one is
-    waiting ("stops: <peer> aborted the run: <reason>"), else None."""
-    try:
-        msg = link.recv(Kind.ABORT, timeout=timeout)
-        return f"stops: {link.peer_name} aborted the run: {decode_json(open_body(msg), 'ABORT').get('reason')}"
-    except Exception:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------- codebooks
@@ -233,8 +196,8 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
     steps_done = 0
     timings = dict.fromkeys(("simulate", "forward", "send_forward", "wait_grad", "backward"), 0.0)
     try:
-        _send_json(link, Kind.HELLO, {"role": "ap", "ap": m, "task": "train", "host": socket.gethostname(),
-                                      "pid": os.getpid()}, ap=m)
+        send_json(link, Kind.HELLO, {"role": "ap", "ap": m, "task": "train", "host": socket.gethostname(),
+                                     "pid": os.getpid()}, ap=m)
         init = link.recv(Kind.INIT, what="INIT (initial state from the CPU)")
         model_sd, optim_t, meta = unpack_state(open_body(init).cpu().numpy().tobytes(), "INIT")
         if meta.get("ap") != m:
@@ -265,7 +228,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
             return parts + encode_tensor(payload.float()), 0
 
         while True:
-            ctl, msg = _recv_json(link, Kind.CONTROL, "CONTROL (the next instruction)")
+            ctl, msg = recv_json(link, Kind.CONTROL, "CONTROL (the next instruction)")
             op = ctl.get("op")
             if op == "step":
                 epoch, r, s = int(ctl["epoch"]), int(ctl["step"]), msg.header.step
@@ -321,7 +284,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                 link.send(make_message(Kind.STATE, [blob], sender=link.rank, ap=m, step=msg.header.step,
                                        device=link.device, checksum=checksum))
             elif op == "stop":
-                _send_json(link, Kind.DONE, {"steps": steps_done}, ap=m, checksum=checksum)
+                send_json(link, Kind.DONE, {"steps": steps_done}, ap=m, checksum=checksum)
                 log(f"{me}: done after {steps_done} steps")
                 return {"steps": steps_done, "traffic": link.traffic.to_dict(), "timings_s": timings}
             else:
@@ -331,7 +294,7 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
     except PeerFailure as err:
         raise DistributedTrainingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
-        _abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
+        abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
         raise DistributedTrainingError(f"{me} failed: {type(err).__name__}: {err}") from err
 
 
@@ -375,7 +338,7 @@ class SplitProcesses:
     # -- messages
     def control(self, op: str, **fields: Any) -> None:
         for link in self.links:
-            _send_json(link, Kind.CONTROL, {"op": op, **fields}, step=self.global_step, checksum=self.dcfg.checksum)
+            send_json(link, Kind.CONTROL, {"op": op, **fields}, step=self.global_step, checksum=self.dcfg.checksum)
 
     def receive_payloads(self, kind: Kind, step: int, batch: int) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
         payloads, stats = [], []
@@ -399,7 +362,7 @@ class SplitProcesses:
     def start(self, run) -> None:
         """Steps 1-2: HELLO from every AP, INIT (its state and the schedule position of ``run``) to every AP."""
         for m, link in enumerate(self.links):
-            hello, _ = _recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
+            hello, _ = recv_json(link, Kind.HELLO, f"HELLO from {link.peer_name}")
             if hello.get("role") != "ap" or hello.get("ap") != m or hello.get("task") != "train":
                 raise MessageError(f"{link.peer_name} introduced itself as {hello}: expected receive AP {m} for "
                                    "training (launch the same sub-command on every rank)")
@@ -417,7 +380,7 @@ class SplitProcesses:
         """Step 8: stop every AP and wait for its DONE."""
         self.control("stop")
         for link in self.links:
-            _recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
+            recv_json(link, Kind.DONE, f"DONE from {link.peer_name}")
         self.write_report()
 
     # -- the strategy
@@ -568,12 +531,12 @@ def run_cpu_training(
                      plot_title=f"{tcfg.kind}, lr {tcfg.lr:g} (distributed)")
         strategy.finish()
     except KeyboardInterrupt:
-        _abort_all(links, "the CPU was interrupted")
+        abort_all(links, "the CPU was interrupted")
         raise
     except Exception as err:
         failed = _failed_peer(err, links)
         reason = f"{type(err).__name__}: {err}"
-        _abort_all(links, f"the CPU stops the run: {reason}", skip={failed} if failed is not None else set())
+        abort_all(links, f"the CPU stops the run: {reason}", skip={failed} if failed is not None else set())
         try:  # distributed.json with the traffic so far (rejected corrupted messages included)
             strategy.write_report()
         except Exception:  # noqa: BLE001 - the failure below is what matters
