@@ -76,7 +76,7 @@ def check_training_arguments(args: argparse.Namespace, *, check_out: bool = True
     if getattr(args, "workers", None) is not None:
         check_positive_int("--workers", args.workers, allow_none=False, minimum=0)
     if getattr(args, "front_end", None):
-        from ..models.front_end import available_front_ends
+        from ..models.front_ends import available_front_ends
 
         if args.front_end not in available_front_ends():
             raise ValueError(f"--front-end {args.front_end!r} is unknown; choose one of {available_front_ends()}")
