@@ -321,7 +321,9 @@ def test_learned_scheme_trains_the_model_config_of_its_name(tmp_path):
     assert spec["kind"] == "dvqvae" and spec["model"]["decoder"] == "geometry"
     # the budget's recipe of that scheme (quantizer initialisation, learning rate); the paper's model keeps 1e-4
     assert m.kmeans_init and spec["model"]["kmeans_init"] and spec["learning_rate"] == 1e-3
-    assert training_spec(ctx, "dvqvae", [ctx.base_cfg])["learning_rate"] == 1e-4
+    assert spec["batch_size"] == 16 != ctx.budget.batch_size
+    paper = training_spec(ctx, "dvqvae", [ctx.base_cfg])
+    assert paper["learning_rate"] == 1e-4 and paper["batch_size"] == ctx.budget.batch_size
     assert not model_config(ctx, "dvqvae").kmeans_init
     assert spec_hash(spec) != spec_hash(training_spec(ctx, "dvqvae-image", [ctx.base_cfg]))
     with pytest.raises(ValueError, match="not a learned scheme"):

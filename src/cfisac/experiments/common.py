@@ -20,8 +20,8 @@ from ..config import SystemConfig
 from .scheme import Scheme, as_scheme
 
 __all__ = [
-    "BUDGETS", "OPERATING_POWER", "Budget", "Context", "make_context", "monostatic_config", "operating_config",
-    "operating_power", "titled",
+    "BUDGETS", "OPERATING_POWER", "Budget", "Context", "Recipe", "make_context", "monostatic_config",
+    "operating_config", "operating_power", "titled",
 ]
 
 # The operating power P0 of Figs. 7-14 (the paper's 30 dBm). The quick preset senses 16 x 64 x 16 cells per receive AP,
@@ -49,6 +49,17 @@ PRESETS = ("tiny", "quick", "paper")
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How one learned scheme trains where it differs from its :class:`Budget`: ``model_options``
+    (:class:`cfisac.models.config.ModelConfig` fields over the model preset, e.g. the quantizer's initialisation),
+    ``learning_rate`` and ``batch_size`` (None: the budget's)."""
+
+    model_options: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Budget:
     """Sizes and budgets of one experiment preset.
 
@@ -61,9 +72,8 @@ class Budget:
     ``n_val``: validation scenes during training; ``scheme_n_test``: fewer test scenes for slow schemes;
     ``scheme_seconds``: wall-clock cap of one classical point's evaluation (it then stops after the first k scenes,
     at least one batch; the row's ``n_scenes`` says how many and ``metrics.time_capped`` is set);
-    ``learning_rate``: of every learned scheme (the paper's 1e-4) unless ``scheme_learning_rate`` names it;
-    ``scheme_model_options``: :class:`cfisac.models.config.ModelConfig` fields a learned scheme sets over the model
-    preset (its training recipe, e.g. the quantizer's initialisation), by scheme name.
+    ``learning_rate``: of every learned scheme (the paper's 1e-4); ``recipes``: the :class:`Recipe` of a learned
+    scheme that trains otherwise, by scheme name.
     """
 
     n_test: int
@@ -80,8 +90,7 @@ class Budget:
     n_val: int = 0
     scheme_n_test: dict[str, int] = field(default_factory=dict)
     scheme_seconds: float | None = None
-    scheme_learning_rate: dict[str, float] = field(default_factory=dict)
-    scheme_model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
 
     def n_test_of(self, scheme: str) -> int:
         """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
@@ -97,28 +106,36 @@ class Budget:
         t = self.train_seconds
         return float(t.get(str(s), t.get(s.kind, t.get("*", 60.0))))
 
+    def recipe_of(self, scheme: str | Scheme) -> Recipe:
+        """The :class:`Recipe` of a learned scheme (the default one: the budget's settings)."""
+        return self.recipes.get(str(as_scheme(scheme)), Recipe())
+
     def learning_rate_of(self, scheme: str | Scheme) -> float:
-        """Learning rate of a learned scheme: ``scheme_learning_rate`` of its name, else ``learning_rate``."""
-        return float(self.scheme_learning_rate.get(str(as_scheme(scheme)), self.learning_rate))
+        r = self.recipe_of(scheme)
+        return float(self.learning_rate if r.learning_rate is None else r.learning_rate)
+
+    def batch_size_of(self, scheme: str | Scheme) -> int:
+        r = self.recipe_of(scheme)
+        return int(self.batch_size if r.batch_size is None else r.batch_size)
 
     def model_options_of(self, scheme: str | Scheme) -> dict[str, Any]:
-        """The ModelConfig fields of ``scheme_model_options`` for a scheme (empty: the model preset's)."""
-        return dict(self.scheme_model_options.get(str(as_scheme(scheme)), {}))
+        """The ModelConfig fields a scheme's recipe sets over the model preset (empty: the preset's)."""
+        return dict(self.recipe_of(scheme).model_options)
 
 
-# The training recipe of the geometry-aware scheme (benchmarks/results/geometry_decoder.md, where it was measured):
-# noise-normalised image front end, k-means codebook initialisation with dead-code restarts, learning rate 1e-3.
-GEOMETRY_MODEL_OPTIONS = {"dvqvae-image-geometry": {"input_norm": "noise", "kmeans_init": True,
-                                                    "dead_code_threshold": 1.0}}
-GEOMETRY_LEARNING_RATE = {"dvqvae-image-geometry": 1e-3}
+# The training recipe of the geometry-aware scheme: the model options and learning rate it was measured with in
+# benchmarks/results/geometry_decoder.md (noise-normalised image front end, k-means codebook initialisation with
+# dead-code restarts, 1e-3) and batch 16 (more steps in the demo's budget: benchmarks/results/demo.md).
+GEOMETRY_RECIPES = {"dvqvae-image-geometry": Recipe(
+    model_options={"input_norm": "noise", "kmeans_init": True, "dead_code_threshold": 1.0}, learning_rate=1e-3,
+    batch_size=16)}
 
 BUDGETS: dict[str, Budget] = {
     # unit tests: a handful of scenes, a few training steps
     "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
                    batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
                    learned=("dvqvae", "dvqvae-image-geometry"), n_val=4, scheme_n_test={"ml": 2},
-                   scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
-                   scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
+                   recipes=dict(GEOMETRY_RECIPES)),
     # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
     # cost (benchmarks/results/batched.md: s/scene at batch 64, quick) fits 200 scenes of monostatic and fewer of
@@ -131,8 +148,7 @@ BUDGETS: dict[str, Budget] = {
                     classical=("music", "cs", "monostatic", "ml"),
                      learned=("dvqvae", "dvqvae-image-geometry", "dvae", "cnn"),
                     crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 12, "ml": 12},
-                    scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
-                    scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
+                    recipes=dict(GEOMETRY_RECIPES)),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",
@@ -140,8 +156,7 @@ BUDGETS: dict[str, Budget] = {
                     learned=("dvqvae", "dvqvae-image-geometry", "dvqvae-matched", "dvae", "cnn"),
                     crlb_max_scenes=400, n_val=400,
                     scheme_n_test={"music": 500, "cs": 200, "monostatic": 500, "ml": 100},
-                    scheme_learning_rate=dict(GEOMETRY_LEARNING_RATE),
-                    scheme_model_options=dict(GEOMETRY_MODEL_OPTIONS)),
+                    recipes=dict(GEOMETRY_RECIPES)),
 }
 
 

@@ -62,7 +62,8 @@ def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfi
         "kind": s.kind, "model": model_config(ctx, scheme, **(model_overrides or {})).to_dict(),
         "train_cfgs": [c.to_dict() for c in cfgs], "n_train": b.n_train, "n_val": b.n_val,
         "train_seconds": b.train_budget(scheme), "max_epochs": b.max_epochs,
-        "batch_size": b.batch_size, "learning_rate": b.learning_rate_of(s) if learning_rate is None else learning_rate,
+        "batch_size": b.batch_size_of(s),
+        "learning_rate": b.learning_rate_of(s) if learning_rate is None else learning_rate,
         "seed": ctx.seed,
     }
 
