@@ -356,7 +356,7 @@ def test_cli_evaluation_and_experiment_evaluation_share_the_root_crlb(one_thread
 def test_report_says_whose_design_each_learned_scheme_is_and_how_it_compares():
     from cfisac.experiments.report import _against_prior, role
 
-    assert role("dvqvae").startswith("the paper's model")
+    assert role("dvqvae").startswith("the paper's model") and role("cnn").startswith("as in the paper")
     assert role("dvqvae-image-geometry").startswith("our design, beyond the paper")
     assert "image front end" in role("dvqvae-image-geometry") and "geometry" in role("dvqvae-image-geometry")
     assert role("dvqvae-matched") == "our design, beyond the paper (the matched front end)"

@@ -133,7 +133,9 @@ def role(scheme: str) -> str:
     """Whose design a learned scheme is: the paper's model as published, or ours (what it changes)."""
     s = Scheme.parse(scheme)
     if s.faithful:
-        return "the paper's model (raw Y_m at the receive AP, the generic decoder of Eq. 16)"
+        return {"dvqvae": "the paper's model (raw Y_m at the receive AP, the decoder of Eq. 16)",
+                "dvae": "as in the paper (raw Y_m at the receive AP, continuous latents)",
+                "cnn": "as in the paper (the centralized baseline: raw Y_m sent to the CPU)"}[s.kind]
     changes = ([f"the {s.front_end} front end"] if s.front_end != "raw" else []) + (
         [f"the {s.decoder}-aware CPU decoder" if s.decoder == "geometry" else f"the {s.decoder} decoder"]
         if s.decoder != "generic" else [])
