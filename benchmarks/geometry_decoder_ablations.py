@@ -116,7 +116,7 @@ def plot(args: argparse.Namespace) -> None:
             a.grid(alpha=0.3)
     axes[0, 0].set_ylabel("position RMSE (m), test-200")
     axes[1, 0].set_ylabel("velocity RMSE (m/s), test-200")
-    axes[1, 0].set_xlabel("training steps (batch 32)")
+    axes[1, 0].set_xlabel("training steps (of each run's batch size)")
     axes[1, 1].set_xlabel("CPU seconds of the training steps (one thread, shared machine)")
     axes[0, 0].set_title("against steps (dashed: 2x ML, dotted: ML)")
     axes[0, 1].set_title("against CPU seconds (runs that recorded them)")
