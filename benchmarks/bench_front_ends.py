@@ -3,9 +3,9 @@ prior predictor, the root-CRLB and the classical baselines, under a fixed CPU tr
 
 Every variant is trained with :func:`cfisac.train.train` (Algorithm 1, fresh on-the-fly scenes, ``minutes`` of
 wall-clock training) at the ``quick`` system preset and ``quick`` model preset, then evaluated on the same held-out
-test scenes (dataset seed ``--test-seed``) with :func:`cfisac.evaluate.evaluate` (Hungarian-assigned RMSE, the prior
-predictor and the root-CRLB of the same scenes). Results are appended to ``<out>/results.jsonl`` (one JSON object per
-variant); ``--report`` prints a Markdown table of that file.
+test scenes (dataset seed ``--test-seed``) with :func:`cfisac.experiments.evaluation.evaluate` (Hungarian-assigned
+RMSE, the prior predictor and the root-CRLB of the same scenes). Results are appended to ``<out>/results.jsonl``
+(one JSON object per variant); ``--report`` prints a Markdown table of that file.
 
     .venv/bin/python benchmarks/bench_front_ends.py --variants raw-paper raw matched-max --minutes 10
     .venv/bin/python benchmarks/bench_front_ends.py --baselines music cs      # classical schemes, same scenes
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import cfisac
-from cfisac.evaluate import evaluate
+from cfisac.experiments.evaluation import evaluate
 from cfisac.models import ModelConfig
 from cfisac.train import TrainConfig, train
 

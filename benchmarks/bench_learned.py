@@ -172,7 +172,7 @@ def _latency_row(name: str, model: str, batch: int, t: dict[str, float], m: dict
 def part_accuracy(kinds: list[str], minutes: float, n_test: int, lr: float, out_root: Path,
                   n_train: int) -> tuple[list[str], dict[str, Any]]:
     from cfisac.estimators import create
-    from cfisac.evaluate import evaluate, write_results
+    from cfisac.experiments.evaluation import evaluate, write_results
     from cfisac.train import NORMALISER_MAX_SAMPLES, DataSource, TrainConfig, train
 
     cfg, mcfg = cfisac.SystemConfig.preset("quick"), ModelConfig.preset("quick")

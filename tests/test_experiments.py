@@ -335,8 +335,7 @@ def test_cli_evaluation_and_experiment_evaluation_share_the_root_crlb(one_thread
     from cfisac import crlb, estimators
     from cfisac.config import SystemConfig
     from cfisac.data import simulate_batch
-    from cfisac.evaluate import evaluate
-    from cfisac.experiments.evaluation import crlb_summary, root_crlb_per_scene
+    from cfisac.experiments.evaluation import crlb_summary, evaluate, root_crlb_per_scene
     from cfisac.scene import sample_scenes
 
     cfg = SystemConfig.preset("tiny")

@@ -198,12 +198,12 @@ def test_reproduce_checks_global_options_before_any_work(tmp_path, capsys, argv,
 
 
 def test_reproduce_exits_nonzero_when_points_fail_after_writing_the_report(tmp_path, monkeypatch, capsys):
-    from cfisac.experiments import common
+    from cfisac.experiments import evaluation
 
     def broken(*a, **k):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(common, "crlb_of_scenes", broken)
+    monkeypatch.setattr(evaluation, "crlb_of_scenes", broken)
     out = tmp_path / "rep"
     rc = main(["reproduce", "fig6", "--preset", "tiny", "--out", str(out), "--schemes", "prior", "--no-progress",
                "--threads", "1"])
@@ -635,7 +635,7 @@ def test_a_corrupted_fronthaul_message_is_rejected_by_its_crc_and_counted():
 def test_write_results_and_plot_cdf_remove_their_own_stale_temporaries(tmp_path, monkeypatch):
     import errno
 
-    from cfisac import evaluate
+    from cfisac.experiments import evaluation as evaluate
 
     dead = _dead_pid()
     (tmp_path / f".r.json.tmp-{dead}").write_text("{")

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import find_checkpoint, load_checkpoint
     from ..estimators import create
-    from ..evaluate import evaluate, plot_cdf, write_results
+    from ..experiments.evaluation import evaluate, plot_cdf, write_results
     from ..fit import NORMALISER_MAX_SAMPLES, DataSource
     from ..fronthaul import format_bits
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     res["checkpoint"] = str(est.checkpoint)
     run_dir = args.checkpoint if (args.checkpoint / "latest.json").is_file() else args.checkpoint.parent
     out = args.out or run_dir / f"eval-seed{seed}-P{cfg.power_dbm:g}dBm.json"
-    # temporaries of an earlier evaluation to the same files that was killed (cfisac.evaluate's atomic writers)
+    # temporaries of an earlier, killed evaluation to the same files (cfisac.experiments.evaluation's atomic writers)
     png_path = out.with_suffix(".png")
     remove_stale_temporaries(out.parent, re.escape(f".{out.name}.tmp-") + r"(?P<pid>\d+)")
     remove_stale_temporaries(out.parent, re.escape(f".{png_path.stem}.tmp-") + r"(?P<pid>\d+)"
