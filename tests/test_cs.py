@@ -157,7 +157,7 @@ def test_zoom_maximize_reuses_the_previous_grid_and_finds_the_same_maxima():
         counts.append(c.shape[-1])
         return objective(c)
 
-    x, best = zoom_maximize(counted, x0, 1.0, n_iter=14)
+    x, best = zoom_maximize(counted, x0, 1.0, n_iter=14, reuse=True)
     # the plain algorithm: all 5 candidates every iteration
     xr, h = x0.clone(), torch.ones_like(x0)
     offs = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
@@ -171,5 +171,5 @@ def test_zoom_maximize_reuses_the_previous_grid_and_finds_the_same_maxima():
     torch.testing.assert_close(x, xr, rtol=0, atol=1e-12)
     torch.testing.assert_close(best, vr, rtol=0, atol=1e-12)
     assert float((x - x0).abs().max()) > 0.1  # it moved
-    xb, _ = zoom_maximize(counted, x0, 1.0, lower=-1.5, upper=1.5, n_iter=3)  # bounds: the plain 5-point grids
+    xb, _ = zoom_maximize(counted, x0, 1.0, lower=-1.5, upper=1.5, n_iter=3, reuse=True)  # bounds: 5 each
     assert counts[-3:] == [5, 5, 5] and float(xb.abs().max()) <= 1.5

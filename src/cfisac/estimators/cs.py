@@ -472,7 +472,7 @@ class CsEstimator(BatchedEstimator):
                 c_ = None if ob is None else (e @ ob).reshape(R, -1, ts, K)
                 return concentrated((e @ yb).reshape(R, -1, mr, ts), c_, e_t[:, None].expand(R, cand.shape[1], ts))
 
-            d, _ = zoom_maximize(obj_d, d, hd * scale)
+            d, _ = zoom_maximize(obj_d, d, hd * scale, reuse=True)
             # AoD zoom at fixed range: conj(b) = a^T conj(x): phi_t^H v = sum_l a_l sum_i e^{+j w i} conj(x_l) v
             xph = (x_n.conj() * delay_phase(grid, d).conj().to(dt)[:, None, :, None]).permute(0, 3, 1, 2)
             wy = (xph @ y.permute(0, 3, 2, 1)).permute(0, 2, 3, 1).reshape(R, nt, mr * ts)  # [R, Nt, Mr*Ts]
@@ -484,7 +484,7 @@ class CsEstimator(BatchedEstimator):
                 e_ = torch.einsum("rcl,rtlk,rck->rct", a.conj(), rxx, a).real
                 return concentrated((a @ wy).reshape(R, -1, mr, ts), c_, e_)
 
-            u, obj = zoom_maximize(obj_u, u, hu * scale, lower=lo, upper=hi)
+            u, obj = zoom_maximize(obj_u, u, hu * scale, lower=lo, upper=hi, reuse=True)
             if self.periodic:  # half-wavelength ULA: u and u -+ 2 are the same steering vector
                 u = torch.remainder(u + 1.0, 2.0) - 1.0
         return d, u, obj

@@ -206,22 +206,23 @@ def music_null_spectrum(noise: torch.Tensor, u: torch.Tensor, spacing: float) ->
 # ---------------------------------------------------------------------------------------------------- zoom searches
 def zoom_maximize(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, step: torch.Tensor | float,
                   *, lower: float | None = None, upper: float | None = None, n_points: int = 5, n_iter: int = 14,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  reuse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Local 1-D maximisation by successive zooming, batched: problems ``x0`` [...] float64.
 
     ``objective(c)`` maps candidates [..., G] to values [..., G]. Each iteration evaluates ``n_points`` equispaced
     candidates in ``[x - step, x + step]`` (clipped to [lower, upper]), moves to the best (first on ties) and halves
     the step: accuracy ``step / 2^n_iter`` if the start lies within ``step / 2`` of the maximum's lobe. With
-    ``n_points = 5`` and no bounds, the candidates 0, 2, 4 of an iteration are the previous iteration's best and its
+    ``reuse``, ``n_points = 5`` and no bounds, the candidates 0, 2, 4 of an iteration are the previous best and its
     two neighbours (when inside the previous grid): their values are reused and only 3 candidates (1, 3 and the one
     outside the previous grid, or a repeat of the best) are evaluated, the same maximisation with 3/5 of the
-    objective evaluations. Returns (argmax [...], max value [...]).
+    objective evaluations (worth it for costly objectives only: CS; MUSIC's cheap null spectrum was slower).
+    Returns (argmax [...], max value [...]).
     """
     x = x0.to(torch.float64).clone()
     h = torch.as_tensor(step, dtype=torch.float64, device=x.device).expand(x.shape).clone()
     offs = torch.linspace(-1.0, 1.0, n_points, dtype=torch.float64, device=x.device)
     best = torch.zeros_like(x)
-    reuse = n_points == 5 and lower is None and upper is None
+    reuse = reuse and n_points == 5 and lower is None and upper is None
     cand = val = k = None
     for it in range(n_iter):
         if reuse and it > 0:
