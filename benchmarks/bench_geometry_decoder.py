@@ -34,7 +34,7 @@ import torch
 
 import cfisac
 from cfisac.data import simulate_batch
-from cfisac.front_ends import create_front_end
+from cfisac.models.front_ends import create_front_end
 
 
 def _config(args: argparse.Namespace) -> cfisac.SystemConfig:

@@ -69,7 +69,7 @@ def fit_gap(args: argparse.Namespace) -> dict[str, Any]:
 
 def online_cost(args: argparse.Namespace) -> dict[str, Any]:
     from cfisac.data import simulate_batch
-    from cfisac.front_ends import create_front_end
+    from cfisac.models.front_ends import create_front_end
 
     cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
     fes = [create_front_end("image", cfg, norm="noise", ap_index=m) for m in range(cfg.n_rx)]

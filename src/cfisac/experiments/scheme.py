@@ -30,7 +30,7 @@ DEFAULT_DECODER = "generic"
 
 
 def _front_ends() -> list[str]:
-    from ..models.front_end import available_front_ends
+    from ..models.front_ends import available_front_ends
 
     return available_front_ends()
 

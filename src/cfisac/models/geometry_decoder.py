@@ -3,7 +3,7 @@
 The paper's decoder (Eq. 16, :class:`cfisac.models.dvqvae.FusionDecoder`) flattens the M dequantized latents and
 regresses psi with fully connected layers: it has to learn a map from every latent cell to coordinates. When the
 AP front end already back-projects the echoes onto a position grid of the area (``"image"``, ``"velocity-image"``
-of :mod:`cfisac.front_ends`: the latent's first two grid axes are the x and y pixels), the CPU can instead decode
+of :mod:`cfisac.models.front_ends`: the latent's first two grid axes are the x and y pixels), the CPU can instead decode
 each AP's message into a map over the area, fuse the maps of the M APs where they are aligned, and read the targets
 off the fused map. This module does that; the AP side (front end, encoder E_m, projector, quantizer, Eq. 12-15) and
 the fronthaul message are unchanged.
@@ -61,7 +61,7 @@ __all__ = [
     "soft_argmax_window", "top_peaks", "velocity_least_squares",
 ]
 
-# Front ends whose output's first two grid axes are the x and y pixels of the area (cfisac.front_ends).
+# Front ends whose output's first two grid axes are the x and y pixels of the area (cfisac.models.front_ends).
 GEOMETRY_FRONT_ENDS = ("image", "velocity-image")
 
 
