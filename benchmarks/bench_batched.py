@@ -58,7 +58,7 @@ def _child(spec: dict) -> dict:
     y, x = y.to(dev), x.to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if spec["kind"] == "front_end":
-        from cfisac.models.front_end import make_front_end
+        from cfisac.models.front_ends import make_front_end
 
         fe = make_front_end(spec["scheme"], cfg, ap_index=0).to(dev)
         run = (lambda yy, xx: fe(yy[:, 0], xx if fe.needs_x else None))

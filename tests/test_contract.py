@@ -16,7 +16,7 @@ import torch
 
 import cfisac
 from cfisac.experiments.common import monostatic_config
-from cfisac.models.front_end import available_front_ends, make_front_end
+from cfisac.models.front_ends import available_front_ends, make_front_end
 
 NAMES = cfisac.estimators.available()
 TINY = cfisac.SystemConfig.preset("tiny").replace(power_dbm=55.0)

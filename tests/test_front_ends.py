@@ -600,14 +600,12 @@ def test_front_ends_run_on_cuda_like_on_the_cpu():
 
 def test_front_end_modules_import_no_model_module():
     """One import direction: the front-end modules import the simulator layer and each other, no model module (the
-    models import the front ends); the former paths re-export the same objects."""
+    models import the front ends)."""
     import ast
     import importlib
     import inspect
     import pkgutil
 
-    import cfisac.front_ends as old_module
-    import cfisac.models.front_end as old_model_module
     import cfisac.models.front_ends as package
 
     names = ["cfisac.models.front_ends"] + [f"cfisac.models.front_ends.{m.name}"
@@ -620,7 +618,4 @@ def test_front_end_modules_import_no_model_module():
         outside = [m for m in imported if m.startswith("..") and not m.startswith("...")]
         assert outside in ([], ["..config"]), (name, outside)  # ..config: ModelConfig, for type hints only
         assert not [m for m in imported if m.startswith("cfisac")], (name, imported)
-    assert old_module.FRONT_ENDS is package.FRONT_ENDS and old_module.create_front_end is package.create_front_end
-    assert old_model_module.make_front_end is package.make_front_end
-    assert old_model_module.TxFrontEnd is package.TxFrontEnd
     assert package.available_front_ends() == ["covariance", "image", "matched", "raw", "velocity-image"]

@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 
 _LAZY_SUBMODULES = {
-    "data", "distributed", "entropy", "estimators", "evaluate", "experiments", "front_ends", "fronthaul", "metrics",
-    "models", "quantize", "train",
+    "checkpoint", "data", "distributed", "entropy", "estimators", "experiments", "fit", "fronthaul", "metrics",
+    "models", "physics", "quantize", "train",
 }
 
 

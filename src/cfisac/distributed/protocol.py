@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .transport import Link
+from .transport import Link, PeerAborted, PeerFailure
 from .wire import Kind, Message, decode_json, encode_json, make_message, open_body
 
-__all__ = ["DistributedTrainingError", "abort_all", "pending_abort", "recv_json", "send_json"]
+__all__ = ["DistributedTrainingError", "abort_all", "ap_rank_error", "pending_abort", "recv_json", "send_json"]
 
 
 class DistributedTrainingError(RuntimeError):
@@ -49,3 +49,16 @@ def pending_abort(link: Link, timeout: float = 0.5) -> str | None:
         return f"stops: {link.peer_name} aborted the run: {decode_json(open_body(msg), 'ABORT').get('reason')}"
     except Exception:
         return None
+
+
+def ap_rank_error(err: Exception, link: Link, me: str,
+                  error: type[DistributedTrainingError] = DistributedTrainingError) -> DistributedTrainingError:
+    """The error an AP rank ``me`` raises when its task fails with ``err``: the CPU aborted (``PeerAborted``), the
+    CPU is gone (``PeerFailure``: the reason of its ``ABORT`` if one is waiting), or the AP itself failed (the CPU is
+    told first, best effort)."""
+    if isinstance(err, PeerAborted):
+        return error(f"{me} stops: {err}")
+    if isinstance(err, PeerFailure):
+        return error(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}")
+    abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
+    return error(f"{me} failed: {type(err).__name__}: {err}")

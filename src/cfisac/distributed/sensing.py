@@ -33,8 +33,8 @@ import torch
 from ..metrics import accuracy
 from ..models import build_ap_side, build_cpu_side
 from .common import ap_echoes, cpu_inputs
-from .protocol import DistributedTrainingError, abort_all, pending_abort, recv_json, send_json
-from .transport import Link, PeerAborted, PeerFailure, role_name
+from .protocol import DistributedTrainingError, abort_all, ap_rank_error, recv_json, send_json
+from .transport import Link, role_name
 from .wire import (
     Kind,
     MessageError,
@@ -131,13 +131,8 @@ def run_ap_sensing(link: Link, m: int, checkpoint: str | Path, *, seed: int, n: 
             count += len(rows)
         send_json(link, Kind.DONE, {"updates": count}, ap=m, checksum=checksum)
         return {"updates": count, "traffic": link.traffic.to_dict()}
-    except PeerAborted as err:
-        raise DistributedSensingError(f"{me} stops: {err}") from err
-    except PeerFailure as err:
-        raise DistributedSensingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
-        abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
-        raise DistributedSensingError(f"{me} failed: {type(err).__name__}: {err}") from err
+        raise ap_rank_error(err, link, me, DistributedSensingError) from err
 
 
 @dataclass

@@ -81,7 +81,7 @@ from .common import (
     pack_state,
     unpack_state,
 )
-from .protocol import DistributedTrainingError, abort_all, pending_abort, recv_json, send_json
+from .protocol import DistributedTrainingError, abort_all, ap_rank_error, recv_json, send_json
 from .transport import Link, PeerAborted, PeerFailure, role_name
 from .wire import (
     FLAG_INDICES,
@@ -289,13 +289,8 @@ def run_ap_training(link: Link, m: int, *, device: str | torch.device = "cpu", t
                 return {"steps": steps_done, "traffic": link.traffic.to_dict(), "timings_s": timings}
             else:
                 raise MessageError(f"unknown CONTROL op {op!r}")
-    except PeerAborted as err:
-        raise DistributedTrainingError(f"{me} stops: {err}") from err
-    except PeerFailure as err:
-        raise DistributedTrainingError(f"{me} {pending_abort(link) or f'lost the CPU: {err}'}") from err
     except Exception as err:
-        abort_all([link], f"{me} failed: {type(err).__name__}: {err}")
-        raise DistributedTrainingError(f"{me} failed: {type(err).__name__}: {err}") from err
+        raise ap_rank_error(err, link, me, DistributedTrainingError) from err
 
 
 # ---------------------------------------------------------------------------------------------------- CPU rank

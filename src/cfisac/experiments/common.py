@@ -123,12 +123,14 @@ class Budget:
         return dict(self.recipe_of(scheme).model_options)
 
 
-# The training recipe of the geometry-aware scheme: the model options and learning rate it was measured with in
-# benchmarks/results/geometry_decoder.md (noise-normalised image front end, k-means codebook initialisation with
-# dead-code restarts, 1e-3) and batch 16 (more steps in the demo's budget: benchmarks/results/demo.md).
+# The training recipe of the geometry-aware scheme, as measured in benchmarks/results/geometry_decoder.md (run E7:
+# noise-normalised image front end, k-means codebook initialisation with dead-code restarts, velocity losses x4,
+# each AP's bistatic velocities from its latent grid, learning rate 2e-3, batch 8: the most steps per CPU second) and
+# in the demo's budget (benchmarks/results/demo.md).
 GEOMETRY_RECIPES = {"dvqvae-image-geometry": Recipe(
-    model_options={"input_norm": "noise", "kmeans_init": True, "dead_code_threshold": 1.0}, learning_rate=1e-3,
-    batch_size=16)}
+    model_options={"input_norm": "noise", "kmeans_init": True, "dead_code_threshold": 1.0,
+                   "decoder_options": {"velocity_weight": 4.0, "velocity_branch": "latent"}},
+    learning_rate=2e-3, batch_size=8)}
 
 BUDGETS: dict[str, Budget] = {
     # unit tests: a handful of scenes, a few training steps
