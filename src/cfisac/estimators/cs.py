@@ -62,7 +62,7 @@ from ..physics import (
 from . import register_without_checkpoint
 from .base import BatchedEstimator, check_int_options
 from .dsp import path_signatures, zoom_maximize, zoom_maximize_2d
-from .fusion import BistaticMessages, fuse_bistatic
+from .fusion import BistaticMessages, bistatic_message_bits, fuse_bistatic
 
 __all__ = ["CsEstimator"]
 
@@ -147,8 +147,7 @@ class CsEstimator(BatchedEstimator):
         self.refine_rounds = refine_rounds
         self.n_candidates = n_candidates
         self.symbol_chunk = symbol_chunk
-        self.fronthaul_bits_per_ap = 96 * cfg.n_targets
-        self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
+        self.fronthaul_bits_per_ap, self.message_bits_per_ap = bistatic_message_bits(cfg.n_tx, cfg.n_targets)
         self.lf = delay_oversample * cfg.n_subcarriers
         self.la = aod_oversample * cfg.n_tx_antennas
         self.periodic = cfg.antenna_spacing >= 0.5 - 1e-12

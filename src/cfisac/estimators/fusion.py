@@ -46,7 +46,7 @@ from ..config import SystemConfig
 from ..physics import ApLayout, SensingGrid, aoa_direction, ray_distance
 from . import Estimate
 
-__all__ = ["BistaticMessages", "fuse_bistatic", "trf_box_lsq"]
+__all__ = ["BistaticMessages", "bistatic_message_bits", "fuse_bistatic", "trf_box_lsq"]
 
 ROBUST_SCALE = 0.5  # Cauchy loss scale of the fusion, in resolution cells (as the reference)
 REJECT = 4.0  # measurements off the robust fit by more than REJECT * ROBUST_SCALE cells are dropped
@@ -66,6 +66,13 @@ class BistaticMessages:
     aoa: torch.Tensor
     ranges: torch.Tensor
     dopplers: torch.Tensor
+
+
+def bistatic_message_bits(n_tx: int, n_targets: int) -> tuple[int, int]:
+    """Bits per receive AP and update of a :class:`BistaticMessages` sender: (``fronthaul_bits_per_ap`` = 96 Q, the
+    paper's count of Section III-D: AoA, range and Doppler of every target in 32-bit floats; ``message_bits_per_ap``
+    = 32 (1 + 2N) Q, the message actually sent: the AoA and one range and Doppler per transmit AP)."""
+    return 96 * n_targets, 32 * (1 + 2 * n_tx) * n_targets
 
 
 # ---------------------------------------------------------------------------------------------------- solver

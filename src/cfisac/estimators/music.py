@@ -46,7 +46,7 @@ from .dsp import (
     transmit_covariance,
     zoom_maximize,
 )
-from .fusion import BistaticMessages, fuse_bistatic
+from .fusion import BistaticMessages, bistatic_message_bits, fuse_bistatic
 
 __all__ = ["MusicEstimator", "estimate_model_order", "music_doa"]
 
@@ -209,8 +209,7 @@ class MusicEstimator(BatchedEstimator):
         self.covariance = covariance
         self.refine_method = refine_method
         self.map_dtype = map_dtype
-        self.fronthaul_bits_per_ap = 96 * cfg.n_targets
-        self.message_bits_per_ap = 32 * (1 + 2 * cfg.n_tx) * cfg.n_targets
+        self.fronthaul_bits_per_ap, self.message_bits_per_ap = bistatic_message_bits(cfg.n_tx, cfg.n_targets)
         res = cfg.resolution()
         self.f_max = min(res["max_doppler_hz"] + res["doppler_resolution_hz"], res["unambiguous_doppler_hz"])
         self._geo: dict[torch.device, tuple[SensingGrid, ApLayout]] = {}

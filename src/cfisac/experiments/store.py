@@ -378,21 +378,15 @@ def run_points(
         t0 = time.perf_counter()
         try:
             result = p.run()
-        except (ImportError, NotImplementedError) as err:  # a scheme whose code is not there: record, go on
-            counts["failed"] += 1
-            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status="unavailable",
-                         message=f"{type(err).__name__}: {err}")
-            log(f"{tag}: UNAVAILABLE ({type(err).__name__}: {err})")
-            if fail_fast:
-                raise SweepInterrupted(f"{tag} unavailable: {err}") from err
-            continue
         except Exception as err:  # noqa: BLE001 - recorded in the store, the sweep goes on
+            # "unavailable": a scheme whose code is not there; "failed": anything else
+            status = "unavailable" if isinstance(err, (ImportError, NotImplementedError)) else "failed"
             counts["failed"] += 1
-            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status="failed",
+            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status=status,
                          message=f"{type(err).__name__}: {err}")
-            log(f"{tag}: FAILED ({type(err).__name__}: {err})")
+            log(f"{tag}: {status.upper()} ({type(err).__name__}: {err})")
             if fail_fast:
-                raise SweepInterrupted(f"{tag} failed: {err}") from err
+                raise SweepInterrupted(f"{tag} {status}: {err}") from err
             continue
         dt = time.perf_counter() - t0
         row = store.append(p, k, result, wall_s=dt)
