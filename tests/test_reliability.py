@@ -315,6 +315,7 @@ def test_cache_checksum_covers_attributes_and_indices(tmp_path, edit):
     (["train", "--preset", "tiny", "--threads", "-2", "--out", "{tmp}/r"], "--threads"),
     (["train", "--preset", "tiny", "--device", "nosuch", "--out", "{tmp}/r"], "--device"),
     (["train", "--preset", "tiny", "--n-val", "0", "--out", "{tmp}/r"], "--n-val"),
+    (["train", "--preset", "tiny", "--feature-cache-gb", "-1", "--out", "{tmp}/r"], "--feature-cache-gb"),
     (["train", "--preset", "tiny", "--out", "{tmp}/f.txt"], "existing file"),
     (["evaluate", "--checkpoint", "{tmp}/none", "--threads", "-2"], "--threads"),
     (["evaluate", "--checkpoint", "{tmp}/none"], "does not exist"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -379,3 +380,62 @@ def test_fit_drives_any_strategy_with_the_shared_bookkeeping(tmp_path):
     assert [h["epoch"] for h in res.history] == [1.0, 2.0] and res.history[1]["train_loss"] == pytest.approx(5.0)
     with open(tmp_path / "steps.csv") as f:
         assert [float(r["loss"]) for r in csv.DictReader(f)] == [1.0 + s for s in range(6)]
+
+
+def test_feature_cache_serves_later_epochs_and_changes_nothing(tmp_path, monkeypatch):
+    """TrainConfig.feature_cache_gb: the image front end's outputs are computed once per sample (epoch 1), read
+    from memory in epochs 2-3, and the run ends with the same weights and validation numbers as without the cache;
+    a cache too small for every sample still gives the same run."""
+    from cfisac.models.split import ApSide
+    from cfisac.train import FeatureCache
+
+    torch.set_num_threads(1)
+    mcfg = ModelConfig.preset("tiny", front_end="image", input_norm="noise")
+    calls = []
+    real = ApSide.front_end_features
+
+    def counted(self, y_m, x=None):
+        calls.append(y_m.shape[0])
+        return real(self, y_m, x)
+
+    monkeypatch.setattr(ApSide, "front_end_features", counted)
+    base = _tcfg(epochs=3, n_train=16, batch_size=8)
+    plain = train(TINY, mcfg, base, tmp_path / "plain", progress=False, log=None, plot=False)
+    n_plain, calls[:] = sum(calls), []
+    cached = train(TINY, mcfg, _tcfg(epochs=3, n_train=16, batch_size=8, feature_cache_gb=1.0), tmp_path / "cached",
+                   progress=False, log=None, plot=False)
+    n_cached, calls[:] = sum(calls), []
+    # without the cache: 3 epochs x 16 training + 3 validations x 8 samples, per AP; with it: each sample once
+    assert n_plain == TINY.n_rx * (3 * 16 + 3 * 8) and n_cached == TINY.n_rx * (16 + 8)
+    wp, wc = _weights(plain.model), _weights(cached.model)
+    assert all(torch.equal(wp[k], wc[k]) for k in wp)
+    assert cached.history[-1]["val_loss"] == plain.history[-1]["val_loss"]
+    per_sample = FeatureCache(plain.model.aps, 0).per_sample
+    assert per_sample == 4 * TINY.n_rx * math.prod(plain.model.aps[0].front_end.output_shape)
+    small = train(TINY, mcfg, _tcfg(epochs=3, n_train=16, batch_size=8, feature_cache_gb=per_sample * 12 / 1e9),
+                  tmp_path / "small", progress=False, log=None, plot=False)
+    assert sum(calls) > n_cached  # not every sample fits: some batches are recomputed
+    ws = _weights(small.model)
+    assert all(torch.equal(wp[k], ws[k]) for k in wp)
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="feature_cache_gb"):
+            _tcfg(feature_cache_gb=bad)
+
+
+def test_feature_cache_checks_positions_and_feature_shapes(batch32):
+    from cfisac.train import FeatureCache
+
+    b, _, _ = batch32
+    model = build_model("dvqvae", TINY, ModelConfig.preset("tiny", front_end="image"), seed=0)
+    cache = FeatureCache(model.aps, 10**9)
+    y, x = b["y"][:4], b["x"][:4]
+    first = cache.features([5, 6, 7, 8], y, x)
+    again = cache.features([5, 6, 7, 8], y, x)
+    assert (cache.hits, cache.misses) == (4, 4)
+    assert all(torch.equal(a, c) for a, c in zip(first, again, strict=True))
+    # a kept sample is the front end's output for that sample alone
+    assert torch.equal(cache.features([6], y[1:2], x[1:2])[0], model.aps[0].front_end_features(y[1:2, 0], x[1:2]))
+    with pytest.raises(ValueError, match="3 positions for a batch of 4"):
+        cache.features([1, 2, 3], y, x)
+    with pytest.raises(ValueError, match=r"features of AP 0 must be float32"):
+        model.aps[0](y[:, 0], x, first[0][:, :1])

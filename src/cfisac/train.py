@@ -32,6 +32,7 @@ Fig. 11) is drawn when the call returns (finished or stopped by its time budget)
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ from .models import ApSide, CpuSide, LabelNormaliser, ModelConfig, SplitModel, b
 
 __all__ = [
     "NORMALISER_MAX_SAMPLES", "RESUMABLE_CHANGES", "ApTrainer", "Checkpoint", "CpuTrainer", "DataSource",
+    "FeatureCache",
     "InProcess", "TrainConfig", "TrainResult", "epoch_batches", "estimation_loss", "find_checkpoint",
     "load_checkpoint", "make_cpu_trainer", "predict", "split_psi", "train", "train_step", "validate",
 ]
@@ -142,11 +144,13 @@ class ApTrainer:
         until ``backward`` consumes it; None otherwise."""
         return self._out
 
-    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Lines 7-10: the payload to send to the CPU (detached float32 [B, D, d1, d2, d3])."""
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """Lines 7-10: the payload to send to the CPU (detached float32 [B, D, d1, d2, d3]). ``features``: the
+        AP front end's output for these samples when already computed (:class:`FeatureCache`)."""
         self.ap.train()
         with torch.autocast(y_m.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            self._out = self.ap(y_m, x if self.ap.needs_x else None)
+            self._out = self.ap(y_m, x if self.ap.needs_x else None, features)
         return self._out.payload.detach()
 
     def backward(self, grad: torch.Tensor | None) -> dict[str, float]:
@@ -209,9 +213,11 @@ def make_cpu_trainer(cpu: CpuSide, mcfg: ModelConfig, tcfg: TrainConfig):
 
 
 def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor, x: torch.Tensor,
-               target: torch.Tensor) -> dict[str, Any]:
-    """One step of Algorithm 1 in one process: every AP's forward, the CPU's step, every AP's backward."""
-    payloads = [ap.forward(y[:, m], x) for m, ap in enumerate(aps)]
+               target: torch.Tensor, features: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
+    """One step of Algorithm 1 in one process: every AP's forward, the CPU's step, every AP's backward.
+    ``features``: each AP's front-end output for the batch when already computed (:class:`FeatureCache`)."""
+    fs = [None] * len(aps) if features is None else list(features)
+    payloads = [ap.forward(y[:, m], x, f) for m, (ap, f) in enumerate(zip(aps, fs, strict=True))]
     need = any(ap.optimizer is not None for ap in aps)
     loss, grads, pred = cpu.step(payloads, x, target, need_grads=need)
     ap_stats = [ap.backward(g) for ap, g in zip(aps, grads, strict=True)]
@@ -219,6 +225,41 @@ def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor, x: to
     return {"mse": loss, "commitment": commitment, "loss": loss + commitment, "prediction": pred,
             "perplexity": [s["perplexity"] for s in ap_stats], "usage": [s["usage"] for s in ap_stats]}
 
+
+
+class FeatureCache:
+    """The AP front ends' outputs of samples of one data source, kept in memory from their first use
+    (``TrainConfig.feature_cache_gb``). The front ends are fixed transforms (no trainable parameters), so a kept
+    output equals what recomputing it would give; only the time is saved. A batch whose samples are all kept is
+    read from memory; otherwise every AP's front end runs on the whole batch (as without a cache) and the new
+    samples are kept while ``max_bytes`` allows (later ones are then recomputed every time)."""
+
+    def __init__(self, aps: Sequence[ApSide], max_bytes: int) -> None:
+        self.aps, self.max_bytes = list(aps), int(max_bytes)
+        self.per_sample = 4 * sum(math.prod(ap.front_end.output_shape) for ap in self.aps)  # float32 bytes
+        self.kept: dict[int, list[torch.Tensor]] = {}  # sample position -> one output per AP
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.kept) * self.per_sample
+
+    def features(self, positions: Sequence[int], y: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every AP's front-end output [B, C, D1, D2, D3] float32 for the samples at ``positions`` (y [B, M, ...],
+        x: their echoes and transmit signals)."""
+        positions = [int(p) for p in positions]
+        if len(positions) != y.shape[0]:
+            raise ValueError(f"{len(positions)} positions for a batch of {y.shape[0]} samples")
+        if positions and all(p in self.kept for p in positions):
+            self.hits += len(positions)
+            return [torch.stack([self.kept[p][m] for p in positions]).to(y.device) for m in range(len(self.aps))]
+        self.misses += len(positions)
+        with torch.no_grad():
+            out = [ap.front_end_features(y[:, m], x).float() for m, ap in enumerate(self.aps)]
+        for k, p in enumerate(positions):
+            if p not in self.kept and self.nbytes + self.per_sample <= self.max_bytes:
+                self.kept[p] = [o[k].detach().to("cpu", copy=True) for o in out]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -234,18 +275,20 @@ def predict(model: SplitModel, normaliser: LabelNormaliser, y: torch.Tensor, x: 
 
 
 def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource, *, batch_size: int,
-             device: torch.device, loss: str = "canonical") -> dict[str, float]:
+             device: torch.device, loss: str = "canonical", cache: FeatureCache | None = None) -> dict[str, float]:
     """Validation loss (normalised MSE, :func:`estimation_loss` ``loss``) and Hungarian-assigned RMSEs (m, m/s) on
-    every sample of ``source``."""
+    every sample of ``source`` (its front-end outputs from ``cache`` where given)."""
     if source.n == 0:
         return {"val_loss": float("nan"), "val_position_rmse": float("nan"), "val_velocity_rmse": float("nan")}
     sq, count, pe, ve = 0.0, 0, [], []
     model.eval()
     with torch.no_grad():
         for lo in range(0, source.n, batch_size):
-            b = source.batch(range(lo, min(source.n, lo + batch_size)))
+            rows = range(lo, min(source.n, lo + batch_size))
+            b = source.batch(rows)
             y, x = b["y"].to(device), b["x"].to(device)
-            pred = model(y, x).prediction.float()
+            features = None if cache is None else cache.features(rows, y, x)
+            pred = model(y, x, features).prediction.float()
             target = normaliser.normalise(b["labels"].to(device))
             sq += float(estimation_loss(pred, target, model.cfg.n_targets, loss, reduction="sum"))
             count += target.numel()
@@ -264,7 +307,8 @@ def validate(model: SplitModel, normaliser: LabelNormaliser, source: DataSource,
 class InProcess:
     """:func:`cfisac.fit.fit`'s strategy for Algorithm 1 in one process: every AP's :class:`ApTrainer` and the CPU's
     trainer exchange payloads and gradients in memory (:func:`train_step`); batches from ``train_src`` (prefetched
-    by ``tcfg.workers`` processes), validation on ``val_src``."""
+    by ``tcfg.workers`` processes), validation on ``val_src``; with ``tcfg.feature_cache_gb`` > 0 the front ends'
+    outputs of both are kept (:class:`FeatureCache`, the budget shared in proportion to the sources' sizes)."""
 
     is_writer, checkpoint_at_start, checkpoint_every, plot_each_checkpoint, extra = True, False, 0, False, None
 
@@ -274,6 +318,11 @@ class InProcess:
         self.train_src, self.val_src, self.tcfg, self.device = train_src, val_src, tcfg, device
         self.optimizers = {**{f"ap{m}": t.optimizer for m, t in enumerate(self.aps)}, "cpu": cpu.optimizer}
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self.caches: dict[str, FeatureCache] = {}
+        if tcfg.feature_cache_gb > 0:
+            total, n = tcfg.feature_cache_gb * 1e9, train_src.n + val_src.n
+            self.caches = {"train": FeatureCache(model.aps, int(total * train_src.n / n)),
+                           "val": FeatureCache(model.aps, int(total * val_src.n / n))}
 
     def start_epoch(self, epoch: int, todo: list[list[int]]) -> None:
         self._batches = prefetch(self.train_src, todo, self.tcfg.workers)
@@ -282,7 +331,8 @@ class InProcess:
         b = next(self._batches)  # the batch at ``rows`` (prefetch follows the same list)
         y, x = b["y"].to(self.device), b["x"].to(self.device)
         target = self.normaliser.normalise(b["labels"].to(self.device))
-        r = train_step(self.aps, self.cpu, y, x, target)
+        cache = self.caches.get("train")
+        r = train_step(self.aps, self.cpu, y, x, target, None if cache is None else cache.features(rows, y, x))
         return {"loss": r["loss"], "mse": r["mse"], "commitment": r["commitment"], "n": y.shape[0],
                 "perplexity": codebook_stat(r["perplexity"], self.tcfg.kind),
                 "usage": codebook_stat(r["usage"], self.tcfg.kind), "prediction": r["prediction"],
@@ -293,7 +343,7 @@ class InProcess:
 
     def validate(self) -> dict[str, float]:
         return validate(self.model, self.normaliser, self.val_src, batch_size=max(self.tcfg.batch_size, 64),
-                        device=self.device, loss=self.tcfg.loss)
+                        device=self.device, loss=self.tcfg.loss, cache=self.caches.get("val"))
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return optimizer_state_tensors(self.optimizers)

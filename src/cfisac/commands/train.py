@@ -75,6 +75,8 @@ def check_training_arguments(args: argparse.Namespace, *, check_out: bool = True
     check_finite("--minutes", args.minutes, minimum=0.0, strict=True)
     if getattr(args, "workers", None) is not None:
         check_positive_int("--workers", args.workers, allow_none=False, minimum=0)
+    if getattr(args, "feature_cache_gb", None) is not None:
+        check_finite("--feature-cache-gb", args.feature_cache_gb, minimum=0.0)
     if getattr(args, "front_end", None):
         from ..models.front_ends import available_front_ends
 
@@ -110,6 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this much training time")
     p.add_argument("--data", type=Path, help="HDF5 training set from `cfisac simulate` instead of on-the-fly data")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes simulating batches")
+    p.add_argument("--feature-cache-gb", type=float, default=0.0,
+                   help="memory (GB) for the AP front ends' outputs of the training / validation samples, computed "
+                        "once and reused in later epochs (same weights, less time; default 0: recompute)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (the quantizer stays float32)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -139,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(kind=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        workers=args.workers, device=args.device, amp=args.amp,
-                       data=str(args.data) if args.data else None, loss=args.loss)
+                       data=str(args.data) if args.data else None, loss=args.loss,
+                       feature_cache_gb=args.feature_cache_gb)
     resume = args.resume
     if resume and not (args.out / "latest.json").exists():  # killed before its first checkpoint: nothing to lose
         print(f"--resume: {args.out} holds no checkpoint yet; starting the run from the beginning", flush=True)

@@ -196,6 +196,9 @@ def ddp_train(
     out = Path(out)
     if tcfg.data is not None:
         raise ValueError("ddp_train simulates on the fly (each replica its own samples); --data is not supported")
+    if tcfg.feature_cache_gb:
+        raise ValueError("feature_cache_gb is an option of in-process training (cfisac.train.train); ddp_train "
+                         "recomputes the front ends (set feature_cache_gb=0)")
     if mcfg.kmeans_init or mcfg.dead_code_threshold > 0:
         raise ValueError("kmeans_init and dead-codeword restarts draw from one replica's local batch and would give "
                          "the replicas different codebooks: not supported with data parallelism")

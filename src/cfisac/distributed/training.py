@@ -497,6 +497,9 @@ def run_cpu_training(
     if tcfg.data is not None:
         raise ValueError("distributed training simulates its data on the fly (each rank keeps only its share); an "
                          "HDF5 cache (--data) holds every AP's echoes and X in one file and is not supported")
+    if tcfg.feature_cache_gb:
+        raise ValueError("feature_cache_gb is an option of in-process training (cfisac.train.train); the split AP / "
+                         "CPU processes recompute their front ends (set feature_cache_gb=0)")
     device = torch.device(tcfg.device)
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log,
                    labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))

@@ -4,7 +4,7 @@ The algorithm of the literal scene-at-a-time reference :mod:`cfisac.estimators.r
 explains every step and the documented choices), run on a batch of scenes, all receive APs, all beams and all
 detection candidates in lockstep on any device; sequential steps (CLEAN detection, cyclic refinement with early
 stopping) are batched with masks. Each receive AP m uses only its echoes Y_m [Mr, Ns, Ts] and the known transmit
-signals X (assumed known at the receive AP for this scheme, DESIGN.md "Known slips"):
+signals X (assumed known at the receive AP for this scheme: README, "Physics conventions and the paper's slips"):
 
 1. AoA by MUSIC on the spatial covariance of the cells of Y_m (or, ``covariance="gated"``, of the range-Doppler
    compressed snapshots inside the feasible gates), forward-backward averaged; signal subspace dimension Q or

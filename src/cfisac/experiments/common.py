@@ -73,7 +73,9 @@ class Budget:
     ``scheme_seconds``: wall-clock cap of one classical point's evaluation (it then stops after the first k scenes,
     at least one batch; the row's ``n_scenes`` says how many and ``metrics.time_capped`` is set);
     ``learning_rate``: of every learned scheme (the paper's 1e-4); ``recipes``: the :class:`Recipe` of a learned
-    scheme that trains otherwise, by scheme name.
+    scheme that trains otherwise, by scheme name; ``feature_cache_gb``: memory for the training and validation
+    samples' front-end outputs of a learned scheme with a physics front end (``TrainConfig.feature_cache_gb``:
+    computed once, reused in later epochs, same weights; the ``raw`` front end, a scaling, is not cached).
     """
 
     n_test: int
@@ -91,6 +93,7 @@ class Budget:
     scheme_n_test: dict[str, int] = field(default_factory=dict)
     scheme_seconds: float | None = None
     recipes: dict[str, Recipe] = field(default_factory=dict)
+    feature_cache_gb: float = 0.0
 
     def n_test_of(self, scheme: str) -> int:
         """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
@@ -137,7 +140,7 @@ BUDGETS: dict[str, Budget] = {
     "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
                    batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
                    learned=("dvqvae", "dvqvae-image-geometry"), n_val=4, scheme_n_test={"ml": 2},
-                   recipes=dict(GEOMETRY_RECIPES)),
+                   recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=0.1),
     # the 2-core CPU demo: about 10 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
     # cost (benchmarks/results/batched.md: s/scene at batch 64, quick) fits 200 scenes of monostatic and fewer of
@@ -145,12 +148,12 @@ BUDGETS: dict[str, Budget] = {
     # decoder) and our geometry-aware one (image front end, geometry decoder: the largest training budget, it needs
     # minutes to move off the prior), the D-VAE and the CNN.
     "quick": Budget(n_test=200, eval_batch=64, n_train=4000, n_val=100, batch_size=32, model_preset="quick",
-                    train_seconds={"dvqvae-image-geometry": 180.0, "dvqvae-matched": 150.0, "dvqvae": 60.0,
+                    train_seconds={"dvqvae-image-geometry": 240.0, "dvqvae-matched": 150.0, "dvqvae": 60.0,
                                    "*": 30.0}, max_epochs=None,
                     classical=("music", "cs", "monostatic", "ml"),
                      learned=("dvqvae", "dvqvae-image-geometry", "dvae", "cnn"),
                     crlb_max_scenes=200, scheme_n_test={"music": 40, "cs": 12, "ml": 12},
-                    recipes=dict(GEOMETRY_RECIPES)),
+                    recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=1.5),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
                     batch_size=20, model_preset="paper",

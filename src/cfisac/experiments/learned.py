@@ -16,6 +16,7 @@ know the API of :mod:`cfisac.train`).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -155,6 +156,8 @@ def _train(ctx: Context, scheme: str | Scheme, cfgs: list[SystemConfig], spec: d
                        lr=float(spec["learning_rate"]), n_train=int(spec["n_train"]), n_val=int(spec["n_val"]),
                        seed=int(spec["seed"]), minutes=float(spec["train_seconds"]) / 60.0, device=ctx.device)
     mcfg = ModelConfig.from_dict(spec["model"])
+    if mcfg.front_end != "raw":  # a physics front end: keep its outputs (same steps, less time; not in the spec)
+        tcfg = dataclasses.replace(tcfg, feature_cache_gb=float(ctx.budget.feature_cache_gb))
     resume = (out / "latest.json").is_file()
     res = train(cfgs[0], mcfg, tcfg, out, resume=resume, progress=ctx.progress, log=ctx.log)
     last = res.history[-1] if res.history else {}

@@ -161,18 +161,33 @@ class ApSide(nn.Module):
         """Bits this AP sends to the CPU per update (one sample), from the message it actually emits."""
         return 8 * self.message_nbytes
 
-    def continuous(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def continuous(self, y_m: torch.Tensor, x: torch.Tensor | None = None,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output after the projector, channel-last: Z_m [B, d1, d2, d3, D] (Eq. 12-13); or the front end's
-        output [B, C, D1, D2, D3] for the CNN scheme."""
-        v = self.front_end(y_m, x if self.needs_x else None)
+        output [B, C, D1, D2, D3] for the CNN scheme. ``features``: this AP's front-end output for these samples
+        when already computed (:meth:`front_end_features`, e.g. kept by the trainer's cache); y_m is then unused."""
+        v = self.front_end_features(y_m, x) if features is None else self._check_features(features, y_m)
         if self.encoder is None:
             return v
         h = self.encoder(v)  # [B, H, d1, d2, d3]
         return self.projector(h.movedim(1, -1))
 
-    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> ApOutput:
-        """Training / in-graph forward (EMA codebook update in training mode)."""
-        z = self.continuous(y_m, x)
+    def front_end_features(self, y_m: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The fixed AP front end's output [B, C, D1, D2, D3] float32 (no trainable parameters)."""
+        return self.front_end(y_m, x if self.needs_x else None)
+
+    def _check_features(self, features: torch.Tensor, y_m: torch.Tensor) -> torch.Tensor:
+        want = (y_m.shape[0], *self.front_end.output_shape)
+        if tuple(features.shape) != want or features.dtype != torch.float32:
+            raise ValueError(f"features of AP {self.index} must be float32 {want} (its front end's output), got "
+                             f"{features.dtype} {tuple(features.shape)}")
+        return features
+
+    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> ApOutput:
+        """Training / in-graph forward (EMA codebook update in training mode); ``features`` as in
+        :meth:`continuous`."""
+        z = self.continuous(y_m, x, features)
         zero = z.new_zeros((), dtype=torch.float32)
         if self.encoder is None:
             return ApOutput(z.float().contiguous(), zero)
@@ -308,8 +323,12 @@ class SplitModel(nn.Module):
             raise ValueError(f"y must be complex [B, M={n_rx}, Mr, Ns, Ts], got {y.dtype} {tuple(y.shape)}")
         return [y[:, m] for m in range(n_rx)]
 
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> ModelOutput:
-        outs = [ap(y_m, x) for ap, y_m in zip(self.aps, self.split_echoes(y, len(self.aps)), strict=True)]
+    def forward(self, y: torch.Tensor, x: torch.Tensor,
+                features: Sequence[torch.Tensor] | None = None) -> ModelOutput:
+        """In-graph forward of every AP and the CPU; ``features`` (one per AP) as in :meth:`ApSide.continuous`."""
+        ys = self.split_echoes(y, len(self.aps))
+        fs = [None] * len(ys) if features is None else list(features)
+        outs = [ap(y_m, x, f) for ap, y_m, f in zip(self.aps, ys, fs, strict=True)]
         pred = self.cpu_side([o.payload for o in outs], x)
         return ModelOutput(pred, torch.stack([o.commitment for o in outs]).sum(), outs)
 

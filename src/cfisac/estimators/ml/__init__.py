@@ -6,7 +6,8 @@ Registered as ``"ml"`` (``create("ml", cfg)``: the distributed scheme, ``joint=F
 What each receive AP knows
 --------------------------
 Like the classical baselines (:mod:`.signal_processing`), the receive AP is assumed to know the transmit signals
-X (data symbols and precoders); the paper's own D-VQVAE receive APs do not (DESIGN.md, "Known slips").
+X (data symbols and precoders); the paper's own D-VQVAE receive APs do not (README, "Physics conventions and the
+paper's slips").
 
 The exact likelihood (Eq. 6)
 ----------------------------
