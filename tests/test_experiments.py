@@ -83,7 +83,8 @@ def test_accuracy_rows_are_real_errors_and_bounds(all_run):
     ctx, _, _ = all_run
     rows = {r["key"]: r for r in load_rows(ctx, "fig6")}
     prior = rows["power_dbm=30|scheme=prior"]
-    # the prior predicts the area's centre and zero velocity: recompute its RMSE from the test scenes by hand
+    # the prior predicts its best fixed guess, for Q = 1 (tiny) the area's centre, and zero velocity: recompute its
+    # RMSE from the test scenes by hand
     data = evaluation_data(ctx, ctx.base_cfg.replace(power_dbm=30.0))
     pos = data["positions"].double()
     rmse = float(((pos - 50.0) ** 2).sum(-1).mean().sqrt())

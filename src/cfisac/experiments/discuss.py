@@ -70,7 +70,7 @@ def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit:
         weak = [r for r in at if r["position_rmse"] >= 0.9 * prior["position_rmse"]]
         weak_v = [r for r in at if _ok(r["velocity_rmse"]) and _ok(prior["velocity_rmse"])
                   and r["velocity_rmse"] >= 0.9 * prior["velocity_rmse"]]
-        txt = (f"- **Prior predictor** (area centre, zero velocity): "
+        txt = (f"- **Prior predictor** (the best fixed guess, zero velocity): "
                f"{fmt_pair(prior['position_rmse'], prior['velocity_rmse'])}.")
         if weak:
             txt += " Within 10 % of it (or worse) in location: " + ", ".join(

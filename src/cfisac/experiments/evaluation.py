@@ -342,8 +342,8 @@ def evaluate(
     [n_test * Q]), ``cdf`` (position / velocity), ``prior`` (RMSEs of the prior predictor on the same scenes),
     ``root_crlb`` (or None), ``fronthaul_bits_per_ap``, ``seconds`` (estimator time per scene), and with
     ``mean_label`` (psi [4Q], e.g. the mean training label in the canonical target order) ``training_mean``: the
-    RMSEs of always predicting it. The latter is the best constant predictor for the squared loss the models are
-    trained with; it beats the prior's centre in position because the canonical order sorts targets by x.
+    RMSEs of always predicting it: the best constant for the squared loss the models are trained with (targets in
+    the canonical order), which the prior's best fixed guess (optimal under the assigned error) matches or beats.
     """
     from ..estimators import create
     from ..metrics import accuracy

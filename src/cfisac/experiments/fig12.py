@@ -33,7 +33,7 @@ def points(ctx: Context) -> list[Point]:
 
     cfg = operating_config(ctx)
     base = {"n_test": ctx.budget.n_test, "crlb_max_scenes": ctx.budget.crlb_max_scenes}
-    prior_spec = {**base, "n_test": ctx.budget.n_test_of("prior")}
+    prior_spec = {**base, "n_test": ctx.budget.n_test_of("prior"), "guess": "best"}
     pts = [
         Point(key="scheme=crlb", scheme="crlb", x_name="fronthaul_bits_per_ap", x_value=0.0, cfg=cfg, seed=ctx.seed,
               spec=base, run=lambda: evaluate_scheme(ctx, "crlb", cfg)),

@@ -156,8 +156,8 @@ def _against_prior(fp: float, fv: float) -> str:
 
 def verdict_lines(ctx: Context) -> list[str]:
     """Plain statements, computed from the stored Fig. 6 rows at each summary power, of how every learned scheme
-    fares against the prior predictor (area centre, zero velocity), the ML estimator (on its own, possibly fewer,
-    test scenes) and the root-CRLB of its scenes, and whose design it is (:func:`role`)."""
+    fares against the prior predictor (the best fixed guess, zero velocity), the ML estimator (on its own, possibly
+    fewer, test scenes) and the root-CRLB of its scenes, and whose design it is (:func:`role`)."""
     out: list[str] = []
     for power in summary_powers(ctx):
         rows = summary_rows(ctx, power)
@@ -222,7 +222,8 @@ CAVEATS = (
     "**Why the paper's D-VQVAE struggles.** Independent data symbols randomise the phase of every (subcarrier, symbol) "
     "cell of Y_m, so its second-order statistics carry the angle of arrival but no delay or Doppler; range and "
     "velocity are reachable only through X, which the decoder sees after heavy compression (docs/architecture.md). "
-    "Compare it with the prior predictor (area centre, zero velocity), drawn in every accuracy figure.",
+    "Compare it with the prior predictor (the best fixed guess of Q positions, zero velocity), drawn in every "
+    "accuracy figure.",
     "**Scenes per point and intervals.** Every point is evaluated on the preset's test scenes (`n_scenes` of the "
     "row; `Budget.scheme_n_test` may give a slow scheme fewer), the same scenes for every scheme, and each RMSE "
     "comes with a 95 % bootstrap interval over those scenes (whole scenes resampled; brackets in the tables, error "

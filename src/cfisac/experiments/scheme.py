@@ -3,7 +3,7 @@
 A scheme is what one curve of an accuracy figure evaluates:
 
 - ``"crlb"``: the root-CRLB of the test scenes (Eq. 24-28), no estimator;
-- ``"prior"``: the prior predictor (area centre, zero velocity);
+- ``"prior"``: the prior predictor (the best fixed guess of Q positions, zero velocity: :mod:`cfisac.estimators.prior`);
 - a classical estimator of :func:`cfisac.estimators.available` (``"music"``, ``"cs"``, ``"ml"``, ``"monostatic"``,
   ...; names may contain ``-``, e.g. ``"music-gated"``);
 - a learned model ``kind`` (``"dvqvae"``, ``"dvae"``, ``"cnn"``) with an AP front end (``"raw"``: the paper's Y_m)
@@ -156,7 +156,7 @@ class Scheme:
 
 SCHEMES: dict[str, dict[str, Any]] = {
     "crlb": dict(label="root-CRLB", color="black", linestyle="-", marker=None, linewidth=2.0),
-    "prior": dict(label="prior (area centre, v = 0)", color="0.55", linestyle=":", marker=None, linewidth=1.5),
+    "prior": dict(label="prior (best fixed guess, v = 0)", color="0.55", linestyle=":", marker=None, linewidth=1.5),
     "monostatic": dict(label="monostatic BS [13]", color="tab:brown", linestyle="--", marker="v"),
     "music": dict(label="MUSIC distributed", color="tab:orange", linestyle="--", marker="s"),
     "cs": dict(label="CS fully distributed [25]", color="tab:green", linestyle="--", marker="^"),

@@ -84,6 +84,8 @@ class AccuracySweep:
                             spec["max_seconds"] = ctx.budget.scheme_seconds
                         if scheme == "crlb":
                             spec["crlb_options"] = self.crlb_options
+                        if scheme == "prior":  # the best fixed guess (not the area centre of older stores)
+                            spec["guess"] = "best"
                         if is_learned(scheme):
                             from .learned import training_spec
 
