@@ -373,25 +373,42 @@ def refine_delay_doppler(r: torch.Tensor, grid: SensingGrid, d0: torch.Tensor, f
         index = torch.arange(P, device=dev) if x_index is None else x_index
         rank, n_group = _group_rank(index)
         S, nt = x_n.shape[:2]
-        rx_cov = transmit_covariance(x_n) if x_cov is None else x_cov
-        xc = x_n.transpose(2, 3).reshape(S, nt, -1).conj().resolve_conj()  # [S, Nt, Ts Ns]
-        data_t = data.permute(0, 3, 2, 1).contiguous()  # [P, Ts, Ns, 1 + K]
+        rx_cov = (transmit_covariance(x_n) if x_cov is None else x_cov)[index]  # [P, Nt, Nt]
+        xq = x_n.permute(0, 3, 1, 2).conj().resolve_conj().contiguous()  # conj(x) [S, Ts, Nt, Ns]
+        data_t = data.permute(0, 3, 2, 1)  # [P, Ts, Ns, 1 + K]
+
+        def layout(sel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+            """Problems-per-signal layout of the rows ``sel`` (all if None): their signal and rank in its group, the
+            group size, the signals conj(x) [S', Ts, Nt, Ns] and the data [S', Ts, n_group, Ns, 1 + K] (zero
+            padding); a subset is laid out over the signals it uses only."""
+            if sel is None:
+                sig, rk, ng, xs, dsel = index, rank, n_group, xq, data_t
+            else:
+                used_s, sig = torch.unique(index[sel], return_inverse=True)
+                rk, ng = _group_rank(sig)
+                xs, dsel = xq[used_s], data_t[sel]
+            dq = torch.zeros((xs.shape[0], ts, ng, ns, data_t.shape[-1]), dtype=cdt, device=dev)
+            dq[sig, :, rk] = dsel
+            return sig, rk, ng, xs, dq
+
+        full = layout(None)
 
         def columns(cd: torch.Tensor, sel: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = index if sel is None else index[sel]
-            rk = rank if sel is None else rank[sel]
+            sig, rk, ng, xs, dq = full if sel is None else layout(sel)
             a = steering_vectors(aod(cd) if sel is None else aod_sub(cd, sel), nt, grid.spacing, cdt)  # [p, G, Nt]
-            # conj(b) e^{+j 2 pi i d df / c} in the problems-per-signal layout of _grouped_beams (phase applied in
-            # place), gathered straight into the [p, Ts, G, Ns] layout of the data product: one copy, not three.
+            # conj(b) e^{+j 2 pi i d df / c} = (a^T conj(x)) * phase per symbol, in the layout [S', Ts, n_group, G,
+            # Ns] (phase applied in place), whose (signal, symbol, group) blocks [G, Ns] meet the data's [Ns, 1 + K]
+            # in one batched product; only the small result is gathered back to the problems.
             g = cd.shape[1]
-            stacked = torch.zeros((S, n_group, g, nt), dtype=cdt, device=dev)
-            stacked[idx, rk] = a
-            phase = torch.zeros((S, n_group, g, 1, ns), dtype=cdt, device=dev)
-            phase[idx, rk] = delay_phase(grid, cd).conj().to(cdt)[:, :, None, :]
-            e = (stacked.reshape(S, n_group * g, nt) @ xc).view(S, n_group, g, ts, ns).mul_(phase)
-            e = e.permute(0, 1, 3, 2, 4)[idx, rk]  # [p, Ts, G, Ns]
-            dt = data_t if sel is None else data_t[sel]
-            return e @ dt, _beam_energy(a, rx_cov[idx])  # [p, Ts, G, 1 + K], [p, G]
+            sg = xs.shape[0]
+            stacked = torch.zeros((sg, ng, g, nt), dtype=cdt, device=dev)
+            stacked[sig, rk] = a
+            phase = torch.zeros((sg, 1, ng, g, ns), dtype=cdt, device=dev)
+            phase[sig, 0, rk] = delay_phase(grid, cd).conj().to(cdt)
+            e = (stacked.reshape(sg, 1, ng * g, nt) @ xs).view(sg, ts, ng, g, ns).mul_(phase)
+            out = (e.view(-1, g, ns) @ dq.view(-1, ns, dq.shape[-1])).view(sg, ts, ng, g, -1)
+            en = _beam_energy(a, rx_cov if sel is None else rx_cov[sel])
+            return out[sig, :, rk], en  # [p, Ts, G, 1 + K], [p, G]
 
         def aod_sub(cd: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
             full = torch.zeros((P, cd.shape[1]), dtype=cd.dtype, device=dev)
