@@ -141,7 +141,11 @@ def ray_delay_doppler_map(r: torch.Tensor, x_n: torch.Tensor, grid: SensingGrid,
             f1 = torch.fft.ifft(g, n=lf, dim=-1)[..., :keep] * lf  # [p, Nt, Ts, K]
         else:
             f1 = g @ dft
-        z[lo:lo + step] = (am[lo:lo + step] * f1).sum(1).transpose(1, 2)
+        ab = am[lo:lo + step]
+        acc = ab[:, 0] * f1[:, 0]  # transmit beamforming sum_l a_l f1_l, in the order of .sum(1), no [p, Nt, Ts, K]
+        for l_ in range(1, nt):
+            acc += ab[:, l_] * f1[:, l_]
+        z[lo:lo + step] = acc.transpose(1, 2)
     s = torch.fft.fftshift(torch.fft.fft(z, n=lt, dim=-1), dim=-1)
     power = s.abs().to(torch.float64) ** 2 / energy[..., None]
     return power, d, _doppler_grid(grid, ts, oversample, r.device), u_tx, valid
