@@ -2,8 +2,9 @@
 
 Batched over problems (one problem = one receive AP of one scene, on its current residual): the maps of all
 problems of a chunk are computed as tensors, receive APs in a loop of M (each has its own grid geometry). Per
-problem and transmit AP the work is ``U Nt Ts`` zero-padded FFTs over subcarriers (U receive beams) and a gather
-at the grid points; memory is bounded by chunking problems and beams to ``CHUNK_BYTES``.
+problem and transmit AP the work is ``U Nt Ts`` zero-padded FFTs over subcarriers (U receive beams), read directly
+at the (beam, range bin) cells of the grid points; memory is bounded by chunking problems and beams to
+``CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ class SearchMixin:
         out = dict(u=u, pts=pts, iu=iu, idn=idn, ok=ok, a_r=geo.steer(u, cfg.n_rx_antennas, C64), a_t=a_t,
                    f=f, f_ok=(f.abs() <= geo.f_max), lf=torch.tensor(lf), lt=torch.tensor(lt), K=torch.tensor(K))
         out["groups"] = [[_cell_groups(iu[m] * K + idn[m, :, n], a_t[m, :, n]) for n in range(N)] for m in range(M)]
+        for grp in (g for row in out["groups"] for g in row):
+            grp["beam"], grp["bin"] = grp["cell"] // K, grp["cell"] % K
         self._grid_cache[key] = out
         return out
 
@@ -155,7 +158,7 @@ class SearchMixin:
         ctx = self._search_context(x)
         N, Nt, Mr, Ns, Ts = cfg.n_tx, cfg.n_tx_antennas, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols
         U = grid["u"].numel()
-        K, lf, lt = int(grid["K"]), int(grid["lf"]), int(grid["lt"])
+        lf, lt = int(grid["lf"]), int(grid["lt"])
         G = grid["pts"].shape[0]
         L = rows.numel()
         Tn = torch.zeros(L, N, G, dtype=torch.float32, device=dev)
@@ -166,31 +169,43 @@ class SearchMixin:
         step_l = max(1, CHUNK_BYTES // (per_beam * U)) if step_u == U else 1
         zero = torch.zeros((), device=dev)
         a_rh = grid["a_r"].conj()  # [U, Mr] complex64
+        f_all = bool(grid["f_ok"].all())
         for m in range(cfg.n_rx):  # each receive AP has its own grid geometry
             prob = (ap == m).nonzero().flatten()
             for l0 in range(0, prob.numel(), step_l):
                 pl = prob[l0:l0 + step_l]
                 nl = pl.numel()
-                # receive beams, symbols last: [nl, U, Ts, Ns]
-                zb = (a_rh @ r[pl].to(C64).reshape(nl, Mr, Ns * Ts)).view(nl, U, Ns, Ts).transpose(2, 3)
+                # receive beams, symbols last, problems inside: [U, 1, nl, Ts, Ns] (a view)
+                zb = (a_rh @ r[pl].to(C64).reshape(nl, Mr, Ns * Ts)).view(nl, U, Ns, Ts).permute(1, 0, 3, 2)[:, None]
                 for n in range(N):
-                    xn = ctx["xconj_t"][scene[pl], n][:, None]  # [nl, 1, Nt, Ts, Ns]
+                    xn = ctx["xconj_t"][scene[pl], n].transpose(0, 1)  # [Nt, nl, Ts, Ns]
                     grp = grid["groups"][m][n]
-                    z2 = torch.zeros(G + 1, nl * Ts, dtype=C64, device=dev)  # row G: padding sink
+                    # every grid point is in exactly one group: every row is written (row G: padding sink)
+                    z2 = torch.empty(G + 1, nl * Ts, dtype=C64, device=dev)
                     for u0 in range(0, U, step_u):
                         u1 = min(U, u0 + step_u)
-                        vs = ((grp["cell"] >= u0 * K) & (grp["cell"] < u1 * K)).nonzero().flatten()
+                        vs = ((grp["beam"] >= u0) & (grp["beam"] < u1)).nonzero().flatten()
                         if vs.numel() == 0:
                             continue
-                        F1 = torch.fft.ifft(zb[:, u0:u1, None] * xn, n=lf, dim=-1)[..., :K] * lf  # [nl,u,Nt,Ts,K]
-                        X = F1.permute(1, 4, 2, 0, 3).reshape((u1 - u0) * K, Nt, nl * Ts)  # per (beam, range bin)
+                        prod = torch.empty(u1 - u0, Nt, nl, Ts, Ns, dtype=C64, device=dev)
+                        torch.mul(zb[u0:u1], xn, out=prod)
+                        # unnormalised inverse DFT (norm="forward": no 1 / lf): [u, Nt, nl, Ts, lf]
+                        F1 = torch.fft.ifft(prod, n=lf, dim=-1, norm="forward")
+                        del prod
+                        # every group of grid points sharing a (beam, range bin) cell: a_t(g)^T times its block,
+                        # read from F1 at (beam, bin) directly: [V, Nt, nl Ts]
+                        X = F1[grp["beam"][vs] - u0, :, :, :, grp["bin"][vs]].view(-1, Nt, nl * Ts)
                         del F1
-                        # every group of grid points sharing a (beam, range bin) cell: a_t(g)^T times its block
-                        z2[grp["points"][vs]] = grp["a_t"][vs] @ X[grp["cell"][vs] - u0 * K]
+                        z2[grp["points"][vs]] = grp["a_t"][vs] @ X
                         del X
-                    S = torch.fft.fft(z2[:G].view(G, nl, Ts).transpose(0, 1), n=lt, dim=-1)  # [nl, G, lt]
-                    pw = torch.where(grid["f_ok"], (S.real**2 + S.imag**2) / ctx["E"][scene[pl], m, n][..., None], zero)
-                    Tn[pl, n], Fi[pl, n] = pw.max(-1)
+                    S = torch.fft.fft(z2[:G].view(G, nl, Ts), n=lt, dim=-1)  # [G, nl, lt]
+                    pw = S.real**2 + S.imag**2
+                    del S
+                    pw /= ctx["E"][scene[pl], m, n].T[..., None]
+                    if not f_all:
+                        pw.masked_fill_(~grid["f_ok"], 0.0)
+                    val, arg = pw.max(-1)  # [G, nl]
+                    Tn[pl, n], Fi[pl, n] = val.T, arg.T
         ok = grid["ok"][ap]  # [L, G]
         Tn = torch.where(ok[:, None], Tn, zero)
         if maps is not None:
