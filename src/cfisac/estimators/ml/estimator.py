@@ -185,12 +185,13 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
     def ap_messages(self, y: torch.Tensor, x: torch.Tensor) -> ApMessages:
         """The per-AP stage (package docstring, steps 1-5) for y [B, M, Mr, Ns, Ts], x [B, N, Nt, Ns, Ts] on one
         device: every receive AP's message in float64 (before float32 rounding)."""
-        theta, gains, stat, maps = self.local_messages(y.to(C128), x.to(C128))
+        # contiguous x: the transmit beams read x[:, n] as [B, Nt, Ns Ts] (a view only when x is contiguous)
+        theta, gains, stat, maps = self.local_messages(y.to(C128), x.to(C128).contiguous())
         return ApMessages(theta, gains, stat, echoes=y if self.joint else None, search_maps=maps)
 
     def fuse(self, messages: ApMessages, x: torch.Tensor) -> MLEstimate:
         """The CPU: decode the float32 messages, fuse them (and with ``joint``, refine on the echoes)."""
-        x = x.to(C128)
+        x = x.to(C128).contiguous()
         msgs = messages.quantized()
         psi_d, starts = self.fuse_messages(msgs, x)
         out = MLEstimate(psi_d[..., :2], psi_d[..., 2:], distributed_positions=psi_d[..., :2],

@@ -256,9 +256,12 @@ def path_system(
             ph = ph * path_mask[sl].to(F64)[..., None, None]
         if deriv:  # transmit beams and their AoD derivatives in one product: [nl, 2P, Ns, Ts]
             bb = _beams(torch.cat([at_h, at_h * tx_d], 1), x, x_idx[sl], torch.cat([n_of_path, n_of_path]))
-            s = ph * bb[:, :P]
-            F = torch.stack([s, s * i_abs[:, None], s * t_abs, ph * bb[:, P:]], 2)  # [nl, P, 4, Ns, Ts]
-            del bb
+            F = torch.empty(nl, P, 4, Ns, Ts, dtype=C128, device=dev)  # [s, i s, t s, ds/dw], written in place
+            s = torch.mul(ph, bb[:, :P], out=F[:, :, 0])
+            torch.mul(s, i_abs[:, None], out=F[:, :, 1])
+            torch.mul(s, t_abs, out=F[:, :, 2])
+            torch.mul(ph, bb[:, P:], out=F[:, :, 3])
+            del bb, s
         else:
             s = ph * _beams(at_h, x, x_idx[sl], n_of_path)
             F = s[:, :, None]
