@@ -170,6 +170,7 @@ class SearchMixin:
         zero = torch.zeros((), device=dev)
         a_rh = grid["a_r"].conj()  # [U, Mr] complex64
         f_all = bool(grid["f_ok"].all())
+        pad = None
         for m in range(cfg.n_rx):  # each receive AP has its own grid geometry
             prob = (ap == m).nonzero().flatten()
             for l0 in range(0, prob.numel(), step_l):
@@ -187,11 +188,13 @@ class SearchMixin:
                         vs = ((grp["beam"] >= u0) & (grp["beam"] < u1)).nonzero().flatten()
                         if vs.numel() == 0:
                             continue
-                        prod = torch.empty(u1 - u0, Nt, nl, Ts, Ns, dtype=C64, device=dev)
-                        torch.mul(zb[u0:u1], xn, out=prod)
+                        # the products written into a zero-padded buffer (its tail stays zero; reused)
+                        shape = (u1 - u0, Nt, nl, Ts, lf)
+                        if pad is None or pad.shape != shape:
+                            pad = torch.zeros(shape, dtype=C64, device=dev)
+                        torch.mul(zb[u0:u1], xn, out=pad[..., :Ns])
                         # unnormalised inverse DFT (norm="forward": no 1 / lf): [u, Nt, nl, Ts, lf]
-                        F1 = torch.fft.ifft(prod, n=lf, dim=-1, norm="forward")
-                        del prod
+                        F1 = torch.fft.ifft(pad, dim=-1, norm="forward")
                         # every group of grid points sharing a (beam, range bin) cell: a_t(g)^T times its block,
                         # read from F1 at (beam, bin) directly: [V, Nt, nl Ts]
                         X = F1[grp["beam"][vs] - u0, :, :, :, grp["bin"][vs]].view(-1, Nt, nl * Ts)
