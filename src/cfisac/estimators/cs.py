@@ -36,7 +36,8 @@ computed with fewer operations than the reference's (see :meth:`CsEstimator._cor
 statistic is computed once per row and transmit AP (:meth:`CsEstimator._data_lags`) and every pick on a residual
 only range-transforms the 2J columns of the fitted atoms (the statistic is quadratic in the residual), the rest is
 the same algorithm. Most of the remaining time is the zoom refinements (about 80 refinements of 56 objective
-evaluations per AP).
+evaluations per AP); their per-symbol products read the rows' data and conjugate transmit signals in the layouts
+made once per row (``_Rows.yt``, ``_Rows.xt``: one more copy of x per row), not re-transposed per refinement.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from ..physics import (
     doppler_phase,
     ray_distance,
     steering_vectors,
-    transmit_beam,
     wrap_cosine,
 )
 from . import register_without_checkpoint
@@ -85,7 +85,9 @@ class _Rows:
     Ts] (the scene's transmit signals), ``rxx`` [R, N, Ts, Nt, Nt] (``sum_i x x^H`` per symbol), ``m`` [R] long and
     ``rho`` [R, N, Ts, Kw, 2, 2Nt - 1] the data's lag correlations of the OMP statistic (:meth:`CsEstimator._data_lags`)
     and ``inv_e`` [R, N, La, Ts] float64 the inverse atom energies ``1 / (a^H R_x,t a)`` of the AoD grid (both None
-    on candidate copies, which pick nothing)."""
+    on candidate copies, which pick nothing); ``yt`` the data per symbol [R, Ts, Ns, Mr] (:meth:`y_t`, made once
+    and carried by :meth:`take` / :meth:`repeat`) and ``xt`` the conjugate transmit signals per symbol [R, N, Ts, Nt,
+    Ns] (the layout of the AoD zoom's products)."""
 
     y: torch.Tensor
     x: torch.Tensor
@@ -93,14 +95,23 @@ class _Rows:
     m: torch.Tensor
     rho: torch.Tensor | None = None
     inv_e: torch.Tensor | None = None
+    yt: torch.Tensor | None = None
+    xt: torch.Tensor | None = None
 
     def take(self, idx: torch.Tensor) -> _Rows:
-        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx], *(None if t is None else t[idx]
-                                                                              for t in (self.rho, self.inv_e)))
+        return _Rows(self.y[idx], self.x[idx], self.rxx[idx], self.m[idx],
+                     *(None if t is None else t[idx] for t in (self.rho, self.inv_e, self.yt, self.xt)))
 
     def repeat(self, c: int) -> _Rows:
         """Every row ``c`` times (row r * c + j is copy j of row r), without ``rho``."""
-        return _Rows(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.rxx, self.m)))
+        yt, xt = (None if t is None else t.repeat_interleave(c, 0) for t in (self.yt, self.xt))
+        return _Rows(*(t.repeat_interleave(c, 0) for t in (self.y, self.x, self.rxx, self.m)), yt=yt, xt=xt)
+
+    def y_t(self) -> torch.Tensor:
+        """``y`` per symbol, [R, Ts, Ns, Mr] contiguous (the layout of every per-symbol product with the data)."""
+        if self.yt is None:
+            self.yt = self.y.permute(0, 3, 2, 1).contiguous()
+        return self.yt
 
 
 @dataclass
@@ -204,7 +215,8 @@ class CsEstimator(BatchedEstimator):
         S, M, N = y.shape[0], self.cfg.n_rx, self.cfg.n_tx
         rxx = torch.einsum("snlit,snkit->sntlk", x, x.conj())
         rows = _Rows(y.reshape(S * M, *y.shape[2:]), x.repeat_interleave(M, 0), rxx.repeat_interleave(M, 0),
-                     torch.arange(M, device=y.device).repeat(S))
+                     torch.arange(M, device=y.device).repeat(S),
+                     xt=x.conj().permute(0, 1, 4, 2, 3).contiguous().resolve_conj().repeat_interleave(M, 0))
         rows.rho = torch.stack([self._data_lags(ctx, rows.y, rows.x[:, k]) for k in range(N)], 1)
         energy = torch.einsum("pl,rntlk,pk->rnpt", ctx.a_tx.conj(), rows.rxx, ctx.a_tx).real.to(torch.float64)
         rows.inv_e = 1.0 / energy.clamp_min(TINY)  # [R, N, La, Ts]
@@ -421,7 +433,7 @@ class CsEstimator(BatchedEstimator):
         J = phi.shape[-1]
         ridge = 1e-10 * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1) / J + TINY
         eye = torch.eye(J, dtype=gram.dtype, device=gram.device)
-        return phi, torch.linalg.solve(gram + ridge[..., None, None] * eye, ph @ rows.y.permute(0, 3, 2, 1))
+        return phi, torch.linalg.solve(gram + ridge[..., None, None] * eye, ph @ rows.y_t())
 
     def _refine(self, ctx: _Context, rows: _Rows, n: torch.Tensor, d: torch.Tensor, u: torch.Tensor,
                 others: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, first: bool,
@@ -438,7 +450,8 @@ class CsEstimator(BatchedEstimator):
         R, mr, ns, ts = y.shape
         nt, dt = cfg.n_tx_antennas, y.dtype
         ar = torch.arange(R, device=y.device)
-        x_n, rxx = rows.x[ar, n], rows.rxx[ar, n]  # [R, Nt, Ns, Ts], [R, Ts, Nt, Nt]
+        rxx = rows.rxx[ar, n]  # [R, Ts, Nt, Nt]
+        xt_n = rows.xt[ar, n]  # conj(x) of each row's transmit AP per symbol: [R, Ts, Nt, Ns]
         width = 1.0 if first else 0.5
         hd = grid.range_res / self.delay_oversample * width
         hu = 1.0 / (nt * grid.spacing * self.aod_oversample) * width
@@ -448,7 +461,7 @@ class CsEstimator(BatchedEstimator):
             o = self._atoms(ctx, rows, *others)  # [R, Ts, Ns, K]
             oh = o.conj().transpose(-1, -2)
             ginv = torch.linalg.pinv(oh @ o, rtol=1e-15, hermitian=True)  # [R, Ts, K, K]
-            w = ginv @ (oh @ y.permute(0, 3, 2, 1))  # G^+ O^H y: [R, Ts, K, Mr]
+            w = ginv @ (oh @ rows.y_t())  # G^+ O^H y: [R, Ts, K, Mr]
 
         def concentrated(a_: torch.Tensor, c_: torch.Tensor | None, e_: torch.Tensor) -> torch.Tensor:
             """a_ = phi^H y [R, C, Mr, Ts], c_ = phi^H O [R, C, Ts, K] or None, e_ = ||phi_t||^2 [R, C, Ts]."""
@@ -461,9 +474,10 @@ class CsEstimator(BatchedEstimator):
         obj = torch.zeros_like(d)
         for scale in (1.0, 0.25):
             # range zoom at fixed AoD: phi_t^H v = sum_i e^{+j w(d) i} conj(b[i,t]) v[i]
-            bc = transmit_beam(x_n, u[:, None], grid.spacing)[:, 0].conj()  # [R, Ns, Ts]
+            a_u = steering_vectors(u[:, None], nt, grid.spacing, dt)  # [R, 1, Nt]
+            bc = (a_u[:, None] @ xt_n)[:, :, 0].transpose(1, 2).contiguous()  # conj(b) = a^T conj(x): [R, Ns, Ts]
             e_t = _abs2(bc).sum(1)  # [R, Ts]
-            yb = (bc[:, None] * y).transpose(1, 2).reshape(R, ns, mr * ts)
+            yb = torch.mul(bc[:, :, None], y.transpose(1, 2), out=y.new_empty((R, ns, mr, ts))).view(R, ns, mr * ts)
             ob = (bc.transpose(1, 2)[..., None] * o).transpose(1, 2).reshape(R, ns, ts * K) if K else None
 
             def obj_d(cand: torch.Tensor, yb=yb, ob=ob, e_t=e_t) -> torch.Tensor:
@@ -473,8 +487,9 @@ class CsEstimator(BatchedEstimator):
 
             d, _ = zoom_maximize(obj_d, d, hd * scale, reuse=True)
             # AoD zoom at fixed range: conj(b) = a^T conj(x): phi_t^H v = sum_l a_l sum_i e^{+j w i} conj(x_l) v
-            xph = (x_n.conj() * delay_phase(grid, d).conj().to(dt)[:, None, :, None]).permute(0, 3, 1, 2)
-            wy = (xph @ y.permute(0, 3, 2, 1)).permute(0, 2, 3, 1).reshape(R, nt, mr * ts)  # [R, Nt, Mr*Ts]
+            ph = delay_phase(grid, d).conj().to(dt)
+            xph = xt_n * ph[:, None, None, :]  # conj(x) e^{+j w i}: [R, Ts, Nt, Ns]
+            wy = (xph @ rows.y_t()).permute(0, 2, 3, 1).reshape(R, nt, mr * ts)  # [R, Nt, Mr*Ts]
             wo = (xph @ o).transpose(1, 2).reshape(R, nt, ts * K) if K else None  # [R, Nt, Ts*K]
 
             def obj_u(cand: torch.Tensor, wy=wy, wo=wo) -> torch.Tensor:
