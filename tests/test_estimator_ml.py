@@ -382,3 +382,44 @@ def test_batched_assignment_and_bounded_wls_equal_scipy():
         assert np.allclose(got[b].numpy(), sol.x, atol=1e-6), (got[b], sol.x)
     assert abs(float(got[1, 2]) - vmax) < 1e-9  # the bound is active
 
+
+
+def test_second_search_and_doppler_retry_gates_skip_work_not_results():
+    """The strongest-path-cancelled second search runs only where the winner explains some path below
+    ``second_search_level`` (default the detection threshold; the Doppler retry's gate is off by default). On tiny
+    scenes with a
+    target on the transmit AP 0 - receive AP 0 baseline (x = 25 m, the forward-scatter case the second search is for)
+    the gated estimator gives the ungated one's estimates (inf levels: the previous behaviour), its second searches
+    cover fewer problems than the first, and the baseline target's problem (scene 0, AP 0) is among them."""
+    cfg = cfisac.SystemConfig.preset("tiny", n_targets=2, power_dbm=40.0)
+    sc = cfisac.sample_scenes(cfg, 6, 5)
+    sc.positions[0] = torch.tensor([[25.0, 47.0], [62.0, 30.0]], dtype=torch.float64)
+    x = cfisac.transmit_signals(cfg, sc, 5, dtype=torch.complex128)
+    y = cfisac.sensing_echoes(cfg, sc, x, seed=5)
+    searched: dict[str, list[list[int]]] = {}
+    out = {}
+    for label, kw in (("all", dict(second_search_level=float("inf"), doppler_retry_level=float("inf"))),
+                      ("gated", {})):
+        est = MLEstimator(cfg, **kw)
+        calls = searched.setdefault(label, [])
+        orig = est._candidates
+
+        def spy(r, rows, *a, _orig=orig, _calls=calls, **k):
+            _calls.append(rows.tolist())
+            return _orig(r, rows, *a, **k)
+
+        est._candidates = spy
+        out[label] = est(y, x)
+    L = 6 * cfg.n_rx
+    assert all(len(c) == L for c in searched["all"])
+    second = searched["gated"][1::2]  # first / second search alternate
+    assert all(len(c) == L for c in searched["gated"][0::2]) and all(len(c) < L for c in second)
+    assert any(0 in c for c in second)  # problem 0 = scene 0, receive AP 0
+    for key in ("positions", "velocities"):
+        assert torch.allclose(getattr(out["gated"], key), getattr(out["all"], key), atol=1e-3), key
+    assert accuracy(out["gated"].positions[:1], out["gated"].velocities[:1], sc.positions[:1],
+                    sc.velocities[:1]).position_rmse < 2.0
+    with pytest.raises(ValueError, match="second_search_level"):
+        MLEstimator(cfg, second_search_level=float("nan"))
+    with pytest.raises(ValueError, match="doppler_retry_level"):
+        MLEstimator(cfg, doppler_retry_level=-1.0)

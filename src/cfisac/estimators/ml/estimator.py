@@ -84,6 +84,12 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
     targets close to a transmit AP); ``max_iter`` LM iterations (40); ``detection_threshold`` GLRT
     threshold of a target slot's strongest path (default ``log(cells / false_alarm)`` with ``false_alarm`` 1e-3);
     ``path_threshold`` of its further paths (default ``log(Doppler cells / false_alarm)``, at most the former);
+    ``second_search_level``: the strongest-path-cancelled second search of a detection (package docstring, step 2)
+    runs only on the problems whose weakest path's GLRT statistic at the first search's winner is below it (default
+    the detection threshold; ``inf``: on every problem, the behaviour before this option; measured equivalence in
+    ``benchmarks/results/ml.md``); ``doppler_retry_level`` likewise for the Doppler retry of each refined candidate
+    (step 2: only candidates with a path explained below this level are re-searched in Doppler; default ``inf``,
+    every candidate: with both gates at the detection threshold a tiny scene moved by 0.3 m, see ml.md);
     ``threads`` torch intra-op threads during a call (1: the work is many small tensor operations, which
     multi-threading slows down on a shared machine; restored afterwards; None leaves the global setting);
     ``device`` where every tensor lives (None: that of y), ``dtype`` the complex dtype y and x are cast to before
@@ -98,6 +104,7 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
                  angle_oversample: int = 2, oversample: int = 2, max_iter: int = 40,
                  detection_threshold: float | None = None, path_threshold: float | None = None,
                  false_alarm: float = 1e-3, grid_refinement: float = 1.0,
+                 second_search_level: float | None = None, doppler_retry_level: float | None = None,
                  threads: int | None = 1, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.complex128, chunk_size: int | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
@@ -144,6 +151,12 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
         if not (isinstance(path_threshold, (int, float)) and math.isfinite(path_threshold) and path_threshold >= 0):
             raise ValueError(f"path_threshold must be a finite number >= 0, got {path_threshold!r}")
         self.path_threshold = min(float(path_threshold), self.threshold)
+        for name, level, default in (("second_search_level", second_search_level, self.threshold),
+                                     ("doppler_retry_level", doppler_retry_level, math.inf)):
+            level = default if level is None else level
+            if not (isinstance(level, (int, float)) and not isinstance(level, bool) and level >= 0):
+                raise ValueError(f"{name} must be a number >= 0 (inf: always), got {level!r}")
+            setattr(self, name, float(level))
         N, Q = cfg.n_tx, cfg.n_targets
         self.message_bits_per_ap = 32 * (2 + 3 * N) * Q
         self.centralized_bits_per_ap = 64 * cfg.n_rx_antennas * cfg.n_subcarriers * cfg.n_symbols
