@@ -19,7 +19,10 @@ from cfisac.estimators.reference.signal_processing import validate_inputs
 from cfisac.geometry import bistatic_geometry
 
 TINY = SystemConfig.preset("tiny")
-MSG_ATOL = {"aoa": 1e-8, "ranges": 1e-6, "dopplers": 1e-4}  # direction cosine, m, Hz (cells: 0.5, 39 m, 3.8 kHz)
+# direction cosine, m, Hz (cells: 0.5, 39 m, 3.8 kHz): 1e-4 of a cell. The reference zooms 14 halvings (resolution
+# ~1.5e-5 of its first step), the product path zooms 4 and then takes parabolic/Newton steps to the continuous optimum
+# (dsp.zoom_newton_maximize*), so they agree to the reference's zoom resolution, not to rounding (was 1e-8/1e-6/1e-4)
+MSG_ATOL = {"aoa": 5e-5, "ranges": 4e-3, "dopplers": 0.4}
 
 
 def simulate(cfg, n, seed, noise=True):
@@ -49,9 +52,11 @@ def test_estimates_equal_the_reference_through_the_registry():
     new = create("cs", cfg, device="cpu")
     assert isinstance(new, CsEstimator) and new.name == "cs"
     out, ref = new(y, x), create("cs-reference", cfg)(y, x)
-    # the fusion's least squares (tolerances 1e-12) amplifies ~1e-10 message differences to ~1e-6
-    torch.testing.assert_close(out.positions, ref.positions, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.velocities, ref.velocities, atol=1e-5, rtol=0)
+    # the messages agree to the reference's zoom resolution (MSG_ATOL), which the fusion's least squares carries
+    # to ~2e-4 m and ~2e-3 m/s here (1e-5 while both paths zoomed alike); far below a range cell (39 m) and the
+    # velocity a Doppler cell (3.8 kHz) implies
+    torch.testing.assert_close(out.positions, ref.positions, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.velocities, ref.velocities, atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("n_atoms", [1, 2])

@@ -29,7 +29,7 @@ from ..physics import SensingGrid, delay_phase, direction_cosine, doppler_phase,
 __all__ = [
     "MAP_CHUNK_CELLS", "delay_doppler_dft", "endfire_alias", "find_peaks", "joint_fit", "music_null_spectrum",
     "path_signatures", "ray_delay_doppler_map", "refine_delay_doppler", "top_peaks", "transmit_covariance",
-    "zoom_maximize", "zoom_maximize_2d",
+    "zoom_maximize", "zoom_maximize_2d", "zoom_newton_maximize", "zoom_newton_maximize_2d",
 ]
 
 MAP_CHUNK_CELLS = 2**23  # complex cells of the padded per-antenna DFT of ray_delay_doppler_map per sub-batch
@@ -243,6 +243,57 @@ def zoom_maximize(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.T
     return x, best
 
 
+def zoom_newton_maximize(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                         step: torch.Tensor | float, *, lower: float | None = None, upper: float | None = None,
+                         n_zoom: int = 4, n_iter: int = 14, max_newton: int = 6,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local 1-D maximisation, batched like :func:`zoom_maximize` (same arguments and returns): ``n_zoom`` 5-point
+    zoom halvings (``reuse``) bring every problem inside its maximum's lobe, then 3-point parabolic (Newton) steps
+    on the same smooth objective until every problem's step is below ``step / 2^n_iter`` (the accuracy of
+    ``zoom_maximize(..., n_iter=n_iter)``) or ``max_newton`` steps are done.
+
+    A Newton step evaluates ``x`` and ``x -+ h`` (clipped to [lower, upper]; ``h`` the last zoom grid's spacing,
+    then ``4 |step|`` clamped to [tol, h / 2]) and moves to the vertex of the interpolating parabola, kept within
+    the three points; where the parabola is not concave it moves to the best of the three. The value returned is the
+    parabola's at the final point (the objective's to second order in the last step, which is below ``tol``).
+    Typically 4 zooms + 2-3 Newton steps: 14 + 6-9 evaluations instead of 5 + 3 (n_iter - 1) = 44.
+    """
+    x, best = zoom_maximize(objective, x0, step, lower=lower, upper=upper, n_iter=n_zoom,
+                            reuse=lower is None and upper is None)
+    st = torch.as_tensor(step, dtype=torch.float64, device=x.device).expand(x.shape)
+    h = st / 2**n_zoom
+    tol = st / 2**n_iter
+    offs = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64, device=x.device)
+    done = torch.zeros_like(x, dtype=torch.bool)
+    for _ in range(max_newton):
+        cand = x[..., None] + h[..., None] * offs
+        if lower is not None or upper is not None:
+            cand = cand.clamp(lower, upper)
+        v = objective(cand)
+        a, b, c = cand.unbind(-1)
+        fa, fb, fc = v.unbind(-1)
+        # vertex of the parabola through (a, fa), (b, fb), (c, fc); concave iff the 2nd divided difference < 0
+        da, dc = b - a, c - b
+        ok = (da > 0) & (dc > 0)
+        sa = (fb - fa) / torch.where(ok, da, 1.0)
+        sc = (fc - fb) / torch.where(ok, dc, 1.0)
+        curv = (sc - sa) / torch.where(ok, c - a, 1.0)  # half the 2nd derivative
+        ok = ok & (curv < 0)
+        slope_b = (sa * dc + sc * da) / torch.where(ok, c - a, 1.0)  # derivative at b
+        s = torch.where(ok, -slope_b / (2 * torch.where(ok, curv, -1.0)), 0.0)
+        s = torch.maximum(torch.minimum(s, c - b), a - b)
+        k = v.argmax(-1, keepdim=True)
+        xb, vb = cand.gather(-1, k)[..., 0], v.gather(-1, k)[..., 0]
+        step_ = torch.where(ok, s, xb - b)
+        x = torch.where(done, x, torch.where(ok, b + s, xb))
+        best = torch.where(done, best, torch.where(ok, fb + slope_b * s + curv * s * s, vb))
+        done = done | (step_.abs() < tol)  # per problem: results independent of the batch's other problems
+        if bool(done.all()):
+            break
+        h = torch.minimum(torch.maximum(4 * step_.abs(), tol), h / 2)
+    return x, best
+
+
 def _zoom_step(objective: Callable[[torch.Tensor], torch.Tensor], prev: torch.Tensor, prev_val: torch.Tensor,
                k: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One 5-point :func:`zoom_maximize` iteration around the previous best ``x = prev[k]`` (half-width ``h``):
@@ -287,6 +338,56 @@ def zoom_maximize_2d(z: torch.Tensor, kernel_a: Callable[[torch.Tensor], torch.T
         a, b, val = ca[rows, ia], cb[rows, ib], s[rows, ia, ib]
         ha, hb = ha * 0.5, hb * 0.5
     return a, b, val
+
+
+def zoom_newton_maximize_2d(z: torch.Tensor, kernel_a: Callable[[torch.Tensor], torch.Tensor],
+                            kernel_b: Callable[[torch.Tensor], torch.Tensor], a0: torch.Tensor, b0: torch.Tensor,
+                            step_a: float, step_b: float, *, n_zoom: int = 4, n_iter: int = 14, max_newton: int = 6,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`zoom_maximize_2d` (same arguments and returns) with ``n_zoom`` 5 x 5 halvings, then Newton steps on
+    ``|k_a(a)^T z k_b(b)|^2`` from 3 x 3 central differences (gradient and full Hessian; half-widths the last zoom
+    grid's spacing, then 4 |step| clamped to [tol, h / 2]), each kept within the stencil and replaced by the best
+    stencil point where the Hessian is not negative definite, until every step is below ``step / 2^n_iter`` in both
+    coordinates or ``max_newton`` steps are done; the bilinear form is evaluated once more at the final point."""
+    a, b, _ = zoom_maximize_2d(z, kernel_a, kernel_b, a0, b0, step_a, step_b, n_iter=n_zoom)
+    P = a.shape[0]
+    rows = torch.arange(P, device=z.device)
+    ha = torch.full_like(a, float(step_a) / 2**n_zoom)
+    hb = torch.full_like(b, float(step_b) / 2**n_zoom)
+    ta, tb = float(step_a) / 2**n_iter, float(step_b) / 2**n_iter
+    offs = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64, device=z.device)
+    done = torch.zeros_like(a, dtype=torch.bool)
+    for _ in range(max_newton):
+        ca, cb = a[:, None] + ha[:, None] * offs, b[:, None] + hb[:, None] * offs
+        f = _abs2c(kernel_a(ca) @ (z @ kernel_b(cb).transpose(1, 2)))  # [P, 3, 3]
+        f0 = f[:, 1, 1]
+        ga = (f[:, 2, 1] - f[:, 0, 1]) / (2 * ha)
+        gb = (f[:, 1, 2] - f[:, 1, 0]) / (2 * hb)
+        haa = (f[:, 2, 1] - 2 * f0 + f[:, 0, 1]) / ha**2
+        hbb = (f[:, 1, 2] - 2 * f0 + f[:, 1, 0]) / hb**2
+        hab = (f[:, 2, 2] - f[:, 2, 0] - f[:, 0, 2] + f[:, 0, 0]) / (4 * ha * hb)
+        det = haa * hbb - hab * hab
+        ok = (haa < 0) & (det > 0)
+        dets = torch.where(ok, det, 1.0)
+        sa = torch.where(ok, -(hbb * ga - hab * gb) / dets, 0.0)
+        sb = torch.where(ok, -(haa * gb - hab * ga) / dets, 0.0)
+        sa = torch.maximum(torch.minimum(sa, ha), -ha)
+        sb = torch.maximum(torch.minimum(sb, hb), -hb)
+        flat = f.reshape(P, -1).argmax(1)
+        sa = torch.where(ok, sa, ca[rows, flat // 3] - a)
+        sb = torch.where(ok, sb, cb[rows, flat % 3] - b)
+        a, b = torch.where(done, a, a + sa), torch.where(done, b, b + sb)
+        done = done | ((sa.abs() < ta) & (sb.abs() < tb))  # per problem: independent of the batch's others
+        if bool(done.all()):
+            break
+        ha = torch.minimum(torch.maximum(4 * sa.abs(), torch.full_like(ha, ta)), ha / 2)
+        hb = torch.minimum(torch.maximum(4 * sb.abs(), torch.full_like(hb, tb)), hb / 2)
+    val = (kernel_a(a[:, None]) @ (z @ kernel_b(b[:, None]).transpose(1, 2)))[:, 0, 0]
+    return a, b, val
+
+
+def _abs2c(s: torch.Tensor) -> torch.Tensor:
+    return s.real.to(torch.float64) ** 2 + s.imag.to(torch.float64) ** 2
 
 
 def _group_rank(index: torch.Tensor) -> tuple[torch.Tensor, int]:
