@@ -61,7 +61,9 @@ Per-AP algorithm (batched over scenes, APs and candidates)
    Then a second coarse search with the winner's strongest path cancelled, whose candidates compete again on the
    same residual with all paths: a target on a transmit-receive baseline has a dominant forward-scatter path that
    ranks the whole baseline alike (and leaks into the other transmit AP's matched filter), so every first-stage
-   candidate may sit metres away on the baseline, a local maximum LM cannot leave (``_search``).
+   candidate may sit metres away on the baseline, a local maximum LM cannot leave (``_search``). The second search
+   runs only where the winner explains some path below ``second_search_level`` (default the detection threshold):
+   a winner off the target fits the forward-scatter path, not the others (benchmarks/results/ml.md).
 3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
 4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
    others cancelled; a round is kept only where the joint likelihood increased.
