@@ -178,3 +178,43 @@ def test_zoom_maximize_reuses_the_previous_grid_and_finds_the_same_maxima():
     assert float((x - x0).abs().max()) > 0.1  # it moved
     xb, _ = zoom_maximize(counted, x0, 1.0, lower=-1.5, upper=1.5, n_iter=3, reuse=True)  # bounds: 5 each
     assert counts[-3:] == [5, 5, 5] and float(xb.abs().max()) <= 1.5
+
+
+def test_zoom_newton_maximize_finds_known_maxima_with_fewer_evaluations():
+    """1-D: f(x) = cos(x - c) + 0.1 sin(2 (x - c)) has its maximum where its derivative vanishes (found by
+    bisection here); the zoom + Newton search reaches it to step / 2^14 with fewer than the 44 evaluations of
+    zoom_maximize, respects bounds, and 2-D: the 5 x 5 zoom's 14-halving maximum of a coupled bilinear form (a
+    Newton step with a wrong cross term or sign would stop elsewhere)."""
+    from cfisac.estimators.dsp import zoom_maximize_2d, zoom_newton_maximize, zoom_newton_maximize_2d
+
+    c = torch.tensor([0.3, -0.7, 1.1, 0.05], dtype=torch.float64)
+    f = lambda t: torch.cos(t - c[:, None]) + 0.1 * torch.sin(2 * (t - c[:, None]))  # noqa: E731
+    lo, hi = c - 0.5, c + 0.5  # f' = -sin(u) + 0.2 cos(2u) = 0: bisection on u in [-0.5, 0.5]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        right = -torch.sin(mid - c) + 0.2 * torch.cos(2 * (mid - c)) > 0
+        lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
+    truth = (lo + hi) / 2
+    n_eval = []
+
+    def counted(t):
+        n_eval.append(t.shape[-1])
+        return f(t)
+
+    x, best = zoom_newton_maximize(counted, c + 0.2, 0.5)
+    assert float((x - truth).abs().max()) < 0.5 / 2**14
+    torch.testing.assert_close(best, f(truth[:, None])[:, 0], atol=1e-9, rtol=0)
+    assert sum(n_eval) < 44
+    xb, _ = zoom_newton_maximize(f, c + 0.2, 0.5, lower=-10.0, upper=float(truth.min()) - 0.01)
+    assert bool((xb <= float(truth.min()) - 0.01 + 1e-12).all())
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 6, 7, dtype=torch.complex128, generator=g)
+    ka = lambda t: torch.polar(torch.ones_like(t)[..., None], t[..., None] * torch.arange(6.0))  # noqa: E731
+    kb = lambda t: torch.polar(torch.ones_like(t)[..., None], -t[..., None] * torch.arange(7.0))  # noqa: E731
+    start = torch.zeros(5, dtype=torch.float64)
+    a0, b0, v0 = zoom_maximize_2d(z, ka, kb, start, start, 1.0, 1.0)
+    a1, b1, v1 = zoom_newton_maximize_2d(z, ka, kb, start, start, 1.0, 1.0)
+    torch.testing.assert_close(a1, a0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(b1, b0, atol=1e-4, rtol=0)
+    assert bool((v1.abs() >= v0.abs() - 1e-9).all())
