@@ -364,3 +364,26 @@ def test_report_says_whose_design_each_learned_scheme_is_and_how_it_compares():
     assert role("dvqvae-matched") == "our design, beyond the paper (the matched front end)"
     assert _against_prior(0.3, 0.95) == "location learned; velocity not learned (within 10% of the prior predictor)"
     assert _against_prior(1.3, 0.5) == "velocity learned; location worse than the prior predictor"
+
+
+def test_fig6_learned_models_train_once_on_every_power_of_the_sweep(all_run):
+    """At the CPU presets every learned scheme of Fig. 6 is one model trained on samples cycling through the sweep's
+    powers (TrainConfig.power_dbm_pool), shared by all its points and by Fig. 10; pooling other fields is refused."""
+    from cfisac.checkpoint import load_checkpoint
+    from cfisac.experiments import fig6, fig10
+    from cfisac.experiments.learned import checkpoint_dir, power_pool
+
+    ctx, _, _ = all_run
+    values = fig6.VALUES["tiny"]
+    for scheme in ctx.budget.learned:
+        specs = [p.spec["training"] for p in fig6.points(ctx) if p.scheme == scheme]
+        assert len(specs) == len(values) and all(s == specs[0] for s in specs)
+        assert [c["power_dbm"] for c in specs[0]["train_cfgs"]] == list(values)
+        assert [p.spec["training"] for p in fig10.points(ctx) if p.scheme == scheme] == [specs[0]]
+        ck = load_checkpoint(checkpoint_dir(ctx, scheme, specs[0]))  # the model the experiments trained
+        assert ck.tcfg.power_dbm_pool == tuple(values)
+    cfg = ctx.base_cfg
+    assert power_pool([cfg]) == ()
+    assert power_pool([cfg.replace(power_dbm=5.0), cfg]) == (5.0, cfg.power_dbm)
+    with pytest.raises(ValueError, match="n_targets differs"):
+        power_pool([cfg, cfg.replace(n_targets=cfg.n_targets + 1, power_dbm=5.0)])

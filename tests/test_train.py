@@ -154,7 +154,8 @@ def test_checkpoint_layout_is_complete_and_atomic(tmp_path):
 def test_train_and_evaluate_commands(tmp_path, capsys):
     out = tmp_path / "cnn"
     assert main(["train", "--model", "cnn", "--preset", "tiny", "--out", str(out), "--epochs", "1", "--n-train", "32",
-                 "--n-val", "8", "--lr", "1e-3", "--no-progress"]) == 0
+                 "--n-val", "8", "--lr", "1e-3", "--no-progress", "--power-pool", "20,30"]) == 0
+    assert load_checkpoint(out).tcfg.power_dbm_pool == (20.0, 30.0)
     assert main(["evaluate", "--checkpoint", str(out), "--n-test", "16", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "position RMSE" in text and "prior predictor" in text
@@ -167,6 +168,8 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
         2, 1, 2)
     assert main(["train", "--model", "dvqvae", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--power-pool", "20,high"]) == 2
+    assert "--power-pool must be comma-separated numbers" in capsys.readouterr().err
 
 
 def test_training_from_an_hdf5_cache_matches_on_the_fly_simulation(tmp_path):
@@ -439,3 +442,30 @@ def test_feature_cache_checks_positions_and_feature_shapes(batch32):
         cache.features([1, 2, 3], y, x)
     with pytest.raises(ValueError, match=r"features of AP 0 must be float32"):
         model.aps[0](y[:, 0], x, first[0][:, :1])
+
+
+def test_power_pool_samples_cycle_through_the_powers_and_keep_their_scenes():
+    """DataSource with power_dbm_pool: sample k is simulate_batch at pool[k % len(pool)] (scene unchanged), in the
+    order asked for, training and validation offsets alike; bad pools are refused at the boundary."""
+    from cfisac.fit import DataSource
+
+    pool = (20.0, 45.0, 60.0)
+    src = DataSource(TINY, 3, 40, offset=5, power_dbm_pool=pool)
+    positions = [7, 0, 4, 2, 9]  # dataset indices 12, 5, 9, 7, 14 -> powers 20, 45, 20, 45, 45
+    got = src.batch(positions)
+    for row, p in enumerate(positions):
+        k = 5 + p
+        ref = simulate_batch(TINY.replace(power_dbm=pool[k % 3]), 3, [k])
+        for key in ("y", "x", "labels", "positions", "velocities", "indices"):
+            assert torch.equal(got[key][row], ref[key][0]), (key, k)
+    # the power is what differs: the same scene at its own power and at another one
+    other = simulate_batch(TINY.replace(power_dbm=60.0), 3, [12])
+    assert torch.equal(other["positions"][0], got["positions"][0])
+    assert not torch.allclose(other["y"][0], got["y"][0])
+    with pytest.raises(ValueError, match="power_dbm_pool"):
+        TrainConfig(power_dbm_pool=(30.0, float("nan")))
+    with pytest.raises(ValueError, match="power_dbm_pool"):
+        TrainConfig(power_dbm_pool="30")
+    with pytest.raises(ValueError, match="HDF5"):
+        TrainConfig(power_dbm_pool=(30.0,), data="train.h5")
+    assert TrainConfig.from_dict(TrainConfig(power_dbm_pool=[30, 40]).to_dict()).power_dbm_pool == (30.0, 40.0)

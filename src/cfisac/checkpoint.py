@@ -68,7 +68,11 @@ class TrainConfig:
     ``feature_cache_gb``: memory (GB) for the AP front ends' outputs of the training and validation samples, kept
     from their first use and reused in later epochs (the front ends are fixed transforms, so the steps compute the
     same values: it only saves time, chiefly for the physics front ends at 14 ms per scene and AP at ``quick``); 0
-    recomputes them every step. In-process training only (:func:`cfisac.train.train`)."""
+    recomputes them every step. In-process training only (:func:`cfisac.train.train`). ``power_dbm_pool``: the
+    transmit powers P (dBm) the samples cycle through (sample ``k`` of the dataset, training or validation, is
+    simulated at ``power_dbm_pool[k % len(power_dbm_pool)]``, every other system parameter as the run's config),
+    so one model learns every power of a sweep (Fig. 6) instead of one; empty: the config's power for every sample.
+    On-the-fly data and in-process training only."""
 
     kind: str = "dvqvae"
     epochs: int = 10
@@ -84,8 +88,18 @@ class TrainConfig:
     data: str | None = None
     loss: str = "canonical"
     feature_cache_gb: float = 0.0
+    power_dbm_pool: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        pool = self.power_dbm_pool
+        if isinstance(pool, (str, bytes)) or not isinstance(pool, Sequence):
+            raise ValueError(f"power_dbm_pool must be a sequence of transmit powers (dBm), got {pool!r}")
+        if any(isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) for p in pool):
+            raise ValueError(f"power_dbm_pool must hold finite numbers (dBm), got {list(pool)!r}")
+        object.__setattr__(self, "power_dbm_pool", tuple(float(p) for p in pool))
+        if self.power_dbm_pool and self.data is not None:
+            raise ValueError("power_dbm_pool simulates its samples on the fly; it cannot be combined with an HDF5 "
+                             "dataset (data)")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
         if self.kind not in MODEL_KINDS:

@@ -68,10 +68,17 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[list[i
 
 class DataSource:
     """Samples of one dataset: simulated on the fly from ``(cfg, seed)`` with an index offset, or rows of an HDF5
-    cache. ``batch(positions)`` -> dict(y, x, labels, positions, velocities)."""
+    cache. ``batch(positions)`` -> dict(y, x, labels, positions, velocities). With ``power_dbm_pool``
+    (:class:`TrainConfig`) dataset sample ``k`` (``k = offset + position``) is simulated at transmit power
+    ``power_dbm_pool[k % len(power_dbm_pool)]``: the scene (targets, users, gains) is that of ``(cfg, seed, k)``,
+    only the power differs, so a sample stays a function of (config, seed, index)."""
 
-    def __init__(self, cfg: SystemConfig, seed: int, n: int, *, offset: int = 0, cache: str | None = None) -> None:
+    def __init__(self, cfg: SystemConfig, seed: int, n: int, *, offset: int = 0, cache: str | None = None,
+                 power_dbm_pool: Sequence[float] = ()) -> None:
         self.cfg, self.seed, self.n, self.offset, self.cache = cfg, seed, n, offset, None
+        self.power_dbm_pool = tuple(float(p) for p in power_dbm_pool)
+        if self.power_dbm_pool and cache is not None:
+            raise ValueError("power_dbm_pool simulates its samples on the fly; it cannot read an HDF5 cache")
         if cache is not None:
             from .data import open_hdf5
 
@@ -100,7 +107,17 @@ class DataSource:
             return out
         from .data import simulate_batch
 
-        return simulate_batch(self.cfg, self.seed, [self.offset + p for p in positions])
+        indices = [self.offset + p for p in positions]
+        pool = self.power_dbm_pool
+        if not pool:
+            return simulate_batch(self.cfg, self.seed, indices)
+        groups = [[j for j, k in enumerate(indices) if k % len(pool) == g] for g in range(len(pool))]
+        parts = [(g, simulate_batch(self.cfg.replace(power_dbm=pool[g]), self.seed, [indices[j] for j in rows]))
+                 for g, rows in enumerate(groups) if rows]
+        order = torch.tensor([j for g, _ in parts for j in groups[g]])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return {key: torch.cat([part[key] for _, part in parts])[inverse] for key in parts[0][1]}
 
 
 def prefetch(source: DataSource, batches: list[list[int]], workers: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -371,11 +371,11 @@ def train(
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed).to(device)
     ap_trainers = [ApTrainer(ap, lr=tcfg.lr, amp=tcfg.amp) for ap in model.aps]
     cpu_trainer = make_cpu_trainer(model.cpu_side, mcfg, tcfg)
-    train_src = DataSource(cfg, tcfg.seed, tcfg.n_train, cache=tcfg.data)
+    train_src = DataSource(cfg, tcfg.seed, tcfg.n_train, cache=tcfg.data, power_dbm_pool=tcfg.power_dbm_pool)
     val_seed = train_src.cache.seed if train_src.cache is not None else tcfg.seed
     val_offset = (int(train_src.cache.__getitems__([0])[0]["indices"]) + len(train_src.cache)
                   if train_src.cache is not None else tcfg.n_train)
-    val_src = DataSource(cfg, val_seed, tcfg.n_val, offset=val_offset)
+    val_src = DataSource(cfg, val_seed, tcfg.n_val, offset=val_offset, power_dbm_pool=tcfg.power_dbm_pool)
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log,
                    labels=lambda: train_src.labels(NORMALISER_MAX_SAMPLES))
     start_model(model, run)

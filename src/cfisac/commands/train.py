@@ -115,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-cache-gb", type=float, default=0.0,
                    help="memory (GB) for the AP front ends' outputs of the training / validation samples, computed "
                         "once and reused in later epochs (same weights, less time; default 0: recompute)")
+    p.add_argument("--power-pool", metavar="P1,P2,...",
+                   help="train on samples cycling through these transmit powers (dBm; sample k at the k mod n-th), "
+                        "e.g. 10,20,30,40,48,60 for one model of every power of Fig. 6 (default: the config's power)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (the quantizer stays float32)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        workers=args.workers, device=args.device, amp=args.amp,
                        data=str(args.data) if args.data else None, loss=args.loss,
-                       feature_cache_gb=args.feature_cache_gb)
+                       feature_cache_gb=args.feature_cache_gb, power_dbm_pool=_power_pool(args.power_pool))
     resume = args.resume
     if resume and not (args.out / "latest.json").exists():  # killed before its first checkpoint: nothing to lose
         print(f"--resume: {args.out} holds no checkpoint yet; starting the run from the beginning", flush=True)
@@ -158,3 +161,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation RMSE: {last['val_position_rmse']:.3f} m, {last['val_velocity_rmse']:.3f} m/s; "
               f"loss curve {args.out / 'loss.png'}")
     return 0
+
+
+def _power_pool(text: str | None) -> tuple[float, ...]:
+    """``--power-pool``: comma-separated finite numbers (dBm), or nothing."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--power-pool must be comma-separated numbers (dBm), got {text!r}") from None

@@ -213,6 +213,9 @@ def ddp_train(
         import os
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if tcfg.power_dbm_pool:
+        raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
+                         "(cfisac.train.train); the distributed runtimes simulate at the config's power")
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log, is_writer=rank == 0,
                    resumable=(*RESUMABLE_CHANGES, "device"),
                    labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))

@@ -501,6 +501,9 @@ def run_cpu_training(
         raise ValueError("feature_cache_gb is an option of in-process training (cfisac.train.train); the split AP / "
                          "CPU processes recompute their front ends (set feature_cache_gb=0)")
     device = torch.device(tcfg.device)
+    if tcfg.power_dbm_pool:
+        raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
+                         "(cfisac.train.train); the distributed runtimes simulate at the config's power")
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log,
                    labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed)

@@ -1,6 +1,7 @@
 """Fig. 10: estimated locations and velocities against the ground truth on a few test scenes (Section V-B).
 
-The learned schemes of Fig. 6 (trained at the operating power P0: the same cached models) and the classical ones on
+The learned schemes of Fig. 6 (the same cached models: trained on Fig. 6's powers at the CPU presets, at P0 at
+``paper``) and the classical ones on
 the first test scenes at P0; arrows show one second of motion (true: black, estimated: the scheme's colour).
 The estimates are stored in ``artifacts/fig10/<scheme>.npz``.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Context, operating_config, titled
+from .common import Context, operating_config, operating_power, titled
 from .discuss import fmt_pair
 from .plotting import plt, save
 from .scheme import is_learned, scheme_label, scheme_style
@@ -35,19 +36,26 @@ def _artifact(ctx: Context, scheme: str) -> Path:
 
 
 def points(ctx: Context) -> list[Point]:
+    from . import fig6
     from .evaluation import estimates_of
     from .learned import training_spec
 
     cfg = operating_config(ctx)
+    fig6_sweep = fig6.sweep(ctx)
     n = N_SCENES[ctx.preset]
     pts = []
     for k, scheme in enumerate(schemes(ctx)):
         spec: dict[str, Any] = {"n_scenes": n}
         if is_learned(scheme):
-            spec["training"] = training_spec(ctx, scheme, [cfg])
+            cfgs, opts = fig6_sweep.train_spec(ctx, scheme, operating_power(ctx), "")
+            spec["training"] = training_spec(ctx, scheme, cfgs, **opts)
 
         def run(scheme: str = scheme) -> dict[str, Any]:
-            est = estimates_of(ctx, scheme, cfg, n)
+            if is_learned(scheme):
+                cfgs, opts = fig6_sweep.train_spec(ctx, scheme, operating_power(ctx), "")
+                est = estimates_of(ctx, scheme, cfg, n, train_cfgs=cfgs, train_options=opts)
+            else:
+                est = estimates_of(ctx, scheme, cfg, n)
             arrays = {k: v.numpy() for k, v in est.items()}
             path = _artifact(ctx, scheme)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,7 @@ def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfi
     """Everything the trained weights of ``scheme`` depend on (JSON-able; hashed into the checkpoint name)."""
     if not cfgs:
         raise ValueError("a learned scheme needs at least one training config")
+    power_pool(cfgs)  # several configs: they must differ in the transmit power only
     s = learned_scheme(scheme)
     b = ctx.budget
     return {
@@ -149,20 +150,35 @@ def _train(ctx: Context, scheme: str | Scheme, cfgs: list[SystemConfig], spec: d
     from ..models.config import ModelConfig
     from ..train import TrainConfig, train
 
-    if len(cfgs) != 1:
-        raise NotImplementedError("cfisac.train trains on one system configuration; pooled configs are not supported")
+    pool = power_pool(cfgs)
     epochs = spec["max_epochs"] if spec["max_epochs"] is not None else 100_000  # the time budget stops it
     tcfg = TrainConfig(kind=spec["kind"], epochs=int(epochs), batch_size=int(spec["batch_size"]),
                        lr=float(spec["learning_rate"]), n_train=int(spec["n_train"]), n_val=int(spec["n_val"]),
-                       seed=int(spec["seed"]), minutes=float(spec["train_seconds"]) / 60.0, device=ctx.device)
+                       seed=int(spec["seed"]), minutes=float(spec["train_seconds"]) / 60.0, device=ctx.device,
+                       power_dbm_pool=pool)
     mcfg = ModelConfig.from_dict(spec["model"])
     if mcfg.front_end != "raw":  # a physics front end: keep its outputs (same steps, less time; not in the spec)
         tcfg = dataclasses.replace(tcfg, feature_cache_gb=float(ctx.budget.feature_cache_gb))
     resume = (out / "latest.json").is_file()
-    res = train(cfgs[0], mcfg, tcfg, out, resume=resume, progress=ctx.progress, log=ctx.log)
+    res = train(cfgs[0], mcfg, tcfg, out, resume=resume, progress=ctx.progress, log=ctx.log)  # cfgs[0]: shapes
     last = res.history[-1] if res.history else {}
     return {"finished": res.finished, "epochs": len(res.history), "final": last,
             "fronthaul_bits_per_ap": res.model.fronthaul_bits_per_ap, "history": res.history}
+
+
+def power_pool(cfgs: Sequence[SystemConfig]) -> tuple[float, ...]:
+    """The :attr:`cfisac.train.TrainConfig.power_dbm_pool` that trains on every config of ``cfgs`` (empty for
+    one config): they must differ in ``power_dbm`` only (``ValueError`` naming the first other field that differs);
+    training runs on ``cfgs[0]`` with its samples cycling through their powers."""
+    if len(cfgs) == 1:
+        return ()
+    base = cfgs[0].to_dict()
+    for c in cfgs[1:]:
+        other = [k for k, v in c.to_dict().items() if k != "power_dbm" and v != base[k]]
+        if other:
+            raise ValueError(f"pooled training needs configs that differ in power_dbm only; {other[0]} differs "
+                             f"({base[other[0]]!r} vs {c.to_dict()[other[0]]!r})")
+    return tuple(float(c.power_dbm) for c in cfgs)
 
 
 def _load_estimator(ctx: Context, scheme: str | Scheme, cfg: SystemConfig, ckpt: Path) -> Any:

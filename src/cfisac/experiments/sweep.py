@@ -3,10 +3,11 @@
 A sweep evaluates, for every value of the swept parameter (and every series, e.g. the clutter variance of Fig. 13),
 the root-CRLB of the test scenes, the prior predictor, the classical baselines and the learned schemes. Learned
 schemes are trained either once at a reference point of the sweep and evaluated at every point
-(``training="reference"``, e.g. trained at P = 30 dBm for the power sweep of the CPU presets: possible where the
-network's input and output shapes do not change along the sweep) or once per point (``training="per_point"``:
-where they change, e.g. Q, Ts, Mr, and wherever the budget allows). :func:`cfisac.train.train` trains on one
-system configuration, so training on the union of a sweep's configurations is not offered.
+(``training="reference"``: possible where the network's input and output shapes do not change along the sweep),
+once on the union of the sweep's points (``training="pooled"``: the samples cycle through the points' transmit
+powers, :attr:`cfisac.train.TrainConfig.power_dbm_pool`; the power sweep of Fig. 6 at the CPU presets, where one
+model must serve every power), or once per point (``training="per_point"``: where the shapes change, e.g. Q, Ts,
+Mr, and wherever the budget allows). Pooling needs points that differ in the transmit power only.
 """
 
 from __future__ import annotations
@@ -49,15 +50,19 @@ class AccuracySweep:
     learned_overrides: Callable[[float, str], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        if self.training not in ("reference", "per_point"):
-            raise ValueError(f"training must be 'reference' or 'per_point', got {self.training!r}")
+        if self.training not in ("reference", "per_point", "pooled"):
+            raise ValueError(f"training must be 'reference', 'pooled' or 'per_point', got {self.training!r}")
         if self.training == "reference" and self.reference is None:
             raise ValueError("training='reference' needs reference=(value, series)")
         if not self.values:
             raise ValueError(f"sweep {self.name} has no values")
 
     def train_spec(self, ctx: Context, scheme: str, value: float, series: str) -> tuple[list[SystemConfig], dict]:
-        """Training configs and options of a learned point (the same for every point under ``reference``)."""
+        """Training configs and options of a learned point (the same for every point under ``reference`` and, for
+        one series, under ``pooled``: every value's config, in the order of ``values``)."""
+        if self.training == "pooled":
+            overrides = self.learned_overrides(value, series) if self.learned_overrides else {}
+            return [self.cfg_for(ctx, v, series) for v in self.values], {"model_overrides": overrides}
         if self.training == "reference":
             assert self.reference is not None
             value, series = self.reference
