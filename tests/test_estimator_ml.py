@@ -398,8 +398,9 @@ def test_second_search_and_doppler_retry_gates_skip_work_not_results():
     y = cfisac.sensing_echoes(cfg, sc, x, seed=5)
     searched: dict[str, list[list[int]]] = {}
     out = {}
-    for label, kw in (("all", dict(second_search_level=float("inf"), doppler_retry_level=float("inf"))),
-                      ("gated", {})):
+    for label, kw in (("all", dict(second_search_level=float("inf"), doppler_retry_level=float("inf"),
+                                   second_search_floor=0.0)),
+                      ("gated", dict(second_search_floor=0.0))):  # the floor: next test
         est = MLEstimator(cfg, **kw)
         calls = searched.setdefault(label, [])
         orig = est._candidates
@@ -423,3 +424,53 @@ def test_second_search_and_doppler_retry_gates_skip_work_not_results():
         MLEstimator(cfg, second_search_level=float("nan"))
     with pytest.raises(ValueError, match="doppler_retry_level"):
         MLEstimator(cfg, doppler_retry_level=-1.0)
+
+
+def test_second_search_floor_skips_noise_winners_not_results():
+    """``second_search_floor`` (default the detection threshold): the second search also needs the winner's strongest
+    path at or above it. Tiny scenes at 40 dBm: scene 0 has a target on the transmit AP 0 - receive AP 0 baseline
+    (x = 25 m, strong forward scatter: its problem must still get the second search), scene 1 reflects nothing (every
+    winner of its problems is a noise peak below the threshold: skipped). The floored estimator gives the unfloored
+    one's estimates and messages (floor 0: the previous behaviour) while its second searches skip scene 1's
+    problems; a floor that dropped the baseline problem or a gate that changed a detected target fails here."""
+    cfg = cfisac.SystemConfig.preset("tiny", n_targets=2, power_dbm=40.0)
+    sc = cfisac.sample_scenes(cfg, 4, 5)
+    sc.positions[0] = torch.tensor([[25.0, 47.0], [62.0, 30.0]], dtype=torch.float64)
+    sc.reflection[1] = 0.0
+    x = cfisac.transmit_signals(cfg, sc, 5, dtype=torch.complex128)
+    y = cfisac.sensing_echoes(cfg, sc, x, seed=5)
+    second: dict[str, set[int]] = {}
+    out = {}
+    for label, kw in (("off", dict(second_search_floor=0.0)), ("floored", {})):
+        est = MLEstimator(cfg, **kw)
+        rows_seen = second.setdefault(label, set())
+        calls: list[int] = []
+        orig_search, orig_cand = est._search, est._candidates
+
+        def search(*a, _orig=orig_search, _calls=calls, **k):
+            _calls.clear()
+            return _orig(*a, **k)
+
+        def cand(r, rows, *a, _orig=orig_cand, _calls=calls, _seen=rows_seen, **k):
+            if _calls:  # the second call of one _search is its second search
+                _seen.update(rows.tolist())
+            _calls.append(1)
+            return _orig(r, rows, *a, **k)
+
+        est._search, est._candidates = search, cand
+        out[label] = est(y, x)
+    M = cfg.n_rx
+    noise_rows = set(range(M, 2 * M))  # problems of scene 1
+    assert noise_rows <= second["off"] and not noise_rows & second["floored"]
+    assert 0 in second["floored"]  # scene 0, receive AP 0: the baseline target
+    for key in ("positions", "velocities"):
+        assert torch.allclose(getattr(out["floored"], key), getattr(out["off"], key), atol=1e-3), key
+    a, b = out["off"].messages.theta, out["floored"].messages.theta
+    assert torch.equal(a.isnan(), b.isnan()) and torch.allclose(a.nan_to_num(0), b.nan_to_num(0), atol=1e-3)
+    assert bool(a[1].isnan().all())  # nothing detected in the empty scene
+    assert accuracy(out["floored"].positions[:1], out["floored"].velocities[:1], sc.positions[:1],
+                    sc.velocities[:1]).position_rmse < 2.0
+    with pytest.raises(ValueError, match="second_search_floor"):
+        MLEstimator(cfg, second_search_floor=-1.0)
+    with pytest.raises(ValueError, match="doppler_retry_floor"):
+        MLEstimator(cfg, doppler_retry_floor=float("nan"))

@@ -63,7 +63,9 @@ Per-AP algorithm (batched over scenes, APs and candidates)
    ranks the whole baseline alike (and leaks into the other transmit AP's matched filter), so every first-stage
    candidate may sit metres away on the baseline, a local maximum LM cannot leave (``_search``). The second search
    runs only where the winner explains some path below ``second_search_level`` (default the detection threshold):
-   a winner off the target fits the forward-scatter path, not the others (benchmarks/results/ml.md).
+   a winner off the target fits the forward-scatter path, not the others; and only where the winner's strongest
+   path reaches ``second_search_floor`` (default the detection threshold): a winner below it fits noise and holds
+   no dominant path to cancel (most problems at <= 30 dBm; benchmarks/results/ml.md).
 3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
 4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
    others cancelled; a round is kept only where the joint likelihood increased.

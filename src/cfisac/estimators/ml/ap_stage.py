@@ -33,8 +33,13 @@ class ApStageMixin:
         theta = torch.zeros(L, 0, K1, dtype=F64, device=dev)
         resid = yl.to(C128)
         maps = {} if self.joint else None  # the first detection's maps feed the CPU's coarse search
+        quiet = torch.ones(L, dtype=torch.bool, device=dev)  # no target slot detected yet (second-search floor)
         for q in range(Q):
-            best = self._search(resid, rows, x, x_idx, m_idx, tol, maps=maps if q == 0 else None)  # [L, K1]
+            if q:
+                _, qfit = self._fit_local(yl, theta, x, x_idx, m_idx)
+                quiet = (qfit.path_energy / cfg.noise_watt).amax(-1) < self.threshold
+            best = self._search(resid, rows, x, x_idx, m_idx, tol, maps=maps if q == 0 else None,
+                                quiet=quiet)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
             resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
@@ -46,7 +51,8 @@ class ApStageMixin:
                     others = [k for k in range(Q) if k != q]
                     sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
                     r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
-                    new[:, q] = self._search(r_q, rows, x, x_idx, m_idx, tol, current=new[:, q])
+                    quiet = (sfit.path_energy / cfg.noise_watt).amax(-1) < self.threshold
+                    new[:, q] = self._search(r_q, rows, x, x_idx, m_idx, tol, current=new[:, q], quiet=quiet)
                     new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
                 better = nfit.energy > energy
                 theta = torch.where(better[:, None, None], new, theta)
@@ -130,10 +136,11 @@ class ApStageMixin:
                                        project, tol=tol, max_iter=self.max_iter, max_step=per_target.repeat(Q))
         return th.view(L, Q, K1), fit
 
-    def _search(self, resid, rows, x, x_idx, m_idx, tol, current=None, maps=None) -> torch.Tensor:
+    def _search(self, resid, rows, x, x_idx, m_idx, tol, current=None, maps=None, quiet=None) -> torch.Tensor:
         """One target [L, 2 + N] on ``resid`` [L, ...]: coarse candidates refined by LM, the most likely kept
         (``current`` [L, 2 + N] competes too); then a second coarse search with the best result's strongest path
-        cancelled, whose candidates compete again on ``resid`` with all paths.
+        cancelled, whose candidates compete again on ``resid`` with all paths. ``quiet`` [L] bool (default all):
+        the problems whose other target slots hold no detected path, where ``second_search_floor`` applies.
 
         The second search handles a dominant path that does not fix the position: a target on a transmit-receive
         baseline scatters forward on it, and that path's delay, AoA, AoD and Doppler (0) are the same at every point
@@ -148,14 +155,22 @@ class ApStageMixin:
                 keep = torch.cat([keep, torch.ones_like(keep[:, :1])], 1)
             return self._best_single(resid, cand, keep, x, x_idx, m_idx, tol)
 
-        best = refine(*self._candidates(resid, rows, x, x_idx, m_idx, maps=maps), current)
+        best, gains, path_energy = refine(*self._candidates(resid, rows, x, x_idx, m_idx, maps=maps), current)
         if self.cfg.n_tx < 2:
             return best
-        _, fit = self._fit_local(resid, best[:, None], x, x_idx, m_idx)
+        fit = PathSystem(None, gains, path_energy=path_energy)  # of ``best`` on ``resid``
         # the second search only where the best explains some path weakly (a candidate off the target on a baseline
         # fits the forward-scatter path, not the others: benchmarks/results/ml.md, "second-search gate")
-        weakest = (fit.path_energy / self.cfg.noise_watt).amin(-1)  # [L]
-        sel = (weakest < self.second_search_level).nonzero().flatten()
+        stat = fit.path_energy / self.cfg.noise_watt  # [L, N]
+        # ... and, on problems with no detected target slot yet (``quiet``), where its strongest path reaches
+        # ``second_search_floor``: the path to cancel is the dominant forward-scatter one of a baseline target, not
+        # noise (default the detection threshold: a winner below it fits noise, e.g. every problem at 10 dBm). Not
+        # where another slot is detected: the undetected slot stays in the model and its noise fit would move the
+        # detected one (by up to 0.17 m at tiny; benchmarks/results/ml.md, "low-power gate")
+        floor_ok = stat.amax(-1) >= self.second_search_floor
+        if quiet is not None:
+            floor_ok |= ~quiet
+        sel = ((stat.amin(-1) < self.second_search_level) & floor_ok).nonzero().flatten()
         if sel.numel() == 0:
             return best
         strongest = fit.path_energy[sel].argmax(-1, keepdim=True)  # [S, 1]
@@ -166,12 +181,14 @@ class ApStageMixin:
         cand = torch.cat([cand, best[sel, None]], 1)
         keep = torch.cat([keep, torch.ones_like(keep[:, :1])], 1)
         out = best.clone()
-        out[sel] = self._best_single(resid[sel], cand, keep, x, x_idx[sel], m_idx[sel], tol)
+        out[sel] = self._best_single(resid[sel], cand, keep, x, x_idx[sel], m_idx[sel], tol)[0]
         return out
 
-    def _best_single(self, resid, cand, keep, x, x_idx, m_idx, tol) -> torch.Tensor:
+    def _best_single(self, resid, cand, keep, x, x_idx, m_idx, tol
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Refine the candidates [L, C, K1] flagged in ``keep`` [L, C] as single targets on ``resid`` [L, ...];
-        keep the most likely (exact likelihood)."""
+        keep the most likely (exact likelihood). Returns it [L, K1] with its gains [L, N] complex128 and path
+        energies [L, N] on ``resid`` (the LM's last system at it)."""
         L, C, K1 = cand.shape
         dev = cand.device
         keep = keep.clone()
@@ -181,19 +198,27 @@ class ApStageMixin:
         # Doppler retry: a candidate found through one strong path may carry a noise Doppler for the others (LM
         # steps cannot cross Doppler sidelobes); search every path's Doppler again at the refined geometry, where
         # some path is explained weakly (a noise Doppler explains little of its path)
-        _, pf = self._fit_local(resid, th, x, x_idx, m_idx, rows=rows)
-        sub = ((pf.path_energy / self.cfg.noise_watt).amin(-1) < self.doppler_retry_level).nonzero().flatten()
+        # (and where its strongest path reaches ``doppler_retry_floor``: a candidate explaining every path at noise
+        # level holds no strong path whose Doppler could be right while the others' are not; default 0: no floor)
+        ps = fit.path_energy / self.cfg.noise_watt  # [R, N] at the refined candidates (the LM's last system)
+        sub = ((ps.amin(-1) < self.doppler_retry_level) & (ps.amax(-1) >= self.doppler_retry_floor)).nonzero().flatten()
         if sub.numel():
             th2, fit2 = self._refine_local(resid, self._doppler_search(resid, th[sub], x, x_idx, m_idx, rows[sub]),
                                            x, x_idx, m_idx, tol, rows=rows[sub])
             better = fit2.energy > fit.energy[sub]
             th[sub] = torch.where(better[:, None, None], th2, th[sub])
             fit.energy[sub] = torch.where(better, fit2.energy, fit.energy[sub])
+            fit.gains[sub] = torch.where(better[:, None], fit2.gains, fit.gains[sub])
+            fit.path_energy[sub] = torch.where(better[:, None], fit2.path_energy, fit.path_energy[sub])
         energy = torch.full((L, C), -float("inf"), dtype=F64, device=dev)
         energy[rows, cols] = fit.energy
+        pick = energy.argmax(1)  # [L]
         best = cand.clone()
         best[rows, cols] = th[:, 0]
-        return best[torch.arange(L, device=dev), energy.argmax(1)]
+        at = torch.full((L, C), -1, dtype=torch.long, device=dev)
+        at[rows, cols] = torch.arange(rows.numel(), device=dev)
+        j = at[torch.arange(L, device=dev), pick]  # the picked candidate's row in fit (always refined)
+        return best[torch.arange(L, device=dev), pick], fit.gains[j], fit.path_energy[j]
 
 
     def _signals(self, theta, gains, x, x_idx, m_idx) -> torch.Tensor:

@@ -351,7 +351,8 @@ def _levenberg_marquardt(
     """Maximise the explained energy over theta [L, K] by Levenberg-Marquardt (Marquardt scaling).
 
     ``evaluate(theta, rows)`` returns the :class:`PathSystem` (energy, jtj, grad) of problems ``rows``;
-    ``project(theta, rows)`` maps a trial point into the feasible set. A problem stops when the predicted or the
+    ``project(theta, rows)`` maps a trial point into the feasible set. Returns theta [L, K] and the
+    :class:`PathSystem` at it (energy, gains, jtj, grad, path_energy). A problem stops when the predicted or the
     actual gain of a step falls below ``tol`` (energy units) or after ``max_iter`` iterations. Steps are scaled
     down so that no parameter moves by more than ``max_step`` [K] per iteration (a trust region of about half a
     resolution cell: the refinement stays local, a weakly informed parameter cannot jump to a far noise peak).
@@ -362,6 +363,7 @@ def _levenberg_marquardt(
     rows = torch.arange(L, device=dev)
     fit = evaluate(theta, rows)
     energy, jtj, grad, gains = fit.energy.clone(), fit.jtj.clone(), fit.grad.clone(), fit.gains.clone()
+    path_energy = None if fit.path_energy is None else fit.path_energy.clone()  # None: evaluate gives none
     lam = torch.full((L,), 1e-3, dtype=F64, device=dev)
     active = torch.ones(L, dtype=torch.bool, device=dev)
     eye = torch.eye(K, dtype=F64, device=dev)
@@ -383,8 +385,10 @@ def _levenberg_marquardt(
         acc = idx[ok]
         theta[acc] = trial[ok]
         energy[acc], jtj[acc], grad[acc], gains[acc] = new.energy[ok], new.jtj[ok], new.grad[ok], new.gains[ok]
+        if path_energy is not None:
+            path_energy[acc] = new.path_energy[ok]
         lam[acc] = (lam[acc] / 3).clamp_min(1e-9)
         lam[idx[~ok]] = lam[idx[~ok]] * 4
         done = (ok & (gain < tol)) | (pred.abs() < tol) | (lam[idx] > 1e8)
         active[idx[done]] = False
-    return theta, PathSystem(energy, gains, jtj, grad)
+    return theta, PathSystem(energy, gains, jtj, grad, path_energy)
