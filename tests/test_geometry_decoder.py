@@ -328,3 +328,47 @@ def test_latent_velocity_branch_pairs_come_from_their_own_ap(cfg2):
         assert all(float(p.grad.abs().sum()) > 0 for p in dec.ap_maps[m].vel.parameters())
     with pytest.raises(ValueError, match="velocity_branch"):
         _mcfg(velocity_branch="latent", velocity_readout="doppler")
+
+
+def test_prior_fallback_blends_weak_peaks_into_the_prior_guess_and_only_calibrates(cfg2):
+    """prior_fallback: a peak with a huge heat logit is read as without the option, a very weak one gives the
+    prior's best fixed guess (velocity 0), the blend w = sigmoid(e^a H + c) in between (hand-computed); its loss
+    trains a, c and leaves the maps without gradient from it."""
+    from cfisac.estimators.prior import best_fixed_guess
+
+    plain = build_model("dvqvae", cfg2, _mcfg(), seed=0).cpu_side.decoder
+    dec = build_model("dvqvae", cfg2, _mcfg(prior_fallback=True), seed=0).cpu_side.decoder
+    guess = best_fixed_guess(cfg2)
+    g1, g2 = dec.map_shape
+    P = cfg2.n_rx * cfg2.n_tx
+    gen = torch.Generator().manual_seed(3)
+    maps = {"offset": torch.rand(1, 2, g1, g2, generator=gen) - 0.5,
+            "bistatic": (torch.rand(1, P, g1, g2, generator=gen) - 0.5) * 20,
+            "log_weight": torch.zeros(1, P, g1, g2), "velocity": torch.zeros(1, 2, g1, g2)}
+    heat = torch.full((1, g1, g2), -50.0)
+    heat[0, 1, 2], heat[0, 6, 5] = 1.5, -0.7  # two peaks: w = sigmoid(1.5), sigmoid(-0.7) with a = 0, c = 0
+    for value, check in ((40.0, "plain"), (-40.0, "prior")):
+        h = heat.clone()
+        h[0, 1, 2] = h[0, 6, 5] = value
+        p0, v0 = plain.readout({**maps, "heat": h})
+        p1, v1 = dec.readout({**maps, "heat": h})
+        if check == "plain":
+            torch.testing.assert_close(p1, p0)
+            torch.testing.assert_close(v1, v0)
+        else:
+            torch.testing.assert_close(p1[0], guess)
+            assert float(v1.detach().abs().max()) < 1e-12
+    p0, v0 = plain.readout({**maps, "heat": heat})
+    p1, v1 = dec.readout({**maps, "heat": heat})
+    w = torch.sigmoid(torch.tensor([1.5, -0.7], dtype=torch.float64))  # peaks in x order: pixel row 1, then row 6
+    torch.testing.assert_close(p1[0], w[:, None] * p0[0] + (1 - w[:, None]) * guess)
+    torch.testing.assert_close(v1[0], w[:, None] * v0[0])
+    pos = torch.tensor([[[20.0, 60.0], [80.0, 30.0]]], dtype=torch.float64)
+    vel = torch.tensor([[[5.0, -3.0], [-8.0, 2.0]]], dtype=torch.float64)
+    h = heat.clone().requires_grad_()
+    parts = geometry_loss(dec, {**maps, "heat": h}, pos, vel)
+    assert float(parts["fallback"]) > 0
+    grads = torch.autograd.grad(parts["fallback"], [dec.fallback_log_scale, dec.fallback_bias, h], allow_unused=True)
+    assert float(grads[0].abs()) > 0 and float(grads[1].abs()) > 0 and grads[2] is None
+    with pytest.raises(ValueError, match="prior_fallback"):
+        _mcfg(prior_fallback=1)

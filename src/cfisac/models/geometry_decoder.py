@@ -31,6 +31,12 @@ Shapes (B batch, M receive APs, N transmit APs, Q targets, D code dimension, (d1
    (:func:`velocity_least_squares`, differentiable) with learned weights w_nm (1/(m/s)^2) and a ridge of the prior's
    inverse variance 3 / max_speed^2 (MAP under a Gaussian approximation of the uniform prior: between the AP rows
    u_y nearly cancels and v_y is weakly observed).
+   With ``prior_fallback`` each peak's estimate is blended with the prior's best fixed guess (the Q positions
+   of :func:`cfisac.estimators.prior.best_fixed_guess`, velocity 0): g = w g_peak + (1 - w) g_prior, v = w v,
+   w = sigmoid(a H_peak + c) with two learned scalars (a > 0): the posterior mean when the peak is a target with
+   probability w and the prior's guess is the best one otherwise. A weak peak (low SNR: noise) then falls back to
+   the prior instead of a random pixel. a, c are trained by the blended estimate's squared error (positions / area
+   size, velocities / max_speed, targets assigned optimally) with the maps detached, so they only calibrate.
 5. Output: psi [B, 4Q] float32 in the canonical order (ascending x), min-max normalised with the label range held
    in the buffers ``label_minimum`` / ``label_maximum`` [4Q] (default: the prior's box, area and +-max_speed; set
    them with :meth:`GeometryDecoder.set_label_range` to the training normaliser's).
@@ -84,6 +90,7 @@ class GeometryOptions:
     velocity_weight: float = 1.0
     offset_weight: float = 1.0
     velocity_support: int = 1  # the bistatic / velocity losses also at the pixels within this many of the true one
+    prior_fallback: bool = False  # blend each peak's estimate with the prior's best fixed guess (module docstring)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeometryOptions:
@@ -110,6 +117,8 @@ class GeometryOptions:
         u = self.map_upsample
         if u is not None and (not isinstance(u, int) or isinstance(u, bool) or not 0 <= u <= 6):
             raise ValueError(f"decoder option map_upsample must be None or an integer in 0..6, got {u!r}")
+        if not isinstance(self.prior_fallback, bool):
+            raise ValueError(f"decoder option prior_fallback must be True or False, got {self.prior_fallback!r}")
         if self.velocity_branch == "latent" and self.velocity_readout == "doppler":
             raise ValueError("decoder option velocity_branch='latent' needs velocity_readout 'ls' or 'direct'")
         if self.velocity_bins < 2:
@@ -289,8 +298,20 @@ def geometry_loss(decoder: GeometryDecoder, maps: dict[str, torch.Tensor], posit
             n += 1
     l_bi, l_vel, l_cls = l_bi / n, l_vel / n, l_cls / n
     loss = l_heat + o.offset_weight * l_off + o.velocity_weight * (l_bi + l_vel + l_cls)
+    l_fb = torch.zeros((), dtype=xs.dtype, device=xs.device)
+    if o.prior_fallback:  # calibrate the blend (a, c) on the blended estimate; the maps get no gradient from it
+        from ..metrics import assign_targets
+
+        p_hat, v_hat = decoder.readout({k: v.detach() for k, v in maps.items()})
+        perm = assign_targets(p_hat.detach(), pos)  # estimate perm[b, q] is matched to target q
+        idx = perm[..., None].expand(-1, -1, 2).to(p_hat.device)
+        (x0, x1), (y0, y1) = decoder.area
+        scale = torch.tensor([x1 - x0, y1 - y0], dtype=xs.dtype, device=xs.device)
+        l_fb = (((p_hat.gather(1, idx) - pos) / scale).pow(2).sum(-1).mean()
+                + ((v_hat.gather(1, idx) - vel) / vmax).pow(2).sum(-1).mean())
+        loss = loss + l_fb
     return {"loss": loss, "heat": l_heat, "offset": l_off, "bistatic": l_bi, "velocity": l_vel,
-            "doppler": torch.as_tensor(l_cls, dtype=xs.dtype)}
+            "doppler": torch.as_tensor(l_cls, dtype=xs.dtype), "fallback": l_fb}
 
 
 # ---------------------------------------------------------------------------------------------------- networks
@@ -367,6 +388,7 @@ class GeometryDecoder(nn.Module):
         if self.map_shape[0] * self.map_shape[1] < cfg.n_targets:
             raise ValueError(f"output map {self.map_shape} has fewer pixels than targets")
         self.max_speed = float(cfg.max_speed)
+        self.area = tuple(tuple(float(v) for v in a) for a in cfg.area)
         (x0, x1), (y0, y1) = cfg.area
         self.pixel_size = ((x1 - x0) / self.map_shape[0], (y1 - y0) / self.map_shape[1])
         with torch.device("cpu"):  # constants also inside a meta-device context (parameter counting)
@@ -384,6 +406,13 @@ class GeometryDecoder(nn.Module):
         for name, t in (("pixel_x", xs), ("pixel_y", ys), ("tx_positions", tx), ("rx_positions", rx),
                         ("velocity_bins", bins)):
             self.register_buffer(name, t, persistent=False)
+        if opts.prior_fallback:  # the prior's best fixed guess [Q, 2] (a function of the area and Q) and the blend
+            from ..estimators.prior import best_fixed_guess
+
+            with torch.device("cpu"):
+                self.register_buffer("prior_guess", best_fixed_guess(cfg).to(torch.float64), persistent=False)
+            self.fallback_log_scale = nn.Parameter(torch.zeros((), dtype=torch.float32))
+            self.fallback_bias = nn.Parameter(torch.zeros((), dtype=torch.float32))
         self.register_buffer("label_minimum", lo)  # persistent: the label range travels with the state dict
         self.register_buffer("label_maximum", hi)
         c, M, P = opts.map_channels, cfg.n_rx, cfg.n_rx * cfg.n_tx
@@ -488,6 +517,11 @@ class GeometryDecoder(nn.Module):
         order = pos[..., 0].detach().argsort(1)
         pos = pos.gather(1, order[..., None].expand(-1, -1, 2))
         vel = vel.gather(1, order[..., None].expand(-1, -1, 2))
+        if self.options.prior_fallback:  # w g_peak + (1 - w) g_prior, w v (module docstring, step 4)
+            logit = heat.flatten(1).gather(1, flat).double().gather(1, order)
+            w = torch.sigmoid(self.fallback_log_scale.double().exp() * logit + self.fallback_bias.double())[..., None]
+            pos = w * pos + (1 - w) * self.prior_guess[None]
+            vel = w * vel
         return pos, vel
 
     def forward(self, features: Sequence[torch.Tensor], x: torch.Tensor | None = None) -> torch.Tensor:
