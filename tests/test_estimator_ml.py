@@ -474,3 +474,5 @@ def test_second_search_floor_skips_noise_winners_not_results():
         MLEstimator(cfg, second_search_floor=-1.0)
     with pytest.raises(ValueError, match="doppler_retry_floor"):
         MLEstimator(cfg, doppler_retry_floor=float("nan"))
+    with pytest.raises(ValueError, match="relax_floor"):
+        MLEstimator(cfg, relax_floor=True)

@@ -64,11 +64,13 @@ Per-AP algorithm (batched over scenes, APs and candidates)
    candidate may sit metres away on the baseline, a local maximum LM cannot leave (``_search``). The second search
    runs only where the winner explains some path below ``second_search_level`` (default the detection threshold):
    a winner off the target fits the forward-scatter path, not the others; and only where the winner's strongest
-   path reaches ``second_search_floor`` (default the detection threshold): a winner below it fits noise and holds
-   no dominant path to cancel (most problems at <= 30 dBm; benchmarks/results/ml.md).
+   path reaches ``second_search_floor`` (default the detection threshold), where no other slot of the problem is
+   detected yet: a winner below it fits noise and holds no dominant path to cancel (most problems at <= 30 dBm;
+   next to a detected slot the noise slot's fit would move the detected one; benchmarks/results/ml.md).
 3. Successive cancellation: target by target on the residual, then a joint LM over all targets found so far.
 4. RELAX rounds (Q > 1): each target is searched again (grid + candidates, its current value competing) with the
-   others cancelled; a round is kept only where the joint likelihood increased.
+   others cancelled; a round is kept only where the joint likelihood increased (opt-in ``relax_floor``: only on
+   problems with a slot whose strongest path reaches it; changes results at 30 dBm, see ml.md).
 5. Model-order selection (two-level GLRT): a target slot is detected when its strongest path's GLRT statistic
    (drop of the explained energy when it alone is removed, over xi^2; Exp(1) under noise) reaches
    ``detection_threshold`` (default ``log(cells / false_alarm)``, the level a noise peak maximised over the

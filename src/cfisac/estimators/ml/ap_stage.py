@@ -34,29 +34,36 @@ class ApStageMixin:
         resid = yl.to(C128)
         maps = {} if self.joint else None  # the first detection's maps feed the CPU's coarse search
         quiet = torch.ones(L, dtype=torch.bool, device=dev)  # no target slot detected yet (second-search floor)
+        fit = None
         for q in range(Q):
-            if q:
-                _, qfit = self._fit_local(yl, theta, x, x_idx, m_idx)
-                quiet = (qfit.path_energy / cfg.noise_watt).amax(-1) < self.threshold
+            if q:  # the LM's last system: path energies of the slots found so far
+                quiet = (fit.path_energy / cfg.noise_watt).amax(-1) < self.threshold
             best = self._search(resid, rows, x, x_idx, m_idx, tol, maps=maps if q == 0 else None,
                                 quiet=quiet)  # [L, K1]
             theta = torch.cat([theta, best[:, None]], 1)
             theta, fit = self._refine_local(yl, theta, x, x_idx, m_idx, tol)
             resid = yl.to(C128) - self._signals(theta, fit.gains, x, x_idx, m_idx)
         energy = fit.energy
-        if Q > 1:
+        # RELAX only on the problems where some slot's strongest path reaches ``relax_floor`` (opt-in, default 0:
+        # every problem)
+        act = ((fit.path_energy / cfg.noise_watt).amax(-1) >= self.relax_floor).nonzero().flatten()
+        if Q > 1 and act.numel():
+            ya, xa, ma, ra = yl[act], x_idx[act], m_idx[act], torch.arange(act.numel(), device=dev)
+            th_a, en_a = theta[act], energy[act]
             for _ in range(self.relax_rounds):
-                new = theta.clone()
+                new = th_a.clone()
                 for q in range(Q):
                     others = [k for k in range(Q) if k != q]
-                    sub, sfit = self._fit_local(yl, new[:, others], x, x_idx, m_idx)
-                    r_q = yl.to(C128) - self._signals(sub, sfit.gains, x, x_idx, m_idx)
+                    sub, sfit = self._fit_local(ya, new[:, others], x, xa, ma)
+                    r_q = ya.to(C128) - self._signals(sub, sfit.gains, x, xa, ma)
                     quiet = (sfit.path_energy / cfg.noise_watt).amax(-1) < self.threshold
-                    new[:, q] = self._search(r_q, rows, x, x_idx, m_idx, tol, current=new[:, q], quiet=quiet)
-                    new, nfit = self._refine_local(yl, new, x, x_idx, m_idx, tol)
-                better = nfit.energy > energy
-                theta = torch.where(better[:, None, None], new, theta)
-                energy = torch.where(better, nfit.energy, energy)
+                    new[:, q] = self._search(r_q, ra, x, xa, ma, tol, current=new[:, q], quiet=quiet)
+                    new, nfit = self._refine_local(ya, new, x, xa, ma, tol)
+                better = nfit.energy > en_a
+                th_a = torch.where(better[:, None, None], new, th_a)
+                en_a = torch.where(better, nfit.energy, en_a)
+            theta, energy = theta.clone(), energy.clone()
+            theta[act], energy[act] = th_a, en_a
         # model-order selection (two-level GLRT): a target slot is detected when its strongest path passes the
         # search-wide threshold; a further path of a detected target only needs the Doppler-search threshold (its
         # delay, AoA and AoD are fixed by the target's position). Paths below it leave the model, the rest is

@@ -92,9 +92,11 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
     every candidate: with both gates at the detection threshold a tiny scene moved by 0.3 m, see ml.md);
     ``second_search_floor``: the second search also needs the winner's strongest path at or above it (default the
     detection threshold: a winner below it fits noise, its strongest path is no forward-scatter path to cancel; 0:
-    the behaviour before this option; 1.7-2.7x at <= 30 dBm, measured in ml.md, "low-power gate");
+    the behaviour before this option; it applies only on problems with no detected slot yet; measured in ml.md,
+    "low-power gate");
     ``doppler_retry_floor`` likewise for the Doppler retry (opt-in, default 0: at the detection threshold a quick
-    scene at 30 dBm moved by 48 m);
+    scene at 30 dBm moved by 48 m); ``relax_floor``: the RELAX rounds run only on the problems where some slot's
+    strongest path reaches it after successive cancellation (opt-in, default 0: every problem);
     ``threads`` torch intra-op threads during a call (1: the work is many small tensor operations, which
     multi-threading slows down on a shared machine; restored afterwards; None leaves the global setting);
     ``device`` where every tensor lives (None: that of y), ``dtype`` the complex dtype y and x are cast to before
@@ -110,7 +112,7 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
                  detection_threshold: float | None = None, path_threshold: float | None = None,
                  false_alarm: float = 1e-3, grid_refinement: float = 1.0,
                  second_search_level: float | None = None, doppler_retry_level: float | None = None,
-                 second_search_floor: float | None = None, doppler_retry_floor: float = 0.0,
+                 second_search_floor: float | None = None, doppler_retry_floor: float = 0.0, relax_floor: float = 0.0,
                  threads: int | None = 1, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.complex128, chunk_size: int | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
@@ -164,7 +166,8 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
                 raise ValueError(f"{name} must be a number >= 0 (inf: always), got {level!r}")
             setattr(self, name, float(level))
         second_search_floor = self.threshold if second_search_floor is None else second_search_floor
-        for name, level in (("second_search_floor", second_search_floor), ("doppler_retry_floor", doppler_retry_floor)):
+        for name, level in (("second_search_floor", second_search_floor), ("doppler_retry_floor", doppler_retry_floor),
+                            ("relax_floor", relax_floor)):
             if not (isinstance(level, (int, float)) and not isinstance(level, bool) and level >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {level!r}")
             setattr(self, name, float(level))
