@@ -57,7 +57,8 @@ Per-AP algorithm (batched over scenes, APs and candidates)
    range cell, at least 30 % of the list's best) are refined as single targets on the residual by LM; each is
    refined a second time after a global re-search of its N Dopplers at the refined position (coordinate ascent
    on the exact N-path likelihood, cross terms included: a candidate found through one strong path may carry a
-   noise Doppler for the others, and LM steps cannot cross Doppler sidelobes); the most likely result is kept.
+   noise Doppler for the others, and LM steps cannot cross Doppler sidelobes; skipped where the re-search returns
+   within ``doppler_retry_same`` grid steps of the refined Dopplers); the most likely result is kept.
    Then a second coarse search with the winner's strongest path cancelled, whose candidates compete again on the
    same residual with all paths: a target on a transmit-receive baseline has a dominant forward-scatter path that
    ranks the whole baseline alike (and leaks into the other transmit AP's matched filter), so every first-stage

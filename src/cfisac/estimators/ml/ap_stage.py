@@ -207,11 +207,18 @@ class ApStageMixin:
         # some path is explained weakly (a noise Doppler explains little of its path)
         # (and where its strongest path reaches ``doppler_retry_floor``: a candidate explaining every path at noise
         # level holds no strong path whose Doppler could be right while the others' are not; default 0: no floor)
-        ps = fit.path_energy / self.cfg.noise_watt  # [R, N] at the refined candidates (the LM's last system)
+        cfg = self.cfg
+        ps = fit.path_energy / cfg.noise_watt  # [R, N] at the refined candidates (the LM's last system)
         sub = ((ps.amin(-1) < self.doppler_retry_level) & (ps.amax(-1) >= self.doppler_retry_floor)).nonzero().flatten()
         if sub.numel():
-            th2, fit2 = self._refine_local(resid, self._doppler_search(resid, th[sub], x, x_idx, m_idx, rows[sub]),
-                                           x, x_idx, m_idx, tol, rows=rows[sub])
+            start = self._doppler_search(resid, th[sub], x, x_idx, m_idx, rows[sub])
+            # where the re-searched Dopplers all lie within ``doppler_retry_same`` grid steps (the 4x oversampled
+            # grid of _doppler_search) of the refined ones, the LM from there returns to the same maximum: skipped
+            step = 1.0 / (4 * cfg.n_symbols * cfg.symbol_stride * cfg.symbol_duration)
+            moved = ((start[:, 0, 2:] - th[sub, 0, 2:]).abs() > self.doppler_retry_same * step).any(-1)
+            sub, start = sub[moved], start[moved]
+        if sub.numel():
+            th2, fit2 = self._refine_local(resid, start, x, x_idx, m_idx, tol, rows=rows[sub])
             better = fit2.energy > fit.energy[sub]
             th[sub] = torch.where(better[:, None, None], th2, th[sub])
             fit.energy[sub] = torch.where(better, fit2.energy, fit.energy[sub])

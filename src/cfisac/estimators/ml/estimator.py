@@ -97,6 +97,9 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
     ``doppler_retry_floor`` likewise for the Doppler retry (opt-in, default 0: at the detection threshold a quick
     scene at 30 dBm moved by 48 m); ``relax_floor``: the RELAX rounds run only on the problems where some slot's
     strongest path reaches it after successive cancellation (opt-in, default 0: every problem);
+    ``doppler_retry_same``: no LM after a Doppler re-search whose Dopplers all lie within this many steps of its
+    (4x oversampled) grid of the refined ones (default 0.5: the LM would return to the same maximum; 0: always,
+    the behaviour before this option; measured in ml.md, "low-power gate");
     ``threads`` torch intra-op threads during a call (1: the work is many small tensor operations, which
     multi-threading slows down on a shared machine; restored afterwards; None leaves the global setting);
     ``device`` where every tensor lives (None: that of y), ``dtype`` the complex dtype y and x are cast to before
@@ -113,6 +116,7 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
                  false_alarm: float = 1e-3, grid_refinement: float = 1.0,
                  second_search_level: float | None = None, doppler_retry_level: float | None = None,
                  second_search_floor: float | None = None, doppler_retry_floor: float = 0.0, relax_floor: float = 0.0,
+                 doppler_retry_same: float = 0.5,
                  threads: int | None = 1, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.complex128, chunk_size: int | None = None) -> None:
         if cfg.n_tx * cfg.n_rx < 2:
@@ -167,7 +171,7 @@ class MLEstimator(BatchedEstimator, ApStageMixin, SearchMixin, FusionMixin, Join
             setattr(self, name, float(level))
         second_search_floor = self.threshold if second_search_floor is None else second_search_floor
         for name, level in (("second_search_floor", second_search_floor), ("doppler_retry_floor", doppler_retry_floor),
-                            ("relax_floor", relax_floor)):
+                            ("relax_floor", relax_floor), ("doppler_retry_same", doppler_retry_same)):
             if not (isinstance(level, (int, float)) and not isinstance(level, bool) and level >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {level!r}")
             setattr(self, name, float(level))
