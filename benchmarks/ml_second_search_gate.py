@@ -18,7 +18,8 @@ import cfisac
 from cfisac.estimators import create
 from cfisac.metrics import accuracy
 
-OFF = dict(second_search_level=float("inf"), doppler_retry_level=float("inf"))
+OFF = dict(second_search_level=float("inf"), doppler_retry_level=float("inf"), second_search_floor=0.0,
+           doppler_retry_same=0.0)  # every gate off (the floors and the same-Doppler skip: ml.md, "low-power gate")
 
 
 def main(name: str, n: int, powers: list[float], seed: int) -> None:
