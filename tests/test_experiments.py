@@ -322,7 +322,7 @@ def test_learned_scheme_trains_the_model_config_of_its_name(tmp_path):
     assert spec["kind"] == "dvqvae" and spec["model"]["decoder"] == "geometry"
     # the budget's recipe of that scheme (quantizer initialisation, learning rate); the paper's model keeps 1e-4
     assert m.kmeans_init and spec["model"]["kmeans_init"] and spec["learning_rate"] == 2e-3
-    assert m.decoder_options == {"velocity_weight": 4.0, "velocity_branch": "latent"}
+    assert m.decoder_options == {"velocity_weight": 4.0, "velocity_branch": "latent", "prior_fallback": True}
     assert spec["model"]["decoder_options"] == m.decoder_options
     assert spec["batch_size"] == ctx.budget.recipe_of("dvqvae-image-geometry").batch_size == 8
     paper = training_spec(ctx, "dvqvae", [ctx.base_cfg])

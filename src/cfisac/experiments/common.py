@@ -132,7 +132,7 @@ class Budget:
 # in the demo's budget (benchmarks/results/demo.md).
 GEOMETRY_RECIPES = {"dvqvae-image-geometry": Recipe(
     model_options={"input_norm": "noise", "kmeans_init": True, "dead_code_threshold": 1.0,
-                   "decoder_options": {"velocity_weight": 4.0, "velocity_branch": "latent"}},
+                   "decoder_options": {"velocity_weight": 4.0, "velocity_branch": "latent", "prior_fallback": True}},
     learning_rate=2e-3, batch_size=8)}
 
 BUDGETS: dict[str, Budget] = {

@@ -52,7 +52,8 @@ def compare_lines(rows: Sequence[dict[str, Any]], *, reference_x: float, x_unit:
                   and r["n_scenes"] < 20 and r["scheme"] != "crlb"})
     if few and few_note:
         lines.append("- **Few scenes:** " + ", ".join(few) + " were evaluated on fewer than 20 test scenes at some "
-                     "points (their per-point time budget ran out): those RMSEs are rough.")
+                     "points (the preset's test-scene budget, `Budget.scheme_n_test`, or a per-point time cap): "
+                     "those RMSEs are rough; see their intervals.")
     crlb = row_at(rows, "crlb", reference_x, series)
     at = [r for r in rows if r["series"] == series and abs(r["x_value"] - reference_x) < 1e-9
           and r["scheme"] not in ("crlb", "prior") and _ok(r["position_rmse"])]

@@ -1,10 +1,9 @@
 """Fig. 6: location and velocity RMSE versus the maximum transmit power P, with the root-CRLB (Section V-B).
 
 Every scheme on the same test scenes at each power. On the CPU presets the budget allows one training per learned
-model: each is trained once on the union of the sweep's powers (its training samples cycle through them,
-``training="pooled"``; a model trained at one power is worse than the prior away from it) and evaluated at each
-power; at the ``paper`` preset each power trains its own models, as in the paper. The monostatic BS has no
-velocity vector (radial velocity only), as in the paper's Fig. 6(b).
+model: each is trained once on the union of the sweep's powers (its training samples cycle through them) and
+evaluated at each power; at the ``paper`` preset each power trains its own models, as in the paper. The monostatic
+BS has no velocity vector (radial velocity only), as in the paper's Fig. 6(b).
 """
 
 from __future__ import annotations

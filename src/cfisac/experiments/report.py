@@ -201,7 +201,9 @@ def learned_notes(ctx: Context) -> str:
                  "decodes each AP's message into a map over the area's position grid through the known AP geometry, "
                  "fuses the APs, reads the targets as heat-map peaks and the velocity by least squares on the "
                  "bistatic Doppler equations (`cfisac.models.geometry_decoder`; ablations in "
-                 "`benchmarks/results/geometry_decoder.md`).")
+                 "`benchmarks/results/geometry_decoder.md`); with the demo's recipe (`prior_fallback`) a weak peak is "
+                 "blended into the prior's best fixed guess by a learned, calibrated weight, so where it sees no "
+                 "target (low power) it falls back to the prior predictor instead of reporting a noise peak.")
     return text + (" Every learned scheme trains for the preset's wall-clock budget (`Budget.train_seconds` in the "
                    "configuration below), not to convergence.")
 
