@@ -45,8 +45,9 @@ then 3 x 3 Newton steps instead of 14 halvings: CPU s/scene 1.02 -> 0.77 at ``qu
 the layouts made once per row (``_Rows.yt``, ``_Rows.xt``: one more copy of x per row), not re-transposed per
 refinement. Each refinement projects the data off the other atoms once (``P_t y_t``, so the objectives' numerators
 are ``|phi_t^H P_t y|^2`` directly), evaluates ``a^H R_x,t a`` from the lag sums of ``R_x,t`` (Nt terms instead of
-Nt^2) and runs on blocks of rows that fit the cache (:data:`REFINE_BLOCK`; the 1-D searches read each block's
-products ~20 times): 0.82 -> ~0.6 CPU s/scene at ``quick``, 48 dBm, B = 64, one thread, same numbers to rounding.
+Nt^2) and, on the CPU, runs on blocks of rows that fit the cache (:data:`REFINE_BLOCK`; the 1-D searches read each
+block's products ~20 times): 0.79 -> 0.68 (48 dBm) and 0.81 -> 0.57 (30 dBm) CPU s/scene at ``quick``, B = 64, one
+thread, the same messages to 2e-9 m / 1.2e-6 Hz.
 """
 
 from __future__ import annotations
@@ -471,11 +472,12 @@ class CsEstimator(BatchedEstimator):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_refine_block` on blocks of rows (views, no copies) of at most :data:`REFINE_BLOCK` cells
         ``Ts Ns max(Mr, Nt)`` (16 rows at ``quick``), so that a block's per-row products, which the 1-D searches
-        read about 20 times each, stay in the cache (at ``quick``, B = 64: 0.82 -> 0.6-0.67 CPU s/scene). Every
-        row's search is independent of the others', so the results do not depend on the blocking."""
+        read about 20 times each, stay in the cache (CPU only: on a GPU one pass over all rows; at ``quick``, 48 dBm,
+        B = 64, one thread: 0.79 -> 0.68 CPU s/scene with the changes of ca8ae36). Every row's search is independent
+        of the others', so the results do not depend on the blocking."""
         R, mr, ns, ts = rows.y.shape
         rb = max(1, REFINE_BLOCK // (ts * ns * max(mr, self.cfg.n_tx_antennas)))
-        if R <= rb:
+        if R <= rb or rows.y.device.type != "cpu":
             return self._refine_block(ctx, rows, n, d, u, others, first)
         parts = [self._refine_block(ctx, rows.slice(r0, r0 + rb), n[r0:r0 + rb], d[r0:r0 + rb], u[r0:r0 + rb],
                                     None if others is None else tuple(t[r0:r0 + rb] for t in others), first)
