@@ -367,8 +367,9 @@ def test_report_says_whose_design_each_learned_scheme_is_and_how_it_compares():
 
 
 def test_fig6_learned_models_train_once_on_every_power_of_the_sweep(all_run):
-    """At the CPU presets every learned scheme of Fig. 6 is one model trained on samples cycling through the sweep's
-    powers (TrainConfig.power_dbm_pool), shared by all its points and by Fig. 10; pooling other fields is refused."""
+    """With Budget.power_training="pooled" (the tiny budget) every learned scheme of Fig. 6 is one model trained on
+    samples cycling through the sweep's powers (TrainConfig.power_dbm_pool), shared by all its points and by Fig. 10;
+    with "reference" (quick) one model trained at P0; pooling other fields is refused."""
     from cfisac.checkpoint import load_checkpoint
     from cfisac.experiments import fig6, fig10
     from cfisac.experiments.learned import checkpoint_dir, power_pool
@@ -382,6 +383,11 @@ def test_fig6_learned_models_train_once_on_every_power_of_the_sweep(all_run):
         assert [p.spec["training"] for p in fig10.points(ctx) if p.scheme == scheme] == [specs[0]]
         ck = load_checkpoint(checkpoint_dir(ctx, scheme, specs[0]))  # the model the experiments trained
         assert ck.tcfg.power_dbm_pool == tuple(values)
+    quick = make_context("quick", root=ctx.root / "quick-points", log=lambda s: None)  # points only: nothing runs
+    assert quick.budget.power_training == "reference"
+    for scheme in quick.budget.learned:
+        specs = [p.spec["training"] for p in fig6.points(quick) if p.scheme == scheme]
+        assert all(s == specs[0] for s in specs) and [c["power_dbm"] for c in specs[0]["train_cfgs"]] == [48.0]
     cfg = ctx.base_cfg
     assert power_pool([cfg]) == ()
     assert power_pool([cfg.replace(power_dbm=5.0), cfg]) == (5.0, cfg.power_dbm)

@@ -75,7 +75,10 @@ class Budget:
     ``learning_rate``: of every learned scheme (the paper's 1e-4); ``recipes``: the :class:`Recipe` of a learned
     scheme that trains otherwise, by scheme name; ``feature_cache_gb``: memory for the training and validation
     samples' front-end outputs of a learned scheme with a physics front end (``TrainConfig.feature_cache_gb``:
-    computed once, reused in later epochs, same weights; the ``raw`` front end, a scaling, is not cached).
+    computed once, reused in later epochs, same weights; the ``raw`` front end, a scaling, is not cached);
+    ``power_training``: how Fig. 6's learned models train where one model serves every power (the CPU presets):
+    ``"reference"`` once at the operating power P0, ``"pooled"`` once on samples cycling through all of Fig. 6's
+    powers (:attr:`cfisac.train.TrainConfig.power_dbm_pool`); the ``paper`` preset trains one model per power.
     """
 
     n_test: int
@@ -94,6 +97,7 @@ class Budget:
     scheme_seconds: float | None = None
     recipes: dict[str, Recipe] = field(default_factory=dict)
     feature_cache_gb: float = 0.0
+    power_training: str = "reference"
 
     def n_test_of(self, scheme: str) -> int:
         """Test scenes of ``scheme``: the first ``scheme_n_test[scheme]`` (slow estimators) or all ``n_test``."""
@@ -140,7 +144,7 @@ BUDGETS: dict[str, Budget] = {
     "tiny": Budget(n_test=6, eval_batch=6, n_train=16, train_seconds={"*": 20.0}, max_epochs=1,
                    batch_size=8, model_preset="tiny", classical=("music", "cs", "monostatic"),
                    learned=("dvqvae", "dvqvae-image-geometry"), n_val=4, scheme_n_test={"ml": 2},
-                   recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=0.1),
+                   recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=0.1, power_training="pooled"),
     # the 2-core CPU demo: about 12 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
     # CPU cost per scene at batch 64, quick, one thread (benchmarks/results/batched.md, ml.md) fits 200 scenes of

@@ -1,6 +1,6 @@
 """Fig. 10: estimated locations and velocities against the ground truth on a few test scenes (Section V-B).
 
-The learned schemes of Fig. 6 (the same cached models: trained on Fig. 6's powers at the CPU presets, at P0 at
+The learned schemes of Fig. 6 (the same cached models: ``Budget.power_training`` at the CPU presets, at P0 at
 ``paper``) and the classical ones on
 the first test scenes at P0; arrows show one second of motion (true: black, estimated: the scheme's colour).
 The estimates are stored in ``artifacts/fig10/<scheme>.npz``.
