@@ -59,20 +59,28 @@ def test_estimates_equal_the_reference_through_the_registry():
     torch.testing.assert_close(out.velocities, ref.velocities, atol=1e-2, rtol=0)
 
 
-@pytest.mark.parametrize("n_atoms", [1, 2])
-def test_pick_statistic_updated_from_the_data_equals_the_statistic_of_the_residual(n_atoms):
-    """The OMP statistic of ``r = y - Phi C`` from the data's cached lags plus the rank-2J update equals the one
-    computed from r itself (the lags of r's own range transform), to rounding; and it is not the data's."""
+def _rows_and_random_atoms(*, n_scenes: int, seed: int, atom_seed: int, n_atoms: int, u_span: float):
+    """CS rows of noisy two-target tiny scenes and seeded random atoms (transmit AP, range 80-140 m, AoA cosine in
+    +-u_span) per row: (cfg, estimator, context, rows, (n, d, u) [R, n_atoms])."""
     cfg = TINY.replace(power_dbm=54.0, n_targets=2)
-    _, x, y = simulate(cfg, 2, 7)
+    _, x, y = simulate(cfg, n_scenes, seed)
     est = CsEstimator(cfg)
     ctx = est._context(y.device)
     rows = est._rows(ctx, y, x)
     R = rows.y.shape[0]
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(atom_seed)
     n = torch.randint(0, cfg.n_tx, (R, n_atoms), generator=g)
     d = 80.0 + 60.0 * torch.rand(R, n_atoms, generator=g, dtype=torch.float64)
-    u = 2.0 * torch.rand(R, n_atoms, generator=g, dtype=torch.float64) - 1.0
+    u = 2.0 * u_span * torch.rand(R, n_atoms, generator=g, dtype=torch.float64) - u_span
+    return cfg, est, ctx, rows, (n, d, u)
+
+
+@pytest.mark.parametrize("n_atoms", [1, 2])
+def test_pick_statistic_updated_from_the_data_equals_the_statistic_of_the_residual(n_atoms):
+    """The OMP statistic of ``r = y - Phi C`` from the data's cached lags plus the rank-2J update equals the one
+    computed from r itself (the lags of r's own range transform), to rounding; and it is not the data's."""
+    cfg, est, ctx, rows, (n, d, u) = _rows_and_random_atoms(n_scenes=2, seed=7, atom_seed=1, n_atoms=n_atoms,
+                                                            u_span=1.0)
     phi, coef = est._solve(ctx, rows, n, d, u)
     resid = rows.y - (phi @ coef).permute(0, 3, 2, 1)
     for k in range(cfg.n_tx):
@@ -116,22 +124,13 @@ def test_refinement_blocks_of_rows_do_not_change_the_results(monkeypatch):
     searches are independent (a mixed-up block offset or a row taken twice fails it)."""
     import cfisac.estimators.cs as cs_module
 
-    cfg = TINY.replace(power_dbm=54.0, n_targets=2)
-    _, x, y = simulate(cfg, 3, 9)
-    est = CsEstimator(cfg)
-    ctx = est._context(y.device)
-    rows = est._rows(ctx, y, x)
-    R = rows.y.shape[0]
-    g = torch.Generator().manual_seed(2)
-    n = torch.randint(0, cfg.n_tx, (R, 3), generator=g)
-    d = 80.0 + 60.0 * torch.rand(R, 3, generator=g, dtype=torch.float64)
-    u = 1.8 * torch.rand(R, 3, generator=g, dtype=torch.float64) - 0.9
+    cfg, est, ctx, rows, (n, d, u) = _rows_and_random_atoms(n_scenes=3, seed=9, atom_seed=2, n_atoms=3, u_span=0.9)
     args = (ctx, rows, n[:, 0], d[:, 0], u[:, 0], (n[:, 1:], d[:, 1:], u[:, 1:]))
     monkeypatch.setattr(cs_module, "REFINE_BLOCK", 2**40)
     whole = est._refine(*args, first=True)
     monkeypatch.setattr(cs_module, "REFINE_BLOCK", 1)
     blocked = est._refine(*args, first=True)
-    assert R > 1 and not torch.equal(whole[0], whole[0].flip(0))
+    assert rows.y.shape[0] > 1 and not torch.equal(whole[0], whole[0].flip(0))
     for a, b in zip(whole, blocked, strict=True):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
 
