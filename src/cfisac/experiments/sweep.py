@@ -5,9 +5,9 @@ the root-CRLB of the test scenes, the prior predictor, the classical baselines a
 schemes are trained either once at a reference point of the sweep and evaluated at every point
 (``training="reference"``: possible where the network's input and output shapes do not change along the sweep),
 once on the union of the sweep's points (``training="pooled"``: the samples cycle through the points' transmit
-powers, :attr:`cfisac.train.TrainConfig.power_dbm_pool`; the power sweep of Fig. 6 at the CPU presets, where one
-model must serve every power), or once per point (``training="per_point"``: where the shapes change, e.g. Q, Ts,
-Mr, and wherever the budget allows). Pooling needs points that differ in the transmit power only.
+powers, :attr:`cfisac.train.TrainConfig.power_dbm_pool`; Fig. 6 with ``Budget.power_training="pooled"``), or once
+per point (``training="per_point"``: where the shapes change, e.g. Q, Ts, Mr, and wherever the budget allows).
+Pooling needs points that differ in the transmit power only.
 """
 
 from __future__ import annotations
@@ -60,14 +60,12 @@ class AccuracySweep:
     def train_spec(self, ctx: Context, scheme: str, value: float, series: str) -> tuple[list[SystemConfig], dict]:
         """Training configs and options of a learned point (the same for every point under ``reference`` and, for
         one series, under ``pooled``: every value's config, in the order of ``values``)."""
-        if self.training == "pooled":
-            overrides = self.learned_overrides(value, series) if self.learned_overrides else {}
-            return [self.cfg_for(ctx, v, series) for v in self.values], {"model_overrides": overrides}
         if self.training == "reference":
             assert self.reference is not None
             value, series = self.reference
         overrides = self.learned_overrides(value, series) if self.learned_overrides else {}
-        return [self.cfg_for(ctx, value, series)], {"model_overrides": overrides}
+        values = self.values if self.training == "pooled" else (value,)
+        return [self.cfg_for(ctx, v, series) for v in values], {"model_overrides": overrides}
 
     def points(self, ctx: Context) -> list[Point]:
         """CRLB, prior and classical points first (cheap), then the learned ones; within each pass all schemes of
