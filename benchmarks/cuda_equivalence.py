@@ -9,6 +9,8 @@ the peak allocated CUDA memory, the largest position / velocity difference betwe
 Hungarian assignment to the true targets), the number of scenes whose estimates differ by more than 1 mm, and the
 position RMSE (95 % bootstrap interval) on each device. Front ends: the relative max difference of AP 0's output.
 Without CUDA it exits with a message (nothing to compare). Writes ``--out`` (markdown) with the machine header.
+MUSIC (complex64 by default) is rounding-sensitive scene by scene (``results/batched.md``, "MUSIC's refinement
+numerics"): judge it by its RMSE columns; the other estimators compute in complex128 and should agree per scene.
 """
 
 from __future__ import annotations
