@@ -30,7 +30,8 @@ def main(ckpt: str, powers: list[float], n: int = 200) -> None:
         batch, scenes = evaluation_batch(ctx, cfg, 0, n), evaluation_scenes(ctx, cfg, n)
         est = cfisac.estimators.create("dvqvae", cfg, checkpoint=ckpt, batch_size=64)
         dec = next(m for m in est.model.modules() if isinstance(m, GeometryDecoder))
-        row = [f"P = {power:g} dBm (a = {float(dec.fallback_log_scale.detach().exp()):.3f}, c = {float(dec.fallback_bias.detach()):.3f})"]
+        scale, bias = float(dec.fallback_log_scale.detach().exp()), float(dec.fallback_bias.detach())
+        row = [f"P = {power:g} dBm (e^a = {scale:.3f}, c = {bias:.3f})"]
         for fallback in (True, False):
             dec.options = dataclasses.replace(dec.options, prior_fallback=fallback)
             out = est(batch["y"], batch["x"])
