@@ -154,8 +154,10 @@ def test_checkpoint_layout_is_complete_and_atomic(tmp_path):
 def test_train_and_evaluate_commands(tmp_path, capsys):
     out = tmp_path / "cnn"
     assert main(["train", "--model", "cnn", "--preset", "tiny", "--out", str(out), "--epochs", "1", "--n-train", "32",
-                 "--n-val", "8", "--lr", "1e-3", "--no-progress", "--power-pool", "20,30"]) == 0
+                 "--n-val", "8", "--lr", "1e-3", "--no-progress", "--power-pool", "20,30",
+                 "--lr-schedule", "cosine"]) == 0
     assert load_checkpoint(out).tcfg.power_dbm_pool == (20.0, 30.0)
+    assert load_checkpoint(out).tcfg.lr_schedule == "cosine"
     assert main(["evaluate", "--checkpoint", str(out), "--n-test", "16", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "position RMSE" in text and "prior predictor" in text
@@ -469,3 +471,36 @@ def test_power_pool_samples_cycle_through_the_powers_and_keep_their_scenes():
     with pytest.raises(ValueError, match="HDF5"):
         TrainConfig(power_dbm_pool=(30.0,), data="train.h5")
     assert TrainConfig.from_dict(TrainConfig(power_dbm_pool=[30, 40]).to_dict()).power_dbm_pool == (30.0, 40.0)
+
+
+
+def test_cosine_lr_schedule_follows_the_nearer_budget(tmp_path, monkeypatch):
+    """lr_schedule="cosine": the factor is (1 + cos(pi p)) / 2 of the larger of the step and time fractions
+    (hand-computed points); in a run every optimizer's learning rate at step k is lr times the factor of k / steps
+    (no time budget); the schedule is recorded in the checkpoint and an unknown one is refused."""
+    import cfisac.train as train_module
+    from cfisac.checkpoint import cosine_lr_factor
+
+    assert cosine_lr_factor(0.0, None, 0, 8) == 1.0
+    assert cosine_lr_factor(0.0, None, 4, 8) == pytest.approx(0.5)
+    assert cosine_lr_factor(0.0, None, 6, 8) == pytest.approx((1 + math.cos(0.75 * math.pi)) / 2)
+    assert cosine_lr_factor(30.0, 40.0, 2, 8) == pytest.approx((1 + math.cos(0.75 * math.pi)) / 2)  # time nearer
+    assert cosine_lr_factor(90.0, 40.0, 2, 8) == 0.0  # past the budget: clipped
+    seen = []
+    original = train_module.InProcess.set_lr_factor
+
+    def spy(self, factor):
+        original(self, factor)
+        seen.append([g["lr"] for opt in self.optimizers.values() if opt is not None for g in opt.param_groups])
+
+    monkeypatch.setattr(train_module.InProcess, "set_lr_factor", spy)
+    res = train(TINY, TINY_M, _tcfg(epochs=2, lr=1e-3, lr_schedule="cosine"), tmp_path / "cos", progress=False,
+                log=None, plot=False)
+    steps = res.history[-1]["steps"]
+    assert len(seen) == steps == 4
+    for k, lrs in enumerate(seen):
+        assert len(lrs) == TINY.n_rx + 1  # every AP's optimizer and the CPU's
+        assert all(lr == pytest.approx(1e-3 * (1 + math.cos(math.pi * k / steps)) / 2) for lr in lrs), k
+    assert load_checkpoint(res.checkpoint).tcfg.lr_schedule == "cosine"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")

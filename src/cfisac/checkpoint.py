@@ -57,6 +57,18 @@ HISTORY_FIELDS = ("epoch", "steps", "samples", "train_loss", "train_mse", "train
 STEP_FIELDS = ("step", "epoch", "loss", "mse", "commitment", "perplexity")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_lr_factor(elapsed_s: float, budget_s: float | None, done_steps: int, total_steps: int) -> float:
+    """``(1 + cos(pi p)) / 2`` of :attr:`TrainConfig.lr_schedule` ``"cosine"``: ``p`` the larger of the time and
+    the step fractions spent (clipped to [0, 1])."""
+    p = done_steps / max(1, total_steps)
+    if budget_s is not None and budget_s > 0:
+        p = max(p, elapsed_s / budget_s)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, p))))
+
+
 # ---------------------------------------------------------------------------------------------------- what it records
 @dataclass(frozen=True)
 class TrainConfig:
@@ -72,7 +84,10 @@ class TrainConfig:
     transmit powers P (dBm) the samples cycle through (sample ``k`` of the dataset, training or validation, is
     simulated at ``power_dbm_pool[k % len(power_dbm_pool)]``, every other system parameter as the run's config),
     so one model learns every power of a sweep (Fig. 6) instead of one; empty: the config's power for every sample.
-    On-the-fly data and in-process training only."""
+    On-the-fly data and in-process training only. ``lr_schedule``: ``"constant"`` (the paper's) or ``"cosine"``:
+    before each step every optimizer's learning rate is set to ``lr (1 + cos(pi p)) / 2`` with ``p`` the larger of
+    the fraction of the ``minutes`` budget spent and the fraction of the ``epochs`` steps done (the budget nearer its
+    end), so a run stopped by either ends near zero; in-process training only."""
 
     kind: str = "dvqvae"
     epochs: int = 10
@@ -89,8 +104,11 @@ class TrainConfig:
     loss: str = "canonical"
     feature_cache_gb: float = 0.0
     power_dbm_pool: tuple[float, ...] = ()
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         pool = self.power_dbm_pool
         if isinstance(pool, (str, bytes)) or not isinstance(pool, Sequence):
             raise ValueError(f"power_dbm_pool must be a sequence of transmit powers (dBm), got {pool!r}")

@@ -39,6 +39,7 @@ from .checkpoint import (
     CheckpointWriter,
     TrainConfig,
     checkpoint_name,
+    cosine_lr_factor,
     model_from_state,
     read_checkpoint,
     read_steps,
@@ -350,6 +351,9 @@ def fit(strategy: Strategy, run: RunState, cfg: SystemConfig, mcfg: ModelConfig,
         strategy.start_epoch(run.epoch, batches[run.step:])
         try:
             while run.step < len(batches):
+                if tcfg.lr_schedule == "cosine":
+                    strategy.set_lr_factor(cosine_lr_factor(elapsed0 + time.monotonic() - t_start, budget,
+                                                            run.global_step, tcfg.epochs * len(batches)))
                 r = strategy.step(run.epoch, run.step, batches[run.step], run.global_step)
                 run.step += 1
                 run.global_step += 1

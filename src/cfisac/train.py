@@ -348,6 +348,12 @@ class InProcess:
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return optimizer_state_tensors(self.optimizers)
 
+    def set_lr_factor(self, factor: float) -> None:
+        """Every optimizer's learning rate := ``tcfg.lr * factor`` (``TrainConfig.lr_schedule``)."""
+        for opt in self.optimizers.values():
+            for group in [] if opt is None else opt.param_groups:
+                group["lr"] = self.tcfg.lr * factor
+
     def after_checkpoint(self, path: Path) -> None:
         pass
 

@@ -102,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history.csv, loss.png)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (the paper's) or cosine decay to 0 over --minutes or --epochs, whichever ends first")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--loss", choices=("canonical", "assignment"), default="canonical",
                    help="canonical: Eq. (17) with the targets ordered by x (the paper); assignment: each scene's "
@@ -148,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                        n_train=args.n_train, n_val=args.n_val, seed=args.seed, minutes=args.minutes,
                        workers=args.workers, device=args.device, amp=args.amp,
                        data=str(args.data) if args.data else None, loss=args.loss,
-                       feature_cache_gb=args.feature_cache_gb, power_dbm_pool=_power_pool(args.power_pool))
+                       feature_cache_gb=args.feature_cache_gb, power_dbm_pool=_power_pool(args.power_pool),
+                       lr_schedule=args.lr_schedule)
     resume = args.resume
     if resume and not (args.out / "latest.json").exists():  # killed before its first checkpoint: nothing to lose
         print(f"--resume: {args.out} holds no checkpoint yet; starting the run from the beginning", flush=True)

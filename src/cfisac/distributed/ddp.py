@@ -213,6 +213,9 @@ def ddp_train(
         import os
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if tcfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r} is an option of in-process training (cfisac.train.train); "
+                         "the distributed runtimes train with the constant learning rate")
     if tcfg.power_dbm_pool:
         raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
                          "(cfisac.train.train); the distributed runtimes simulate at the config's power")

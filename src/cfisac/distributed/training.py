@@ -501,6 +501,9 @@ def run_cpu_training(
         raise ValueError("feature_cache_gb is an option of in-process training (cfisac.train.train); the split AP / "
                          "CPU processes recompute their front ends (set feature_cache_gb=0)")
     device = torch.device(tcfg.device)
+    if tcfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r} is an option of in-process training (cfisac.train.train); "
+                         "the distributed runtimes train with the constant learning rate")
     if tcfg.power_dbm_pool:
         raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
                          "(cfisac.train.train); the distributed runtimes simulate at the config's power")

@@ -52,11 +52,13 @@ PRESETS = ("tiny", "quick", "paper")
 class Recipe:
     """How one learned scheme trains where it differs from its :class:`Budget`: ``model_options``
     (:class:`cfisac.models.config.ModelConfig` fields over the model preset, e.g. the quantizer's initialisation),
-    ``learning_rate`` and ``batch_size`` (None: the budget's)."""
+    ``learning_rate`` and ``batch_size`` (None: the budget's), ``lr_schedule``
+    (:attr:`cfisac.train.TrainConfig.lr_schedule`; None: constant, the paper's)."""
 
     model_options: dict[str, Any] = field(default_factory=dict)
     learning_rate: float | None = None
     batch_size: int | None = None
+    lr_schedule: str | None = None
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ def training_spec(ctx: Context, scheme: str | Scheme, cfgs: Sequence[SystemConfi
         "batch_size": b.batch_size_of(s),
         "learning_rate": b.learning_rate_of(s) if learning_rate is None else learning_rate,
         "seed": ctx.seed,
+        # only where a recipe sets one: the specs (and checkpoint hashes) of the other schemes stay as they were
+        **({"lr_schedule": b.recipe_of(s).lr_schedule} if b.recipe_of(s).lr_schedule is not None else {}),
     }
 
 
@@ -155,7 +157,7 @@ def _train(ctx: Context, scheme: str | Scheme, cfgs: list[SystemConfig], spec: d
     tcfg = TrainConfig(kind=spec["kind"], epochs=int(epochs), batch_size=int(spec["batch_size"]),
                        lr=float(spec["learning_rate"]), n_train=int(spec["n_train"]), n_val=int(spec["n_val"]),
                        seed=int(spec["seed"]), minutes=float(spec["train_seconds"]) / 60.0, device=ctx.device,
-                       power_dbm_pool=pool)
+                       power_dbm_pool=pool, lr_schedule=spec.get("lr_schedule", "constant"))
     mcfg = ModelConfig.from_dict(spec["model"])
     if mcfg.front_end != "raw":  # a physics front end: keep its outputs (same steps, less time; not in the spec)
         tcfg = dataclasses.replace(tcfg, feature_cache_gb=float(ctx.budget.feature_cache_gb))
