@@ -504,3 +504,13 @@ def test_cosine_lr_schedule_follows_the_nearer_budget(tmp_path, monkeypatch):
     assert load_checkpoint(res.checkpoint).tcfg.lr_schedule == "cosine"
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_distributed_runtimes_refuse_the_in_process_only_options():
+    from cfisac.distributed.training import check_in_process_only_options
+
+    check_in_process_only_options(TrainConfig())
+    with pytest.raises(ValueError, match="lr_schedule='cosine' is an option of in-process training"):
+        check_in_process_only_options(TrainConfig(lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="power_dbm_pool"):
+        check_in_process_only_options(TrainConfig(power_dbm_pool=(30.0, 40.0)))

@@ -47,7 +47,7 @@ from ..fit import (
 from ..metrics import accuracy
 from ..models import LabelNormaliser, ModelConfig, SplitModel, build_model
 from ..train import estimation_loss, make_adam
-from .training import validation_batches
+from .training import check_in_process_only_options, validation_batches
 
 __all__ = ["DataParallel", "codebook_allreduce_hook", "ddp_train", "shard"]
 
@@ -213,12 +213,7 @@ def ddp_train(
         import os
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if tcfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r} is an option of in-process training (cfisac.train.train); "
-                         "the distributed runtimes train with the constant learning rate")
-    if tcfg.power_dbm_pool:
-        raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
-                         "(cfisac.train.train); the distributed runtimes simulate at the config's power")
+    check_in_process_only_options(tcfg)
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log, is_writer=rank == 0,
                    resumable=(*RESUMABLE_CHANGES, "device"),
                    labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))

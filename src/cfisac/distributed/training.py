@@ -478,6 +478,17 @@ class SplitProcesses:
         write_json_atomic(self.out / "distributed.json", rep)
 
 
+def check_in_process_only_options(tcfg: TrainConfig) -> None:
+    """``ValueError`` for the :class:`TrainConfig` options that only in-process training (:func:`cfisac.train.train`)
+    implements: ``lr_schedule`` other than constant and ``power_dbm_pool``."""
+    if tcfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r} is an option of in-process training (cfisac.train.train); "
+                         "the distributed runtimes train with the constant learning rate")
+    if tcfg.power_dbm_pool:
+        raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
+                         "(cfisac.train.train); the distributed runtimes simulate at the config's power")
+
+
 def run_cpu_training(
     links: Sequence[Link], cfg: SystemConfig, mcfg: ModelConfig, tcfg: TrainConfig, out: str | Path, *,
     dcfg: DistConfig | None = None, resume: bool = False, progress: bool = True,
@@ -501,12 +512,7 @@ def run_cpu_training(
         raise ValueError("feature_cache_gb is an option of in-process training (cfisac.train.train); the split AP / "
                          "CPU processes recompute their front ends (set feature_cache_gb=0)")
     device = torch.device(tcfg.device)
-    if tcfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r} is an option of in-process training (cfisac.train.train); "
-                         "the distributed runtimes train with the constant learning rate")
-    if tcfg.power_dbm_pool:
-        raise ValueError("power_dbm_pool (training on several transmit powers) is an option of in-process training "
-                         "(cfisac.train.train); the distributed runtimes simulate at the config's power")
+    check_in_process_only_options(tcfg)
     run = open_run(out, cfg, mcfg, tcfg, resume=resume, log=log,
                    labels=lambda: DataSource(cfg, tcfg.seed, tcfg.n_train).labels(NORMALISER_MAX_SAMPLES))
     model = build_model(tcfg.kind, cfg, mcfg, seed=tcfg.seed)
