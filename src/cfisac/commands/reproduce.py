@@ -84,6 +84,22 @@ def _threads(requested: str) -> tuple[int, str]:
     return cores, f"auto, load average {load:.1f} on {cores} cores"
 
 
+def _workers(requested: str, device: str, threads: int) -> int:
+    """Processes of the classical, prior and root-CRLB points: a number, or ``auto``: one per torch thread of the
+    run on a CPU, one on a GPU (:func:`cfisac.experiments.workers.auto_workers`)."""
+    from ..experiments.workers import auto_workers
+
+    if requested == "auto":
+        return auto_workers(device, threads)
+    try:
+        n = int(requested)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--workers must be a positive integer or 'auto', got {requested!r}")
+    return n
+
+
 def check_schemes(text: str) -> list[str]:
     """The comma-separated ``--schemes``: each one ``prior``, ``crlb``, a registered classical estimator
     (:func:`cfisac.estimators.available`) or a learned ``dvqvae`` / ``dvae`` / ``cnn`` with an optional registered
@@ -115,7 +131,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_finite("--train-seconds", args.train_seconds, minimum=0.0, strict=True)
     check_finite("--scheme-seconds", args.scheme_seconds, minimum=0.0)
     check_device("--device", args.device)
-    _threads(args.threads)
+    _workers(args.workers, "cpu", _threads(args.threads)[0])
     if args.schemes is not None:
         check_schemes(args.schemes)
 
@@ -158,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     threads, why = _threads(args.threads)
     torch.set_num_threads(threads)
     limit_blas_threads(args.blas_threads)
+    ctx.workers = _workers(args.workers, device, threads)
+    ctx.worker_threads = max(1, threads // ctx.workers)
     if args.list_points:
         for name in names:
             for k, p in enumerate(get(name).points(ctx)):
@@ -167,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     if not args.report_only:
         ctx.log(f"cfisac reproduce {' '.join(names)} --preset {args.preset} -> {ctx.root} (device {device}, "
-                f"{torch.get_num_threads()} torch threads: {why}; {args.blas_threads} BLAS thread(s))")
+                f"{torch.get_num_threads()} torch threads: {why}; {args.blas_threads} BLAS thread(s); classical, "
+                f"prior and root-CRLB points in {ctx.workers} process(es) of {ctx.worker_threads} thread(s))")
         for name in names:
             only = [args.point] if args.point is not None else None
             try:
@@ -212,6 +231,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu | cuda (default: cuda for --preset paper when available)")
     p.add_argument("--threads", default="auto",
                    help="torch CPU threads, or auto (default): all cores, 1 when the machine is already loaded")
+    p.add_argument("--workers", default="auto",
+                   help="processes for the classical, prior and root-CRLB points (one torch thread each, or threads / "
+                        "workers), or auto (default): one per torch thread on a CPU, 1 on a GPU")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OpenBLAS threads of numpy / scipy (default 1: the estimators' small products are fastest so)")
     p.add_argument("--n-test", type=int, help="override the number of test scenes per point")

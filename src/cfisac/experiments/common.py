@@ -186,7 +186,14 @@ class Context:
     progress: bool = True  # progress bars (training)
     log: Callable[[str], Any] = field(default=print)
     overrides: dict[str, Any] = field(default_factory=dict)  # Budget overrides requested on the command line
+    workers: int = 1  # processes for the classical / prior / root-CRLB points (cfisac.experiments.workers)
+    worker_threads: int = 1  # torch threads of each worker process
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """What a worker process needs to rebuild this context (:func:`context_from_settings`): picklable."""
+        return {"preset": self.preset, "root": str(self.root), "seed": self.seed, "device": self.device,
+                "overrides": dict(self.overrides)}
 
     @property
     def cache_dir(self) -> Path:
@@ -218,6 +225,21 @@ def make_context(preset: str, *, root: str | Path | None = None, seed: int = 0, 
     root = Path(root) if root is not None else Path("reports") / preset
     return Context(preset=preset, root=root, base_cfg=SystemConfig.preset(preset), budget=budget, seed=seed,
                    device=device, force=force, log=log or _printer, overrides=dict(budget_overrides))
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+def context_from_settings(settings: dict[str, Any], log: Callable[[str], Any]) -> Context:
+    """The context of :meth:`Context.settings` in a worker process, one per settings and process (its simulated
+    test sets are reused by the later points the worker runs); ``log`` replaces its printer."""
+    key = repr(sorted(settings.items()))
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = make_context(settings["preset"], root=settings["root"], seed=settings["seed"],
+                                            device=settings["device"], **settings["overrides"])
+    ctx.log = log
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------------- systems

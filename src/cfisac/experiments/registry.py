@@ -33,7 +33,8 @@ def run_experiment(name: str, ctx: Context, *, only: Iterable[int] | None = None
     mod = get(name)
     pts = mod.points(ctx)
     ctx.log(f"== {mod.TITLE}: {len(pts)} points -> {store_of(ctx, name).path}")
-    return run_points(store_of(ctx, name), pts, only=only, force=ctx.force, fail_fast=fail_fast, log=ctx.log)
+    return run_points(store_of(ctx, name), pts, only=only, force=ctx.force, fail_fast=fail_fast, log=ctx.log,
+                      workers=ctx.workers, threads_per_worker=ctx.worker_threads)
 
 
 def load_rows(ctx: Context, name: str, *, current_only: bool = True) -> list[dict[str, Any]]:

@@ -135,7 +135,9 @@ class Point:
     ``key``: stable name within the experiment; ``scheme`` / ``series`` / ``x_name`` / ``x_value``: what the figure
     plots (series distinguishes curves of one scheme, e.g. the clutter variance of Fig. 13); ``cfg``: the system
     config evaluated; ``spec``: everything else the result depends on (budgets, seeds, model configs); ``run``: a
-    callable returning a dict of :data:`RESULT_COLUMNS` (missing ones stay empty).
+    callable returning a dict of :data:`RESULT_COLUMNS` (missing ones stay empty); ``task``: the same computation
+    as a :class:`cfisac.experiments.workers.PointTask` that a worker process can run (None: the point runs in the
+    main process only, e.g. a learned scheme, whose trained model the run caches).
     """
 
     key: str
@@ -147,6 +149,7 @@ class Point:
     series: str = ""
     seed: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
+    task: Any = None
 
     @property
     def spec_hash(self) -> str:
@@ -349,18 +352,24 @@ def parse_row(r: dict[str, str]) -> dict[str, Any]:
 
 def run_points(
     store: PointStore, points: Sequence[Point], *, only: Iterable[int] | None = None, force: bool = False,
-    fail_fast: bool = False, log: Callable[[str], Any] = print,
+    fail_fast: bool = False, log: Callable[[str], Any] = print, workers: int = 1, threads_per_worker: int = 1,
 ) -> dict[str, int]:
     """Run the points of a sweep that are not finished yet, storing each row as soon as it completes.
 
     ``only``: indices of the points to consider (``--point K``); ``force``: recompute finished points too;
     ``fail_fast``: raise :class:`SweepInterrupted` at the first failing point instead of recording it and going on.
-    ``KeyboardInterrupt`` (and any other ``BaseException``) stops the sweep at once; finished rows stay stored.
-    Returns counts ``{"done": computed now, "skipped": already finished, "failed": failed now}``.
+    ``workers`` > 1: consecutive points with a ``task`` run in that many worker processes
+    (:mod:`cfisac.experiments.workers`, ``threads_per_worker`` torch threads each), all of them finished before the
+    next point without one runs here; rows are appended in the points' order, each as soon as it and the points
+    before it are done. ``KeyboardInterrupt`` (and any other ``BaseException``) stops the sweep at once (queued
+    points are cancelled); finished rows stay stored. Returns counts ``{"done": computed now, "skipped": already
+    finished, "failed": failed now}``.
     """
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate point keys in {store.experiment}: {sorted(k for k in keys if keys.count(k) > 1)}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     indices = list(range(len(points))) if only is None else list(only)
     for k in indices:
         if not 0 <= k < len(points):
@@ -368,30 +377,69 @@ def run_points(
                              f"{len(points) - 1}); list them with --list-points")
     latest = store.latest()
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    for n, k in enumerate(indices):
-        p = points[k]
-        tag = f"[{store.experiment} {n + 1}/{len(indices)}] point {k} {p.key}"
-        if not force and store.is_done(p, latest):
-            counts["skipped"] += 1
-            log(f"{tag}: done before, skipped")
-            continue
-        t0 = time.perf_counter()
-        try:
-            result = p.run()
-        except Exception as err:  # noqa: BLE001 - recorded in the store, the sweep goes on
+    pending: list[tuple[str, int, Point, Any]] = []  # (tag, index, point, future) in the points' order
+    pool = None
+
+    def record(tag: str, k: int, p: Point, result: dict[str, Any] | None, err: Exception | None, dt: float) -> None:
+        if err is not None:
             # "unavailable": a scheme whose code is not there; "failed": anything else
             status = "unavailable" if isinstance(err, (ImportError, NotImplementedError)) else "failed"
             counts["failed"] += 1
-            store.append(p, k, {}, wall_s=time.perf_counter() - t0, status=status,
-                         message=f"{type(err).__name__}: {err}")
+            store.append(p, k, {}, wall_s=dt, status=status, message=f"{type(err).__name__}: {err}")
             log(f"{tag}: {status.upper()} ({type(err).__name__}: {err})")
             if fail_fast:
                 raise SweepInterrupted(f"{tag} {status}: {err}") from err
-            continue
-        dt = time.perf_counter() - t0
+            return
         row = store.append(p, k, result, wall_s=dt)
         counts["done"] += 1
         shown = ", ".join(f"{c} {float(row[c]):.4g}" for c in ("position_rmse", "velocity_rmse", "root_crlb_position",
                                                                  "root_crlb_velocity") if row[c] not in ("", "nan"))
         log(f"{tag}: {shown or 'ok'} ({dt:.1f} s)")
+
+    def drain() -> None:
+        while pending:
+            tag, k, p, fut = pending.pop(0)
+            try:
+                out = fut.result()
+            except Exception as err:  # noqa: BLE001 - recorded in the store, the sweep goes on
+                record(tag, k, p, None, err, 0.0)
+                continue
+            for line in out.log_lines:
+                log(line)
+            record(tag, k, p, out.result, None, out.wall_s)
+
+    try:
+        for n, k in enumerate(indices):
+            p = points[k]
+            tag = f"[{store.experiment} {n + 1}/{len(indices)}] point {k} {p.key}"
+            if not force and store.is_done(p, latest):
+                counts["skipped"] += 1
+                log(f"{tag}: done before, skipped")
+                continue
+            if workers > 1 and p.task is not None:
+                from .workers import run_task, worker_pool
+
+                pool = pool or worker_pool(workers, threads_per_worker)
+                pending.append((tag, k, p, pool.submit(run_task, p.task)))
+                continue
+            drain()
+            t0 = time.perf_counter()
+            try:
+                result = p.run()
+            except Exception as err:  # noqa: BLE001 - recorded in the store, the sweep goes on
+                record(tag, k, p, None, err, time.perf_counter() - t0)
+                continue
+            record(tag, k, p, result, None, time.perf_counter() - t0)
+        drain()
+    except BaseException:
+        if pool is not None:  # stop at once: cancel the queued points, end the running ones
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return counts

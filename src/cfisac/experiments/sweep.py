@@ -22,6 +22,7 @@ from .common import Context
 from .evaluation import evaluate_scheme
 from .scheme import is_learned
 from .store import Point
+from .workers import PointTask
 
 __all__ = ["AccuracySweep", "fmt_value", "system_sweep"]
 
@@ -94,9 +95,11 @@ class AccuracySweep:
 
                             cfgs, opts = self.train_spec(ctx, scheme, value, series)
                             spec["training"] = training_spec(ctx, scheme, cfgs, **opts)
+                        task = None if is_learned(scheme) else PointTask(
+                            evaluate_point, (ctx.settings(), scheme, cfg, dict(self.crlb_options)))
                         pts.append(Point(key=key, scheme=scheme, series=series, x_name=self.x_name,
                                          x_value=float(value), cfg=cfg, seed=ctx.seed, spec=spec,
-                                         run=self._runner(ctx, scheme, value, series, cfg)))
+                                         run=self._runner(ctx, scheme, value, series, cfg), task=task))
         return pts
 
     def _runner(self, ctx: Context, scheme: str, value: float, series: str,
@@ -113,6 +116,19 @@ class AccuracySweep:
             return evaluate_scheme(ctx, scheme, cfg, crlb_options=self.crlb_options)
 
         return run
+
+
+def evaluate_point(settings: dict[str, Any], scheme: str, cfg: SystemConfig, crlb_options: dict[str, Any], *,
+                   log: Callable[[str], Any]) -> dict[str, Any]:
+    """A sweep's root-CRLB, prior or classical point in a worker process (its :class:`PointTask`): the same result
+    as the point's in-process ``run``, on a context rebuilt from ``settings`` (:meth:`Context.settings`)."""
+    from . import evaluation
+    from .common import context_from_settings
+
+    ctx = context_from_settings(settings, log)
+    if scheme == "crlb":
+        return evaluation.crlb_of_scenes(ctx, cfg, **crlb_options)
+    return evaluate_scheme(ctx, scheme, cfg, crlb_options=crlb_options)
 
 
 def finite(v: Any) -> bool:
