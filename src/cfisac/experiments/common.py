@@ -149,8 +149,9 @@ BUDGETS: dict[str, Budget] = {
                    recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=0.1, power_training="pooled"),
     # the 2-core CPU demo: about 12 minutes for Fig. 6 (see benchmarks/results/demo.md). Every point of a scheme is
     # evaluated on the same first scheme_n_test test scenes (no wall-clock cap): the batched estimators' measured
-    # CPU cost per scene at batch 64, quick, one thread (benchmarks/results/batched.md, ml.md) fits 200 scenes of
-    # MUSIC (0.09-0.11 s) and monostatic (0.07 s) and fewer of CS (0.57-0.68 s) and ML (0.32-0.59 s) in the budget.
+    # CPU cost per scene at batch 64, quick, one thread (benchmarks/results/batched.md, ml.md), in two worker
+    # processes (cfisac reproduce --workers auto), fits 200 scenes of MUSIC (0.09-0.11 s) and monostatic (0.07 s)
+    # and fewer of CS (0.57-0.68 s) and ML (0.32-0.59 s) in the budget.
     # Learned: the paper's D-VQVAE (raw Y_m, generic decoder) and our geometry-aware one (image front end, geometry
     # decoder: the largest training budget, it needs minutes to move off the prior), the D-VAE and the CNN.
     "quick": Budget(n_test=200, eval_batch=64, n_train=4000, n_val=100, batch_size=32, model_preset="quick",
@@ -158,7 +159,7 @@ BUDGETS: dict[str, Budget] = {
                                    "*": 30.0}, max_epochs=None,
                     classical=("music", "cs", "monostatic", "ml"),
                      learned=("dvqvae", "dvqvae-image-geometry", "dvae", "cnn"),
-                    crlb_max_scenes=200, scheme_n_test={"cs": 24, "ml": 40},
+                    crlb_max_scenes=200, scheme_n_test={"cs": 24, "ml": 100},
                     recipes=dict(GEOMETRY_RECIPES), feature_cache_gb=1.5),
     # the paper's scale (Section V: 16 000 training and 4 000 test scenes), for a GPU machine
     "paper": Budget(n_test=4000, eval_batch=20, n_train=16000, train_seconds={"*": 6 * 3600.0}, max_epochs=100,
