@@ -59,8 +59,9 @@ def test_points_with_tasks_run_in_workers_in_order_and_failures_are_recorded(tmp
     assert all(pids[k] != os.getpid() for k in "abe")
     assert [float(r["velocity_rmse"]) for r in rows if r["key"] in "abe"] == [1.0, 2.0, 3.0]
     assert "ran 1.0" in lines and "ran 3.0" in lines  # the workers' log lines reach the main log
-    # finished points are skipped by workers too; workers=1 runs the tasks' points in the main process
-    assert run_points(store, pts, log=lambda s: None, workers=2) == {"done": 0, "skipped": 4, "failed": 1}
+    # finished points are skipped; a single point left to compute runs in the main process (its ``run``)
+    assert run_points(store, pts, log=lambda s: None, workers=2) == {"done": 1, "skipped": 4, "failed": 0}
+    assert order == ["d", "c"] and store.latest()["c"]["position_rmse"] == os.getpid()
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         run_points(store, pts, log=lambda s: None, workers=0)
     with pytest.raises(ValueError, match="workers must be a positive integer"):

@@ -379,6 +379,9 @@ def run_points(
     counts = {"done": 0, "skipped": 0, "failed": 0}
     pending: list[tuple[str, int, Point, Any]] = []  # (tag, index, point, future) in the points' order
     pool = None
+    portable = sum(1 for k in indices if points[k].task is not None and (force or not store.is_done(points[k], latest)))
+    if portable < 2:  # one point (e.g. --point K) is not worth starting processes for
+        workers = 1
 
     def record(tag: str, k: int, p: Point, result: dict[str, Any] | None, err: Exception | None, dt: float) -> None:
         if err is not None:
