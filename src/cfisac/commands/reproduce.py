@@ -71,13 +71,7 @@ def _threads(requested: str) -> tuple[int, str]:
     times slower than one thread)."""
     cores = os.cpu_count() or 1
     if requested != "auto":
-        try:
-            n = int(requested)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"--threads must be a positive integer or 'auto', got {requested!r}")
-        return n, "--threads"
+        return _count_or_auto("--threads", requested), "--threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load >= cores - 0.5:
         return 1, f"auto, load average {load:.1f} on {cores} cores"
@@ -91,12 +85,17 @@ def _workers(requested: str, device: str, threads: int) -> int:
 
     if requested == "auto":
         return auto_workers(device, threads)
+    return _count_or_auto("--workers", requested)
+
+
+def _count_or_auto(option: str, requested: str) -> int:
+    """The positive integer of ``option`` (its value is not ``auto``); a ``ValueError`` naming it otherwise."""
     try:
         n = int(requested)
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"--workers must be a positive integer or 'auto', got {requested!r}")
+        raise ValueError(f"{option} must be a positive integer or 'auto', got {requested!r}")
     return n
 
 
