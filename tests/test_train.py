@@ -427,6 +427,39 @@ def test_feature_cache_serves_later_epochs_and_changes_nothing(tmp_path, monkeyp
             _tcfg(feature_cache_gb=bad)
 
 
+def test_cached_epochs_of_the_geometry_decoder_simulate_nothing_and_change_nothing(tmp_path, monkeypatch):
+    """The geometry decoder does not read X: once every sample's front-end outputs are kept, a training step needs
+    only the labels, so epochs 2-3 simulate nothing (only the validation samples' echoes, which validation reads);
+    the weights equal those of the run without the cache, which simulates every batch."""
+    from cfisac.fit import DataSource
+
+    torch.set_num_threads(1)
+    mcfg = ModelConfig.preset("tiny", front_end="image", input_norm="noise", decoder="geometry")
+    simulated = []
+    real = DataSource.batch
+
+    def counted(self, positions):
+        simulated.append(len(positions))
+        return real(self, positions)
+
+    monkeypatch.setattr(DataSource, "batch", counted)
+    plain = train(TINY, mcfg, _tcfg(epochs=3, n_train=16, batch_size=8), tmp_path / "plain", progress=False,
+                  log=None, plot=False)
+    n_plain, simulated[:] = sum(simulated), []
+    tcfg = _tcfg(epochs=3, n_train=16, batch_size=8, feature_cache_gb=1.0)
+    cached = train(TINY, mcfg, tcfg, tmp_path / "cached", progress=False, log=None, plot=False)
+    n_cached = sum(simulated)
+    assert n_plain >= 3 * 16 and n_cached == n_plain - 2 * 16  # epochs 2 and 3 simulate no training sample
+    wp, wc = _weights(plain.model), _weights(cached.model)
+    assert all(torch.equal(wp[k], wc[k]) for k in wp)
+    assert cached.history[-1]["val_loss"] == plain.history[-1]["val_loss"]
+    # the labels of a labels-only batch are the simulated batch's
+    src = DataSource(TINY, 4, 16)
+    lab, full = src.labels_batch([3, 0, 7]), real(src, [3, 0, 7])
+    for k in ("labels", "positions", "velocities"):
+        assert lab[k].dtype == full[k].dtype and torch.equal(lab[k], full[k])
+
+
 def test_feature_cache_checks_positions_and_feature_shapes(batch32):
     from cfisac.train import FeatureCache
 

@@ -97,6 +97,18 @@ class DataSource:
         # float32 like the labels of simulate_batch and of the HDF5 cache: both sources give the same normaliser
         return labels_from_scene(sample_scenes(self.cfg, k, self.seed, start_index=self.offset)).float().double()
 
+    def labels_batch(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The ``labels`` [B, 4Q] float32, ``positions`` / ``velocities`` [B, Q, 2] float64 of the samples at
+        ``positions``, equal to :meth:`batch`'s, without simulating echoes or transmit signals (the scenes alone;
+        the transmit power of ``power_dbm_pool`` does not change them)."""
+        if self.cache is not None:
+            b = self.batch(positions)
+            return {k: b[k] for k in ("labels", "positions", "velocities")}
+        idx = torch.tensor([self.offset + int(p) for p in positions], dtype=torch.int64)
+        scenes = sample_scenes(self.cfg, len(idx), self.seed, indices=idx)
+        return {"labels": labels_from_scene(scenes).float(), "positions": scenes.positions,
+                "velocities": scenes.velocities}
+
     def batch(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         if self.cache is not None:
             rows = self.cache.__getitems__(list(positions))

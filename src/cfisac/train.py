@@ -144,12 +144,15 @@ class ApTrainer:
         until ``backward`` consumes it; None otherwise."""
         return self._out
 
-    def forward(self, y_m: torch.Tensor, x: torch.Tensor | None = None,
+    def forward(self, y_m: torch.Tensor | None, x: torch.Tensor | None = None,
                 features: torch.Tensor | None = None) -> torch.Tensor:
         """Lines 7-10: the payload to send to the CPU (detached float32 [B, D, d1, d2, d3]). ``features``: the
-        AP front end's output for these samples when already computed (:class:`FeatureCache`)."""
+        AP front end's output for these samples when already computed (:class:`FeatureCache`; y_m may then be
+        None)."""
+        if y_m is None and features is None:
+            raise ValueError("ApTrainer.forward needs the echoes y_m or the front end's features")
         self.ap.train()
-        with torch.autocast(y_m.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast((features if y_m is None else y_m).device.type, dtype=torch.bfloat16, enabled=self.amp):
             self._out = self.ap(y_m, x if self.ap.needs_x else None, features)
         return self._out.payload.detach()
 
@@ -212,12 +215,13 @@ def make_cpu_trainer(cpu: CpuSide, mcfg: ModelConfig, tcfg: TrainConfig):
     return CpuTrainer(cpu, lr=tcfg.lr, amp=tcfg.amp, loss=tcfg.loss)
 
 
-def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor, x: torch.Tensor,
+def train_step(aps: Sequence[ApTrainer], cpu: CpuTrainer, y: torch.Tensor | None, x: torch.Tensor | None,
                target: torch.Tensor, features: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """One step of Algorithm 1 in one process: every AP's forward, the CPU's step, every AP's backward.
-    ``features``: each AP's front-end output for the batch when already computed (:class:`FeatureCache`)."""
+    ``features``: each AP's front-end output for the batch when already computed (:class:`FeatureCache`); y (and
+    x, for a decoder that does not read it, ``CpuSide.uses_x``) may then be None."""
     fs = [None] * len(aps) if features is None else list(features)
-    payloads = [ap.forward(y[:, m], x, f) for m, (ap, f) in enumerate(zip(aps, fs, strict=True))]
+    payloads = [ap.forward(None if y is None else y[:, m], x, f) for m, (ap, f) in enumerate(zip(aps, fs, strict=True))]
     need = any(ap.optimizer is not None for ap in aps)
     loss, grads, pred = cpu.step(payloads, x, target, need_grads=need)
     ap_stats = [ap.backward(g) for ap, g in zip(aps, grads, strict=True)]
@@ -244,15 +248,24 @@ class FeatureCache:
     def nbytes(self) -> int:
         return len(self.kept) * self.per_sample
 
-    def features(self, positions: Sequence[int], y: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    def has(self, positions: Sequence[int]) -> bool:
+        """Whether the outputs of every sample at ``positions`` are kept (:meth:`features` needs no echoes)."""
+        return bool(positions) and all(int(p) in self.kept for p in positions)
+
+    def features(self, positions: Sequence[int], y: torch.Tensor | None, x: torch.Tensor | None,
+                 device: torch.device | str | None = None) -> list[torch.Tensor]:
         """Every AP's front-end output [B, C, D1, D2, D3] float32 for the samples at ``positions`` (y [B, M, ...],
-        x: their echoes and transmit signals)."""
+        x: their echoes and transmit signals; both may be None when :meth:`has` them, the outputs then go to
+        ``device``, default the CPU)."""
         positions = [int(p) for p in positions]
+        if self.has(positions):
+            self.hits += len(positions)
+            dev = y.device if y is not None else device
+            return [torch.stack([self.kept[p][m] for p in positions]).to(dev) for m in range(len(self.aps))]
+        if y is None:
+            raise ValueError("FeatureCache.features: the samples are not all kept, the echoes y are needed")
         if len(positions) != y.shape[0]:
             raise ValueError(f"{len(positions)} positions for a batch of {y.shape[0]} samples")
-        if positions and all(p in self.kept for p in positions):
-            self.hits += len(positions)
-            return [torch.stack([self.kept[p][m] for p in positions]).to(y.device) for m in range(len(self.aps))]
         self.misses += len(positions)
         with torch.no_grad():
             out = [ap.front_end_features(y[:, m], x).float() for m, ap in enumerate(self.aps)]
@@ -325,15 +338,33 @@ class InProcess:
                            "val": FeatureCache(model.aps, int(total * val_src.n / n))}
 
     def start_epoch(self, epoch: int, todo: list[list[int]]) -> None:
-        self._batches = prefetch(self.train_src, todo, self.tcfg.workers)
+        # Batches whose front-end outputs are all kept need no echoes, and no X where the decoder does not read it
+        # (the geometry decoder): only their labels are made (a sample is a function of (config, seed, index), so
+        # the weights are those of a run that simulates them); the others are simulated (prefetched) as before.
+        cache = self.caches.get("train")
+        self._labels_only = {k for k, b in enumerate(todo) if cache is not None and not self.model.cpu_side.uses_x
+                             and self.train_src.cache is None and cache.has(b)}
+        self._todo, self._next = todo, 0
+        self._batches = prefetch(self.train_src, [b for k, b in enumerate(todo) if k not in self._labels_only],
+                                 self.tcfg.workers)
 
     def step(self, epoch: int, step: int, rows: list[int], global_step: int) -> dict[str, Any]:
-        b = next(self._batches)  # the batch at ``rows`` (prefetch follows the same list)
-        y, x = b["y"].to(self.device), b["x"].to(self.device)
-        target = self.normaliser.normalise(b["labels"].to(self.device))
+        k, self._next = self._next, self._next + 1  # steps follow the epoch's list of batches
+        if list(rows) != list(self._todo[k]):
+            raise RuntimeError(f"training step {k} of the epoch got rows {rows[:4]}..., expected "
+                               f"{self._todo[k][:4]}...")
         cache = self.caches.get("train")
-        r = train_step(self.aps, self.cpu, y, x, target, None if cache is None else cache.features(rows, y, x))
-        return {"loss": r["loss"], "mse": r["mse"], "commitment": r["commitment"], "n": y.shape[0],
+        if k in self._labels_only:
+            b = self.train_src.labels_batch(rows)
+            y = x = None
+            feats = cache.features(rows, None, None, self.device)
+        else:
+            b = next(self._batches)  # the batch at ``rows`` (prefetch follows the same list)
+            y, x = b["y"].to(self.device), b["x"].to(self.device)
+            feats = None if cache is None else cache.features(rows, y, x)
+        target = self.normaliser.normalise(b["labels"].to(self.device))
+        r = train_step(self.aps, self.cpu, y, x, target, feats)
+        return {"loss": r["loss"], "mse": r["mse"], "commitment": r["commitment"], "n": len(rows),
                 "perplexity": codebook_stat(r["perplexity"], self.tcfg.kind),
                 "usage": codebook_stat(r["usage"], self.tcfg.kind), "prediction": r["prediction"],
                 "positions": b["positions"], "velocities": b["velocities"]}

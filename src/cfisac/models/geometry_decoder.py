@@ -375,6 +375,8 @@ class GeometryDecoder(nn.Module):
     """The geometry-aware CPU decoder (module docstring): M payloads [B, D, d1, d2, d3] (and X, unused: the front end
     has already removed the data) -> psi_hat [B, 4Q] float32, normalised."""
 
+    uses_x = False  # X is not read (CpuSide.uses_x): training on kept front-end outputs needs no simulation
+
     def __init__(self, cfg: SystemConfig, in_channels: int, grid: tuple[int, int, int], encoder_layers: int,
                  options: dict[str, Any] | GeometryOptions) -> None:
         super().__init__()

@@ -176,8 +176,8 @@ class ApSide(nn.Module):
         """The fixed AP front end's output [B, C, D1, D2, D3] float32 (no trainable parameters)."""
         return self.front_end(y_m, x if self.needs_x else None)
 
-    def _check_features(self, features: torch.Tensor, y_m: torch.Tensor) -> torch.Tensor:
-        want = (y_m.shape[0], *self.front_end.output_shape)
+    def _check_features(self, features: torch.Tensor, y_m: torch.Tensor | None) -> torch.Tensor:
+        want = (features.shape[0] if y_m is None else y_m.shape[0], *self.front_end.output_shape)
         if tuple(features.shape) != want or features.dtype != torch.float32:
             raise ValueError(f"features of AP {self.index} must be float32 {want} (its front end's output), got "
                              f"{features.dtype} {tuple(features.shape)}")
@@ -242,6 +242,11 @@ class CpuSide(nn.Module):
         if kind == "dvqvae":
             self.register_buffer("codebooks", torch.zeros(cfg.n_rx, mcfg.num_codes, mcfg.code_dim))
         self.latent_length = math.prod(grid)
+
+    @property
+    def uses_x(self) -> bool:
+        """Whether the decoder reads X (the paper's decoder: its transmit branch; the geometry decoder does not)."""
+        return bool(getattr(self.decoder, "uses_x", True))
 
     def forward(self, payloads: Sequence[torch.Tensor], x: torch.Tensor | None) -> torch.Tensor:
         """Eq. (16): the M APs' payloads and X -> psi_hat [B, 4Q] (normalised)."""
