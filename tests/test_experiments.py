@@ -387,9 +387,33 @@ def test_fig6_learned_models_train_once_on_every_power_of_the_sweep(all_run):
     assert quick.budget.power_training == "reference"
     for scheme in quick.budget.learned:
         specs = [p.spec["training"] for p in fig6.points(quick) if p.scheme == scheme]
-        assert all(s == specs[0] for s in specs) and [c["power_dbm"] for c in specs[0]["train_cfgs"]] == [48.0]
+        k = quick.budget.recipe_of(scheme).lowest_power_every  # the geometry scheme: 1 sample in k at 10 dBm
+        want = [48.0] * (k - 1) + [10.0] if k else [48.0]
+        assert all(s == specs[0] for s in specs) and [c["power_dbm"] for c in specs[0]["train_cfgs"]] == want
     cfg = ctx.base_cfg
     assert power_pool([cfg]) == ()
     assert power_pool([cfg.replace(power_dbm=5.0), cfg]) == (5.0, cfg.power_dbm)
     with pytest.raises(ValueError, match="n_targets differs"):
         power_pool([cfg, cfg.replace(n_targets=cfg.n_targets + 1, power_dbm=5.0)])
+
+
+def test_lowest_power_every_trains_fig6_models_on_p0_and_the_lowest_power(tmp_path):
+    from cfisac.experiments import fig6
+    from cfisac.experiments.common import Recipe
+    from cfisac.experiments.learned import power_pool
+
+    ctx = make_context("quick", root=tmp_path, log=lambda s: None)
+    sw = fig6.sweep(ctx)
+    cfgs, _ = sw.train_spec(ctx, "dvqvae-image-geometry", 20.0, "")  # the demo's recipe: k = 8
+    assert power_pool(cfgs) == (48.0,) * 7 + (10.0,)
+    assert [c.power_dbm for c in sw.train_spec(ctx, "dvqvae", 20.0, "")[0]] == [48.0]  # no recipe: P0 alone
+    ctx4 = make_context("quick", root=tmp_path, log=lambda s: None,
+                        recipes={"dvqvae": Recipe(lowest_power_every=4)})
+    assert power_pool(fig6.sweep(ctx4).train_spec(ctx4, "dvqvae", 60.0, "")[0]) == (48.0, 48.0, 48.0, 10.0)
+    # every point of the sweep trains the same model (one checkpoint hash), noted in the discussion
+    pts = [p for p in fig6.points(ctx) if p.scheme == "dvqvae-image-geometry"]
+    assert len({str(p.spec["training"]) for p in pts}) == 1 and len(pts) == 6
+    assert any("one training sample in 8 at 10 dBm" in line for line in fig6.discussion(ctx, []))
+    for bad in (1, -2, 2.5, True):
+        with pytest.raises(ValueError, match="lowest_power_every"):
+            Recipe(lowest_power_every=bad)

@@ -53,12 +53,21 @@ class Recipe:
     """How one learned scheme trains where it differs from its :class:`Budget`: ``model_options``
     (:class:`cfisac.models.config.ModelConfig` fields over the model preset, e.g. the quantizer's initialisation),
     ``learning_rate`` and ``batch_size`` (None: the budget's), ``lr_schedule``
-    (:attr:`cfisac.train.TrainConfig.lr_schedule`; None: constant, the paper's)."""
+    (:attr:`cfisac.train.TrainConfig.lr_schedule`; None: constant, the paper's), ``lowest_power_every``: where Fig. 6
+    trains one model at P0 (``Budget.power_training="reference"``), every k-th training sample is simulated at the
+    figure's lowest power instead (:attr:`cfisac.train.TrainConfig.power_dbm_pool` = (P0,) * (k - 1) + (lowest,);
+    0: all at P0): a model that also sees maps without a detectable target learns to report the prior there."""
 
     model_options: dict[str, Any] = field(default_factory=dict)
     learning_rate: float | None = None
     batch_size: int | None = None
     lr_schedule: str | None = None
+    lowest_power_every: int = 0
+
+    def __post_init__(self) -> None:
+        k = self.lowest_power_every
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0 or k == 1:
+            raise ValueError(f"Recipe.lowest_power_every must be 0 (off) or an integer >= 2, got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -135,11 +144,13 @@ class Budget:
 # The training recipe of the geometry-aware scheme, as measured in benchmarks/results/geometry_decoder.md (run E7:
 # noise-normalised image front end, k-means codebook initialisation with dead-code restarts, velocity losses x4,
 # each AP's bistatic velocities from its latent grid, learning rate 2e-3, batch 8: the most steps per CPU second) and
-# in the demo's budget (benchmarks/results/demo.md).
+# in the demo's budget (benchmarks/results/demo.md); one training sample in 8 at Fig. 6's lowest power (10 dBm at
+# quick: no detectable target), without which the longer-trained model reports noise peaks below P0 (worse than the
+# prior at 10-30 dBm; benchmarks/results/geometry_decoder.md, "Training samples without a detectable target").
 GEOMETRY_RECIPES = {"dvqvae-image-geometry": Recipe(
     model_options={"input_norm": "noise", "kmeans_init": True, "dead_code_threshold": 1.0,
                    "decoder_options": {"velocity_weight": 4.0, "velocity_branch": "latent", "prior_fallback": True}},
-    learning_rate=2e-3, batch_size=8)}
+    learning_rate=2e-3, batch_size=8, lowest_power_every=8)}
 
 BUDGETS: dict[str, Budget] = {
     # unit tests: a handful of scenes, a few training steps

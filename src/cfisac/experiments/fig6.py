@@ -38,7 +38,16 @@ def sweep(ctx: Context) -> AccuracySweep:
     return AccuracySweep(name=NAME, x_name=X_NAME, values=VALUES[ctx.preset], cfg_for=cfg_for,
                          schemes=schemes(ctx),
                          training="per_point" if ctx.preset == "paper" else ctx.budget.power_training,
-                         reference=(operating_power(ctx), ""))
+                         reference=(operating_power(ctx), ""), train_values=lambda s: training_powers(ctx, s))
+
+
+def training_powers(ctx: Context, scheme: str) -> tuple[float, ...] | None:
+    """The powers a learned scheme trained at P0 cycles its samples through (:attr:`Recipe.lowest_power_every`),
+    None for the plain P0."""
+    k = ctx.budget.recipe_of(scheme).lowest_power_every
+    if not k:
+        return None
+    return (operating_power(ctx),) * (k - 1) + (min(VALUES[ctx.preset]),)
 
 
 def points(ctx: Context) -> list[Point]:
@@ -82,6 +91,13 @@ def discussion(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
                "dBm)" if ctx.budget.power_training == "pooled" else f"at P0 = {p0:g} dBm")
         lines.append(f"- **Training of the learned schemes:** one model each, trained {how} under the CPU budget "
                      "and evaluated at every power; the paper trains one per power.")
+        if ctx.budget.power_training != "pooled":
+            for s in ctx.budget.learned:
+                k = ctx.budget.recipe_of(s).lowest_power_every
+                if k:
+                    lines.append(f"  - {scheme_label(s)}: one training sample in {k} at {min(VALUES[ctx.preset]):g} "
+                                 f"dBm (no detectable target), the others at P0, so that it learns to fall back to "
+                                 "the prior where nothing can be sensed.")
     for k, ref in enumerate(dict.fromkeys((REFERENCE_POWER, p0))):
         lines += compare_lines(rows, reference_x=ref, x_unit="dBm", few_note=k == 0)
     lines += saturation_line(rows, VALUES[ctx.preset])

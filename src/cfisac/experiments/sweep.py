@@ -49,6 +49,9 @@ class AccuracySweep:
     reference: tuple[float, str] | None = None  # (value, series) trained at under training="reference"
     crlb_options: dict[str, Any] = field(default_factory=dict)
     learned_overrides: Callable[[float, str], dict[str, Any]] | None = None
+    # under training="reference": the swept values a learned scheme's training samples cycle through instead of the
+    # reference value alone (None: the reference value), by scheme (Fig. 6: Recipe.lowest_power_every)
+    train_values: Callable[[str], Sequence[float] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.training not in ("reference", "per_point", "pooled"):
@@ -61,11 +64,13 @@ class AccuracySweep:
     def train_spec(self, ctx: Context, scheme: str, value: float, series: str) -> tuple[list[SystemConfig], dict]:
         """Training configs and options of a learned point (the same for every point under ``reference`` and, for
         one series, under ``pooled``: every value's config, in the order of ``values``)."""
+        custom = None
         if self.training == "reference":
             assert self.reference is not None
             value, series = self.reference
+            custom = self.train_values(scheme) if self.train_values is not None else None
         overrides = self.learned_overrides(value, series) if self.learned_overrides else {}
-        values = self.values if self.training == "pooled" else (value,)
+        values = self.values if self.training == "pooled" else tuple(custom) if custom else (value,)
         return [self.cfg_for(ctx, v, series) for v in values], {"model_overrides": overrides}
 
     def points(self, ctx: Context) -> list[Point]:
