@@ -26,6 +26,10 @@ def failing_task(*, log) -> dict:
     raise RuntimeError("boom in a worker")
 
 
+def dying_task(*, log) -> dict:
+    os._exit(3)  # a worker killed (e.g. for memory)
+
+
 def test_run_task_here_returns_result_wall_and_log():
     out = run_task(PointTask(pid_task, (2.5,)))
     assert out.result == {"position_rmse": float(os.getpid()), "velocity_rmse": 2.5}
@@ -91,3 +95,22 @@ def test_auto_workers_and_cli_option(tmp_path, capsys):
     assert auto_workers("cpu", 2) == 2 and auto_workers("cuda", 16) == 1 and auto_workers("cpu", 0) == 1
     assert main(["reproduce", "fig6", "--preset", "tiny", "--out", str(tmp_path), "--workers", "0"]) != 0
     assert "--workers must be a positive integer or 'auto', got '0'" in capsys.readouterr().err
+
+
+def test_a_dead_worker_fails_its_points_and_the_sweep_goes_on(tmp_path):
+    ctx = make_context("tiny", root=tmp_path, log=lambda s: None)
+    store = PointStore(tmp_path, "x", base_cfg=ctx.base_cfg)
+
+    def point(key, task):
+        return Point(key=key, scheme="s", x_name="x", x_value=0.0, cfg=ctx.base_cfg, run=lambda: {}, task=task)
+
+    dead = [point("a", PointTask(dying_task, ())), point("b", PointTask(pid_task, (1.0,)))]
+    later = [point("c", PointTask(pid_task, (2.0,))), point("d", PointTask(pid_task, (3.0,)))]
+    counts = run_points(store, [*dead, Point(key="here", scheme="s", x_name="x", x_value=0.0, cfg=ctx.base_cfg,
+                                             run=lambda: {"velocity_rmse": 0.0}), *later],
+                        log=lambda s: None, workers=2)
+    rows = {r["key"]: r for r in store.rows()}
+    assert rows["a"]["status"] == "failed" and "BrokenProcessPool" in rows["a"]["message"]
+    assert counts["failed"] >= 1 and rows["here"]["status"] == "ok"
+    # the points after the dead worker run in a new pool
+    assert rows["c"]["status"] == rows["d"]["status"] == "ok" and float(rows["d"]["velocity_rmse"]) == 3.0

@@ -420,10 +420,18 @@ def run_points(
                 log(f"{tag}: done before, skipped")
                 continue
             if workers > 1 and p.task is not None:
+                from concurrent.futures.process import BrokenProcessPool
+
                 from .workers import run_task, worker_pool
 
                 pool = pool or worker_pool(workers, threads_per_worker)
-                pending.append((tag, k, p, pool.submit(run_task, p.task)))
+                try:
+                    fut = pool.submit(run_task, p.task)
+                except BrokenProcessPool:  # a worker died (e.g. killed for memory): its points fail, a new pool
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = worker_pool(workers, threads_per_worker)
+                    fut = pool.submit(run_task, p.task)
+                pending.append((tag, k, p, fut))
                 continue
             drain()
             t0 = time.perf_counter()
