@@ -13,8 +13,9 @@ the points' order.
 Workers are started with ``spawn`` (no fork of a process whose OpenMP / BLAS thread pools already run), once per
 :func:`~cfisac.experiments.store.run_points` call; each keeps its contexts (and so its simulated test sets) for the
 points it runs. A worker's estimates equal the main process's up to floating-point rounding: the same scenes and
-estimator options, but one torch thread (the reduction order of multi-threaded products differs), e.g. MUSIC's
-complex64 paths move by ~1e-4 m; see ``benchmarks/results/demo.md``.
+estimator options, but one torch thread (multi-threaded products may sum in another order); at ``tiny`` the stored
+rows are identical (``tests/test_workers.py``) and in the ``quick`` demo every printed digit was
+(``benchmarks/results/demo.md``).
 """
 
 from __future__ import annotations
