@@ -93,9 +93,9 @@ def discussion(ctx: Context, rows: list[dict[str, Any]]) -> list[str]:
                      "and evaluated at every power; the paper trains one per power.")
         if ctx.budget.power_training != "pooled":
             for s in ctx.budget.learned:
-                k = ctx.budget.recipe_of(s).lowest_power_every
-                if k:
-                    lines.append(f"  - {scheme_label(s)}: one training sample in {k} at {min(VALUES[ctx.preset]):g} "
+                powers = training_powers(ctx, s)
+                if powers:
+                    lines.append(f"  - {scheme_label(s)}: one training sample in {len(powers)} at {powers[-1]:g} "
                                  f"dBm (no detectable target), the others at P0, so that it learns to fall back to "
                                  "the prior where nothing can be sensed.")
     for k, ref in enumerate(dict.fromkeys((REFERENCE_POWER, p0))):

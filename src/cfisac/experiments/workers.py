@@ -78,7 +78,7 @@ def worker_pool(workers: int, threads_per_worker: int = 1) -> ProcessPoolExecuto
     :func:`run_task` with a :class:`PointTask`."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+    if not isinstance(threads_per_worker, int) or isinstance(threads_per_worker, bool) or threads_per_worker < 1:
         raise ValueError(f"threads_per_worker must be a positive integer, got {threads_per_worker!r}")
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads_per_worker,))
