@@ -396,6 +396,43 @@ def test_image_of_a_noiseless_target_peaks_at_its_pixel():
     assert exact >= 12  # of 20 (13 with these seeds)
 
 
+def test_image_tapers_equal_tapered_data_and_keep_the_noise_scale():
+    """window='hann' / 'taylor' is the untapered back-projection of tapered data: y w_r w_i w_t over receive antennas,
+    subcarriers and symbols, x w_k over transmit antennas (literal identity of the linear sums); the tapers have unit
+    RMS, and with norm='noise' an echo of pure noise still has unit mean power per pixel (the weighted beam power)."""
+    from cfisac.models.front_ends.image import taper
+
+    cfg, y, x = small_literal_case(seed=11)
+    for window in ("hann", "taylor"):
+        w = [taper(window, n) for n in (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols, cfg.n_tx_antennas)]
+        for v in w:
+            torch.testing.assert_close(v.square().mean(), torch.tensor(1.0, dtype=torch.float64))
+            assert v.numel() < 3 or float(v.max() - v.min()) > 0.1  # a taper, not ones (symmetric: n = 2 is flat)
+        yt = y * w[0][:, None, None] * w[1][:, None] * w[2]
+        xt = x * w[3][:, None, None]
+        for m in range(cfg.n_rx):
+            opts = dict(ap_index=m, norm="none", pixels=(3, 2), doppler_bins=3)
+            got = ImageFrontEnd(cfg, window=window, **opts).complex_map(y, x)
+            torch.testing.assert_close(got, ImageFrontEnd(cfg, **opts).complex_map(yt, xt), rtol=1e-10, atol=1e-10)
+            vel = VelocityImageFrontEnd(cfg, window=window, ap_index=m, norm="none", pixels=(3, 2),
+                                        velocity_bins=(3, 2))(y, x)
+            ref = VelocityImageFrontEnd(cfg, ap_index=m, norm="none", pixels=(3, 2), velocity_bins=(3, 2))(yt, xt)
+            torch.testing.assert_close(vel, ref, rtol=1e-5, atol=1e-6)
+    # noise normalisation: noise-only echoes with the config's noise power, MMSE-precoded x of the simulator
+    cfg = SystemConfig.preset("tiny")
+    scenes = cfisac.sample_scenes(cfg, 8, 5)
+    x = cfisac.transmit_signals(cfg, scenes, 5, dtype=torch.complex128)
+    g = torch.Generator().manual_seed(3)
+    shape = (8, cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
+    noise = [torch.randn(*shape, dtype=torch.complex128, generator=g) * math.sqrt(cfg.noise_watt) for _ in range(16)]
+    for window in ("none", "hann", "taylor"):
+        fe = ImageFrontEnd(cfg, ap_index=0, window=window)
+        power = torch.stack([fe.complex_map(v, x).abs().square().mean() for v in noise]).mean()
+        assert abs(float(power) - 1.0) < 0.05, (window, float(power))
+    with pytest.raises(ValueError, match="window must be one of"):
+        ImageFrontEnd(cfg, ap_index=0, window="hamming")
+
+
 def test_image_needs_its_receive_ap():
     with pytest.raises(ValueError, match="ap_index"):
         create_front_end("image", CFG)

@@ -31,6 +31,26 @@ from .base import (
 )
 
 VELOCITY_PHASE_CELLS = 2**22  # the velocity image keeps its pixels' velocity phases as buffers up to this size
+WINDOWS = ("none", "hann", "taylor")
+
+
+def taper(name: str, n: int) -> torch.Tensor:
+    """The amplitude taper ``name`` over n samples, scaled to unit root-mean-square (so the noise of a tapered sum
+    keeps its variance), [n] float64. ``"none"``: ones. ``"hann"``: sin^2(pi (k + 1) / (n + 1)), k = 0..n-1 (the Hann
+    window without its zero end points; peak sidelobe -31 dB against -13 dB, main lobe ~1.6x wider).
+    ``"taylor"``: :func:`scipy.signal.windows.taylor` with nbar = 4 and -30 dB sidelobes (main lobe ~1.3x wider)."""
+    if name not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {name!r}")
+    k = torch.arange(n, dtype=torch.float64)
+    if name == "none":
+        w = torch.ones(n, dtype=torch.float64)
+    elif name == "hann":
+        w = torch.sin(math.pi * (k + 1) / (n + 1)) ** 2
+    else:
+        from scipy.signal.windows import taylor
+
+        w = torch.from_numpy(taylor(n, nbar=4, sll=30, norm=False)).double() if n > 1 else torch.ones(1)
+    return w / w.square().mean().sqrt()
 
 
 def _linear_phases(u: torch.Tensor, v: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
@@ -41,10 +61,13 @@ def _linear_phases(u: torch.Tensor, v: torch.Tensor, phi: torch.Tensor) -> torch
 
 
 
-def _beam_power(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _beam_power(weights: torch.Tensor, x: torch.Tensor, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """mean_{i,t} |s[i, t]|^2 of every beam signal s = sum_k weights[..., k] x[:, k, i, t], as the quadratic form
     w^T R w^* with R = mean_{i,t} x x^H the sample covariance of x [b, Nt, Ns, Ts] (O(Nt^2 Ns Ts) once instead of
-    touching every beam signal). ``weights`` [..., Nt] -> [b, ...] real."""
+    touching every beam signal). ``weights`` [..., Nt] -> [b, ...] real. ``sample_weights`` [Ns, Ts] (real, >= 0):
+    the weighted mean sum_{i,t} omega_it |s[i, t]|^2 / sum omega instead."""
+    if sample_weights is not None:
+        x = x * (sample_weights / sample_weights.mean()).sqrt().to(x.real.dtype)
     xf = x.reshape(x.shape[0], x.shape[1], -1)
     cov = torch.matmul(xf, xf.mH) / xf.shape[-1]  # [b, Nt, Nt]
     w = weights.reshape(-1, weights.shape[-1])  # [P, Nt]
@@ -62,9 +85,11 @@ def _default_pixels(cfg: SystemConfig) -> tuple[int, int]:
 
 
 def _image_constants(
-    cfg: SystemConfig, m: int, pixels: tuple[int, int], d3: int
+    cfg: SystemConfig, m: int, pixels: tuple[int, int], d3: int, window: str = "none"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Pixel grid and per-pixel beams / bistatic delay phases of :class:`ImageFrontEnd` for receive AP m."""
+    """Pixel grid and per-pixel beams / bistatic delay phases of :class:`ImageFrontEnd` for receive AP m, with the
+    tapers of ``window`` over receive antennas, transmit antennas and subcarriers folded in (and the symbols' taper
+    as ``symbol_window``)."""
     (x0, x1), (y0, y1) = cfg.area
     gx, gy = pixels
     f64, cdt = torch.float64, torch.complex128
@@ -79,9 +104,11 @@ def _image_constants(
     tx = steering_vectors(geo.tx.cos_angle[0], cfg.n_tx_antennas, cfg.antenna_spacing, cdt).conj()  # [N, G, Nt]
     rng = geo.bistatic_range[0, :, m]  # [N, G]
     delay = delay_phase(SensingGrid.from_config(cfg), rng).conj()  # e^{+j 2 pi i df d / c}: undoes Eq. (6)
+    rx, tx = rx * taper(window, cfg.n_rx_antennas), tx * taper(window, cfg.n_tx_antennas)
+    delay = delay * taper(window, cfg.n_subcarriers)
     grid = {"x": xs, "y": ys, "bistatic_velocity": vels}
     return grid, {"rx_weights": rx, "tx_weights": tx, "delay_phase": delay / math.sqrt(cfg.n_subcarriers),
-                  "doppler_matrix": doppler_matrix(cfg, vels)}
+                  "doppler_matrix": doppler_matrix(cfg, vels), "symbol_window": taper(window, cfg.n_symbols)}
 
 
 class ImageFrontEnd(FrontEnd):
@@ -98,6 +125,12 @@ class ImageFrontEnd(FrontEnd):
     (the angle-delay-Doppler maps of ``"matched"`` place it at AP-dependent bins). The front end is specific to
     its receive AP: ``ap_index`` (m) is required. Needs X at the receive AP, like ``"matched"``.
     ``grid``: pixel centres ``x`` [Gx], ``y`` [Gy] (m) and ``bistatic_velocity`` [D3] (m/s).
+
+    ``window`` (``"none"``, ``"hann"``, ``"taylor"``; :func:`taper`) weights the sum with unit-RMS amplitude tapers
+    w_r, w_k, w_i, w_t over the receive antennas, transmit antennas, subcarriers and symbols (the classical radar
+    trade: sidelobes of a strong target -31 / -30 dB instead of -13 dB, so a weak target beside it stands out, for a
+    ~1.3-1.6x wider main lobe). With ``norm="noise"`` the scale becomes xi sqrt(sum_{i,t} w_i^2 w_t^2
+    |a_t^H x_{i,n}[t]|^2 / sum_{i,t} w_i^2 w_t^2) (the noise's standard deviation in the tapered pixel).
     """
 
     name = "image"
@@ -106,10 +139,12 @@ class ImageFrontEnd(FrontEnd):
     def __init__(
         self, cfg: SystemConfig, *, ap_index: int | None = None, norm: str = "noise",
         pixels: tuple[int, int] | None = None, doppler_bins: int | None = None, compress: str = "none",
-        chunk_cells: int = DEFAULT_CHUNK_CELLS,
+        chunk_cells: int = DEFAULT_CHUNK_CELLS, window: str = "none",
     ) -> None:
         super().__init__()
         check_options(norm, compress, chunk_cells)
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if not isinstance(ap_index, int) or isinstance(ap_index, bool) or not 0 <= ap_index < cfg.n_rx:
             raise ValueError(f"the {self.name!r} front end is specific to its receive AP: ap_index must be an "
                              f"integer in [0, {cfg.n_rx}), got {ap_index!r}")
@@ -120,18 +155,19 @@ class ImageFrontEnd(FrontEnd):
         gx, gy = (check_bins("pixels", v) for v in pixels)
         d3 = check_bins("doppler_bins", cfg.n_symbols if doppler_bins is None else doppler_bins)
         self.cfg, self.ap_index, self.norm, self.compress, self.chunk_cells = cfg, ap_index, norm, compress, chunk_cells
+        self.window = window
         self.in_channels = cfg.n_tx
         self.spatial_shape = (gx, gy, d3)
         self._y_shape = (cfg.n_rx_antennas, cfg.n_subcarriers, cfg.n_symbols)
         self._x_shape = (cfg.n_tx, cfg.n_tx_antennas, cfg.n_subcarriers, cfg.n_symbols)
         with torch.device("cpu"):  # see MatchedFrontEnd
-            self.grid, mats = _image_constants(cfg, ap_index, (gx, gy), d3)
+            self.grid, mats = _image_constants(cfg, ap_index, (gx, gy), d3, window)
         for name, mat in mats.items():
             self.register_buffer(name, mat, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"ap_index={self.ap_index}, grid={self.spatial_shape}, norm={self.norm!r}, "
-                f"compress={self.compress!r}")
+                f"compress={self.compress!r}, window={self.window!r}")
 
     def _pixel_cells(self) -> int:
         """Complex cells of the largest per-pixel intermediate of one scene (sets the pixel chunk)."""
@@ -150,6 +186,11 @@ class ImageFrontEnd(FrontEnd):
         B, N, G = y_m.shape[0], self.cfg.n_tx, self.spatial_shape[0] * self.spatial_shape[1]
         like = torch.empty(0, dtype=cdt, device=y_m.device)
         rx_w, tx_w, dph = (self._const(k, like) for k in ("rx_weights", "tx_weights", "delay_phase"))
+        tapered = self.window != "none"
+        if tapered:  # the symbols' taper on p, and the (subcarrier, symbol) weights of the noise scale
+            w_t = self.symbol_window.to(device=y_m.device, dtype=like.real.dtype)[:, None]  # [Ts, 1]
+            w_i = dph[0, 0].abs()  # the subcarriers' taper |e^{j..}| w_i / sqrt(Ns) [Ns]
+            omega = (w_i[:, None] * w_t.T) ** 2  # [Ns, Ts]
         noise_std = math.sqrt(self.cfg.noise_watt)
         budget, per_pixel = working_cells(self.chunk_cells, y_m.device), self._pixel_cells()
         # >= 32 pixels per chunk where chunk_cells allows (small matmuls are slow), scenes per chunk to match
@@ -162,7 +203,8 @@ class ImageFrontEnd(FrontEnd):
             xt = xc.conj().permute(0, 1, 4, 3, 2).contiguous()  # conj(x) [b, N, Ts, Ns, Nt]
             b = yt.shape[0]
             if self.norm == "noise":  # xi sqrt(mean_{i,t} |a_t(c_n(g))^H x_n|^2) [b, N, G]
-                scale = torch.stack([_beam_power(tx_w[n], xc[:, n]) for n in range(N)], 1)
+                scale = torch.stack([_beam_power(tx_w[n], xc[:, n], omega if tapered else None)
+                                     for n in range(N)], 1)
                 scale = scale.sqrt_().mul_(noise_std).clamp_min_(1e-30)
             step = max(least, budget // (b * per_pixel))
             for g0 in range(0, G, step):
@@ -171,6 +213,8 @@ class ImageFrontEnd(FrontEnd):
                 for n in range(N):
                     u = torch.matmul(r * dph[n, gs], xt[:, n])  # [b, Ts, g, Nt]
                     p = torch.linalg.vecdot(tx_w[n, gs], u)  # sum_k conj(conj(a_t(c_n(g))))_k u_k: [b, Ts, g]
+                    if tapered:
+                        p = p * w_t
                     if self.norm == "noise":
                         p = p / scale[:, n, None, gs]
                     yield sl, gs, n, p
@@ -234,7 +278,7 @@ class VelocityImageFrontEnd(ImageFrontEnd):
     def __init__(
         self, cfg: SystemConfig, *, ap_index: int | None = None, norm: str = "noise",
         pixels: tuple[int, int] | None = None, velocity_bins: tuple[int, int] | None = None, compress: str = "none",
-        chunk_cells: int = DEFAULT_CHUNK_CELLS, velocity_output: str = "plane",
+        chunk_cells: int = DEFAULT_CHUNK_CELLS, velocity_output: str = "plane", window: str = "none",
     ) -> None:
         if velocity_output not in ("plane", "marginals"):
             raise ValueError(f"velocity_output must be 'plane' or 'marginals', got {velocity_output!r}")
@@ -247,7 +291,7 @@ class VelocityImageFrontEnd(ImageFrontEnd):
             raise ValueError(f"velocity_output='marginals' needs as many v_x as v_y bins (one velocity axis), got "
                              f"velocity_bins={tuple(velocity_bins)!r}")
         super().__init__(cfg, ap_index=ap_index, norm=norm, pixels=pixels, doppler_bins=vx_n, compress=compress,
-                         chunk_cells=chunk_cells)
+                         chunk_cells=chunk_cells, window=window)
         self.velocity_output = velocity_output
         self.velocity_bins = (vx_n, vy_n)
         self.in_channels = vy_n if velocity_output == "plane" else 2
