@@ -7,11 +7,18 @@ says the cached scenes were over-fitted (an on-line run on fresh scenes would th
 ``--online-cost``: seconds of one on-line step's data (simulate a batch of ``--batch-size`` fresh scenes and both
 receive APs' ``image`` front ends), one torch thread: what each step would cost on top of the cached step.
 
+``--velocity RUN.pt``: the anatomy of the errors on the test scenes. Position: the misses (> 10 m) split into
+duplicates (both peaks on one target) and ghosts, by the targets' separation. Velocity, read at the true positions (no
+position error): the per-pair bistatic errors |b_hat - u_nm . v| (RMSE and quantiles), the v_x / v_y split, the
+error the ridge alone leaves with the true b, and the velocity RMSE the same least squares gives with the true b plus
+Gaussian errors of sigma per pair (the bistatic precision a target velocity RMSE needs, at these geometries).
+
 ``--plot RESULTS.jsonl ... --out FIG.png``: learning curves (test-200 position and velocity RMSE against steps and
 against CPU seconds of the training steps, where recorded) of the rows of ``bench_geometry_decoder.py`` results.
 
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --fit runs/geodec/velw4.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --online-cost
+    .venv/bin/python benchmarks/geometry_decoder_ablations.py --velocity runs/geodec/s8_b8.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --plot runs/geodec/s3.jsonl \\
         --out benchmarks/results/geometry_decoder_curves.png
 """
@@ -63,6 +70,79 @@ def fit_gap(args: argparse.Namespace) -> dict[str, Any]:
         d = diagnose(model, feats[:k], pos, vel)
         row[split] = {key: d[key] for key in ("position_rmse", "velocity_rmse", "missed_share",
                                               "position_rmse_detected", "velocity_rmse_at_true_positions")}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def velocity_anatomy(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_geometry_decoder import _load, _scenes
+    from cfisac.models.geometry_decoder import _gather_maps, _pixel_of, bistatic_directions, velocity_least_squares
+
+    cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
+    model = load_run(args.velocity, cfg)
+    ns = argparse.Namespace(feature_dir=args.feature_dir, preset=args.preset, power_dbm=args.power_dbm)
+    feats, done = _load(ns, "test", 1, 500)
+    k = min(args.n, done)
+    pos, vel = _scenes(cfg, 1, k)
+    dec = model.cpu_side.decoder
+    model.sync_codebooks()
+    model.eval()
+    b_hat, w_hat, p_hat = [], [], []
+    with torch.no_grad():
+        for lo in range(0, k, 100):
+            f = feats[lo:min(k, lo + 100)].float()
+            maps = dec.maps(model.cpu_side.payloads_from_messages([ap.encode(f[:, m]) for m, ap in
+                                                                   enumerate(model.aps)]))
+            p_hat.append(dec.readout(maps)[0].double())
+            i, j = _pixel_of(pos[lo:lo + 100].to(dec.pixel_x.dtype), dec.pixel_x, dec.pixel_y)
+            flat = i * dec.map_shape[1] + j
+            b_hat.append(_gather_maps(maps["bistatic"], flat).double())
+            w_hat.append(torch.nn.functional.softplus(_gather_maps(maps["log_weight"], flat).double()) + 1e-3)
+    b_hat, w_hat = torch.cat(b_hat), torch.cat(w_hat)  # [k, Q, P]
+    u = bistatic_directions(pos.double(), dec.tx_positions, dec.rx_positions)  # [k, Q, P, 2]
+    b_true = (u * vel[..., None, :]).sum(-1)
+    ridge = 3.0 / dec.max_speed**2
+    err_b = (b_hat - b_true).abs()
+    v_model = velocity_least_squares(u, b_hat, w_hat, ridge=ridge)
+
+    def rmse(e: torch.Tensor) -> float:
+        return float(e.square().mean().sqrt())
+
+    row: dict[str, Any] = {
+        "run": str(args.velocity), "n": k,
+        "bistatic_rmse_per_pair": [round(rmse(err_b[..., p]), 3) for p in range(err_b.shape[-1])],
+        "bistatic_true_rms_per_pair": [round(rmse(b_true[..., p]), 3) for p in range(b_true.shape[-1])],
+        "bistatic_abs_quantiles_50_90_99": [round(float(err_b.flatten().quantile(q)), 3) for q in (0.5, 0.9, 0.99)],
+        "velocity_rmse": rmse(torch.linalg.vector_norm(v_model - vel, dim=-1)),
+        "velocity_rmse_x_y": [rmse(v_model[..., 0] - vel[..., 0]), rmse(v_model[..., 1] - vel[..., 1])],
+        "velocity_rmse_true_b_ridge_only": rmse(torch.linalg.vector_norm(
+            velocity_least_squares(u, b_true, torch.ones_like(b_true), ridge=ridge) - vel, dim=-1)),
+    }
+    # the misses (> 10 m after the Hungarian assignment): a duplicate (the estimate given to the missed target lies
+    # within 10 m of the other target, i.e. both peaks on one target) or a ghost (far from both); the separation
+    # of the scene's targets
+    from cfisac.metrics import assign_targets
+
+    p_hat = torch.cat(p_hat)
+    perm = assign_targets(p_hat, pos)
+    p_hat = p_hat.gather(1, perm[..., None].expand(-1, -1, 2))
+    err_p = torch.linalg.vector_norm(p_hat - pos, dim=-1)  # [k, Q]
+    missed = err_p > 10.0
+    other = pos.flip(1)  # Q = 2: the other target
+    near_other = torch.linalg.vector_norm(p_hat - other, dim=-1) <= 10.0
+    sep = torch.linalg.vector_norm(pos[:, 0] - pos[:, 1], dim=-1)[:, None].expand_as(err_p)
+    row["missed_share"] = float(missed.double().mean())
+    row["missed_duplicates"] = int((missed & near_other).sum())
+    row["missed_ghosts"] = int((missed & ~near_other).sum())
+    bands = {f"{lo:g}-{hi:g} m": (sep >= lo) & (sep < hi) for lo, hi in ((0, 10), (10, 20), (20, 40), (40, 200))}
+    row["missed_by_separation"] = {k: f"{int((missed & v).sum())} of {int(v.sum())}" for k, v in bands.items()}
+    row["missed_error_rms"] = float(err_p[missed].square().mean().sqrt()) if missed.any() else 0.0
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.5, 1.0, 2.0, 3.0, 5.0, 8.0):
+        noisy = b_true + sigma * torch.randn(b_true.shape, generator=g, dtype=torch.float64)
+        w = torch.full_like(b_true, 1.0 / sigma**2)
+        v = velocity_least_squares(u, noisy, w, ridge=ridge)
+        row[f"velocity_rmse_sigma_{sigma:g}"] = rmse(torch.linalg.vector_norm(v - vel, dim=-1))
     print(json.dumps(row), flush=True)
     return row
 
@@ -134,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--n-train", type=int, default=16384, help="the n of the training cache's file name")
     p.add_argument("--online-cost", action="store_true")
+    p.add_argument("--velocity", type=Path, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--plot", type=Path, nargs="*", default=None)
@@ -148,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         fit_gap(args)
     if args.online_cost:
         online_cost(args)
+    if args.velocity:
+        velocity_anatomy(args)
     if args.plot:
         plot(args)
     return 0
