@@ -114,3 +114,26 @@ def test_a_dead_worker_fails_its_points_and_the_sweep_goes_on(tmp_path):
     assert counts["failed"] >= 1 and rows["here"]["status"] == "ok"
     # the points after the dead worker run in a new pool
     assert rows["c"]["status"] == rows["d"]["status"] == "ok" and float(rows["d"]["velocity_rmse"]) == 3.0
+
+
+def test_auto_threads_read_the_cpu_time_now_not_the_lagging_load_average(monkeypatch):
+    """``--threads auto`` counts the busy cores from /proc/stat over a short window (the load average still counts a
+    job that ended a minute ago); the parser reads the aggregate line's busy and total ticks."""
+    from cfisac.commands import reproduce
+
+    stat = ("cpu  100 5 50 1000 20 3 2 1 0 0\n"
+            "cpu0 50 2 25 500 10 1 1 0 0 0\n"
+            "intr 12345\n")
+    assert reproduce.cpu_times(stat) == (100 + 5 + 50 + 3 + 2 + 1, 1181)
+    with pytest.raises(ValueError, match="cpu"):
+        reproduce.cpu_times("intr 1\n")
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(reproduce, "busy_cores", lambda: (float(cores), f"{cores} of {cores} cores busy"))
+    assert reproduce._threads("auto") == (1, f"auto, {cores} of {cores} cores busy")
+    monkeypatch.setattr(reproduce, "busy_cores", lambda: (0.1, "0.1 busy"))
+    assert reproduce._threads("auto")[0] == cores
+    assert reproduce._threads("3") == (3, "--threads")
+    monkeypatch.undo()
+    if os.path.exists("/proc/stat"):
+        busy, why = reproduce.busy_cores(0.05)
+        assert 0.0 <= busy <= cores + 1e-9 and "cores busy" in why

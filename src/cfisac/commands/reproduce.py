@@ -65,17 +65,46 @@ def limit_blas_threads(n: int) -> list[str]:
     return changed
 
 
+def cpu_times(stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores from the text of ``/proc/stat`` (its first ``cpu`` line: user nice
+    system idle iowait irq softirq steal ...; idle and iowait are not busy; guest time is already in user)."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(v) for v in fields[1:9]]
+            total = sum(ticks)
+            return total - ticks[3] - ticks[4], total
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def busy_cores(window: float = 0.25) -> tuple[float, str]:
+    """Cores busy right now: the busy share of the CPU time over ``window`` seconds of ``/proc/stat`` times the
+    core count (Linux); elsewhere the 1-minute load average, which lags by about a minute (a job that has just ended
+    still counts: on the demo machine it once chose one thread for the whole 12-minute run)."""
+    cores = os.cpu_count() or 1
+    try:
+        with open("/proc/stat") as f:
+            b0, t0 = cpu_times(f.read())
+        time.sleep(window)
+        with open("/proc/stat") as f:
+            b1, t1 = cpu_times(f.read())
+        if t1 > t0:
+            return cores * (b1 - b0) / (t1 - t0), f"{cores * (b1 - b0) / (t1 - t0):.1f} of {cores} cores busy"
+    except (OSError, ValueError):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return load, f"load average {load:.1f} on {cores} cores"
+
+
 def _threads(requested: str) -> tuple[int, str]:
-    """Torch intra-op threads: a number, or ``auto``: every core on an idle machine, one thread when the load
-    average already fills the cores (OpenMP threads that wait for a busy core make small 3D convolutions several
-    times slower than one thread)."""
+    """Torch intra-op threads: a number, or ``auto``: every core on an idle machine, one thread when other work
+    already fills the cores (:func:`busy_cores`; OpenMP threads that wait for a busy core make small 3D convolutions
+    several times slower than one thread)."""
     cores = os.cpu_count() or 1
     if requested != "auto":
         return _count_or_auto("--threads", requested), "--threads"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load >= cores - 0.5:
-        return 1, f"auto, load average {load:.1f} on {cores} cores"
-    return cores, f"auto, load average {load:.1f} on {cores} cores"
+    busy, why = busy_cores()
+    return (1 if busy >= cores - 0.5 else cores), f"auto, {why}"
 
 
 def _workers(requested: str, device: str, threads: int) -> int:
@@ -130,7 +159,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_finite("--train-seconds", args.train_seconds, minimum=0.0, strict=True)
     check_finite("--scheme-seconds", args.scheme_seconds, minimum=0.0)
     check_device("--device", args.device)
-    _workers(args.workers, "cpu", _threads(args.threads)[0])
+    _workers(args.workers, "cpu", (os.cpu_count() or 1) if args.threads == "auto" else _threads(args.threads)[0])
     if args.schemes is not None:
         check_schemes(args.schemes)
 
