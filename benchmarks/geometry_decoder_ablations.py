@@ -13,12 +13,21 @@ position error): the per-pair bistatic errors |b_hat - u_nm . v| (RMSE and quant
 error the ridge alone leaves with the true b, and the velocity RMSE the same least squares gives with the true b plus
 Gaussian errors of sigma per pair (the bistatic precision a target velocity RMSE needs, at these geometries).
 
+``--readout RUN.pt``: readout variants on the trained model without retraining, on the test scenes: the misses with
+a larger non-maximum suppression (5 x 5, 7 x 7), with the ``--candidates`` largest peaks re-ranked by the bistatic
+least squares' consistency (heat - lambda chi^2), the share of targets within 10 m of one of the top k peaks, and a
+learned selection of Q = 2 of the top ``--candidates`` peaks (an MLP over the candidates' features: heat, position,
+offset, bistatic velocities and weights, least-squares residual, the per-AP and fused map channels at the peak),
+trained on ``--fresh`` freshly simulated scenes (dataset seed 2) by the cross entropy against the pair with the
+smallest assigned error (the oracle pair).
+
 ``--plot RESULTS.jsonl ... --out FIG.png``: learning curves (test-200 position and velocity RMSE against steps and
 against CPU seconds of the training steps, where recorded) of the rows of ``bench_geometry_decoder.py`` results.
 
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --fit runs/geodec/velw4.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --online-cost
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --velocity runs/geodec/s8_b8.pt
+    .venv/bin/python benchmarks/geometry_decoder_ablations.py --readout runs/geodec/s8_b8.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --plot runs/geodec/s3.jsonl \\
         --out benchmarks/results/geometry_decoder_curves.png
 """
@@ -147,6 +156,133 @@ def velocity_anatomy(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def _candidates(model: Any, feats: torch.Tensor, k: int, nms: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest heat peaks of the test features: their features [B, k, F] float32 and positions [B, k, 2]."""
+    import torch.nn.functional as F
+
+    from cfisac.models.geometry_decoder import _gather_maps, bistatic_directions, top_peaks, velocity_least_squares
+
+    dec = model.cpu_side.decoder
+    X, P = [], []
+    with torch.no_grad():
+        for lo in range(0, len(feats), 200):
+            f = feats[lo:lo + 200].float()
+            payloads = model.cpu_side.payloads_from_messages([ap.encode(f[:, m]) for m, ap in enumerate(model.aps)])
+            a = [d(v)[0] for d, v in zip(dec.ap_maps, payloads, strict=True)]
+            maps = dec.maps(payloads)
+            flat = top_peaks(maps["heat"], k, nms=nms)
+            g2 = dec.map_shape[1]
+            i, j = flat // g2, flat % g2
+            off = _gather_maps(maps["offset"], flat).double()
+            dx, dy = dec.pixel_size
+            p = torch.stack([dec.pixel_x[i] + off[..., 0] * dx, dec.pixel_y[j] + off[..., 1] * dy], -1)
+            u = bistatic_directions(p, dec.tx_positions, dec.rx_positions)
+            b = _gather_maps(maps["bistatic"], flat).double()
+            lw = _gather_maps(maps["log_weight"], flat).double()
+            w = F.softplus(lw) + 1e-3
+            v = velocity_least_squares(u, b, w, ridge=3.0 / dec.max_speed**2)
+            chi2 = (w * ((u * v[..., None, :]).sum(-1) - b) ** 2).sum(-1, keepdim=True)
+            heat = maps["heat"].flatten(1).gather(1, flat)[..., None].double()
+            parts = [heat, p / 100.0, off, b / 20.0, lw, chi2, v / 20.0, *[_gather_maps(m, flat).double() for m in a]]
+            if dec.options.fusion == "conv":
+                parts.append(_gather_maps(dec.fuse_res(F.relu(dec.fuse(torch.cat(a, 1)))), flat).double())
+            X.append(torch.cat(parts, -1).float())
+            P.append(p)
+    return torch.cat(X), torch.cat(P)
+
+
+def _pair_misses(est: torch.Tensor, pos: torch.Tensor) -> tuple[float, float]:
+    """Share of targets missed (> 10 m) and the position RMSE of Q = 2 estimates [B, 2, 2], Hungarian-assigned."""
+    from cfisac.metrics import assign_targets
+
+    perm = assign_targets(est, pos)
+    e = torch.linalg.vector_norm(est.gather(1, perm[..., None].expand(-1, -1, 2)) - pos, dim=-1)
+    return round(float((e > 10).double().mean()), 4), round(float(e.square().mean().sqrt()), 3)
+
+
+def readout_variants(args: argparse.Namespace) -> dict[str, Any]:
+    import itertools
+
+    from bench_geometry_decoder import _load, _scenes
+    from cfisac.data import simulate_batch
+    from cfisac.models.front_ends import create_front_end
+
+    cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
+    if cfg.n_targets != 2:
+        raise ValueError("the readout variants are written for Q = 2 targets")
+    model = load_run(args.readout, cfg)
+    model.sync_codebooks()
+    model.eval()
+    ns = argparse.Namespace(feature_dir=args.feature_dir, preset=args.preset, power_dbm=args.power_dbm)
+    feats, done = _load(ns, "test", 1, 500)
+    k = min(args.n, done)
+    feats, (pos, _) = feats[:k], _scenes(cfg, 1, k)
+    K = args.candidates
+    row: dict[str, Any] = {"run": str(args.readout), "n": k, "candidates": K}
+    for nms in (3, 5, 7):
+        row[f"nms_{nms}"] = _pair_misses(_candidates(model, feats, 2, nms)[1], pos)
+    X, P = _candidates(model, feats, K)
+    heat = X[..., 0].double()
+    chi2 = X[..., 5 + 2 * cfg.n_rx * cfg.n_tx].double()  # after heat, position, offset, bistatic [P], log-weight [P]
+
+    def top2(score: torch.Tensor) -> torch.Tensor:
+        return P.gather(1, score.topk(2, dim=1).indices[..., None].expand(-1, -1, 2))
+
+    row["heat_top2"] = _pair_misses(top2(heat), pos)
+    for lam in (0.03, 0.1, 0.3, 1.0):
+        row[f"heat_minus_{lam:g}_chi2"] = _pair_misses(top2(heat - lam * chi2), pos)
+    d = torch.linalg.vector_norm(P[:, None] - pos[:, :, None], dim=-1)  # [B, Q, K]
+    row["targets_within_10m_of_top_k"] = {kk: round(float((d[..., :kk].amin(-1) <= 10).double().mean()), 4)
+                                          for kk in range(2, K + 1)}
+    pairs = list(itertools.combinations(range(K), 2))
+
+    def pair_errors(p: torch.Tensor, tp: torch.Tensor) -> torch.Tensor:
+        out = []
+        for a, b in pairs:
+            est = p[:, [a, b]]
+            e = [(torch.linalg.vector_norm(c - tp, dim=-1).clamp(max=60) ** 2).sum(-1) for c in (est, est.flip(1))]
+            out.append(torch.minimum(*e))
+        return torch.stack(out, -1)  # [B, pairs]
+
+    def chosen(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        idx = torch.tensor(pairs)[c]  # [B, 2]
+        return p.gather(1, idx[..., None].expand(-1, -1, 2))
+
+    row["oracle_pair_of_top_k"] = _pair_misses(chosen(P, pair_errors(P, pos).argmin(-1)), pos)
+    # learned selection, trained on fresh scenes
+    fes = [create_front_end("image", cfg, norm="noise", ap_index=m) for m in range(cfg.n_rx)]
+    fr, fpos = [], []
+    with torch.no_grad():
+        for lo in range(0, args.fresh, 64):
+            b = simulate_batch(cfg, 2, range(lo, min(args.fresh, lo + 64)))
+            fr.append(torch.stack([fe(b["y"][:, m], b["x"]) for m, fe in enumerate(fes)], 1))
+            fpos.append(b["positions"])
+    Xtr, Ptr = _candidates(model, torch.cat(fr), K)
+    pos_tr = torch.cat(fpos)
+    ytr = pair_errors(Ptr, pos_tr).argmin(-1)
+    mu, sd = Xtr.flatten(0, 1).mean(0), Xtr.flatten(0, 1).std(0) + 1e-6
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(Xtr.shape[1] * Xtr.shape[2], 128), torch.nn.ReLU(),
+                              torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, len(pairs)))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    curve = []
+    for epoch in range(60):
+        for idx in torch.randperm(len(Xtr)).split(64):
+            loss = torch.nn.functional.cross_entropy(net(((Xtr[idx] - mu) / sd).flatten(1)), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if epoch % 10 == 9:
+            with torch.no_grad():
+                curve.append({"epoch": epoch + 1,
+                              "train": _pair_misses(chosen(Ptr, net(((Xtr - mu) / sd).flatten(1)).argmax(-1)),
+                                                    pos_tr),
+                              "test": _pair_misses(chosen(P, net(((X - mu) / sd).flatten(1)).argmax(-1)), pos)})
+    row["learned_selection"] = {"fresh_scenes": args.fresh, "curve": curve}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def online_cost(args: argparse.Namespace) -> dict[str, Any]:
     from cfisac.data import simulate_batch
     from cfisac.models.front_ends import create_front_end
@@ -215,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=16384, help="the n of the training cache's file name")
     p.add_argument("--online-cost", action="store_true")
     p.add_argument("--velocity", type=Path, default=None)
+    p.add_argument("--readout", type=Path, default=None)
+    p.add_argument("--candidates", type=int, default=4, help="--readout: the largest peaks considered")
+    p.add_argument("--fresh", type=int, default=4096, help="--readout: fresh scenes for the learned selection")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--plot", type=Path, nargs="*", default=None)
@@ -231,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         online_cost(args)
     if args.velocity:
         velocity_anatomy(args)
+    if args.readout:
+        readout_variants(args)
     if args.plot:
         plot(args)
     return 0
