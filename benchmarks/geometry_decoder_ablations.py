@@ -156,6 +156,22 @@ def velocity_anatomy(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def fresh_image_features(cfg: cfisac.SystemConfig, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both receive APs' ``image`` front-end outputs (``norm="noise"``) of scenes 0..n-1 of dataset ``seed``,
+    [n, M, N, Gx, Gy, D3] float32, and the true positions [n, Q, 2]."""
+    from cfisac.data import simulate_batch
+    from cfisac.models.front_ends import create_front_end
+
+    fes = [create_front_end("image", cfg, norm="noise", ap_index=m) for m in range(cfg.n_rx)]
+    feats, pos = [], []
+    with torch.no_grad():
+        for lo in range(0, n, 64):
+            b = simulate_batch(cfg, seed, range(lo, min(n, lo + 64)))
+            feats.append(torch.stack([fe(b["y"][:, m], b["x"]) for m, fe in enumerate(fes)], 1))
+            pos.append(b["positions"])
+    return torch.cat(feats), torch.cat(pos)
+
+
 def _candidates(model: Any, feats: torch.Tensor, k: int, nms: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest heat peaks of the test features: their features [B, k, F] float32 and positions [B, k, 2]."""
     import torch.nn.functional as F
@@ -204,8 +220,6 @@ def readout_variants(args: argparse.Namespace) -> dict[str, Any]:
     import itertools
 
     from bench_geometry_decoder import _load, _scenes
-    from cfisac.data import simulate_batch
-    from cfisac.models.front_ends import create_front_end
 
     cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
     if cfg.n_targets != 2:
@@ -250,15 +264,8 @@ def readout_variants(args: argparse.Namespace) -> dict[str, Any]:
 
     row["oracle_pair_of_top_k"] = _pair_misses(chosen(P, pair_errors(P, pos).argmin(-1)), pos)
     # learned selection, trained on fresh scenes
-    fes = [create_front_end("image", cfg, norm="noise", ap_index=m) for m in range(cfg.n_rx)]
-    fr, fpos = [], []
-    with torch.no_grad():
-        for lo in range(0, args.fresh, 64):
-            b = simulate_batch(cfg, 2, range(lo, min(args.fresh, lo + 64)))
-            fr.append(torch.stack([fe(b["y"][:, m], b["x"]) for m, fe in enumerate(fes)], 1))
-            fpos.append(b["positions"])
-    Xtr, Ptr = _candidates(model, torch.cat(fr), K)
-    pos_tr = torch.cat(fpos)
+    fresh, pos_tr = fresh_image_features(cfg, 2, args.fresh)
+    Xtr, Ptr = _candidates(model, fresh, K)
     ytr = pair_errors(Ptr, pos_tr).argmin(-1)
     mu, sd = Xtr.flatten(0, 1).mean(0), Xtr.flatten(0, 1).std(0) + 1e-6
     torch.manual_seed(0)
