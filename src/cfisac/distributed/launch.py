@@ -267,7 +267,9 @@ def spawn_local(world: int, task: str, options: dict[str, Any] | list[dict[str, 
                         why[r] = (f"rank {r} did not end within {straggler_s:g} s after rank {first_end[1]} ended "
                                   "(stopped or hung; terminated)")
                 break
-            procs[next(r for r, p in enumerate(procs) if p.is_alive())].join(poll_s)
+            alive = [p for p in procs if p.is_alive()]  # the ranks may all end between the loop test and here
+            if alive:
+                alive[0].join(poll_s)
     finally:
         for p in procs:  # whatever happened, no rank outlives the launcher
             if p.pid is not None:
