@@ -89,7 +89,8 @@ def busy_cores(window: float = 0.25) -> tuple[float, str]:
         with open("/proc/stat") as f:
             b1, t1 = cpu_times(f.read())
         if t1 > t0:
-            return cores * (b1 - b0) / (t1 - t0), f"{cores * (b1 - b0) / (t1 - t0):.1f} of {cores} cores busy"
+            busy = cores * (b1 - b0) / (t1 - t0)
+            return busy, f"{busy:.1f} of {cores} cores busy"
     except (OSError, ValueError):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

@@ -49,7 +49,7 @@ def taper(name: str, n: int) -> torch.Tensor:
     else:
         from scipy.signal.windows import taylor
 
-        w = torch.from_numpy(taylor(n, nbar=4, sll=30, norm=False)).double() if n > 1 else torch.ones(1)
+        w = torch.from_numpy(taylor(n, nbar=4, sll=30, norm=False)).double() if n > 1 else torch.ones(1).double()
     return w / w.square().mean().sqrt()
 
 
@@ -88,8 +88,8 @@ def _image_constants(
     cfg: SystemConfig, m: int, pixels: tuple[int, int], d3: int, window: str = "none"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Pixel grid and per-pixel beams / bistatic delay phases of :class:`ImageFrontEnd` for receive AP m, with the
-    tapers of ``window`` over receive antennas, transmit antennas and subcarriers folded in (and the symbols' taper
-    as ``symbol_window``)."""
+    tapers of ``window`` over receive antennas, transmit antennas and subcarriers folded in (and the subcarriers' and
+    symbols' tapers as ``subcarrier_window``, ``symbol_window`` for the noise scale and the symbol sum)."""
     (x0, x1), (y0, y1) = cfg.area
     gx, gy = pixels
     f64, cdt = torch.float64, torch.complex128
@@ -108,7 +108,8 @@ def _image_constants(
     delay = delay * taper(window, cfg.n_subcarriers)
     grid = {"x": xs, "y": ys, "bistatic_velocity": vels}
     return grid, {"rx_weights": rx, "tx_weights": tx, "delay_phase": delay / math.sqrt(cfg.n_subcarriers),
-                  "doppler_matrix": doppler_matrix(cfg, vels), "symbol_window": taper(window, cfg.n_symbols)}
+                  "doppler_matrix": doppler_matrix(cfg, vels), "subcarrier_window": taper(window, cfg.n_subcarriers),
+                  "symbol_window": taper(window, cfg.n_symbols)}
 
 
 class ImageFrontEnd(FrontEnd):
@@ -143,8 +144,6 @@ class ImageFrontEnd(FrontEnd):
     ) -> None:
         super().__init__()
         check_options(norm, compress, chunk_cells)
-        if window not in WINDOWS:
-            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
         if not isinstance(ap_index, int) or isinstance(ap_index, bool) or not 0 <= ap_index < cfg.n_rx:
             raise ValueError(f"the {self.name!r} front end is specific to its receive AP: ap_index must be an "
                              f"integer in [0, {cfg.n_rx}), got {ap_index!r}")
@@ -189,7 +188,7 @@ class ImageFrontEnd(FrontEnd):
         tapered = self.window != "none"
         if tapered:  # the symbols' taper on p, and the (subcarrier, symbol) weights of the noise scale
             w_t = self.symbol_window.to(device=y_m.device, dtype=like.real.dtype)[:, None]  # [Ts, 1]
-            w_i = dph[0, 0].abs()  # the subcarriers' taper |e^{j..}| w_i / sqrt(Ns) [Ns]
+            w_i = self.subcarrier_window.to(device=y_m.device, dtype=like.real.dtype)  # [Ns]
             omega = (w_i[:, None] * w_t.T) ** 2  # [Ns, Ts]
         noise_std = math.sqrt(self.cfg.noise_watt)
         budget, per_pixel = working_cells(self.chunk_cells, y_m.device), self._pixel_cells()
