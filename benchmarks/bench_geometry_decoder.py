@@ -121,6 +121,31 @@ def diagnose(model: Any, feats: torch.Tensor, positions: torch.Tensor, velocitie
             "velocity_rmse_at_true_positions": float(vt.pow(2).mean().sqrt())}
 
 
+def _mirror_half(cfg: cfisac.SystemConfig, dec: Any, feats: torch.Tensor, psi: torch.Tensor,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmentation by the layout's mirror symmetry x -> x0 + x1 - x (``--mirror``): for a random half of the batch
+    the ``image`` features [B, M, N, Gx, Gy, D3] of the mirrored scene are those of the scene with the x pixels
+    reversed and both the receive and the transmit APs in reverse order (the mirror maps AP k to AP K-1-k; a
+    bistatic velocity u . v is unchanged, so the Doppler axis stays), and its labels have x -> x0 + x1 - x and
+    v_x -> -v_x. Returns the features and the normalised targets [B, 4Q]."""
+    (x0, x1), _ = cfg.area
+
+    def mirrored(aps: tuple) -> tuple:
+        return tuple((x0 + x1 - x, y) for x, y in aps[::-1])
+
+    if mirrored(cfg.tx_positions) != tuple(cfg.tx_positions) or mirrored(cfg.rx_positions) != tuple(cfg.rx_positions):
+        raise ValueError("--mirror needs AP layouts symmetric under x -> x0 + x1 - x")
+    flip = torch.rand(feats.shape[0], generator=gen) < 0.5
+    feats = feats.clone()
+    feats[flip] = feats[flip].flip(1, 2, 3)  # receive APs, transmit APs and x pixels reversed
+    Q = cfg.n_targets
+    psi = psi.clone()
+    pos, vel = psi[:, :2 * Q].view(-1, Q, 2), psi[:, 2 * Q:].view(-1, Q, 2)
+    pos[flip, :, 0] = x0 + x1 - pos[flip, :, 0]
+    vel[flip, :, 0] = -vel[flip, :, 0]
+    return feats, dec.normalise(psi)
+
+
 def train_cached(args: argparse.Namespace) -> dict[str, Any]:
     """Train on the cached features for ``--minutes`` of step time; returns the result row."""
     from cfisac.models import ModelConfig, build_model
@@ -165,7 +190,10 @@ def train_cached(args: argparse.Namespace) -> dict[str, Any]:
                         group["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * progress))
             t1, c1 = time.time(), time.process_time()
             idx = torch.as_tensor(idx)
-            st = train_step(aps, cpu, tr[idx].float(), None, target_all[idx])
+            feats, target = tr[idx].float(), target_all[idx]
+            if args.mirror:
+                feats, target = _mirror_half(cfg, dec, feats, psi[idx], torch.Generator().manual_seed(step))
+            st = train_step(aps, cpu, feats, None, target)
             step += 1
             trained += time.time() - t1
             train_cpu += time.process_time() - c1
@@ -272,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON ModelConfig fields over the geometry defaults (e.g. encoder_layers / encoder_widths)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (0: no limit)")
+    p.add_argument("--mirror", action="store_true", help="augment by the layout's mirror symmetry in x")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--batch-size", type=int, default=32)
