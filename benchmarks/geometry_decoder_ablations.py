@@ -56,7 +56,9 @@ def load_run(path: Path, cfg: cfisac.SystemConfig) -> Any:
 
     blob = torch.load(path, weights_only=False)
     mcfg = ModelConfig.from_dict(blob["model"])
-    model = build_model("dvqvae", cfg, mcfg, seed=0)
+    # a --kind dvae run has no quantizer state (continuous latents)
+    kind = "dvqvae" if any(".quantizer." in k for k in blob["state"]) else "dvae"
+    model = build_model(kind, cfg, mcfg, seed=0)
     for ap in model.aps:
         ap.front_end = CachedFrontEnd()
     missing, unexpected = model.load_state_dict(blob["state"], strict=False)
