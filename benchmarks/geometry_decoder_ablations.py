@@ -174,6 +174,14 @@ def fresh_image_features(cfg: cfisac.SystemConfig, seed: int, n: int) -> tuple[t
     return torch.cat(feats), torch.cat(pos)
 
 
+def peak_positions(dec: Any, flat: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """Positions [B, k, 2] (m) of map pixels ``flat`` [B, k] refined by their offsets ``off`` [B, k, 2] (pixel units),
+    as the decoder's readout with ``peak_readout="offset"``."""
+    g2 = dec.map_shape[1]
+    dx, dy = dec.pixel_size
+    return torch.stack([dec.pixel_x[flat // g2] + off[..., 0] * dx, dec.pixel_y[flat % g2] + off[..., 1] * dy], -1)
+
+
 def _candidates(model: Any, feats: torch.Tensor, k: int, nms: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest heat peaks of the test features: their features [B, k, F] float32 and positions [B, k, 2]."""
     import torch.nn.functional as F
@@ -189,11 +197,8 @@ def _candidates(model: Any, feats: torch.Tensor, k: int, nms: int = 3) -> tuple[
             a = [d(v)[0] for d, v in zip(dec.ap_maps, payloads, strict=True)]
             maps = dec.maps(payloads)
             flat = top_peaks(maps["heat"], k, nms=nms)
-            g2 = dec.map_shape[1]
-            i, j = flat // g2, flat % g2
             off = _gather_maps(maps["offset"], flat).double()
-            dx, dy = dec.pixel_size
-            p = torch.stack([dec.pixel_x[i] + off[..., 0] * dx, dec.pixel_y[j] + off[..., 1] * dy], -1)
+            p = peak_positions(dec, flat, off)
             u = bistatic_directions(p, dec.tx_positions, dec.rx_positions)
             b = _gather_maps(maps["bistatic"], flat).double()
             lw = _gather_maps(maps["log_weight"], flat).double()

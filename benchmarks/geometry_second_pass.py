@@ -84,22 +84,17 @@ def focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def first_peak(dec, heat: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from cfisac.models.geometry_decoder import _gather_maps, top_peaks
+    from geometry_decoder_ablations import peak_positions
 
     flat = top_peaks(heat, 1)
-    return flat[:, 0], _position(dec, flat, _gather_maps(offset, flat).double())[:, 0]
-
-
-def _position(dec, flat: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
-    g2 = dec.map_shape[1]
-    dx, dy = dec.pixel_size
-    return torch.stack([dec.pixel_x[flat // g2] + off[..., 0] * dx, dec.pixel_y[flat % g2] + off[..., 1] * dy], -1)
+    return flat[:, 0], peak_positions(dec, flat, _gather_maps(offset, flat).double())[:, 0]
 
 
 def main() -> None:
     from bench_geometry_decoder import _load, _scenes
     from cfisac.metrics import assign_targets, rmse_confidence_interval
     from cfisac.models.geometry_decoder import _gather_maps
-    from geometry_decoder_ablations import fresh_image_features, load_run
+    from geometry_decoder_ablations import _pair_misses, fresh_image_features, load_run, peak_positions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -146,7 +141,7 @@ def main() -> None:
         jj = torch.arange(g2)[None, None, :]
         away = ((ii - i1[:, None, None]).abs() > 1) | ((jj - j1[:, None, None]).abs() > 1)
         flat2 = torch.where(away, h2, torch.full_like(h2, -torch.inf)).flatten(1).argmax(1)
-        p2 = _position(dec, flat2[:, None], _gather_maps(o_te, flat2[:, None]).double())[:, 0]
+        p2 = peak_positions(dec, flat2[:, None], _gather_maps(o_te, flat2[:, None]).double())[:, 0]
         est = torch.stack([p1_te, p2], 1)
         perm = assign_targets(est, pos_te)
         e = torch.linalg.vector_norm(est.gather(1, perm[..., None].expand(-1, -1, 2)) - pos_te, dim=-1)  # [B, Q]
@@ -158,13 +153,10 @@ def main() -> None:
     from cfisac.models.geometry_decoder import top_peaks
 
     flat = top_peaks(h_te, 2)
-    est = _position(dec, flat, _gather_maps(o_te, flat).double())
-    perm = assign_targets(est, pos_te)
-    e = torch.linalg.vector_norm(est.gather(1, perm[..., None].expand(-1, -1, 2)) - pos_te, dim=-1).flatten()
+    missed, rmse = _pair_misses(peak_positions(dec, flat, _gather_maps(o_te, flat).double()), pos_te)
     row = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "run": str(args.run), "fresh": args.fresh,
            "prep_s": round(prep_s, 1), "threads": args.threads,
-           "frozen_readout": {"missed": round(float((e > 10).double().mean()), 4),
-                              "position_rmse": round(float(e.square().mean().sqrt()), 3)}, "curve": []}
+           "frozen_readout": {"missed": missed, "position_rmse": rmse}, "curve": []}
     print(json.dumps(row), flush=True)
     t1, step, n = time.time(), 0, len(a_tr)
     while time.time() - t1 < 60 * args.minutes:
