@@ -21,6 +21,9 @@ offset, bistatic velocities and weights, least-squares residual, the per-AP and 
 trained on ``--fresh`` freshly simulated scenes (dataset seed 2) by the cross entropy against the pair with the
 smallest assigned error (the oracle pair).
 
+``--mirror-check RUN.pt``: the mirror symmetry behind ``bench_geometry_decoder.py --mirror`` (mean features of the
+test scenes against their mirrors; the model on mirrored scenes with mirrored and with unmirrored labels).
+
 ``--plot RESULTS.jsonl ... --out FIG.png``: learning curves (test-200 position and velocity RMSE against steps and
 against CPU seconds of the training steps, where recorded) of the rows of ``bench_geometry_decoder.py`` results.
 
@@ -28,6 +31,7 @@ against CPU seconds of the training steps, where recorded) of the rows of ``benc
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --online-cost
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --velocity runs/geodec/s8_b8.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --readout runs/geodec/s8_b8.pt
+    .venv/bin/python benchmarks/geometry_decoder_ablations.py --mirror-check runs/geodec/s8_b8.pt
     .venv/bin/python benchmarks/geometry_decoder_ablations.py --plot runs/geodec/s3.jsonl \\
         --out benchmarks/results/geometry_decoder_curves.png
 """
@@ -148,6 +152,29 @@ def velocity_anatomy(args: argparse.Namespace) -> dict[str, Any]:
     bands = {f"{lo:g}-{hi:g} m": (sep >= lo) & (sep < hi) for lo, hi in ((0, 10), (10, 20), (20, 40), (40, 200))}
     row["missed_by_separation"] = {k: f"{int((missed & v).sum())} of {int(v.sum())}" for k, v in bands.items()}
     row["missed_error_rms"] = float(err_p[missed].square().mean().sqrt()) if missed.any() else 0.0
+    # robust least squares on the learned maps: Cauchy IRLS (c = 4 m/s, 10 iterations), the best 3 of the 4 pairs by
+    # weighted residual, and an oracle dropping the pair with the largest true error
+    ww = w_hat.clone()
+    for _ in range(10):
+        r = (u * velocity_least_squares(u, b_hat, ww, ridge=ridge)[..., None, :]).sum(-1) - b_hat
+        ww = w_hat / (1 + (r / 4.0) ** 2)
+    row["velocity_rmse_cauchy_irls"] = rmse(torch.linalg.vector_norm(
+        velocity_least_squares(u, b_hat, ww, ridge=ridge) - vel, dim=-1))
+    drops, resid = [], []
+    for p in range(b_hat.shape[-1]):
+        keep = torch.ones(b_hat.shape[-1], dtype=torch.float64)
+        keep[p] = 0.0
+        v = velocity_least_squares(u, b_hat, w_hat * keep, ridge=ridge)
+        drops.append(v)
+        resid.append((((u * v[..., None, :]).sum(-1) - b_hat) ** 2 * w_hat * keep).sum(-1))
+    drops = torch.stack(drops, -2)  # [k, Q, P, 2]
+
+    def pick(which: torch.Tensor) -> torch.Tensor:
+        return drops.gather(-2, which[..., None, None].expand(-1, -1, 1, 2))[..., 0, :]
+
+    row["velocity_rmse_best_3_of_4"] = rmse(torch.linalg.vector_norm(pick(torch.stack(resid, -1).argmin(-1)) - vel,
+                                                                     dim=-1))
+    row["velocity_rmse_oracle_drop_worst"] = rmse(torch.linalg.vector_norm(pick(err_b.argmax(-1)) - vel, dim=-1))
     g = torch.Generator().manual_seed(0)
     for sigma in (0.5, 1.0, 2.0, 3.0, 5.0, 8.0):
         noisy = b_true + sigma * torch.randn(b_true.shape, generator=g, dtype=torch.float64)
@@ -297,6 +324,44 @@ def readout_variants(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def mirror_check(args: argparse.Namespace) -> dict[str, Any]:
+    """The mirror symmetry behind ``bench_geometry_decoder.py --mirror`` on the test scenes: the relative mean
+    absolute difference of the mean features and of their mirrors (APs and x pixels reversed), against two halves of
+    the scenes (sampling noise) and x reversed alone; and the trained model on the mirrored scenes, with mirrored and
+    with unmirrored labels."""
+    from bench_geometry_decoder import _load, _scenes, diagnose
+
+    cfg = cfisac.SystemConfig.preset(args.preset, power_dbm=args.power_dbm)
+    ns = argparse.Namespace(feature_dir=args.feature_dir, preset=args.preset, power_dbm=args.power_dbm)
+    feats, done = _load(ns, "test", 1, 500)
+    f = feats[:min(args.n, done)].float()  # [n, M, N, Gx, Gy, D3]
+    pos, vel = _scenes(cfg, 1, len(f))
+    mean = f.mean(0)
+
+    def rel(other: torch.Tensor) -> float:
+        return round(float((mean - other).abs().mean() / mean.abs().mean()), 4)
+
+    half = len(f) // 2
+    mirrored = f.flip(1, 2, 3)
+    (x0, x1), _ = cfg.area
+    mpos, mvel = pos.clone(), vel.clone()
+    mpos[..., 0] = x0 + x1 - mpos[..., 0]
+    mvel[..., 0] = -mvel[..., 0]
+    row: dict[str, Any] = {"n": len(f), "mirror": rel(mirrored.mean(0)),
+                           "halves": round(float((f[:half].mean(0) - f[half:].mean(0)).abs().mean()
+                                                 / mean.abs().mean()), 4),
+                           "x_reversed_alone": rel(f.flip(3).mean(0))}
+    if args.mirror_check:
+        model = load_run(args.mirror_check, cfg)
+        keys = ("position_rmse", "velocity_rmse")
+        for name, (fs, p, v) in {"original": (f, pos, vel), "mirrored": (mirrored, mpos, mvel),
+                                 "mirrored_unmirrored_labels": (mirrored, pos, vel)}.items():
+            d = diagnose(model, fs, p, v)
+            row[name] = [round(d[k], 2) for k in keys]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def online_cost(args: argparse.Namespace) -> dict[str, Any]:
     from cfisac.data import simulate_batch
     from cfisac.models.front_ends import create_front_end
@@ -366,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--online-cost", action="store_true")
     p.add_argument("--velocity", type=Path, default=None)
     p.add_argument("--readout", type=Path, default=None)
+    p.add_argument("--mirror-check", type=Path, default=None)
     p.add_argument("--candidates", type=int, default=4, help="--readout: the largest peaks considered")
     p.add_argument("--fresh", type=int, default=4096, help="--readout: fresh scenes for the learned selection")
     p.add_argument("--batch-size", type=int, default=32)
@@ -386,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         velocity_anatomy(args)
     if args.readout:
         readout_variants(args)
+    if args.mirror_check:
+        mirror_check(args)
     if args.plot:
         plot(args)
     return 0
